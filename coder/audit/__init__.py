@@ -1,0 +1,1 @@
+"""Scoring predictions against coders: CodiEsp MAP, precision@k, reports and review samples."""
