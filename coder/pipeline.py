@@ -1,0 +1,273 @@
+"""The nightly batch, end to end: read -> screen -> score -> write parts -> combine -> manifest.
+
+``predict_notes`` loads the model and the ontology and calls ``run_batches``, which takes any
+object with the Predictor's ``predict`` and attributes, so the mechanics are testable without a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+import coder
+from coder.errors import UsageError
+from coder.io.manifest import file_sha256, manifest_path, write_json
+from coder.io.progress import Progress
+from coder.io.quarantine import RowScreen, quarantine_path, unprocessable
+from coder.io.read import InputPlan, iter_batches, plan_inputs, resolve_inputs
+from coder.io.write import PartsFolder
+from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+_QUARANTINED = "quarantined."
+
+
+class BatchPredictor(Protocol):
+    """What the pipeline needs from ``coder.predictor.Predictor``."""
+
+    text_columns: tuple[str, ...]
+    execution_provider: str
+    model_hash: str
+
+    def predict(self, batch: pl.DataFrame, *, top_k: int = 50, threshold_only: bool = False) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; the same counts are in the manifest."""
+
+    out: Path
+    quarantine: Path
+    manifest: Path
+    input_rows: int
+    notes_coded: int
+    notes_without_codes: int
+    codes_written: int
+    truncated: int
+    quarantined: Mapping[str, int] = field(default_factory=dict)
+    skipped_columns: tuple[str, ...] = ()
+    seconds: float = 0.0
+    resumed_batches: int = 0
+
+    def lines(self) -> list[str]:
+        """A few lines for a person: counts only, never note text."""
+        quarantined = sum(self.quarantined.values())
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.quarantined.items())) or "none"
+        out = [
+            f"{self.input_rows} input rows: {self.notes_coded} notes coded "
+            f"({self.notes_without_codes} without codes, {self.truncated} truncated), {quarantined} quarantined ({reasons})",
+            f"{self.codes_written} codes written to {self.out}",
+            f"quarantine: {self.quarantine}; manifest: {self.manifest}",
+        ]
+        if self.resumed_batches:
+            out.append(f"resumed: {self.resumed_batches} batches were already done")
+        if self.skipped_columns:
+            out.append(f"input lacks {', '.join(self.skipped_columns)}: those model components were skipped")
+        return out
+
+
+def _fingerprint(
+    plan: InputPlan, predictor: BatchPredictor, *, batch_size: int, top_k: int, threshold_only: bool, codes_sha256: str | None
+) -> dict[str, Any]:
+    """Everything that must match for ``--resume`` to continue a run rather than mix two."""
+    return {
+        "inputs": [{"path": str(f.path.resolve()), "sha256": f.sha256} for f in plan.files],
+        "model_hash": predictor.model_hash,
+        "id_column": plan.id_column,
+        "columns": dict(plan.columns),
+        "batch_size": batch_size,
+        "top_k": top_k,
+        "threshold_only": threshold_only,
+        "codes_file_sha256": codes_sha256,
+    }
+
+
+def _sum_counts(done: Mapping[int, Mapping[str, Any]]) -> Counter:
+    total: Counter = Counter()
+    for counts in done.values():
+        for key, value in counts.items():
+            total[key] += value
+    return total
+
+
+def run_batches(
+    source: str | Path,
+    *,
+    predictor: BatchPredictor,
+    out: Path,
+    quarantine: Path | None = None,
+    id_column: str = NOTE_ID,
+    text_column: str | None = None,
+    top_k: int = 50,
+    threshold_only: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    resume: bool = False,
+    quiet: bool = False,
+    codes_file: Path | None = None,
+    manifest_extra: Mapping[str, Any] | None = None,
+) -> RunSummary:
+    """Code every note of ``source`` with ``predictor`` and write ``out``, its quarantine and manifest.
+
+    Input rows = notes coded + rows quarantined, always. ``text_column`` names the input column to
+    read as the model's primary text. ``manifest_extra`` adds sections (model name, ontology release).
+    """
+    if top_k < 1 or batch_size < 1:
+        raise UsageError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    quarantine = quarantine or quarantine_path(out)
+    plan = plan_inputs(source, id_column=id_column, text_columns=predictor.text_columns, primary_column=text_column)
+    codes_sha256 = file_sha256(codes_file) if codes_file else None
+    parts = PartsFolder(out)
+    fingerprint = _fingerprint(
+        plan, predictor, batch_size=batch_size, top_k=top_k, threshold_only=threshold_only, codes_sha256=codes_sha256
+    )
+    done = parts.start(fingerprint=fingerprint, resume=resume)
+    resumed_batches = len(done)
+    primary = predictor.text_columns[0]
+    screen = RowScreen()
+    progress = Progress(total=plan.total_rows, quiet=quiet)
+    model_seconds = 0.0
+    fresh_rows = 0
+    batches = 0
+    for batch in iter_batches(plan, batch_size=batch_size):
+        batches += 1
+        good, bad = screen.split(batch, text_column=primary)  # also for done batches: it remembers their ids
+        if batch.index not in done:
+            tick = time.monotonic()
+            result = predictor.predict(good.drop("row"), top_k=top_k, threshold_only=threshold_only)
+            model_seconds += time.monotonic() - tick
+            done[batch.index] = _write_batch(parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
+            fresh_rows += batch.frame.height
+        progress.update(batch.frame.height)
+    progress.close()
+    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=batches)
+    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=batches)
+    totals = _sum_counts(done)
+    seconds = time.monotonic() - clock
+    summary = RunSummary(
+        out=out,
+        quarantine=quarantine,
+        manifest=manifest_path(out),
+        input_rows=totals["input_rows"],
+        notes_coded=totals["notes_coded"],
+        notes_without_codes=totals["notes_without_codes"],
+        codes_written=totals["codes_written"],
+        truncated=totals["truncated"],
+        quarantined={k.removeprefix(_QUARANTINED): v for k, v in sorted(totals.items()) if k.startswith(_QUARANTINED)},
+        skipped_columns=plan.skipped_columns,
+        seconds=seconds,
+        resumed_batches=resumed_batches,
+    )
+    manifest = {
+        "coder_version": coder.__version__,
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "inputs": [{"path": str(f.path), "rows": f.rows, "sha256": f.sha256} for f in plan.files],
+        "id_column": plan.id_column,
+        "text_columns": dict(plan.columns),
+        "skipped_components": list(plan.skipped_columns),
+        "model": {"hash": predictor.model_hash, "execution_provider": predictor.execution_provider},
+        "codes_file": {"path": str(codes_file), "sha256": codes_sha256} if codes_file else None,
+        "options": {"top_k": top_k, "threshold_only": threshold_only, "batch_size": batch_size},
+        "counts": {
+            "input_rows": summary.input_rows,
+            "notes_coded": summary.notes_coded,
+            "notes_without_codes": summary.notes_without_codes,
+            "quarantined": dict(summary.quarantined),
+            "truncated": summary.truncated,
+            "codes_written": summary.codes_written,
+            "skipped_components": len(plan.skipped_columns),
+        },
+        "timing": {
+            "seconds": round(seconds, 3),
+            "resumed_batches": resumed_batches,
+            "notes_this_run": fresh_rows,
+            "notes_per_s": round(fresh_rows / seconds, 3) if seconds else None,
+            "model_seconds": round(model_seconds, 3),
+            "model_notes_per_s": round(fresh_rows / model_seconds, 3) if model_seconds else None,
+        },
+        "outputs": {"predictions": str(out), "quarantine": str(quarantine)},
+    }
+    for section, content in (manifest_extra or {}).items():
+        manifest[section] = {**manifest.get(section, {}), **content} if isinstance(content, Mapping) else content
+    write_json(summary.manifest, manifest)
+    parts.remove()
+    log.info("%d notes in %.1f s (%.1f notes/s)", fresh_rows, seconds, fresh_rows / seconds if seconds else 0.0)
+    return summary
+
+
+def _write_batch(
+    parts: PartsFolder, index: int, *, good: pl.DataFrame, bad: pl.DataFrame, result: Any, file: Path
+) -> dict[str, int]:
+    """Store one scored batch with its quarantine rows; return its counts."""
+    input_rows = good.height + bad.height
+    bad = pl.concat([bad, unprocessable(good, result.unprocessable, file=file)])
+    predictions = result.predictions.select(PREDICTION_SCHEMA.names()).cast(PREDICTION_SCHEMA)
+    coded = good.height - len(result.unprocessable)
+    counts = {
+        "input_rows": input_rows,
+        "notes_coded": coded,
+        "notes_without_codes": coded - predictions.get_column(NOTE_ID).n_unique(),
+        "codes_written": predictions.height,
+        "truncated": len(result.truncated),
+        **{f"{_QUARANTINED}{reason}": n for reason, n in bad.get_column("reason").value_counts().iter_rows()},
+    }
+    parts.write_batch(index, predictions=predictions, quarantine=bad, counts=counts)
+    return counts
+
+
+def predict_notes(
+    source: str | Path,
+    *,
+    out: Path,
+    model: Path | None = None,
+    device: str = "auto",
+    codes_file: Path | None = None,
+    quarantine: Path | None = None,
+    id_column: str = NOTE_ID,
+    text_column: str | None = None,
+    top_k: int = 50,
+    threshold_only: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    resume: bool = False,
+    quiet: bool = False,
+) -> RunSummary:
+    """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch."""
+    # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
+    from coder.bundle import default_model_path
+    from coder.ontology import load_ontology
+    from coder.predictor import load_predictor
+
+    resolve_inputs(source)  # a mistyped path fails before the model loads
+    model_path = model or default_model_path()
+    predictor = load_predictor(model_path, device=device)
+    ontology = load_ontology(codes_file=codes_file)
+    return run_batches(
+        source,
+        predictor=predictor,
+        out=out,
+        quarantine=quarantine,
+        id_column=id_column,
+        text_column=text_column,
+        top_k=top_k,
+        threshold_only=threshold_only,
+        batch_size=batch_size,
+        resume=resume,
+        quiet=quiet,
+        codes_file=codes_file,
+        manifest_extra={
+            "model": {"name": predictor.config.name, "path": str(model_path)},
+            "ontology": dict(ontology.release),
+        },
+    )

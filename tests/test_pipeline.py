@@ -1,0 +1,134 @@
+"""Pipeline mechanics with a stand-in predictor (the real tiny bundle is used in test_cli_predict)."""
+
+import json
+
+import polars as pl
+import pytest
+
+from coder.errors import UsageError
+from coder.pipeline import run_batches
+from coder.schema import CM, NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
+
+
+class StandInResult:
+    def __init__(self, predictions, truncated, unprocessable):
+        self.predictions, self.truncated, self.unprocessable = predictions, truncated, unprocessable
+
+
+class StandIn:
+    """Two codes per note; "~" has no tokens; "quiet" gets no codes; "long..." is truncated."""
+
+    text_columns = (TEXT, TEXT_ES)
+    execution_provider = "CPUExecutionProvider"
+    model_hash = "stand-in-1"
+
+    def __init__(self, fail_at_call: int | None = None):
+        self.calls = 0
+        self.seen: list[str] = []
+        self.fail_at_call = fail_at_call
+
+    def predict(self, batch, *, top_k=50, threshold_only=False):
+        self.calls += 1
+        if self.calls == self.fail_at_call:
+            raise KeyboardInterrupt  # stands for a kill mid-run
+        self.seen += batch.get_column(NOTE_ID).to_list()
+        rows = []
+        for note_id, text in batch.select(NOTE_ID, TEXT).iter_rows():
+            if text in ("~", "quiet"):
+                continue
+            for rank, code in enumerate(["R50.9", "J18.9"][:top_k], start=1):
+                rows.append((note_id, CM, code, "desc", 1 / rank, rank, rank == 1, "plm_icd", None, None, None))
+        empty = batch.filter(pl.col(TEXT) == "~").get_column(NOTE_ID)
+        truncated = batch.filter(pl.col(TEXT).str.starts_with("long")).get_column(NOTE_ID)
+        return StandInResult(
+            pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"), tuple(truncated), tuple(empty)
+        )
+
+
+@pytest.fixture
+def dump(tmp_path):
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    pl.DataFrame(
+        {NOTE_ID: ["a", "b", None, "c", "d"], TEXT: ["fever", "long note", "x", "", "~"]}
+    ).write_parquet(folder / "1.parquet")
+    pl.DataFrame({NOTE_ID: ["a", "e", "f", "g"], TEXT: ["again", "quiet", None, "cough"]}).write_parquet(
+        folder / "2.parquet"
+    )
+    return folder
+
+
+def test_every_input_row_is_coded_or_quarantined(tmp_path, dump):
+    out = tmp_path / "out.parquet"
+    summary = run_batches(dump, predictor=StandIn(), out=out, batch_size=2, quiet=True)
+    predictions = pl.read_parquet(out)
+    quarantine = pl.read_parquet(tmp_path / "out.quarantine.parquet")
+    assert predictions.schema == PREDICTION_SCHEMA
+    assert quarantine.schema == QUARANTINE_SCHEMA
+    assert sorted(predictions.get_column(NOTE_ID).unique()) == ["a", "b", "g"]
+    assert quarantine.select(NOTE_ID, "row", "reason").rows() == [
+        (None, 2, QuarantineReason.NULL_NOTE_ID),
+        ("c", 3, QuarantineReason.EMPTY_TEXT),
+        ("d", 4, QuarantineReason.UNPROCESSABLE),
+        ("a", 0, QuarantineReason.DUPLICATE_NOTE_ID),
+        ("f", 2, QuarantineReason.NULL_TEXT),
+    ]
+    assert summary.input_rows == 9 == summary.notes_coded + sum(summary.quarantined.values())
+    assert (summary.notes_coded, summary.notes_without_codes, summary.truncated, summary.codes_written) == (4, 1, 1, 6)
+    assert summary.skipped_columns == (TEXT_ES,)
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert manifest["counts"] == {
+        "input_rows": 9,
+        "notes_coded": 4,
+        "notes_without_codes": 1,
+        "quarantined": {"duplicate_note_id": 1, "empty_text": 1, "null_note_id": 1, "null_text": 1, "unprocessable_text": 1},
+        "truncated": 1,
+        "codes_written": 6,
+        "skipped_components": 1,
+    }
+    assert [len(f["sha256"]) for f in manifest["inputs"]] == [64, 64]
+    assert manifest["model"] == {"hash": "stand-in-1", "execution_provider": "CPUExecutionProvider"}
+    assert not (tmp_path / "out.parquet.parts").exists()
+
+
+def test_top_k_is_passed_to_the_model(tmp_path, dump):
+    run_batches(dump, predictor=StandIn(), out=tmp_path / "out.parquet", top_k=1, quiet=True)
+    assert pl.read_parquet(tmp_path / "out.parquet").get_column("rank").max() == 1
+
+
+def test_empty_input_writes_empty_outputs_with_the_schema(tmp_path):
+    pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
+    summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=tmp_path / "out.parquet", quiet=True)
+    assert summary.input_rows == 0
+    assert pl.read_parquet(tmp_path / "out.parquet").schema == PREDICTION_SCHEMA
+    assert pl.read_parquet(tmp_path / "out.quarantine.parquet").schema == QUARANTINE_SCHEMA
+
+
+def test_resume_after_interruption_neither_repeats_nor_loses_notes(tmp_path, dump):
+    out = tmp_path / "out.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run_batches(dump, predictor=StandIn(fail_at_call=3), out=out, batch_size=2, quiet=True)
+    assert not out.exists()
+    second = StandIn()
+    summary = run_batches(dump, predictor=second, out=out, batch_size=2, resume=True, quiet=True)
+    assert summary.resumed_batches == 2
+    assert "a" not in second.seen and "b" not in second.seen
+    predictions = pl.read_parquet(out)
+    assert predictions.select(NOTE_ID, "code").is_duplicated().sum() == 0
+    assert sorted(predictions.get_column(NOTE_ID).unique()) == ["a", "b", "g"]
+    assert summary.input_rows == 9 == summary.notes_coded + sum(summary.quarantined.values())
+
+
+def test_resume_refuses_changed_inputs(tmp_path, dump):
+    out = tmp_path / "out.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run_batches(dump, predictor=StandIn(fail_at_call=2), out=out, batch_size=2, quiet=True)
+    pl.DataFrame({NOTE_ID: ["z"], TEXT: ["new"]}).write_parquet(dump / "3.parquet")
+    with pytest.raises(UsageError, match="differs in inputs"):
+        run_batches(dump, predictor=StandIn(), out=out, batch_size=2, resume=True, quiet=True)
+
+
+@pytest.mark.parametrize(("top_k", "batch_size"), [(0, 2), (5, 0)], ids=["top-k", "batch-size"])
+def test_bad_options_are_refused(tmp_path, dump, top_k, batch_size):
+    with pytest.raises(UsageError, match="at least 1"):
+        run_batches(dump, predictor=StandIn(), out=tmp_path / "o.parquet", top_k=top_k, batch_size=batch_size)
