@@ -1,0 +1,86 @@
+"""A content-keyed cache of built tables: one gzipped JSON file per set of source files.
+
+The key is the sha256 of the source files' contents plus a ``salt`` (builder version, package
+versions), so the cache is rebuilt whenever a source or the builder changes, and never trusted
+otherwise. JSON, not pickle: loading a cache file cannot run code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from coder.errors import OntologyError
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "CODER_CACHE_DIR"
+# The repository's ontologies/cache/ (gitignored) unless CODER_CACHE_DIR says otherwise.
+_DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "ontologies" / "cache"
+
+
+def cache_dir() -> Path:
+    """Where cache files live: ``$CODER_CACHE_DIR`` or ``ontologies/cache/``."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or _DEFAULT_CACHE_DIR)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(*, sources: Sequence[Path], salt: str) -> str:
+    """sha256 over the salt and each source's sha256."""
+    digest = hashlib.sha256(salt.encode())
+    for source in sources:
+        try:
+            digest.update(file_sha256(source).encode())
+        except OSError as error:
+            raise OntologyError(f"cannot read ontology source {source}: {error.strerror}") from error
+    return digest.hexdigest()
+
+
+def load_or_build(
+    *, name: str, sources: Sequence[Path], salt: str, build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The tables built from ``sources``: read from the cache when its key matches, else built
+    with ``build()`` and written atomically. An unwritable cache folder only costs a warning."""
+    key = cache_key(sources=sources, salt=salt)
+    path = cache_dir() / f"{name}-{key[:16]}.json.gz"
+    if path.is_file():
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                cached = json.load(handle)
+            if cached.get("key") == key:
+                return cached["tables"]
+            logger.warning("cache %s has another key; rebuilding", path)
+        except (OSError, ValueError, EOFError) as error:
+            logger.warning("cache %s is unreadable (%s); rebuilding", path, error)
+    logger.info("building %s cache from %d source files", name, len(sources))
+    tables = build()
+    temporary: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent reader never sees half a file.
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as raw:
+            temporary = Path(raw.name)
+            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as handle:
+                json.dump({"key": key, "tables": tables}, handle, separators=(",", ":"))
+        temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
+        os.replace(temporary, path)
+    except OSError as error:
+        logger.warning("cannot write cache %s (%s); set %s to a writable folder", path, error, CACHE_DIR_ENV)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+    return tables
