@@ -1,0 +1,68 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from coder.schema import CM, PCS
+
+
+class TinyOntology:
+    """A hand-made ontology with ``coder.ontology.Ontology``'s lookup/hierarchy interface, for fast tests."""
+
+    # system -> code -> (status, description, parent)
+    ITEMS = {
+        CM: {
+            "E08-E13": ("block", "Diabetes mellitus", None),
+            "E10": ("valid", "Type 1 diabetes mellitus", "E08-E13"),
+            "E10.9": ("billable", "Type 1 diabetes mellitus without complications", "E10"),
+            "E11": ("valid", "Type 2 diabetes mellitus", "E08-E13"),
+            "E11.9": ("billable", "Type 2 diabetes mellitus without complications", "E11"),
+            "E11.65": ("billable", "Type 2 diabetes mellitus with hyperglycemia", "E11"),
+            "I10": ("billable", "Essential (primary) hypertension", "I10-I1A"),
+            "I10-I1A": ("block", "Hypertensive diseases", None),
+            "J45.909": ("billable", "Unspecified asthma, uncomplicated", "J45.90"),
+            "J45.90": ("valid", "Unspecified asthma", None),
+        },
+        PCS: {
+            "0DTJ": ("prefix", "Resection of Appendix", None),
+            "0DTJ4ZZ": ("billable", "Resection of Appendix, Percutaneous Endoscopic Approach", "0DTJ"),
+            "0DTJ0ZZ": ("billable", "Resection of Appendix, Open Approach", "0DTJ"),
+        },
+    }
+
+    @staticmethod
+    def _canonical(code: str, system: str) -> str:
+        code = code.strip().upper().replace(".", "")
+        return code[:3] + "." + code[3:] if system == CM and len(code) > 3 else code
+
+    def lookup(self, code: str, system: str | None = None):
+        for candidate in (system,) if system else (CM, PCS):
+            canonical = self._canonical(code, candidate)
+            status, description, _ = self.ITEMS[candidate].get(canonical, ("unknown", "", None))
+            if status not in ("unknown", "block"):
+                return SimpleNamespace(canonical=canonical, status=status, description=description, system=candidate)
+        return SimpleNamespace(canonical=None, status="unknown", description="", system=system)
+
+    def is_known(self, code: str, system: str | None = None) -> bool:
+        return self.lookup(code, system).status != "unknown"
+
+    def description(self, canonical: str, system: str) -> str:
+        return self.ITEMS[system].get(canonical, ("", "", None))[1]
+
+    def parent(self, canonical: str, system: str) -> str | None:
+        return self.ITEMS[system].get(canonical, ("", "", None))[2]
+
+    def children(self, canonical: str, system: str) -> tuple[str, ...]:
+        return tuple(code for code, (_, _, parent) in self.ITEMS[system].items() if parent == canonical)
+
+    def codes(self, system: str, *, billable_only: bool = False) -> tuple[str, ...]:
+        wanted = ("billable",) if billable_only else ("billable", "valid")
+        return tuple(code for code, (status, _, _) in self.ITEMS[system].items() if status in wanted)
+
+
+@pytest.fixture(scope="session")
+def tiny_ontology() -> TinyOntology:
+    return TinyOntology()
