@@ -62,3 +62,9 @@ class MissingDependencyError(CoderError):
 
 class NotFittedError(CoderError, AttributeError):
     """An estimator was used before ``fit``."""
+
+
+class LLMBackendError(CoderError):
+    """The generative stage's model cannot be loaded or its server cannot be reached (raised only when required)."""
+
+    exit_code = 8
