@@ -79,6 +79,9 @@ def load_or_build(
                 json.dump({"key": key, "tables": tables}, handle, separators=(",", ":"))
         temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
         os.replace(temporary, path)
+        for stale in path.parent.glob(f"{name}-*.json.gz"):
+            if stale != path:
+                stale.unlink(missing_ok=True)  # built from older sources or an older builder
     except OSError as error:
         logger.warning("cannot write cache %s (%s); set %s to a writable folder", path, error, CACHE_DIR_ENV)
         if temporary is not None:

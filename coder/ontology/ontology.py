@@ -100,7 +100,9 @@ class Ontology:
         return tuple(out)
 
     def children(self, canonical: str, system: str) -> tuple[str, ...]:
-        """Items and prefixes one level down, in release order."""
+        """Items one level down in release order; for PCS also prefixes one axis longer. CM
+        prefixes such as ``W19.XXX`` stand beside the release tree: they have no children and
+        are nobody's child."""
         node_name = self._name(canonical, system)
         return self._children(system).get(node_name, ()) if node_name else ()
 
@@ -172,7 +174,7 @@ class Ontology:
         if key not in self._memo:
             index: dict[str, list[str]] = {}
             for name, node in self._nodes[system].items():
-                if node.parent:
+                if node.parent and not (system == CM and node.status == PREFIX):
                     index.setdefault(node.parent, []).append(name)
             self._memo[key] = {parent: tuple(names) for parent, names in index.items()}
         return self._memo[key]  # type: ignore[return-value]
@@ -199,30 +201,35 @@ def _release_tables() -> tuple[dict[str, dict[str, _Node]], dict[str, dict[str, 
 
 def _with_code_list(nodes: dict[str, dict[str, _Node]], code_list: CodeList) -> dict[str, dict[str, _Node]]:
     """A copy of ``nodes`` where every listed code is billable with the list's description; a
-    code new to the release hangs under its longest known prefix (missing prefixes are added)."""
+    code new to the release hangs under its nearest known ancestor (missing prefixes are added)."""
     out = {system: dict(by_name) for system, by_name in nodes.items()}
     for listed in code_list.codes:
         table = out[listed.system]
         existing = table.get(listed.code)
-        if existing is not None:
+        if existing is not None and existing.status != PREFIX:
             table[listed.code] = existing._replace(description=listed.description, status=BILLABLE)
-            continue
-        missing = [listed.code]
-        parent = shorter_prefix(listed.code, listed.system)
-        while parent is not None and parent not in table:
-            missing.append(parent)
-            parent = shorter_prefix(parent, listed.system)
-        # New intermediate prefixes read like the nearest known ancestor, else like the listed code.
-        prefix_description = table[parent].description if parent else listed.description
-        for name in reversed(missing):
-            is_listed = name == listed.code
-            table[name] = _Node(
-                listed.description if is_listed else prefix_description,
-                parent or "",
-                BILLABLE if is_listed else PREFIX,
-            )
-            parent = name
+        else:
+            parent = _attach(table, listed.code, listed.system, listed.description)
+            table[listed.code] = _Node(listed.description, parent or "", BILLABLE)
     return out
+
+
+def _attach(table: dict[str, _Node], code: str, system: str, description: str) -> str | None:
+    """Add the missing proper prefixes of a new ``code`` and return its parent in the tree."""
+    missing = []
+    parent = shorter_prefix(code, system)
+    while parent is not None and parent not in table:
+        missing.append(parent)
+        parent = shorter_prefix(parent, system)
+    # New prefixes read like the nearest known ancestor, else like the listed code.
+    prefix_description = table[parent].description if parent else description
+    for name in reversed(missing):
+        table[name] = _Node(prefix_description, parent or "", PREFIX)
+        parent = name
+    # CM prefixes (W19.XXX) are aliases beside the release tree, not nodes of it.
+    while system == CM and parent is not None and table[parent].status == PREFIX:
+        parent = table[parent].parent or None
+    return parent
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,7 +24,7 @@ from coder.ontology.syntax import PCS_SECTIONS, shorter_prefix
 from coder.schema import CM, PCS
 
 # Bump when the tables' layout or content rules change: old caches are then rebuilt.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 BILLABLE = "billable"
 VALID = "valid"

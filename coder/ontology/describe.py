@@ -1,0 +1,125 @@
+"""What `coder codes show` and `coder codes validate` print: lookups rendered for people or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+from coder.errors import CodeFormatError, UsageError
+from coder.ontology.ontology import UNKNOWN, CodeInfo, Ontology, load_ontology
+from coder.ontology.syntax import infer_system, normalize
+from coder.schema import CM
+
+STDIN = "-"
+JSON_KEYS = ("input", "system", "canonical", "status", "description")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One code described for people; ``info.status`` decides the exit code."""
+
+    info: CodeInfo
+    text: str
+
+
+@dataclass(frozen=True)
+class Validation:
+    """One lookup per input code, in input order."""
+
+    results: tuple[CodeInfo, ...]
+
+    @property
+    def all_known(self) -> bool:
+        return all(info.status != UNKNOWN for info in self.results)
+
+    def to_json(self) -> str:
+        """A JSON list of objects with exactly the keys ``JSON_KEYS``."""
+        return json.dumps([{key: asdict(info)[key] for key in JSON_KEYS} for info in self.results], indent=2)
+
+    def to_text(self) -> str:
+        """One tab-separated line per input: input, canonical, system, status, description."""
+        return "\n".join(
+            "\t".join((info.input, info.canonical or "-", _system_label(info), info.status, _description(info)))
+            for info in self.results
+        )
+
+    def inference_note(self) -> str | None:
+        """For stderr: how many codes got which inferred system; None if the system was given."""
+        counts = Counter(info.system or "no system (unreadable)" for info in self.results if info.inferred_system)
+        if not counts:
+            return None
+        return "no --system given, inferred per code: " + ", ".join(f"{system} {n}" for system, n in counts.items())
+
+
+def describe_code(code: str, *, system: str | None = None, codes_file: Path | None = None) -> Shown:
+    """Status, canonical form, description, ancestors, children count, inclusion terms and excludes."""
+    ontology = load_ontology(codes_file)
+    info = ontology.lookup(code, system)
+    lines = [f"{info.canonical or info.input} ({_system_label(info)}): {info.status}", f"  {_description(info)}"]
+    if info.canonical is not None and info.status != UNKNOWN:
+        lines += _details(ontology, info.canonical, info.system or "")
+    return Shown(info=info, text="\n".join(lines))
+
+
+def validate_codes(
+    codes: Sequence[str],
+    *,
+    system: str | None = None,
+    codes_file: Path | None = None,
+    stdin: TextIO | None = None,
+) -> Validation:
+    """Look up every code; ``-`` stands for one code a line read from ``stdin``. UsageError when
+    there is no code at all."""
+    inputs = list(_expand_stdin(codes, stdin))
+    if not inputs:
+        raise UsageError("no codes to validate: give codes as arguments, or '-' and one code a line on stdin")
+    ontology = load_ontology(codes_file)
+    return Validation(results=tuple(ontology.lookup(code, system) for code in inputs))
+
+
+def _expand_stdin(codes: Iterable[str], stdin: TextIO | None) -> Iterable[str]:
+    for code in codes:
+        if code != STDIN:
+            yield code
+        elif stdin is None:
+            raise UsageError("'-' reads codes from stdin, but no stdin was given")
+        else:
+            yield from (line.strip() for line in stdin if line.strip())
+
+
+def _system_label(info: CodeInfo) -> str:
+    label = info.system or "no system"
+    return f"{label}, inferred" if info.inferred_system else label
+
+
+def _description(info: CodeInfo) -> str:
+    if info.status != UNKNOWN:
+        return info.description
+    if info.canonical is not None:
+        return "not in the ontology (nor a prefix of its codes); a --codes-file can add it"
+    try:
+        normalize(info.input, info.system) if info.system else infer_system(info.input)
+    except CodeFormatError as error:
+        return f"not a code: {error.reason}"
+    return "not a code"
+
+
+def _details(ontology: Ontology, canonical: str, system: str) -> list[str]:
+    lines = []
+    ancestors = ontology.ancestors(canonical, system)
+    if ancestors:
+        lines.append("  ancestors:")
+        lines += [f"    {name}  {ontology.description(name, system)}" for name in ancestors]
+    children = ontology.children(canonical, system)
+    if children:
+        lines.append(f"  children: {len(children)} ({', '.join(children[:8])}{', ...' if len(children) > 8 else ''})")
+    sections = {"inclusion terms": ontology.inclusion_terms(canonical), **ontology.excludes(canonical)} if system == CM else {}
+    for title, notes in sections.items():
+        if notes:
+            lines.append(f"  {title}:")
+            lines += [f"    {note}" for note in notes]
+    return lines
