@@ -6,10 +6,12 @@ Every CoderError becomes one line on stderr and an exit code, here and only here
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -53,6 +55,78 @@ def _main(
 
 
 # --- commands are added below, one function each -------------------------------------------------
+
+
+class Device(str, enum.Enum):
+    """Choices of ``coder predict --device``."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command("predict")
+@_reported
+def predict_command(
+    notes: Annotated[str, typer.Argument(help="Notes: a parquet file, a folder of *.parquet files, or a quoted glob.")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="Predictions parquet to write (one row per note, system and code).")],
+    model: Annotated[Path | None, typer.Option(file_okay=False, help="Model folder (default: $CODER_MODEL, else models/codiesp-minilm).")] = None,
+    id_column: Annotated[str, typer.Option(help="Column that holds the note id.")] = "note_id",
+    text_column: Annotated[str | None, typer.Option(help="Column read as the model's main text (default: the model's configured column).")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Codes kept per note and system, best first.")] = 50,
+    threshold_only: Annotated[bool, typer.Option("--threshold-only", help="Keep only codes at or above their decision threshold.")] = False,
+    quarantine: Annotated[Path | None, typer.Option(dir_okay=False, help="Parquet for rows that could not be coded (default: OUT stem + .quarantine.parquet).")] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list that extends the ontology; recorded in the manifest.")] = None,
+    device: Annotated[Device, typer.Option(help="Where the model runs: auto picks CUDA when onnxruntime can use it.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 64,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
+    from coder.pipeline import predict_notes
+
+    summary = predict_notes(
+        notes, out=out, model=model, device=device.value, codes_file=codes_file, quarantine=quarantine,
+        id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
+        batch_size=batch_size, resume=resume, quiet=quiet,
+    )
+    if not quiet:
+        for line in summary.lines():
+            typer.echo(line, err=True)
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 1,5,8,15, got {text!r}") from None
+
+
+@app.command("audit")
+@_reported
+def audit_command(
+    predictions: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, readable=True, help="Predictions parquet written by `coder predict`.")] = None,
+    gold: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Gold codes parquet (note_id, code, system); only its notes are scored.")] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list: codes it vouches for count as valid for MAP.")] = None,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for precision@k and recall@k, comma-separated.")] = "1,5,8,15",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object keyed by system instead of a summary.")] = False,
+    report: Annotated[Path | None, typer.Option(dir_okay=False, help="Write a self-contained HTML report here (needs --gold).")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="Notes to sample for human review (with --export).")] = None,
+    export: Annotated[Path | None, typer.Option(dir_okay=False, help="Review CSV to write: top codes of the sampled notes and a blank verdict column.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the review sample (same seed and file, same sample).")] = 0,
+    review_top: Annotated[int, typer.Option(min=1, help="Codes per note and system in the review sample.")] = 8,
+    reviewed: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="A review CSV with verdicts filled in: report precision@k with 95% Wilson intervals.")] = None,
+) -> None:
+    """Score predictions against coders (CodiEsp MAP, P@k, R@k, F1), write a report or a review sample."""
+    import json
+
+    from coder.audit.run import run_audit
+
+    outcome = run_audit(
+        predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,
+        export=export, seed=seed, review_top=review_top, reviewed=reviewed,
+    )
+    typer.echo(json.dumps(outcome.results, indent=2) if as_json else "\n".join(outcome.lines))
 
 
 if __name__ == "__main__":

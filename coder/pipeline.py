@@ -244,12 +244,12 @@ def predict_notes(
     quiet: bool = False,
 ) -> RunSummary:
     """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch."""
+    resolve_inputs(source)  # a mistyped path fails before the model loads
     # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
     from coder.bundle import default_model_path
     from coder.ontology import load_ontology
     from coder.predictor import load_predictor
 
-    resolve_inputs(source)  # a mistyped path fails before the model loads
     model_path = model or default_model_path()
     predictor = load_predictor(model_path, device=device)
     ontology = load_ontology(codes_file=codes_file)
