@@ -123,10 +123,10 @@ def run_audit(
         raise UsageError("give the PREDICTIONS parquet written by `coder predict` (or --reviewed REVIEW.csv)")
     if (sample is None) != (export is None):
         raise UsageError("--sample N and --export REVIEW.csv go together")
-    if gold is None and sample is None:
-        raise UsageError("nothing to do: pass --gold GOLD.parquet, or --sample N --export REVIEW.csv")
     if report is not None and gold is None:
         raise UsageError("--report needs --gold")
+    if gold is None and sample is None:
+        raise UsageError("nothing to do: pass --gold GOLD.parquet, or --sample N --export REVIEW.csv")
     frame = _read(predictions, _PREDICTION_COLUMNS, "predictions")
     truth = _read(gold, _GOLD_COLUMNS, "gold codes") if gold is not None else None
     results: dict[str, Any] = {}

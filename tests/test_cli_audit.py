@@ -1,0 +1,88 @@
+import json
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from coder.schema import CM, PCS, PREDICTION_SCHEMA
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Gold for two notes and predictions that get one CM code right, one wrong, and miss the PCS code."""
+    gold = tmp_path / "gold.parquet"
+    pl.DataFrame({"note_id": ["n1", "n1", "n2"], "code": ["R50.9", "J18.9", "0DTJ0ZZ"], "system": [CM, CM, PCS]}).write_parquet(gold)
+    predictions = tmp_path / "pred.parquet"
+    pl.DataFrame(
+        [
+            ("n1", CM, "R50.9", "Fever, unspecified", 0.8, 1, True, "plm_icd", None, None, None),
+            ("n1", CM, "I10", "Essential hypertension", 0.6, 2, True, "plm_icd", None, None, None),
+            ("n2", PCS, "0DTJ4ZZ", "Resection of Appendix", 0.3, 1, False, "plm_icd", None, None, None),
+            ("n9", CM, "I10", "not audited", 0.9, 1, True, "plm_icd", None, None, None),
+        ],
+        schema=PREDICTION_SCHEMA,
+        orient="row",
+    ).write_parquet(predictions)
+    return predictions, gold
+
+
+def test_help_lists_the_options():
+    result = runner.invoke(app, ["audit", "--help"])
+    assert result.exit_code == 0
+    for option in ("--gold", "--json", "--report", "--sample", "--export", "--reviewed", "--seed"):
+        assert option in result.output
+
+
+def test_json_is_keyed_by_system(files):
+    predictions, gold = files
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.stdout)
+    assert set(audit) == {CM, PCS}
+    for key in ("map", "p@5", "p@8", "p@15", "micro_f1", "macro_f1", "notes"):
+        assert key in audit[CM]
+    # CM: n1 ranks R50.9 (gold), I10: AP = 1/2; n9 is not in gold and is ignored
+    assert audit[CM]["map"] == pytest.approx(0.5)
+    assert audit[CM]["micro_f1"] == pytest.approx(0.5)
+    assert (audit[PCS]["map"], audit[PCS]["notes"]) == (0.0, 1)
+
+
+def test_report_and_review_round_trip(files, tmp_path):
+    predictions, gold = files
+    report, review = tmp_path / "audit.html", tmp_path / "review.csv"
+    result = runner.invoke(
+        app, ["audit", str(predictions), "--gold", str(gold), "--report", str(report), "--sample", "5", "--export", str(review)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ICD-10-CM: 1 notes, MAP 0.500" in result.stdout
+    assert report.read_text().startswith("<!DOCTYPE html>")
+    sample = pl.read_csv(review)
+    assert sample.height == 3  # n1's two CM codes and n2's PCS code; n9 is not audited
+    sample.with_columns(pl.lit("correct").alias("verdict")).write_csv(review)
+    result = runner.invoke(app, ["audit", "--reviewed", str(review), "--k", "1,2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[CM]["p@2"]["precision"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--report", "x.html"], 2, "--report needs --gold"),
+        (["--sample", "3"], 2, "--sample N and --export"),
+        (["--gold", "NOTES"], 3, "gold codes lack column 'code'"),
+        (["--gold", "GOLD", "--k", "1,five"], 2, "comma-separated integers"),
+    ],
+    ids=["report-without-gold", "sample-without-export", "gold-is-not-gold", "bad-k"],
+)
+def test_known_errors_exit_with_one_line(files, args, code, message):
+    predictions, gold = files
+    notes = predictions.with_name("notes.parquet")
+    pl.DataFrame({"note_id": ["n1"], "text": ["fever"]}).write_parquet(notes)
+    args = [{"NOTES": str(notes), "GOLD": str(gold)}.get(a, a) for a in args]
+    result = runner.invoke(app, ["audit", str(predictions), *args])
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
