@@ -1,0 +1,102 @@
+"""PLM-ICD (Huang et al. 2022): a pretrained encoder per chunk and label-wise attention over the note.
+
+Each chunk of a note is encoded separately; the token states of all chunks are joined into one
+sequence and a label-wise attention head (LAAT, Vu et al. 2020) gives one vector, then one
+logit, per label. Unlike the original code, padding tokens and padding chunks are masked in
+the attention, so a note scores the same alone and in a padded batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from coder.chunking import Batch, ChunkedNote, score_in_batches
+
+DEFAULT_ATTENTION_DIM = 256
+
+
+class LabelAttention(nn.Module):
+    """LAAT: Z = tanh(W H), A = softmax_tokens(U Z), V = A H, logits = (V * O).sum(-1) + b."""
+
+    def __init__(self, *, hidden_size: int, attention_dim: int, n_labels: int):
+        super().__init__()
+        self.project = nn.Linear(hidden_size, attention_dim, bias=False)  # W
+        self.label_queries = nn.Linear(attention_dim, n_labels, bias=False)  # U
+        self.label_weights = nn.Parameter(torch.empty(n_labels, hidden_size))  # O
+        self.label_bias = nn.Parameter(torch.zeros(n_labels))  # b
+        for weight in (self.project.weight, self.label_queries.weight, self.label_weights):
+            nn.init.normal_(weight, mean=0.0, std=0.03)  # as in PLM-ICD
+
+    def forward(self, hidden: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden: [batch, tokens, hidden]; token_mask: [batch, tokens] bool (True = real token).
+
+        Returns logits [batch, n_labels] and the attention peak [batch, n_labels] (token index).
+        """
+        hidden = hidden.masked_fill(~token_mask.unsqueeze(-1), 0.0)  # padding chunks may hold anything
+        z = torch.tanh(self.project(hidden))  # [batch, tokens, attention_dim]
+        scores = self.label_queries(z).transpose(1, 2)  # [batch, n_labels, tokens]
+        scores = scores.masked_fill(~token_mask.unsqueeze(1), float("-inf"))
+        attention = torch.softmax(scores, dim=-1)  # [batch, n_labels, tokens]
+        label_vectors = attention @ hidden  # [batch, n_labels, hidden]
+        logits = (label_vectors * self.label_weights).sum(-1) + self.label_bias  # [batch, n_labels]
+        return logits, attention.argmax(dim=-1)
+
+
+class PlmIcd(nn.Module):
+    """Encoder over chunks + masked label-wise attention; outputs one logit per label."""
+
+    def __init__(self, *, encoder: PreTrainedModel, n_labels: int, attention_dim: int = DEFAULT_ATTENTION_DIM):
+        super().__init__()
+        self.encoder = encoder
+        self.head = LabelAttention(
+            hidden_size=encoder.config.hidden_size, attention_dim=attention_dim, n_labels=n_labels
+        )
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.head.label_bias.shape[0])
+
+    @property
+    def attention_dim(self) -> int:
+        return int(self.head.project.weight.shape[0])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask: [batch, n_chunks, chunk_len] (a padding chunk has an all-zero mask).
+
+        Returns logits [batch, n_labels] and the attention peak [batch, n_labels], an index into
+        the joined tokens (``chunk * chunk_len + position``).
+        """
+        batch, n_chunks, chunk_len = input_ids.shape
+        # A padding chunk gets its first position unmasked so the encoder never sees an all-masked
+        # row (which can turn into NaN); the head masks those states out anyway.
+        encoder_mask = torch.cat([torch.ones_like(attention_mask[..., :1]), attention_mask[..., 1:]], dim=-1)
+        states = self.encoder(
+            input_ids=input_ids.reshape(batch * n_chunks, chunk_len),
+            attention_mask=encoder_mask.reshape(batch * n_chunks, chunk_len),
+        ).last_hidden_state  # [batch * n_chunks, chunk_len, hidden]
+        joined = states.reshape(batch, n_chunks * chunk_len, -1)  # [batch, n_chunks * chunk_len, hidden]
+        token_mask = attention_mask.reshape(batch, n_chunks * chunk_len).bool()
+        return self.head(joined, token_mask)
+
+
+def torch_forward(model: PlmIcd) -> Callable[[Batch], tuple[np.ndarray, np.ndarray]]:
+    """Batch -> (logits, peaks) as numpy, for ``chunking.score_in_batches``."""
+    model.eval()
+
+    @torch.inference_mode()
+    def forward(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        logits, peaks = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+        return logits.numpy(), peaks.numpy()
+
+    return forward
+
+
+def predict_proba(model: PlmIcd, notes: Sequence[ChunkedNote], *, batch_size: int, pad_id: int) -> np.ndarray:
+    """Sigmoid scores [n_notes, n_labels] in torch (eager); unprocessable notes get zeros."""
+    scores, _ = score_in_batches(torch_forward(model), notes, n_labels=model.n_labels, batch_size=batch_size, pad_id=pad_id)
+    return scores

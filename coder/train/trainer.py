@@ -1,0 +1,320 @@
+"""Fine-tune PLM-ICD on CPU: AdamW, warm-up + linear decay, accumulation, clipping, early stopping on dev MAP.
+
+Each time dev MAP improves, the model folder is rewritten complete (weights, thresholds, config,
+card), so the folder is usable whenever training stops. ``checkpoint.pt`` in the folder lets
+``--resume`` continue after an interruption; it is removed when training ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from coder.bundle import (
+    ONNX_FILES,
+    ModelConfig,
+    read_config,
+    save_torch,
+    sha256_file,
+    with_file_hashes,
+    write_card,
+    write_config,
+)
+from coder.chunking import ChunkedNote, chunk_notes, collate
+from coder.errors import UsageError
+from coder.ontology import load_ontology
+from coder.plm_icd import PlmIcd, predict_proba
+from coder.schema import NOTE_ID
+from coder.train.dataset import (
+    LabelSet,
+    build_labels,
+    canonical_codes,
+    gold_by_system,
+    label_matrix,
+    read_codes,
+    read_notes,
+)
+from coder.train.evaluate import ranking_metrics
+from coder.train.thresholds import ThresholdTuner
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Hyperparameters; recorded in the model config."""
+
+    epochs: int = 12
+    batch_size: int = 4  # notes per forward pass
+    accumulation: int = 2  # forward passes per optimiser step
+    encoder_lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of all steps
+    clip_norm: float = 1.0
+    patience: int = 3  # epochs without dev MAP gain before stopping
+    seed: int = 13
+    chunk_len: int = 128
+    max_chunks: int = 24
+    attention_dim: int = 256
+    eval_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Split:
+    """Notes tokenised and their targets."""
+
+    note_ids: list[str]
+    chunks: list[ChunkedNote]
+    targets: np.ndarray  # [n_notes, n_labels]
+    gold: dict[str, dict[str, set[str]]]
+    truncated: int
+    unprocessable: int
+
+
+def _split(notes: pl.DataFrame, canonical: pl.DataFrame, *, labels: LabelSet, tokenizer, text_column: str, options: TrainingOptions, name: str) -> Split:
+    note_ids = notes[NOTE_ID].to_list()
+    chunks = chunk_notes(notes[text_column].to_list(), tokenizer=tokenizer, chunk_len=options.chunk_len, max_chunks=options.max_chunks)
+    canonical = canonical.filter(pl.col(NOTE_ID).is_in(note_ids))
+    split = Split(
+        note_ids=note_ids,
+        chunks=chunks,
+        targets=label_matrix(note_ids, canonical, labels=labels.labels),
+        gold=gold_by_system(canonical),
+        truncated=sum(c.truncated for c in chunks),
+        unprocessable=sum(c.unprocessable for c in chunks),
+    )
+    logger.info(
+        "%s: %d notes, %d chunks, %d truncated at %d tokens, %d unprocessable (skipped)",
+        name, len(chunks), sum(c.n_chunks for c in chunks), split.truncated,
+        options.chunk_len * options.max_chunks, split.unprocessable,
+    )
+    return split
+
+
+def _epoch_batches(split: Split, *, options: TrainingOptions, epoch: int) -> list[list[int]]:
+    """Notes bucketed by chunk count (random order within a length), batch order shuffled; seeded per epoch."""
+    rng = np.random.default_rng(options.seed + epoch)
+    usable = [i for i, c in enumerate(split.chunks) if not c.unprocessable]
+    keys = rng.random(len(usable))
+    order = sorted(range(len(usable)), key=lambda k: (split.chunks[usable[k]].n_chunks, keys[k]))
+    groups = [[usable[k] for k in order[s : s + options.batch_size]] for s in range(0, len(order), options.batch_size)]
+    rng.shuffle(groups)
+    return groups
+
+
+def _optimizer(model: PlmIcd, options: TrainingOptions) -> torch.optim.AdamW:
+    groups: list[dict[str, Any]] = []
+    for module, lr in ((model.encoder, options.encoder_lr), (model.head, options.head_lr)):
+        decay = [p for n, p in module.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
+        no_decay = [p for n, p in module.named_parameters() if p.ndim <= 1 or "LayerNorm" in n]
+        groups.append({"params": decay, "lr": lr, "weight_decay": options.weight_decay})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, *, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _prior_bias(targets: np.ndarray) -> torch.Tensor:
+    """Logit of each label's training frequency: rare labels start near 0 probability, not 0.5."""
+    rate = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
+    return torch.from_numpy(np.log(rate / (1 - rate)).astype(np.float32))
+
+
+def train(
+    *,
+    notes: Path,
+    codes: Path,
+    out: Path,
+    dev_notes: Path | None = None,
+    dev_codes: Path | None = None,
+    text_column: str = "text",
+    encoder_path: Path,
+    encoder_name: str,
+    codes_file: Path | None = None,
+    options: TrainingOptions = TrainingOptions(),
+    resume: bool = False,
+    command: str = "",
+) -> ModelConfig:
+    """Train PLM-ICD on ``notes``/``codes`` and write a complete model folder to ``out``."""
+    if (dev_notes is None) != (dev_codes is None):
+        raise UsageError("give both --dev-notes and --dev-codes, or neither")
+    checkpoint_path = out / CHECKPOINT
+    if resume and not checkpoint_path.is_file():
+        raise UsageError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
+    torch.manual_seed(options.seed)
+    ontology = load_ontology(codes_file=codes_file)
+
+    train_notes = read_notes(notes, text_column=text_column)
+    train_canonical = canonical_codes(read_codes(codes).filter(pl.col(NOTE_ID).is_in(train_notes[NOTE_ID].to_list())), ontology=ontology)
+    labels = build_labels(train_canonical)
+    if not labels.labels:
+        raise UsageError(f"{codes} gives no code the ontology knows for the notes in {notes}")
+    logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in _count_systems(labels).items()))
+
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
+    split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
+    train_split = _split(train_notes, train_canonical, name="train", **split_args)
+    dev_split = None
+    if dev_notes is not None and dev_codes is not None:
+        dev_frame = read_notes(dev_notes, text_column=text_column)
+        dev_split = _split(dev_frame, canonical_codes(read_codes(dev_codes), ontology=ontology), name="dev", **split_args)
+
+    model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder_path)), n_labels=len(labels.labels), attention_dim=options.attention_dim)
+    with torch.no_grad():
+        model.head.label_bias.copy_(_prior_bias(train_split.targets))
+    optimizer = _optimizer(model, options)
+    steps_per_epoch = math.ceil(len(_epoch_batches(train_split, options=options, epoch=0)) / options.accumulation)
+    total = steps_per_epoch * options.epochs
+    scheduler = _schedule(optimizer, total=total, warmup=max(1, int(options.warmup * total)))
+
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    if resume:
+        saved = torch.load(checkpoint_path, weights_only=False)
+        if saved["labels"] != [dataclasses.astuple(label) for label in labels.labels]:
+            raise UsageError(f"--resume: {checkpoint_path} was trained on other labels; start without --resume")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        logger.info("resumed after epoch %d (best dev MAP %.4f)", state["epoch"], state["best"])
+
+    provenance = {
+        "command": command,
+        "seed": options.seed,
+        "options": dataclasses.asdict(options),
+        "data_sha256": {str(p): sha256_file(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None},
+        "train_notes": len(train_split.note_ids),
+        "truncated": {"train": train_split.truncated, **({"dev": dev_split.truncated} if dev_split else {})},
+        "unprocessable": {"train": train_split.unprocessable, **({"dev": dev_split.unprocessable} if dev_split else {})},
+    }
+    base = ModelConfig(
+        name=out.name,
+        labels=labels.labels,
+        thresholds=tuple(0.5 for _ in labels.labels),
+        system_thresholds={system: 0.5 for system in _count_systems(labels)},
+        chunk_len=options.chunk_len,
+        max_chunks=options.max_chunks,
+        attention_dim=options.attention_dim,
+        text_columns={"encoder": text_column},
+        encoder={"name": encoder_name, "source": str(encoder_path)},
+        ontology=dict(ontology.release),
+        unknown_codes=labels.unknown,
+        training=provenance,
+        dev_metrics={},
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in ONNX_FILES.values():  # exported from an earlier model: their hashes would lie
+            (out / stale).unlink(missing_ok=True)
+    pad_id = tokenizer.pad_token_id
+    for epoch in range(state["epoch"], options.epochs):
+        loss = _train_epoch(model, train_split, optimizer=optimizer, scheduler=scheduler, options=options, epoch=epoch, pad_id=pad_id)
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
+        improved = True
+        if dev_split is not None:
+            scores = predict_proba(model, dev_split.chunks, batch_size=options.eval_batch_size, pad_id=pad_id)
+            metrics = ranking_metrics(scores, note_ids=dev_split.note_ids, labels=labels.labels, gold=dev_split.gold)
+            record["dev"] = metrics
+            mean_map = float(np.mean([m["map"] for m in metrics.values()]))
+            improved = mean_map > state["best"]
+            logger.info("epoch %d: loss %.4f, dev MAP %s", epoch + 1, loss, {s: round(m["map"], 4) for s, m in metrics.items()})
+        else:
+            logger.info("epoch %d: loss %.4f", epoch + 1, loss)
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if improved:
+            state["bad_epochs"] = 0
+            if dev_split is not None:
+                state["best"] = mean_map
+            _write_folder(out, base, model=model, tokenizer=tokenizer, dev=dev_split, dev_scores=scores if dev_split else None, state=state)
+        else:
+            state["bad_epochs"] += 1
+        stop = state["bad_epochs"] >= options.patience
+        if epoch + 1 < options.epochs and not stop:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "labels": [dataclasses.astuple(label) for label in labels.labels],
+                    "state": state,
+                },
+                checkpoint_path,
+            )
+        if stop:
+            logger.info("no dev MAP gain for %d epochs: stopping after epoch %d", options.patience, epoch + 1)
+            break
+    checkpoint_path.unlink(missing_ok=True)
+    return read_config(out)
+
+
+def _count_systems(labels: LabelSet) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for label in labels.labels:
+        counts[label.system] = counts.get(label.system, 0) + 1
+    return counts
+
+
+def _train_epoch(model: PlmIcd, split: Split, *, optimizer, scheduler, options: TrainingOptions, epoch: int, pad_id: int) -> float:
+    model.train()
+    groups = _epoch_batches(split, options=options, epoch=epoch)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    total = 0.0
+    bar = tqdm(groups, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch", file=sys.stderr, dynamic_ncols=True)
+    for step, indices in enumerate(bar, start=1):
+        batch = collate([split.chunks[i] for i in indices], indices=indices, pad_id=pad_id)
+        logits, _ = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+        loss = loss_fn(logits, torch.from_numpy(split.targets[indices]))
+        (loss / options.accumulation).backward()
+        total += loss.item()
+        if step % options.accumulation == 0 or step == len(groups):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{total / step:.4f}")
+    return total / max(1, len(groups))
+
+
+def _write_folder(out: Path, base: ModelConfig, *, model: PlmIcd, tokenizer, dev: Split | None, dev_scores: np.ndarray | None, state: dict) -> None:
+    """Write weights, thresholds (tuned on dev when given), config and card for the current model."""
+    save_torch(out, model=model, tokenizer=tokenizer)
+    config = dataclasses.replace(base, training={**base.training, "epochs_run": state["epoch"], "history": state["history"]})
+    if dev is not None and dev_scores is not None:
+        tuner = ThresholdTuner().fit(dev_scores, dev.targets, systems=config.systems)
+        metrics = ranking_metrics(dev_scores, note_ids=dev.note_ids, labels=config.labels, gold=dev.gold)
+        for system, f1 in tuner.dev_f1_.items():
+            metrics.setdefault(system, {})["micro_f1_at_threshold"] = f1
+        config = dataclasses.replace(
+            config,
+            thresholds=tuple(float(t) for t in tuner.thresholds_),
+            system_thresholds=tuner.system_thresholds_,
+            dev_metrics={"epoch": state["epoch"], **metrics},
+        )
+    config = with_file_hashes(out, config)
+    write_config(out, config)
+    write_card(out, config)
+    logger.info("wrote %s (epoch %d)", out, state["epoch"])
