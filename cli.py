@@ -57,6 +57,43 @@ def _main(
 # --- commands are added below, one function each -------------------------------------------------
 
 
+_SYSTEM_HELP = "ICD-10-CM or ICD-10-PCS; without it the system is inferred from each code's shape."
+_CODES_FILE_HELP = "User code list (TSV/CSV with header code, description[, system]) that extends the release."
+
+
+@codes_app.command("show")
+@_reported
+def codes_show_command(
+    code: Annotated[str, typer.Argument(help="The code in any common spelling (N44.8, n448, 0DT6).")],
+    system: Annotated[str | None, typer.Option(help=_SYSTEM_HELP)] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help=_CODES_FILE_HELP)] = None,
+) -> None:
+    """Show a code's status, canonical form, description, ancestors, inclusion terms and excludes."""
+    from coder.ontology.describe import describe_code
+
+    shown = describe_code(code, system=system, codes_file=codes_file)
+    typer.echo(shown.text)
+    raise typer.Exit(code=0 if shown.info.status != "unknown" else 1)
+
+
+@codes_app.command("validate")
+@_reported
+def codes_validate_command(
+    codes: Annotated[list[str] | None, typer.Argument(help="Codes to check; '-' reads one code a line from stdin.")] = None,
+    system: Annotated[str | None, typer.Option(help=_SYSTEM_HELP)] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help=_CODES_FILE_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {input, system, canonical, status, description}.")] = False,
+) -> None:
+    """Check codes against the ontology: exit 0 if all are known, 1 if any is unknown, 2 on usage errors."""
+    from coder.ontology.describe import validate_codes
+
+    validation = validate_codes(codes or [], system=system, codes_file=codes_file, stdin=typer.get_text_stream("stdin"))
+    typer.echo(validation.to_json() if as_json else validation.to_text())
+    if note := validation.inference_note():
+        typer.echo(note, err=True)
+    raise typer.Exit(code=0 if validation.all_known else 1)
+
+
 class Device(str, enum.Enum):
     """Choices of ``coder predict --device``."""
 
