@@ -120,13 +120,13 @@ def predict_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
-    from coder.pipeline import predict_notes
+    from coder.pipeline import PredictOptions, predict_notes
 
-    summary = predict_notes(
-        notes, out=out, model=model, device=device.value, codes_file=codes_file, quarantine=quarantine,
+    options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
-        batch_size=batch_size, resume=resume, quiet=quiet,
+        batch_size=batch_size, quarantine=quarantine, resume=resume, quiet=quiet,
     )
+    summary = predict_notes(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options)
     if not quiet:
         for line in summary.lines():
             typer.echo(line, err=True)

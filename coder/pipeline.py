@@ -77,7 +77,7 @@ class RunSummary:
 
 
 def _fingerprint(
-    plan: InputPlan, predictor: BatchPredictor, *, batch_size: int, top_k: int, threshold_only: bool, codes_sha256: str | None
+    plan: InputPlan, predictor: BatchPredictor, *, options: PredictOptions, codes_sha256: str | None
 ) -> dict[str, Any]:
     """Everything that must match for ``--resume`` to continue a run rather than mix two."""
     return {
@@ -85,9 +85,9 @@ def _fingerprint(
         "model_hash": predictor.model_hash,
         "id_column": plan.id_column,
         "columns": dict(plan.columns),
-        "batch_size": batch_size,
-        "top_k": top_k,
-        "threshold_only": threshold_only,
+        "batch_size": options.batch_size,
+        "top_k": options.top_k,
+        "threshold_only": options.threshold_only,
         "codes_file_sha256": codes_sha256,
     }
 
@@ -100,52 +100,69 @@ def _sum_counts(done: Mapping[int, Mapping[str, Any]]) -> Counter:
     return total
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a run reads, scores and reports; the model and the ontology come separately."""
+
+    id_column: str = NOTE_ID
+    """Input column with the note id."""
+    text_column: str | None = None
+    """Input column read as the model's primary text (None: the column the model names)."""
+    top_k: int = 50
+    """Codes kept per note and system."""
+    threshold_only: bool = False
+    """Keep only codes at or above their decision threshold."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Notes per batch: the unit of reading, scoring, and resuming."""
+    quarantine: Path | None = None
+    """Quarantine parquet (None: ``<out stem>.quarantine.parquet`` beside the output)."""
+    resume: bool = False
+    """Continue the interrupted run in ``<out>.parts`` if there is one."""
+    quiet: bool = False
+    """No progress bar or periodic progress lines."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.batch_size < 1:
+            raise UsageError(f"--top-k and --batch-size must be at least 1, got {self.top_k} and {self.batch_size}")
+
+
 def run_batches(
     source: str | Path,
     *,
     predictor: BatchPredictor,
     out: Path,
-    quarantine: Path | None = None,
-    id_column: str = NOTE_ID,
-    text_column: str | None = None,
-    top_k: int = 50,
-    threshold_only: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    resume: bool = False,
-    quiet: bool = False,
+    options: PredictOptions = PredictOptions(),
     codes_file: Path | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Code every note of ``source`` with ``predictor`` and write ``out``, its quarantine and manifest.
 
-    Input rows = notes coded + rows quarantined, always. ``text_column`` names the input column to
-    read as the model's primary text. ``manifest_extra`` adds sections (model name, ontology release).
+    Input rows = notes coded + rows quarantined, always. ``codes_file`` is recorded (and must match
+    on resume); ``manifest_extra`` adds manifest sections (model name, ontology release).
     """
-    if top_k < 1 or batch_size < 1:
-        raise UsageError(f"--top-k and --batch-size must be at least 1, got {top_k} and {batch_size}")
     started = datetime.now(UTC)
     clock = time.monotonic()
-    quarantine = quarantine or quarantine_path(out)
-    plan = plan_inputs(source, id_column=id_column, text_columns=predictor.text_columns, primary_column=text_column)
+    quarantine = options.quarantine or quarantine_path(out)
+    plan = plan_inputs(
+        source, id_column=options.id_column, text_columns=predictor.text_columns, primary_column=options.text_column
+    )
     codes_sha256 = file_sha256(codes_file) if codes_file else None
     parts = PartsFolder(out)
-    fingerprint = _fingerprint(
-        plan, predictor, batch_size=batch_size, top_k=top_k, threshold_only=threshold_only, codes_sha256=codes_sha256
-    )
-    done = parts.start(fingerprint=fingerprint, resume=resume)
+    fingerprint = _fingerprint(plan, predictor, options=options, codes_sha256=codes_sha256)
+    done = parts.start(fingerprint=fingerprint, resume=options.resume)
     resumed_batches = len(done)
     primary = predictor.text_columns[0]
     screen = RowScreen()
-    progress = Progress(total=plan.total_rows, quiet=quiet)
+    progress = Progress(total=plan.total_rows, quiet=options.quiet)
     model_seconds = 0.0
     fresh_rows = 0
     batches = 0
-    for batch in iter_batches(plan, batch_size=batch_size):
+    for batch in iter_batches(plan, batch_size=options.batch_size):
         batches += 1
         good, bad = screen.split(batch, text_column=primary)  # also for done batches: it remembers their ids
         if batch.index not in done:
             tick = time.monotonic()
-            result = predictor.predict(good.drop("row"), top_k=top_k, threshold_only=threshold_only)
+            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
             model_seconds += time.monotonic() - tick
             done[batch.index] = _write_batch(parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
             fresh_rows += batch.frame.height
@@ -179,7 +196,7 @@ def run_batches(
         "skipped_components": list(plan.skipped_columns),
         "model": {"hash": predictor.model_hash, "execution_provider": predictor.execution_provider},
         "codes_file": {"path": str(codes_file), "sha256": codes_sha256} if codes_file else None,
-        "options": {"top_k": top_k, "threshold_only": threshold_only, "batch_size": batch_size},
+        "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size},
         "counts": {
             "input_rows": summary.input_rows,
             "notes_coded": summary.notes_coded,
@@ -234,14 +251,7 @@ def predict_notes(
     model: Path | None = None,
     device: str = "auto",
     codes_file: Path | None = None,
-    quarantine: Path | None = None,
-    id_column: str = NOTE_ID,
-    text_column: str | None = None,
-    top_k: int = 50,
-    threshold_only: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    resume: bool = False,
-    quiet: bool = False,
+    options: PredictOptions = PredictOptions(),
 ) -> RunSummary:
     """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch."""
     resolve_inputs(source)  # a mistyped path fails before the model loads
@@ -257,14 +267,7 @@ def predict_notes(
         source,
         predictor=predictor,
         out=out,
-        quarantine=quarantine,
-        id_column=id_column,
-        text_column=text_column,
-        top_k=top_k,
-        threshold_only=threshold_only,
-        batch_size=batch_size,
-        resume=resume,
-        quiet=quiet,
+        options=options,
         codes_file=codes_file,
         manifest_extra={
             "model": {"name": predictor.config.name, "path": str(model_path)},

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from coder.errors import UsageError
-from coder.pipeline import run_batches
+from coder.pipeline import PredictOptions, run_batches
 from coder.schema import CM, NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
 
 
@@ -60,7 +60,7 @@ def dump(tmp_path):
 
 def test_every_input_row_is_coded_or_quarantined(tmp_path, dump):
     out = tmp_path / "out.parquet"
-    summary = run_batches(dump, predictor=StandIn(), out=out, batch_size=2, quiet=True)
+    summary = run_batches(dump, predictor=StandIn(), out=out, options=PredictOptions(batch_size=2, quiet=True))
     predictions = pl.read_parquet(out)
     quarantine = pl.read_parquet(tmp_path / "out.quarantine.parquet")
     assert predictions.schema == PREDICTION_SCHEMA
@@ -92,13 +92,13 @@ def test_every_input_row_is_coded_or_quarantined(tmp_path, dump):
 
 
 def test_top_k_is_passed_to_the_model(tmp_path, dump):
-    run_batches(dump, predictor=StandIn(), out=tmp_path / "out.parquet", top_k=1, quiet=True)
+    run_batches(dump, predictor=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(top_k=1, quiet=True))
     assert pl.read_parquet(tmp_path / "out.parquet").get_column("rank").max() == 1
 
 
 def test_empty_input_writes_empty_outputs_with_the_schema(tmp_path):
     pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
-    summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=tmp_path / "out.parquet", quiet=True)
+    summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(quiet=True))
     assert summary.input_rows == 0
     assert pl.read_parquet(tmp_path / "out.parquet").schema == PREDICTION_SCHEMA
     assert pl.read_parquet(tmp_path / "out.quarantine.parquet").schema == QUARANTINE_SCHEMA
@@ -107,10 +107,10 @@ def test_empty_input_writes_empty_outputs_with_the_schema(tmp_path):
 def test_resume_after_interruption_neither_repeats_nor_loses_notes(tmp_path, dump):
     out = tmp_path / "out.parquet"
     with pytest.raises(KeyboardInterrupt):
-        run_batches(dump, predictor=StandIn(fail_at_call=3), out=out, batch_size=2, quiet=True)
+        run_batches(dump, predictor=StandIn(fail_at_call=3), out=out, options=PredictOptions(batch_size=2, quiet=True))
     assert not out.exists()
     second = StandIn()
-    summary = run_batches(dump, predictor=second, out=out, batch_size=2, resume=True, quiet=True)
+    summary = run_batches(dump, predictor=second, out=out, options=PredictOptions(batch_size=2, resume=True, quiet=True))
     assert summary.resumed_batches == 2
     assert "a" not in second.seen and "b" not in second.seen
     predictions = pl.read_parquet(out)
@@ -122,13 +122,13 @@ def test_resume_after_interruption_neither_repeats_nor_loses_notes(tmp_path, dum
 def test_resume_refuses_changed_inputs(tmp_path, dump):
     out = tmp_path / "out.parquet"
     with pytest.raises(KeyboardInterrupt):
-        run_batches(dump, predictor=StandIn(fail_at_call=2), out=out, batch_size=2, quiet=True)
+        run_batches(dump, predictor=StandIn(fail_at_call=2), out=out, options=PredictOptions(batch_size=2, quiet=True))
     pl.DataFrame({NOTE_ID: ["z"], TEXT: ["new"]}).write_parquet(dump / "3.parquet")
     with pytest.raises(UsageError, match="differs in inputs"):
-        run_batches(dump, predictor=StandIn(), out=out, batch_size=2, resume=True, quiet=True)
+        run_batches(dump, predictor=StandIn(), out=out, options=PredictOptions(batch_size=2, resume=True, quiet=True))
 
 
 @pytest.mark.parametrize(("top_k", "batch_size"), [(0, 2), (5, 0)], ids=["top-k", "batch-size"])
-def test_bad_options_are_refused(tmp_path, dump, top_k, batch_size):
+def test_bad_options_are_refused(top_k, batch_size):
     with pytest.raises(UsageError, match="at least 1"):
-        run_batches(dump, predictor=StandIn(), out=tmp_path / "o.parquet", top_k=top_k, batch_size=batch_size)
+        PredictOptions(top_k=top_k, batch_size=batch_size)
