@@ -57,16 +57,22 @@ def _main(
 # --- commands are added below, one function each -------------------------------------------------
 
 
-_SYSTEM_HELP = "ICD-10-CM or ICD-10-PCS; without it the system is inferred from each code's shape."
-_CODES_FILE_HELP = "User code list (TSV/CSV with header code, description[, system]) that extends the release."
+_SystemOption = Annotated[
+    str | None, typer.Option(help="ICD-10-CM or ICD-10-PCS; without it the system is inferred from each code's shape.")
+]
+_CodesFileOption = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, readable=True,
+                 help="User code list (TSV/CSV with header code, description[, system]) that extends the release."),
+]
 
 
 @codes_app.command("show")
 @_reported
 def codes_show_command(
     code: Annotated[str, typer.Argument(help="The code in any common spelling (N44.8, n448, 0DT6).")],
-    system: Annotated[str | None, typer.Option(help=_SYSTEM_HELP)] = None,
-    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help=_CODES_FILE_HELP)] = None,
+    system: _SystemOption = None,
+    codes_file: _CodesFileOption = None,
 ) -> None:
     """Show a code's status, canonical form, description, ancestors, inclusion terms and excludes."""
     from coder.ontology.describe import describe_code
@@ -80,8 +86,8 @@ def codes_show_command(
 @_reported
 def codes_validate_command(
     codes: Annotated[list[str] | None, typer.Argument(help="Codes to check; '-' reads one code a line from stdin.")] = None,
-    system: Annotated[str | None, typer.Option(help=_SYSTEM_HELP)] = None,
-    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help=_CODES_FILE_HELP)] = None,
+    system: _SystemOption = None,
+    codes_file: _CodesFileOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {input, system, canonical, status, description}.")] = False,
 ) -> None:
     """Check codes against the ontology: exit 0 if all are known, 1 if any is unknown, 2 on usage errors."""
