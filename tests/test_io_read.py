@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from coder.errors import InputFileError
@@ -89,3 +90,17 @@ def test_iter_batches_renames_columns_and_numbers_batches_across_files(tmp_path)
 def test_empty_directory_plans_no_rows(tmp_path):
     plan = plan_inputs(tmp_path, text_columns=(TEXT,))
     assert plan.files == () and plan.total_rows == 0
+
+
+def test_corruption_inside_a_file_names_the_file_and_row(tmp_path):
+    path = tmp_path / "notes.parquet"
+    pl.DataFrame({NOTE_ID: [f"n{i}" for i in range(4000)], TEXT: [f"fever {i} " * 20 for i in range(4000)]}).write_parquet(
+        path, row_group_size=1000
+    )
+    data = bytearray(path.read_bytes())
+    start = pq.ParquetFile(path).metadata.row_group(2).column(1).data_page_offset
+    data[start + 10 : start + 2000] = b"\xab" * 1990  # a damaged page in the third row group
+    path.write_bytes(bytes(data))
+    plan = plan_inputs(path, text_columns=(TEXT,))
+    with pytest.raises(InputFileError, match=r"notes\.parquet: unreadable after row 2000"):
+        list(iter_batches(plan, batch_size=500))
