@@ -1,0 +1,116 @@
+"""Peak memory of `coder predict` against dump size, and pipeline overhead against the model alone.
+
+Notes are synthesised from the repository's CodiEsp notes (data/codiesp/{train,dev}, CC BY 4.0),
+cycled with fresh note ids, into a work folder outside git (default /tmp/coder-bench). Each
+`coder predict` runs as its own process; its peak RSS comes from ``os.wait4`` (the kernel's
+max resident set of that process). Run with ``nice``: it keeps the CPU busy for minutes.
+
+    nice /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model \
+        --sizes 1000,10000,100000 --overhead-notes 2000
+
+Prints a markdown table for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = [REPO / "data" / "codiesp" / split / "notes.parquet" for split in ("train", "dev")]
+CODER = [str(Path(sys.executable).with_name("coder"))]  # the installed console script
+
+
+def synthesise(n: int, path: Path, *, chunk: int = 10_000) -> Path:
+    """``n`` notes cycled from the CodiEsp notes, written in row groups so this script stays small too."""
+    if path.exists() and pq.ParquetFile(path).metadata.num_rows == n:
+        return path
+    source = pl.concat([pl.read_parquet(p, columns=["text", "text_es"]) for p in SOURCES])
+    tmp = path.with_suffix(".tmp")
+    writer = None
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        rows = pl.int_range(start, start + size, eager=True)
+        frame = source[(rows % source.height).to_list()].with_columns(
+            pl.format("syn{}", rows.cast(pl.String).str.zfill(7)).alias("note_id")
+        ).select("note_id", "text", "text_es")
+        table = frame.to_arrow()
+        writer = writer or pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table)
+    if writer is not None:
+        writer.close()
+    tmp.replace(path)
+    return path
+
+
+def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict:
+    """Run `coder predict` in its own process; return wall seconds, peak RSS (MiB) and the manifest."""
+    command = [*CODER, "predict", str(notes), "--out", str(out), "--model", str(model),
+               "--batch-size", str(batch_size), "--device", "cpu", "--quiet"]
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.monotonic() - start
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"coder predict failed on {notes}: {stderr[-2000:]}")
+    manifest = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "manifest": manifest}
+
+
+def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
+    """Notes/s of ``Predictor.predict`` alone, fed the same batches the pipeline reads."""
+    from coder.predictor import load_predictor
+
+    predictor = load_predictor(model, device="cpu")
+    columns = ["note_id", *(c for c in predictor.text_columns if c in pq.ParquetFile(notes).schema_arrow.names)]
+    total = 0
+    seconds = 0.0
+    for batch in pq.ParquetFile(notes).iter_batches(batch_size=batch_size, columns=columns):
+        frame = pl.from_arrow(batch)
+        tick = time.monotonic()
+        predictor.predict(frame, top_k=50)
+        seconds += time.monotonic() - tick
+        total += frame.height
+    return total / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "tests" / "assets" / "tiny_model")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="dump sizes for the memory curve")
+    parser.add_argument("--overhead-notes", type=int, default=2000, help="notes for end-to-end vs model-only (0 skips)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/coder-bench"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    print(f"model: {args.model}, batch size {args.batch_size}, {os.cpu_count()} CPUs")
+    print("\n| notes | wall s | pipeline notes/s | peak RSS MiB | codes written |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in (int(s) for s in args.sizes.split(",")):
+        notes = synthesise(n, args.workdir / f"notes-{n}.parquet")
+        run = run_predict(notes, args.workdir / f"pred-{n}.parquet", model=args.model, batch_size=args.batch_size)
+        timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
+        print(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} | {counts['codes_written']:,} |")
+
+    if args.overhead_notes:
+        notes = synthesise(args.overhead_notes, args.workdir / f"notes-{args.overhead_notes}.parquet")
+        alone = model_only(notes, model=args.model, batch_size=args.batch_size)
+        run = run_predict(notes, args.workdir / "pred-overhead.parquet", model=args.model, batch_size=args.batch_size)
+        end_to_end = run["manifest"]["timing"]["notes_per_s"]
+        print(f"\noverhead on {args.overhead_notes:,} notes: model alone {alone:.1f} notes/s, "
+              f"end to end {end_to_end:.1f} notes/s ({end_to_end / alone:.0%} of model-only; "
+              f"excludes process start and model load: {run['seconds']:.1f} s wall in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`coder predict` end to end with the tiny model bundle (tests/assets/tiny_model)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from coder.io.write import PartsFolder
+from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, QuarantineReason
+
+runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notes.parquet"
+SECRET = "Zyxwvut-patient-words"
+
+
+def _predict(*args: str):
+    return runner.invoke(app, ["predict", *args])
+
+
+def test_help_lists_the_options():
+    result = _predict("--help")
+    assert result.exit_code == 0
+    for option in ("--out", "--model", "--top-k", "--threshold-only", "--quarantine", "--resume", "--quiet", "--device"):
+        assert option in result.output
+
+
+def test_happy_path_writes_predictions_quarantine_and_manifest(tmp_path, tiny_model_path):
+    notes = tmp_path / "notes.parquet"
+    source = pl.read_parquet(EXAMPLES).head(6)
+    extra = pl.DataFrame({NOTE_ID: ["blank", source[0, NOTE_ID]], TEXT: ["   ", f"{SECRET} again"], "text_es": [None, None]})
+    pl.concat([source, extra]).with_columns(pl.col(TEXT).str.replace("^", f"{SECRET} ")).write_parquet(notes)
+    out = tmp_path / "out.parquet"
+    result = runner.invoke(app, ["--verbose", "predict", str(notes), "--out", str(out), "--model", str(tiny_model_path), "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    predictions = pl.read_parquet(out)
+    assert predictions.schema == PREDICTION_SCHEMA
+    assert predictions.group_by(NOTE_ID, "system").len().get_column("len").max() <= 5
+    quarantine = pl.read_parquet(tmp_path / "out.quarantine.parquet")
+    assert quarantine.schema == QUARANTINE_SCHEMA
+    assert sorted(quarantine.get_column("reason")) == [QuarantineReason.DUPLICATE_NOTE_ID, QuarantineReason.EMPTY_TEXT]
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert manifest["counts"]["input_rows"] == 8 == manifest["counts"]["notes_coded"] + 2
+    assert manifest["model"]["hash"] and manifest["model"]["execution_provider"]
+    assert manifest["ontology"]["ICD-10-CM"]
+    assert "8 input rows: 6 notes coded" in result.output
+
+
+def test_empty_input_gives_an_empty_output(tmp_path, tiny_model_path):
+    notes = tmp_path / "empty.parquet"
+    pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(notes)
+    result = _predict(str(notes), "--out", str(tmp_path / "out.parquet"), "--model", str(tiny_model_path), "-q")
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(tmp_path / "out.parquet").schema == PREDICTION_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "no such file or directory"),
+        (lambda p: p.write_text("note_id,text\n"), "not a readable parquet file"),
+        (lambda p: pl.DataFrame({NOTE_ID: ["n1"], "body": ["x"]}).write_parquet(p), "missing text column 'text'"),
+        (lambda p: pl.DataFrame({NOTE_ID: [1], TEXT: ["x"]}).write_parquet(p), "id column 'note_id' is int64"),
+    ],
+    ids=["missing", "not-parquet", "missing-column", "numeric-id"],
+)
+def test_bad_files_exit_3_with_one_line(tmp_path, tiny_model_path, make, message):
+    notes = tmp_path / "notes.parquet"
+    make(notes)
+    result = _predict(str(notes), "--out", str(tmp_path / "out.parquet"), "--model", str(tiny_model_path))
+    assert result.exit_code == 3
+    assert f"{notes}: {message}" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_kill_and_resume_neither_loses_nor_repeats_notes(tmp_path, tiny_model_path):
+    source = pl.read_parquet(EXAMPLES)
+    notes = tmp_path / "notes.parquet"
+    rows = pl.int_range(0, 400, eager=True)
+    source[(rows % source.height).to_list()].with_columns(pl.format("k{}", rows).alias(NOTE_ID)).write_parquet(notes)
+    out = tmp_path / "out.parquet"
+    command = [str(Path(sys.executable).with_name("coder")), "predict", str(notes), "--out", str(out),
+               "--model", str(tiny_model_path), "--batch-size", "4", "--device", "cpu", "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "out.parquet.parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("done-*.json"))) < 5 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    finished = len(list(parts.glob("done-*.json")))
+    assert 5 <= finished < 100
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert manifest["timing"]["resumed_batches"] >= finished
+    assert manifest["counts"]["input_rows"] == 400 == manifest["counts"]["notes_coded"]
+    predictions = pl.read_parquet(out)
+    assert predictions.select(NOTE_ID, "system", "code").is_duplicated().sum() == 0
+    assert predictions.select(NOTE_ID, "system", "rank").is_duplicated().sum() == 0
+    assert predictions.get_column(NOTE_ID).n_unique() == 400 - manifest["counts"]["notes_without_codes"]
+    assert not parts.exists()
+
+
+def test_resume_refuses_another_model_setting(tmp_path, tiny_model_path):
+    out = tmp_path / "out.parquet"
+    PartsFolder(out).start(fingerprint={"model_hash": "another"}, resume=False)
+    result = _predict(str(EXAMPLES), "--out", str(out), "--model", str(tiny_model_path), "--resume")
+    assert result.exit_code == 2
+    assert "cannot resume" in result.output and "model_hash" in result.output
