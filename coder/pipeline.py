@@ -126,6 +126,70 @@ class PredictOptions:
             raise UsageError(f"--top-k and --batch-size must be at least 1, got {self.top_k} and {self.batch_size}")
 
 
+@dataclass(frozen=True)
+class Scored:
+    """What scoring the batches did, for the summary and the manifest."""
+
+    batches: int
+    """Batches in the run, those done before a resume included."""
+    fresh_rows: int
+    """Input rows of the batches scored by this run."""
+    model_seconds: float
+    """Time spent in ``predict``, summed over workers that run in parallel."""
+    execution_provider: str
+    engine: Mapping[str, Any]
+    """The manifest's ``engine`` section: which engine scored the batches, and how."""
+
+
+class BatchExecutor(Protocol):
+    """Scores and writes (``write_batch``) every batch of ``plan`` not in ``done``, adding its counts to ``done``."""
+
+    def __call__(
+        self,
+        plan: InputPlan,
+        *,
+        predictor: BatchPredictor,
+        parts: PartsFolder,
+        done: dict[int, dict[str, Any]],
+        progress: Progress,
+        options: PredictOptions,
+    ) -> Scored: ...
+
+
+def score_locally(
+    plan: InputPlan,
+    *,
+    predictor: BatchPredictor,
+    parts: PartsFolder,
+    done: dict[int, dict[str, Any]],
+    progress: Progress,
+    options: PredictOptions,
+) -> Scored:
+    """The local engine: one batch after another in this process."""
+    primary = predictor.text_columns[0]
+    screen = RowScreen()
+    model_seconds = 0.0
+    fresh_rows = 0
+    batches = 0
+    for batch in iter_batches(plan, batch_size=options.batch_size):
+        batches += 1
+        good, bad = screen.split(batch, text_column=primary)  # also for done batches: it remembers their ids
+        if batch.index not in done:
+            tick = time.monotonic()
+            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+            model_seconds += time.monotonic() - tick
+            done[batch.index] = write_batch(parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
+            fresh_rows += batch.frame.height
+        progress.update(batch.frame.height)
+    return Scored(
+        batches=batches,
+        fresh_rows=fresh_rows,
+        model_seconds=model_seconds,
+        execution_provider=predictor.execution_provider,
+        engine={"name": "local"},
+    )
+
+
 def run_batches(
     source: str | Path,
     *,
@@ -134,11 +198,13 @@ def run_batches(
     options: PredictOptions = PredictOptions(),
     codes_file: Path | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
+    executor: BatchExecutor = score_locally,
 ) -> RunSummary:
     """Code every note of ``source`` with ``predictor`` and write ``out``, its quarantine and manifest.
 
     Input rows = notes coded + rows quarantined, always. ``codes_file`` is recorded (and must match
     on resume); ``manifest_extra`` adds manifest sections (model name, ontology release).
+    ``executor`` scores the batches: ``score_locally`` here, or another engine (``coder.ray_engine``).
     """
     started = datetime.now(UTC)
     clock = time.monotonic()
@@ -151,25 +217,11 @@ def run_batches(
     fingerprint = _fingerprint(plan, predictor, options=options, codes_sha256=codes_sha256)
     done = parts.start(fingerprint=fingerprint, resume=options.resume)
     resumed_batches = len(done)
-    primary = predictor.text_columns[0]
-    screen = RowScreen()
     progress = Progress(total=plan.total_rows, quiet=options.quiet)
-    model_seconds = 0.0
-    fresh_rows = 0
-    batches = 0
-    for batch in iter_batches(plan, batch_size=options.batch_size):
-        batches += 1
-        good, bad = screen.split(batch, text_column=primary)  # also for done batches: it remembers their ids
-        if batch.index not in done:
-            tick = time.monotonic()
-            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
-            model_seconds += time.monotonic() - tick
-            done[batch.index] = _write_batch(parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
-            fresh_rows += batch.frame.height
-        progress.update(batch.frame.height)
+    scored = executor(plan, predictor=predictor, parts=parts, done=done, progress=progress, options=options)
     progress.close()
-    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=batches)
-    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=batches)
+    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=scored.batches)
+    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=scored.batches)
     totals = _sum_counts(done)
     seconds = time.monotonic() - clock
     summary = RunSummary(
@@ -194,7 +246,8 @@ def run_batches(
         "id_column": plan.id_column,
         "text_columns": dict(plan.columns),
         "skipped_components": list(plan.skipped_columns),
-        "model": {"hash": predictor.model_hash, "execution_provider": predictor.execution_provider},
+        "model": {"hash": predictor.model_hash, "execution_provider": scored.execution_provider},
+        "engine": dict(scored.engine),
         "codes_file": {"path": str(codes_file), "sha256": codes_sha256} if codes_file else None,
         "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size},
         "counts": {
@@ -209,10 +262,10 @@ def run_batches(
         "timing": {
             "seconds": round(seconds, 3),
             "resumed_batches": resumed_batches,
-            "notes_this_run": fresh_rows,
-            "notes_per_s": round(fresh_rows / seconds, 3) if seconds else None,
-            "model_seconds": round(model_seconds, 3),
-            "model_notes_per_s": round(fresh_rows / model_seconds, 3) if model_seconds else None,
+            "notes_this_run": scored.fresh_rows,
+            "notes_per_s": round(scored.fresh_rows / seconds, 3) if seconds else None,
+            "model_seconds": round(scored.model_seconds, 3),
+            "model_notes_per_s": round(scored.fresh_rows / scored.model_seconds, 3) if scored.model_seconds else None,
         },
         "outputs": {"predictions": str(out), "quarantine": str(quarantine)},
     }
@@ -220,11 +273,11 @@ def run_batches(
         manifest[section] = {**manifest.get(section, {}), **content} if isinstance(content, Mapping) else content
     write_json(summary.manifest, manifest)
     parts.remove()
-    log.info("%d notes in %.1f s (%.1f notes/s)", fresh_rows, seconds, fresh_rows / seconds if seconds else 0.0)
+    log.info("%d notes in %.1f s (%.1f notes/s)", scored.fresh_rows, seconds, scored.fresh_rows / seconds if seconds else 0.0)
     return summary
 
 
-def _write_batch(
+def write_batch(
     parts: PartsFolder, index: int, *, good: pl.DataFrame, bad: pl.DataFrame, result: Any, file: Path
 ) -> dict[str, int]:
     """Store one scored batch with its quarantine rows; return its counts."""
@@ -252,8 +305,12 @@ def predict_notes(
     device: str = "auto",
     codes_file: Path | None = None,
     options: PredictOptions = PredictOptions(),
+    executor: BatchExecutor = score_locally,
 ) -> RunSummary:
-    """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch."""
+    """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch.
+
+    With another ``executor`` (``coder.ray_engine``) the model loaded here only describes the run.
+    """
     resolve_inputs(source)  # a mistyped path fails before the model loads
     # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
     from coder.bundle import default_model_path
@@ -269,6 +326,7 @@ def predict_notes(
         out=out,
         options=options,
         codes_file=codes_file,
+        executor=executor,
         manifest_extra={
             "model": {"name": predictor.config.name, "path": str(model_path)},
             "ontology": dict(ontology.release),

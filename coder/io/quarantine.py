@@ -7,7 +7,7 @@ primary text. The model later adds rows with no tokens (``QuarantineReason.UNPRO
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import polars as pl
@@ -29,10 +29,13 @@ def _quarantine_frame(rows: pl.DataFrame, *, file: Path) -> pl.DataFrame:
 
 
 class RowScreen:
-    """Splits batches into codable notes and quarantined rows; remembers note ids across batches."""
+    """Splits batches into codable notes and quarantined rows; remembers note ids across batches.
 
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
+    ``seen``: ids already met before the first batch given, for a worker that screens one batch of a run.
+    """
+
+    def __init__(self, *, seen: Iterable[str] = ()) -> None:
+        self._seen: set[str] = set(seen)
 
     def split(self, batch: NoteBatch, *, text_column: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``batch`` -> (codable rows with a ``row`` column, quarantine rows in QUARANTINE_SCHEMA)."""
