@@ -23,10 +23,11 @@ def check(text, allowed, ontology, **kwargs):
         ("1. E11.65 - with hyperglycemia", ("E11.65",), "accepted"),
         ("ZZZ.999", (), "rejected_unknown"),
         ("E10.9", (), "rejected_not_allowed"),
-        ("Essential (primary) hypertension", ("I10",), "mapped_from_text"),
+        ("Essential primary hypertension", ("I10",), "mapped_from_text"),
+        ("hypertension", (), "rejected_text"),  # too little of any description to be sure
         ("the patient is well", (), "rejected_text"),
     ],
-    ids=["code", "lower-case", "no-dot", "bullet-and-text", "invented", "outside-set", "description", "prose"],
+    ids=["code", "lower-case", "no-dot", "bullet-and-text", "invented", "outside-set", "description", "one-word", "prose"],
 )
 def test_each_item_is_judged_and_counted(text, codes, outcome, allowed, tiny_ontology):
     result = check(text, allowed, tiny_ontology)
@@ -37,7 +38,7 @@ def test_each_item_is_judged_and_counted(text, codes, outcome, allowed, tiny_ont
 
 
 def test_duplicates_counted_once_kept_once(allowed, tiny_ontology):
-    result = check("I10\nE11.9\nI10, E11.9", allowed, tiny_ontology)
+    result = check("I10\nE11.9\nI10, E11.9", allowed, tiny_ontology)  # a comma-separated line is two items
     assert result.codes == ("I10", "E11.9")
     assert (result.counts.proposals, result.counts.accepted, result.counts.duplicates) == (4, 4, 2)
 

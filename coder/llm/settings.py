@@ -58,7 +58,8 @@ class LLMSettings:
     weight: float = 0.1
     """Score change for a voted code: ``score + weight * share * (1 - score)`` (see ``merge_llm_votes``); 0 disables."""
     fuzzy_threshold: float = 90.0
-    """rapidfuzz ``token_set_ratio`` (0-100) above which a description the model wrote is mapped to an allowed code."""
+    """rapidfuzz ``token_sort_ratio`` (0-100) at or above which a description the model wrote instead of a code
+    is mapped to the allowed code it matches best (90: small spelling or word-order differences only)."""
     guided: Guided = "none"
     """``openai`` only: the server's guided-decoding dialect: ``vllm`` (``structured_outputs`` regex),
     ``llama.cpp`` (GBNF ``grammar``) or ``none`` (post-validation only). Output is always validated."""

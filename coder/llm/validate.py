@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz, process, utils
 
 from coder.errors import CodeFormatError
 from coder.llm.constrain import AllowedCodes, Ontology
@@ -16,7 +16,7 @@ from coder.llm.constrain import AllowedCodes, Ontology
 # (ICD-10-CM ``E11.9``, ICD-10-PCS ``0DTJ4ZZ``, invented ``ZZZ.999``). Words, even upper-case ones like
 # ``COPD``, are left to the description matcher.
 _CODE_LIKE = re.compile(r"\b(?=[A-Z0-9.]*[0-9])[A-Z0-9]{3,7}(?:\.[A-Z0-9]{1,4})?\b")
-_SPLIT = re.compile(r"[\n;,]+")
+_SPLIT = re.compile(r"[\n;]+")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
 
@@ -69,11 +69,11 @@ class Validated:
 
 
 def split_answer(text: str, *, truncated: bool) -> list[str]:
-    """Items of a model answer (one per line, or comma/semicolon separated), bullets stripped.
+    """Items of a model answer (one per line or semicolon separated), bullets stripped.
 
     A truncated answer loses its last item: it may be a code cut in half that happens to be valid (``E11``).
     """
-    items = [_BULLET.sub("", item).strip() for item in _SPLIT.split(text)]
+    items = [_BULLET.sub("", item).strip(" \t,") for item in _SPLIT.split(text)]
     if truncated and items:
         items = items[:-1]
     return [item for item in items if item]
@@ -89,20 +89,23 @@ def validate_answer(
 ) -> Validated:
     """Normalise each item, look it up, keep what is a known code inside ``allowed``.
 
-    Items with a code-shaped token are judged by the ontology (unknown, not allowed, accepted); items
-    without one are matched against the allowed codes' descriptions with rapidfuzz ``token_set_ratio``
-    and kept only at or above ``fuzzy_threshold``.
+    Each code-shaped token of an item is a proposal judged by the ontology (unknown, not allowed,
+    accepted), so ``E11.9, I10`` is two; an item without one is a description, matched against the
+    allowed codes' descriptions with rapidfuzz ``token_sort_ratio`` (lower-cased, punctuation dropped,
+    word order ignored, missing words penalised) and kept only at or above ``fuzzy_threshold``.
     """
     tally = dict.fromkeys((f.name for f in dataclasses.fields(HallucinationCounts)), 0)
     tally["truncated"] = int(truncated)
     accepted: list[str] = []
+    judged = []
     for item in split_answer(text, truncated=truncated):
-        tally["proposals"] += 1
-        match = _CODE_LIKE.search(item)
-        if match:
-            code, outcome = _judge_code(match.group(0), allowed=allowed, ontology=ontology)
+        tokens = _CODE_LIKE.findall(item)
+        if tokens:
+            judged.extend(_judge_code(token, allowed=allowed, ontology=ontology) for token in tokens)
         else:
-            code, outcome = _map_text(item, allowed=allowed, threshold=fuzzy_threshold)
+            judged.append(_map_text(item, allowed=allowed, threshold=fuzzy_threshold))
+    for code, outcome in judged:
+        tally["proposals"] += 1
         if outcome is not None:
             tally[outcome] += 1
         if code is None:
@@ -132,7 +135,7 @@ def _map_text(item: str, *, allowed: AllowedCodes, threshold: float) -> tuple[st
         return None, "rejected_text"
     codes = list(allowed.descriptions)
     best = process.extractOne(
-        item, [allowed.descriptions[code] for code in codes], scorer=fuzz.token_set_ratio, processor=str.lower
+        item, [allowed.descriptions[code] for code in codes], scorer=fuzz.token_sort_ratio, processor=utils.default_process
     )
     if best is None or best[1] < threshold:
         return None, "rejected_text"
