@@ -108,6 +108,13 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Engine(str, enum.Enum):
+    """Choices of ``coder predict --engine``."""
+
+    local = "local"
+    ray = "ray"
+
+
 @app.command("predict")
 @_reported
 def predict_command(
@@ -124,15 +131,25 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 64,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
+    from coder.errors import UsageError
     from coder.pipeline import PredictOptions, predict_notes
 
     options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
         batch_size=batch_size, quarantine=quarantine, resume=resume, quiet=quiet,
     )
-    summary = predict_notes(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options)
+    run = predict_notes
+    if engine is Engine.ray:
+        from coder.ray_engine import RayOptions, predict_notes_ray
+
+        run = functools.partial(predict_notes_ray, ray=RayOptions(address=ray_address))
+    elif ray_address:
+        raise UsageError("--ray-address needs --engine ray")
+    summary = run(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options)
     if not quiet:
         for line in summary.lines():
             typer.echo(line, err=True)
