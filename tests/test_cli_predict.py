@@ -16,7 +16,8 @@ from cli import app
 from coder.io.write import PartsFolder
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, QuarantineReason
 
-pytest.importorskip("coder.predictor", reason="coder.predictor has not landed yet")
+TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model" / "coder_model.json"
+pytestmark = pytest.mark.skipif(not TINY_MODEL.exists(), reason="the tiny model bundle has not landed yet")
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "notes.parquet"
