@@ -318,8 +318,8 @@ def predict_notes(
     from coder.predictor import load_predictor
 
     model_path = model or default_model_path()
-    predictor = load_predictor(model_path, device=device)
     ontology = load_ontology(codes_file=codes_file)
+    predictor = load_predictor(model_path, device=device, ontology=ontology)  # codes the code list vouches for are written
     return run_batches(
         source,
         predictor=predictor,
