@@ -1,0 +1,311 @@
+"""The Ray engine of ``coder predict``: the local engine's batches, scored by a pool of Ray actors.
+
+The driver plans the run exactly as the local engine does (``coder.pipeline.run_batches``: same
+files, same batches, same part names, same fingerprint) and reads only the id column first, to
+settle the duplicate-id rule for the whole run. Each actor loads the model once, then for every
+batch it is given reads that batch's rows, screens them, scores them and writes the batch's parts.
+The driver then combines the parts and writes the quarantine and the manifest like a local run.
+
+A batch is the unit of work, of retry and of resume: an actor that dies is restarted and its batch
+retried, and the retry rewrites the same part files, so no note is lost or written twice.
+Workers on other machines need the input files, the model folder and the output's folder at the
+same paths (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from itertools import accumulate
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from coder.errors import MissingDependencyError, UsageError
+from coder.io.progress import Progress
+from coder.io.quarantine import RowScreen
+from coder.io.read import InputPlan, NoteBatch, iter_batches
+from coder.io.write import PartsFolder
+from coder.pipeline import BatchPredictor, PredictOptions, RunSummary, Scored, predict_notes, write_batch
+from coder.schema import NOTE_ID
+
+log = logging.getLogger(__name__)
+
+RAY_REQUIREMENT = "'ray[data]==2.60.0'"
+"""The pip requirement of the ``ray`` extra, quoted for the shell."""
+
+
+def import_ray() -> ModuleType:
+    """``ray`` with Ray Data, or MissingDependencyError with the pip line."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the engine runs on Ray Data)
+    except ImportError:
+        raise MissingDependencyError(RAY_REQUIREMENT, "--engine ray") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the actors run and what each one holds."""
+
+    address: str | None = None
+    """Cluster to join (``auto``, ``HOST:6379`` or ``ray://HOST:10001``); None: ``$RAY_ADDRESS``, else a local Ray."""
+    actors: int | None = None
+    """Most model actors at once (None: as many as the cluster's GPUs, or CPUs, allow)."""
+    cpus_per_actor: float = 1.0
+    """CPUs reserved by each actor."""
+    gpus_per_actor: float | None = None
+    """GPUs reserved by each actor (None: 1 when the cluster has GPUs, else 0 and the actors run on CPU)."""
+    max_restarts: int = 3
+    """Restarts of an actor that died, and retries of the batch it held, before the run fails."""
+
+    def __post_init__(self) -> None:
+        if (
+            (self.actors is not None and self.actors < 1)
+            or self.cpus_per_actor <= 0
+            or (self.gpus_per_actor or 0) < 0
+            or self.max_restarts < 0
+        ):
+            raise UsageError(
+                f"Ray options out of range: actors {self.actors} (at least 1), cpus_per_actor {self.cpus_per_actor} "
+                f"(above 0), gpus_per_actor {self.gpus_per_actor} (0 or more), max_restarts {self.max_restarts} (0 or more)"
+            )
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """One batch still to score: where its rows are, and which of its ids earlier batches hold."""
+
+    index: int
+    file: Path
+    """Absolute: workers do not share the driver's working directory."""
+    first_row: int
+    rows: int
+    seen: tuple[str, ...]
+
+    def to_item(self) -> dict[str, Any]:
+        """A row of plain columns for Ray Data; the ids travel as JSON, so an empty list keeps its type."""
+        return {**asdict(self), "file": str(self.file), "seen": json.dumps(self.seen)}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> PendingBatch:
+        return cls(**{**item, "file": Path(item["file"]), "seen": tuple(json.loads(item["seen"]))})
+
+
+def plan_batches(plan: InputPlan, *, batch_size: int, done: Mapping[int, Any]) -> tuple[int, list[PendingBatch]]:
+    """First pass, over the id column only: (batches in the run, the batches not in ``done``).
+
+    It reads with the local engine's reader, so the batches are the local engine's, and records
+    for each batch the ids met in earlier batches: a worker that screens one batch then applies
+    the run-wide duplicate rule (the first occurrence in input order is coded) on its own.
+    """
+    met: set[str] = set()
+    pending: list[PendingBatch] = []
+    batches = 0
+    for batch in iter_batches(replace(plan, columns={}), batch_size=batch_size):
+        batches += 1
+        ids = set(batch.frame.get_column(NOTE_ID).drop_nulls())
+        if batch.index not in done:
+            pending.append(
+                PendingBatch(
+                    index=batch.index,
+                    file=batch.file.resolve(),
+                    first_row=batch.first_row,
+                    rows=batch.frame.height,
+                    seen=tuple(sorted(ids & met)),
+                )
+            )
+        met |= ids
+    return batches, pending
+
+
+def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
+    """The batch's rows as the local reader gives them; only the row groups that hold them are read."""
+    renames = {plan.id_column: NOTE_ID, **plan.columns}
+    parquet = pq.ParquetFile(pending.file)
+    metadata = parquet.metadata
+    starts = list(accumulate((metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), initial=0))
+    end = pending.first_row + pending.rows
+    groups = [g for g in range(metadata.num_row_groups) if starts[g] < end and starts[g + 1] > pending.first_row]
+    table = parquet.read_row_groups(groups, columns=list(renames))
+    offset = pending.first_row - starts[groups[0]] if groups else 0
+    frame = pl.from_arrow(table.slice(offset, pending.rows)).rename(renames).cast(pl.String)
+    return NoteBatch(index=pending.index, file=pending.file, first_row=pending.first_row, frame=frame)
+
+
+class BatchScorer:
+    """A Ray actor: loads the model once, then reads, screens, scores and writes whole batches."""
+
+    def __init__(
+        self, *, load: Callable[[], BatchPredictor], plan: InputPlan, parts: PartsFolder, options: PredictOptions
+    ) -> None:
+        self._predictor = load()
+        self._plan = plan
+        self._parts = parts
+        self._options = options
+
+    def __call__(self, items: pa.Table) -> pa.Table:
+        """Rows of ``PendingBatch.to_item()`` -> one row per batch: index, counts (JSON), model seconds, provider."""
+        predictor, options = self._predictor, self._options
+        out: dict[str, list[Any]] = {"index": [], "counts": [], "model_seconds": [], "execution_provider": []}
+        for item in items.to_pylist():
+            pending = PendingBatch.from_item(item)
+            batch = read_batch(self._plan, pending)
+            good, bad = RowScreen(seen=pending.seen).split(batch, text_column=predictor.text_columns[0])
+            tick = time.monotonic()
+            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+            out["model_seconds"].append(time.monotonic() - tick)
+            counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
+            out["index"].append(batch.index)
+            out["counts"].append(json.dumps(counts))
+            out["execution_provider"].append(predictor.execution_provider)
+        return pa.table(out)
+
+
+@contextmanager
+def _connected(ray: ModuleType, address: str | None) -> Iterator[str]:
+    """Join the cluster (or start a local Ray) for the run; a session the caller opened is left open."""
+    if ray.is_initialized():
+        yield "existing session"
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # a local Ray for this run only: no dashboard
+        ray.init(include_dashboard=False)
+    try:
+        yield address or "local"
+    finally:
+        ray.shutdown()
+
+
+def _actor_resources(ray: ModuleType, options: RayOptions, *, pending: int) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for this cluster, at most one actor per pending batch."""
+    cluster = ray.cluster_resources()
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+    fits = int(cluster.get("GPU", 0) // gpus) if gpus else int(cluster.get("CPU", 1) // options.cpus_per_actor)
+    actors = options.actors or max(fits, 1)
+    return max(1, min(actors, pending)), options.cpus_per_actor, gpus
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """A ``coder.pipeline.BatchExecutor``: the pending batches go to Ray actors that each call ``load()`` once.
+
+    ``load`` must pickle (a module-level function, or ``functools.partial`` of one).
+    """
+
+    load: Callable[[], BatchPredictor]
+    ray: RayOptions = RayOptions()
+
+    def __call__(
+        self,
+        plan: InputPlan,
+        *,
+        predictor: BatchPredictor,
+        parts: PartsFolder,
+        done: dict[int, dict[str, Any]],
+        progress: Progress,
+        options: PredictOptions,
+    ) -> Scored:
+        ray = import_ray()
+        batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
+        rows = {p.index: p.rows for p in pending}
+        progress.update(plan.total_rows - sum(rows.values()))
+        model_seconds, providers = 0.0, set()
+        with _connected(ray, self.ray.address) as address:
+            engine: dict[str, Any] = {"name": "ray", "address": address}
+            if pending:
+                actors, cpus, gpus = _actor_resources(ray, self.ray, pending=len(pending))
+                engine.update(actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus)
+                log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
+                resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
+                for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):
+                    done[row["index"]] = json.loads(row["counts"])
+                    model_seconds += row["model_seconds"]
+                    providers.add(row["execution_provider"])
+                    progress.update(rows[row["index"]])
+        return Scored(
+            batches=batches,
+            fresh_rows=sum(rows.values()),
+            model_seconds=model_seconds,
+            execution_provider=",".join(sorted(providers)) or predictor.execution_provider,
+            engine=engine,
+        )
+
+    def _scored(
+        self,
+        ray: ModuleType,
+        pending: list[PendingBatch],
+        *,
+        plan: InputPlan,
+        parts: PartsFolder,
+        options: PredictOptions,
+        resources: Mapping[str, Any],
+    ) -> Iterator[dict[str, Any]]:
+        """One result row per pending batch, in the order they finish."""
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts notes
+        # Workers do not share the driver's working directory: give them the parts folder's absolute path.
+        parts = PartsFolder(parts.path.resolve().with_suffix(""))
+        items = ray.data.from_items([p.to_item() for p in pending], override_num_blocks=len(pending))
+        with warnings.catch_warnings():
+            # Ray Data 2.60 takes max_restarts and max_task_retries only as ray_remote_args, which it
+            # marks deprecated for Ray 2.64; the extra pins 2.60.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            results = items.map_batches(
+                BatchScorer,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={"load": self.load, "plan": plan, "parts": parts, "options": options},
+                **resources,
+                max_restarts=self.ray.max_restarts,
+                max_task_retries=self.ray.max_restarts,
+            )
+        return results.iter_rows()
+
+
+def load_actor_predictor(model: Path, *, device: str, codes_file: Path | None) -> BatchPredictor:
+    """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
+    from coder.ontology import load_ontology
+    from coder.predictor import load_predictor
+
+    return load_predictor(model, device=device, ontology=load_ontology(codes_file=codes_file))
+
+
+def predict_notes_ray(
+    source: str | Path,
+    *,
+    out: Path,
+    model: Path | None = None,
+    device: str = "auto",
+    codes_file: Path | None = None,
+    options: PredictOptions = PredictOptions(),
+    ray: RayOptions = RayOptions(),
+) -> RunSummary:
+    """``coder predict --engine ray``: ``coder.pipeline.predict_notes`` with the batches scored on Ray actors.
+
+    The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
+    """
+    import_ray()  # a missing Ray fails before the model and the ontology load
+    from coder.bundle import default_model_path
+
+    model_path = (model or default_model_path()).resolve()
+    codes = codes_file.resolve() if codes_file else None
+    executor = RayExecutor(load=functools.partial(load_actor_predictor, model_path, device=device, codes_file=codes), ray=ray)
+    return predict_notes(
+        source, out=out, model=model_path, device="cpu", codes_file=codes_file, options=options, executor=executor
+    )

@@ -1,0 +1,248 @@
+"""The Ray engine writes exactly what the local engine writes: same rows, quarantine and counts.
+
+Ray runs locally with 2 CPUs and a small object store, once for the module.
+"""
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from typer.testing import CliRunner
+
+from cli import app
+from coder.errors import MissingDependencyError, UsageError
+from coder.io.read import iter_batches, plan_inputs
+from coder.pipeline import PredictOptions, run_batches
+from coder.ray_engine import (
+    PendingBatch,
+    RayExecutor,
+    RayOptions,
+    load_actor_predictor,
+    plan_batches,
+    predict_notes_ray,
+    read_batch,
+)
+from coder.schema import CM, NOTE_ID, PREDICTION_SCHEMA, TEXT, TEXT_ES
+
+CODES = ("R50.9", "J18.9", "I10", "E11.9")
+runner = CliRunner()
+
+
+class Result:
+    def __init__(self, predictions, truncated, unprocessable):
+        self.predictions, self.truncated, self.unprocessable = predictions, truncated, unprocessable
+
+
+class StandIn:
+    """Scores that depend on each note's text only; "~" has no tokens.
+
+    ``die_on``: the process exits (as a killed worker would) the first time it meets that note id,
+    leaving ``marker`` behind; ``fail_on``: raises on that note id, every time.
+    """
+
+    text_columns = (TEXT, TEXT_ES)
+    execution_provider = "CPUExecutionProvider"
+    model_hash = "stand-in-ray"
+
+    def __init__(self, *, die_on=None, fail_on=None, marker=None):
+        self.die_on, self.fail_on, self.marker = die_on, fail_on, marker
+
+    def predict(self, batch, *, top_k=50, threshold_only=False):
+        ids = batch.get_column(NOTE_ID).to_list()
+        if self.die_on in ids and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        if self.fail_on in ids:
+            raise RuntimeError(f"stand-in failure on note {self.fail_on}")
+        rows = []
+        for note_id, text in batch.select(NOTE_ID, TEXT).iter_rows():
+            if text == "~":
+                continue
+            scores = sorted(((hash_score(text, code), code) for code in CODES), reverse=True)[:top_k]
+            for rank, (score, code) in enumerate(scores, start=1):
+                rows.append((note_id, CM, code, "desc", score, rank, score > 0.5, "plm_icd", None, None, None))
+        empty = batch.filter(pl.col(TEXT) == "~").get_column(NOTE_ID)
+        return Result(pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"), (), tuple(empty))
+
+
+def hash_score(text: str, code: str) -> float:
+    """A stable pseudo-score in [0, 1) (Python's hash() of str differs between processes)."""
+    return (sum(ord(c) * (i + 1) for i, c in enumerate(text + code)) % 997) / 997
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    # The stand-in lives in this test module, which Ray's workers cannot import: ship it by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def dump(tmp_path):
+    """Two files, several row groups, and every kind of bad row: null and blank text, null id, duplicate ids."""
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    first = {
+        NOTE_ID: ["a", "b", None, "c", "d", "b", "h", "i", "j", "k"],
+        TEXT: ["fever", "cough and fever", "x", "  ", "~", "again", "pain", None, "rash", "dyspnoea"],
+    }
+    pl.DataFrame(first).write_parquet(folder / "1.parquet", row_group_size=3)
+    second = {NOTE_ID: ["a", "e", "f", "g", "k", "l"], TEXT: ["dup", "chest pain", None, "cough", "dup", "headache"]}
+    pl.DataFrame(second).write_parquet(folder / "2.parquet", row_group_size=4)
+    return folder
+
+
+def _outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    manifest = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())
+    return pl.read_parquet(out), pl.read_parquet(out.with_name(f"{out.stem}.quarantine.parquet")), manifest
+
+
+def _assert_same_outputs(local: Path, ray: Path) -> None:
+    local_predictions, local_quarantine, local_manifest = _outputs(local)
+    ray_predictions, ray_quarantine, ray_manifest = _outputs(ray)
+    assert_frame_equal(ray_predictions, local_predictions, check_exact=False, abs_tol=1e-6, rel_tol=0)
+    assert_frame_equal(ray_quarantine, local_quarantine)
+    assert ray_manifest["counts"] == local_manifest["counts"]
+    assert ray_manifest["engine"]["name"] == "ray"
+
+
+@pytest.fixture
+def local_run(tmp_path, dump):
+    out = tmp_path / "local" / "out.parquet"
+    out.parent.mkdir()
+    run_batches(dump, predictor=StandIn(), out=out, options=PredictOptions(batch_size=2, quiet=True))
+    return out
+
+
+OPTIONS = PredictOptions(batch_size=2, quiet=True)
+
+
+def _ray_out(tmp_path: Path) -> Path:
+    out = tmp_path / "ray" / "out.parquet"
+    out.parent.mkdir(exist_ok=True)
+    return out
+
+
+def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dump, local_run):
+    out = _ray_out(tmp_path)
+    summary = run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=RayExecutor(load=StandIn))
+    _assert_same_outputs(local_run, out)
+    quarantine = pl.read_parquet(out.with_name("out.quarantine.parquet"))
+    assert quarantine.filter(pl.col("reason") == "duplicate_note_id").select(NOTE_ID, "row").rows() == [
+        ("b", 5), ("a", 0), ("k", 4)
+    ]
+    assert summary.input_rows == 16 == summary.notes_coded + sum(summary.quarantined.values())
+    assert not out.with_name("out.parquet.parts").exists()
+
+
+def test_a_killed_worker_loses_and_repeats_no_note(ray_session, tmp_path, dump, local_run):
+    marker = tmp_path / "died"
+    executor = RayExecutor(load=functools.partial(StandIn, die_on="g", marker=marker))
+    out = _ray_out(tmp_path)
+    run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=executor)
+    assert marker.exists()  # the worker did die once
+    _assert_same_outputs(local_run, out)
+
+
+def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_run):
+    out = _ray_out(tmp_path)
+    failing = RayExecutor(load=functools.partial(StandIn, fail_on="g"), ray=RayOptions(actors=1))
+    with pytest.raises(Exception, match="stand-in failure on note g"):
+        run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=failing)
+    parts = out.with_name("out.parquet.parts")
+    done_before = len(list(parts.glob("done-*.json")))
+    assert 0 < done_before < 8
+    resume = PredictOptions(batch_size=2, quiet=True, resume=True)
+    summary = run_batches(dump, predictor=StandIn(), out=out, options=resume, executor=RayExecutor(load=StandIn))
+    assert summary.resumed_batches == done_before
+    _assert_same_outputs(local_run, out)
+
+
+def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
+    out = _ray_out(tmp_path)
+    with pytest.raises(RuntimeError, match="stand-in failure"):
+        run_batches(dump, predictor=StandIn(fail_on="e"), out=out, options=OPTIONS)
+    resume = PredictOptions(batch_size=2, quiet=True, resume=True)
+    summary = run_batches(dump, predictor=StandIn(), out=out, options=resume, executor=RayExecutor(load=StandIn))
+    assert summary.resumed_batches == 5
+    _assert_same_outputs(local_run, out)
+    assert _outputs(out)[2]["timing"]["notes_this_run"] == 6
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64], ids=["1", "2", "3", "5", "64"])
+def test_read_batch_gives_the_local_readers_batches(dump, batch_size):
+    plan = plan_inputs(dump, text_columns=StandIn.text_columns)
+    batches, pending = plan_batches(plan, batch_size=batch_size, done={})
+    local = list(iter_batches(plan, batch_size=batch_size))
+    assert batches == len(local) == len(pending)
+    for expected, job in zip(local, pending, strict=True):
+        got = read_batch(plan, PendingBatch.from_item(job.to_item()))
+        assert (got.index, got.file.resolve(), got.first_row) == (expected.index, expected.file.resolve(), expected.first_row)
+        assert_frame_equal(got.frame, expected.frame)
+
+
+def test_plan_batches_marks_ids_of_earlier_batches_and_skips_done_ones(dump):
+    plan = plan_inputs(dump, text_columns=StandIn.text_columns)
+    batches, pending = plan_batches(plan, batch_size=2, done={0: {}, 1: {}})
+    assert batches == 8
+    assert [(p.index, p.seen) for p in pending] == [
+        (2, ("b",)), (3, ()), (4, ()), (5, ("a",)), (6, ()), (7, ("k",))
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"actors": 0}, {"cpus_per_actor": 0}, {"gpus_per_actor": -1}, {"max_restarts": -1}],
+    ids=["actors", "cpus", "gpus", "restarts"],
+)
+def test_bad_ray_options_are_refused(options):
+    with pytest.raises(UsageError, match="Ray options out of range"):
+        RayOptions(**options)
+
+
+def test_predict_notes_ray_without_ray_names_the_pip_line(monkeypatch, tmp_path, dump):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependencyError, match=r"--engine ray needs .*pip install 'ray\[data\]==2\.60\.0'"):
+        predict_notes_ray(dump, out=tmp_path / "out.parquet", model=tmp_path)
+
+
+def test_cli_lists_the_engine_options():
+    result = runner.invoke(app, ["predict", "--help"])
+    assert result.exit_code == 0
+    assert "--engine" in result.output and "--ray-address" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        (["--ray-address", "auto"], 2, "--ray-address needs --engine ray"),
+        (["--engine", "ray"], 7, "pip install 'ray[data]==2.60.0'"),
+    ],
+    ids=["address-without-ray", "ray-missing"],
+)
+def test_cli_engine_errors(monkeypatch, tmp_path, dump, args, exit_code, message):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = runner.invoke(app, ["predict", str(dump), "--out", str(tmp_path / "out.parquet"), *args])
+    assert result.exit_code == exit_code
+    assert message in result.output
+
+
+TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model"
+
+
+@pytest.mark.skipif(not (TINY_MODEL / "coder_model.json").exists(), reason="the tiny model bundle has not landed yet")
+def test_tiny_model_gives_the_same_rows_on_ray(ray_session, tmp_path, dump):
+    load = functools.partial(load_actor_predictor, TINY_MODEL, device="cpu", codes_file=None)
+    local = tmp_path / "local.parquet"
+    run_batches(dump, predictor=load(), out=local, options=OPTIONS)
+    out = _ray_out(tmp_path)
+    run_batches(dump, predictor=load(), out=out, options=OPTIONS, executor=RayExecutor(load=load))
+    _assert_same_outputs(local, out)
