@@ -95,6 +95,15 @@ def test_unreachable_endpoint_skips_the_stage_or_raises_when_required(tiny_ontol
         run_llm_stage(NOTES, cands, settings=LLMSettings(**{**settings.to_dict(), "required": True}), ontology=tiny_ontology)
 
 
+def test_missing_local_model_skips_the_stage_or_raises_when_required(tiny_ontology, tmp_path):
+    cands = pl.DataFrame({"note_id": ["dm"], "system": [CM], "code": ["E11.9"], "score": [0.5]})
+    settings = LLMSettings(backend="local", model=str(tmp_path / "absent.gguf"))
+    result = run_llm_stage(NOTES, cands, settings=settings, ontology=tiny_ontology)
+    assert not result.available and result.error.endswith("absent.gguf does not exist: pass a model folder or a .gguf file")
+    with pytest.raises(LLMBackendError, match="does not exist"):
+        run_llm_stage(NOTES, cands, settings=LLMSettings(**{**settings.to_dict(), "required": True}), ontology=tiny_ontology)
+
+
 class _Flaky(BaseHTTPRequestHandler):
     """Answers /chat/completions with the statuses in ``server.script`` (then a completion)."""
 

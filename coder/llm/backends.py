@@ -133,6 +133,8 @@ class LocalBackend:
         try:
             self.folder = local_model_folder(model)
             self.tokenizer, self.model = _load(self.folder)
+        except ImportError as error:  # transformers reads .gguf files with the gguf package
+            raise MissingDependencyError("gguf", f"loading the local LLM {model or DEFAULT_PACKAGE}") from error
         except (OSError, ValueError) as error:
             raise LLMBackendError(f"cannot load local LLM {model or DEFAULT_PACKAGE}: {error}") from error
         self.max_new_tokens = max_new_tokens

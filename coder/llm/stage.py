@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from coder.errors import LLMBackendError
+from coder.errors import LLMBackendError, MissingDependencyError
 from coder.llm.backends import Backend, Generation, Request, open_backend
 from coder.llm.constrain import AllowedCodes, Ontology, allowed_codes, ontology_codes
 from coder.llm.merge import DESCRIPTION, VOTES_SCHEMA
@@ -61,15 +61,16 @@ def run_llm_stage(
 
     ``notes``: (note_id, text). ``candidates``: PREDICTION_SCHEMA rows (at least note_id, system, code,
     score). ``backend``: reuse an opened backend across batches (default: open one from ``settings``).
-    A backend that cannot be opened, or that fails every prompt, gives ``available=False`` and an
-    ``error``, or raises ``LLMBackendError`` when ``settings.required``.
+    A backend that cannot be opened (missing package, model or server), or that fails every prompt,
+    gives ``available=False`` and an ``error``; with ``settings.required`` it raises instead
+    (``LLMBackendError``, or ``MissingDependencyError`` with the pip command).
     """
     if not settings.enabled:
         return _skipped(None)
     if backend is None:
         try:
             backend = open_backend(settings)
-        except LLMBackendError as error:
+        except (LLMBackendError, MissingDependencyError) as error:
             if settings.required:
                 raise
             logger.warning("LLM stage skipped: %s", error)
