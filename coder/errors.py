@@ -68,3 +68,11 @@ class LLMBackendError(CoderError):
     """The generative stage's model cannot be loaded or its server cannot be reached (raised only when required)."""
 
     exit_code = 8
+
+
+class WorkerError(CoderError):
+    """A CoderError raised on a worker of a distributed engine (Ray), carried back with its message and exit code."""
+
+    def __init__(self, message: str, *, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
