@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coder.errors import MissingDependencyError, UsageError
+from coder.errors import CoderError, MissingDependencyError, UsageError, WorkerError
 from coder.io.progress import Progress
 from coder.io.quarantine import RowScreen
 from coder.io.read import InputPlan, NoteBatch, iter_batches
@@ -145,33 +145,56 @@ def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
     return NoteBatch(index=pending.index, file=pending.file, first_row=pending.first_row, frame=frame)
 
 
+_RESULT_SCHEMA = pa.schema(
+    {"index": pa.int64(), "counts": pa.string(), "model_seconds": pa.float64(), "execution_provider": pa.string(),
+     "error": pa.string(), "exit_code": pa.int64()}
+)
+
+
 class BatchScorer:
-    """A Ray actor: loads the model once, then reads, screens, scores and writes whole batches."""
+    """A Ray actor: loads the model once, then reads, screens, scores and writes whole batches.
+
+    A CoderError comes back as a result row, not raised: Ray would wrap it in an error that
+    keeps neither its class nor its exit code.
+    """
 
     def __init__(
         self, *, load: Callable[[], BatchPredictor], plan: InputPlan, parts: PartsFolder, options: PredictOptions
     ) -> None:
-        self._predictor = load()
         self._plan = plan
         self._parts = parts
         self._options = options
+        self._predictor: BatchPredictor | None = None
+        self._load_error: CoderError | None = None
+        try:
+            self._predictor = load()
+        except CoderError as error:
+            self._load_error = error
 
     def __call__(self, items: pa.Table) -> pa.Table:
-        """Rows of ``PendingBatch.to_item()`` -> one row per batch: index, counts (JSON), model seconds, provider."""
-        predictor, options = self._predictor, self._options
-        out: dict[str, list[Any]] = {"index": [], "counts": [], "model_seconds": [], "execution_provider": []}
+        """Rows of ``PendingBatch.to_item()`` -> one row per batch in ``_RESULT_SCHEMA``."""
+        rows = []
         for item in items.to_pylist():
             pending = PendingBatch.from_item(item)
-            batch = read_batch(self._plan, pending)
-            good, bad = RowScreen(seen=pending.seen).split(batch, text_column=predictor.text_columns[0])
-            tick = time.monotonic()
-            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
-            out["model_seconds"].append(time.monotonic() - tick)
-            counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
-            out["index"].append(batch.index)
-            out["counts"].append(json.dumps(counts))
-            out["execution_provider"].append(predictor.execution_provider)
-        return pa.table(out)
+            try:
+                rows.append(self._score(pending))
+            except CoderError as error:
+                message = f"{type(error).__name__} on a Ray worker: {error}"
+                rows.append({"index": pending.index, "error": message, "exit_code": error.exit_code})
+        return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
+
+    def _score(self, pending: PendingBatch) -> dict[str, Any]:
+        if self._load_error is not None:
+            raise self._load_error
+        predictor, options = self._predictor, self._options
+        batch = read_batch(self._plan, pending)
+        good, bad = RowScreen(seen=pending.seen).split(batch, text_column=predictor.text_columns[0])
+        tick = time.monotonic()
+        result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+        seconds = time.monotonic() - tick
+        counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
+        return {"index": batch.index, "counts": json.dumps(counts), "model_seconds": seconds,
+                "execution_provider": predictor.execution_provider}
 
 
 @contextmanager
@@ -235,6 +258,8 @@ class RayExecutor:
                 log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
                 for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):
+                    if row["error"]:
+                        raise WorkerError(row["error"], exit_code=row["exit_code"])
                     done[row["index"]] = json.loads(row["counts"])
                     model_seconds += row["model_seconds"]
                     providers.add(row["execution_provider"])

@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from cli import app
-from coder.errors import MissingDependencyError, UsageError
+from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
 from coder.io.read import iter_batches, plan_inputs
 from coder.pipeline import PredictOptions, run_batches
 from coder.ray_engine import (
@@ -246,3 +246,24 @@ def test_tiny_model_gives_the_same_rows_on_ray(ray_session, tmp_path, dump):
     out = _ray_out(tmp_path)
     run_batches(dump, predictor=load(), out=out, options=OPTIONS, executor=RayExecutor(load=load))
     _assert_same_outputs(local, out)
+
+
+class BrokenBundle(StandIn):
+    def __init__(self):
+        raise ModelBundleError("model folder lacks coder_model.json")
+
+
+class BadLabels(StandIn):
+    def predict(self, batch, *, top_k=50, threshold_only=False):
+        raise ModelBundleError("label count differs from the ONNX output width")
+
+
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [(BrokenBundle, "lacks coder_model.json"), (BadLabels, "label count differs")],
+    ids=["load", "predict"],
+)
+def test_a_workers_coder_error_keeps_its_message_and_exit_code(ray_session, tmp_path, dump, load, message):
+    with pytest.raises(WorkerError, match=f"^ModelBundleError on a Ray worker: .*{message}") as caught:
+        run_batches(dump, predictor=StandIn(), out=_ray_out(tmp_path), options=OPTIONS, executor=RayExecutor(load=load))
+    assert caught.value.exit_code == ModelBundleError.exit_code
