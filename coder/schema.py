@@ -11,6 +11,7 @@ SYSTEMS: tuple[str, ...] = (CM, PCS)
 # Input notes.
 NOTE_ID = "note_id"
 TEXT = "text"
+TEXT_ES = "text_es"  # Spanish original in CodiEsp dumps; evidence offsets point into it
 
 # Gold codes (training labels and audit gold): one row per (note, code).
 CODE = "code"

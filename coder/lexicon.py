@@ -1,0 +1,313 @@
+"""Evidence-span lexicon: phrases that coders marked as evidence, matched again in new notes.
+
+CodiEsp-X gives, for every gold code, the span of the Spanish note that justifies it. Each span
+becomes a phrase; a phrase found in a new note proposes the codes it carried in training, scored
+by its *reliability*: of the training notes where the phrase occurs, the share that carried the
+code (smoothed). Matching works on normalised tokens (lower case, accents folded, a light plural
+strip, punctuation ignored), so it respects word boundaries; OOV tokens are mapped to the nearest
+phrase token (rapidfuzz) to catch typos, and a phrase whose words appear in one sentence in any
+order (discontinuous spans, reordered words) matches as a weaker "set" match with its own
+reliability. Spans exist only in Spanish, so the lexicon reads ``text_es`` and is skipped for
+dumps that lack that column.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from rapidfuzz import fuzz, process
+
+from coder.errors import ModelBundleError, NotFittedError
+from coder.schema import CODE, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
+
+logger = logging.getLogger(__name__)
+
+EVIDENCE_COLUMNS = ("evidence_text", "evidence_start", "evidence_end")
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.;:!?\n]")
+_STOPWORDS = frozenset("de la el los las del en y con por a al un una unos unas para que se o e lo su sus".split())
+_NEGATION_CUES = ("no", "sin", "niega", "niegan", "descarta", "descartan", "descartandose", "descartado",
+                  "descartada", "descartar", "negativo", "negativa", "ausencia", "ni")
+EXACT, TOKEN_SET = "exact", "set"
+
+
+def fold(word: str) -> str:
+    """Lower case, accents removed, a trailing plural ``-s``/``-es`` stripped."""
+    word = "".join(ch for ch in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(ch))
+    if len(word) > 4 and word.endswith("es"):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s"):
+        return word[:-1]
+    return word
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A text cut into folded words with character offsets and the sentence each word is in."""
+
+    words: list[str]
+    starts: list[int]
+    ends: list[int]
+    sentences: list[int]
+
+    @classmethod
+    def of(cls, text: str) -> Tokens:
+        boundaries = [m.start() for m in _SENTENCE_END.finditer(text)]
+        words, starts, ends, sentences = [], [], [], []
+        for m in _WORD.finditer(text):
+            words.append(fold(m.group()))
+            starts.append(m.start())
+            ends.append(m.end())
+            sentences.append(bisect.bisect_left(boundaries, m.start()))
+        return cls(words, starts, ends, sentences)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One phrase found in a note: ``key`` indexes ``EvidenceLexicon.keys_``; offsets into the text."""
+
+    key: int
+    start: int
+    end: int
+    negated: bool
+    fuzzy: bool
+
+
+NEGATION_CUES = frozenset(fold(cue) for cue in _NEGATION_CUES)
+
+
+class EvidenceLexicon:
+    """Codes proposed by training evidence phrases found in a note's Spanish text.
+
+    Parameters
+    ----------
+    text_column: the notes column that is read; evidence offsets point into it.
+    max_tokens: longest phrase (in words) that is matched contiguously.
+    smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
+    fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 turns it off.
+    fuzzy_min_length: words shorter than this are never mapped (short words collide too easily).
+    negation_window: a negation cue this many words before a match, in its sentence, marks it negated.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_column: str = TEXT_ES,
+        max_tokens: int = 10,
+        smoothing: float = 1.0,
+        fuzzy_min_ratio: float = 90.0,
+        fuzzy_min_length: int = 6,
+        negation_window: int = 5,
+    ):
+        self.text_column = text_column
+        self.max_tokens = max_tokens
+        self.smoothing = smoothing
+        self.fuzzy_min_ratio = fuzzy_min_ratio
+        self.fuzzy_min_length = fuzzy_min_length
+        self.negation_window = negation_window
+
+    # --- fitting -------------------------------------------------------------------------------
+
+    def fit(self, notes: pl.DataFrame, evidence: pl.DataFrame) -> EvidenceLexicon:
+        """Learn phrases from ``evidence`` (EVIDENCE_SCHEMA) and their reliability on ``notes``.
+
+        The gold codes of a note are the codes of its evidence rows (CodiEsp-X gives a span for
+        every gold code).
+        """
+        phrase_codes: dict[tuple[str, ...], Counter] = defaultdict(Counter)
+        for system, code, span in evidence.select(SYSTEM, CODE, EVIDENCE_TEXT).iter_rows():
+            words = tuple(Tokens.of(span or "").words)
+            if 0 < len(words) <= self.max_tokens:
+                phrase_codes[words][(system, code)] += 1
+        keys: list[tuple[str, tuple[str, ...]]] = []
+        codes: list[list[tuple[str, str]]] = []
+        for words, counter in phrase_codes.items():
+            for kind, key_words in ((EXACT, words), (TOKEN_SET, _content_set(words))):
+                if kind == TOKEN_SET and len(key_words) < 2:
+                    continue
+                keys.append((kind, key_words))
+                codes.append(sorted(counter))
+        self._index(keys)
+        gold: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for note_id, system, code in evidence.select(NOTE_ID, SYSTEM, CODE).iter_rows():
+            gold[note_id].add((system, code))
+        present = np.zeros(len(keys), dtype=np.int64)
+        carried = [np.zeros(len(c), dtype=np.int64) for c in codes]
+        self.keys_, self.key_codes_ = keys, codes
+        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
+            for key in {m.key for m in self.matches(text or "")}:
+                present[key] += 1
+                carried[key] += np.array([c in gold[note_id] for c in codes[key]], dtype=np.int64)
+        self.present_ = present
+        self.carried_ = carried
+        logger.info("lexicon: %d phrases (%d keys) from %d evidence rows", len(phrase_codes), len(keys), evidence.height)
+        return self
+
+    def _index(self, keys: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Lookup tables: exact phrases by their words, token sets by their longest word, known words."""
+        self.known_words_ = frozenset(w for _, words in keys for w in words)
+        self.vocabulary_ = sorted(w for w in self.known_words_ if len(w) >= self.fuzzy_min_length)
+        self.exact_index_: dict[tuple[str, ...], int] = {}
+        self.set_index_: dict[str, list[int]] = defaultdict(list)
+        for i, (kind, words) in enumerate(keys):
+            if kind == EXACT:
+                self.exact_index_[words] = i
+            else:
+                self.set_index_[max(words, key=len)].append(i)
+
+    # --- matching ------------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "present_"):
+            raise NotFittedError("EvidenceLexicon is not fitted: call fit(notes, evidence) or EvidenceLexicon.load(path)")
+
+    def _corrected(self, words: list[str]) -> tuple[list[str], list[bool]]:
+        """Map words absent from the phrase vocabulary to their nearest phrase word, if close enough."""
+        known = self.known_words_
+        out, fuzzy, cache = [], [], {}
+        for word in words:
+            if word in known or len(word) < self.fuzzy_min_length or self.fuzzy_min_ratio >= 100:
+                out.append(word)
+                fuzzy.append(False)
+                continue
+            if word not in cache:
+                hit = process.extractOne(word, self.vocabulary_, scorer=fuzz.ratio, score_cutoff=self.fuzzy_min_ratio)
+                cache[word] = hit[0] if hit else word
+            out.append(cache[word])
+            fuzzy.append(cache[word] != word)
+        return out, fuzzy
+
+    def matches(self, text: str) -> Iterator[Match]:
+        """Every phrase occurrence in ``text``: contiguous phrases, then same-sentence token sets."""
+        tokens = Tokens.of(text)
+        words, fuzzy = self._corrected(tokens.words)
+        n = len(words)
+        for i in range(n):
+            negated = self._negated(words, tokens.sentences, i)
+            for length in range(1, min(self.max_tokens, n - i) + 1):
+                key = self.exact_index_.get(tuple(words[i : i + length]))
+                if key is not None:
+                    yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated, any(fuzzy[i : i + length]))
+        yield from self._set_matches(tokens, words, fuzzy)
+
+    def _negated(self, words: list[str], sentences: list[int], i: int) -> bool:
+        return any(
+            words[j] in NEGATION_CUES and sentences[j] == sentences[i]
+            for j in range(max(0, i - self.negation_window), i)
+        )
+
+    def _set_matches(self, tokens: Tokens, words: list[str], fuzzy: list[bool]) -> Iterator[Match]:
+        by_sentence: dict[int, dict[str, int]] = defaultdict(dict)
+        for i, (word, sentence) in enumerate(zip(words, tokens.sentences)):
+            by_sentence[sentence].setdefault(word, i)
+        for first in by_sentence.values():
+            seen: set[int] = set()
+            for word in first:
+                for key in self.set_index_.get(word, ()):
+                    key_words = self.keys_[key][1]
+                    if key in seen or not all(w in first for w in key_words):
+                        continue
+                    seen.add(key)
+                    positions = [first[w] for w in key_words]
+                    lo, hi = min(positions), max(positions)
+                    yield Match(key, tokens.starts[lo], tokens.ends[hi], self._negated(words, tokens.sentences, lo),
+                                any(fuzzy[p] for p in positions))
+
+    # --- candidates ----------------------------------------------------------------------------
+
+    def reliability(self, key: int) -> np.ndarray:
+        """[n_codes of key] share of training notes with the phrase that carried each code (smoothed)."""
+        return self.carried_[key] / (self.present_[key] + self.smoothing)
+
+    def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
+        """One row per (note, system, code) proposed, with match features and the best evidence span.
+
+        Columns: note_id, system, code, lexicon (best reliability), lexicon_noisy_or, lexicon_support
+        (training notes where the best phrase carried the code), lexicon_present (training notes with
+        the phrase), lexicon_share (the code's share of the phrase's codes), lexicon_mentions,
+        lexicon_tokens, lexicon_set, lexicon_fuzzy, lexicon_negated, evidence_text/start/end
+        (offsets into ``text_column``).
+        """
+        self._check_fitted()
+        rows = []
+        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
+            text = text or ""
+            best: dict[tuple[str, str], tuple] = {}
+            miss: dict[tuple[str, str], float] = defaultdict(lambda: 1.0)
+            mentions: Counter = Counter()
+            for m in self.matches(text):
+                rel = self.reliability(m.key)
+                total = max(int(self.carried_[m.key].sum()), 1)
+                for (system, code), r, carried in zip(self.key_codes_[m.key], rel, self.carried_[m.key]):
+                    sc = (system, code)
+                    miss[sc] *= 1.0 - r
+                    mentions[sc] += 1
+                    row = (r, int(carried), int(self.present_[m.key]), carried / total, len(self.keys_[m.key][1]),
+                           self.keys_[m.key][0] == TOKEN_SET, m.fuzzy, m.negated, m.start, m.end)
+                    if sc not in best or row[:2] > best[sc][:2]:
+                        best[sc] = row
+            for (system, code), row in best.items():
+                r, support, present, share, n_tokens, is_set, is_fuzzy, negated, start, end = row
+                rows.append((note_id, system, code, float(r), 1.0 - miss[(system, code)], support, present, float(share),
+                             mentions[(system, code)], n_tokens, is_set, is_fuzzy, negated, text[start:end], start, end))
+        return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row")
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write ``lexicon.json`` (parameters and learned tables) into the folder ``path``."""
+        self._check_fitted()
+        path.mkdir(parents=True, exist_ok=True)
+        state = {
+            "params": self.get_params(),
+            "keys": [[kind, list(words)] for kind, words in self.keys_],
+            "codes": [[list(sc) for sc in codes] for codes in self.key_codes_],
+            "present": self.present_.tolist(),
+            "carried": [c.tolist() for c in self.carried_],
+        }
+        (path / "lexicon.json").write_text(json.dumps(state, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: Path) -> EvidenceLexicon:
+        file = path / "lexicon.json"
+        if not file.is_file():
+            raise ModelBundleError(f"no lexicon in {path}: expected {file.name}; fit and save a lexicon there")
+        state = json.loads(file.read_text())
+        self = cls(**state["params"])
+        keys = [(kind, tuple(words)) for kind, words in state["keys"]]
+        self._index(keys)
+        self.keys_ = keys
+        self.key_codes_ = [[tuple(sc) for sc in codes] for codes in state["codes"]]
+        self.present_ = np.asarray(state["present"], dtype=np.int64)
+        self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
+        return self
+
+    def get_params(self) -> dict:
+        return {name: getattr(self, name) for name in
+                ("text_column", "max_tokens", "smoothing", "fuzzy_min_ratio", "fuzzy_min_length", "negation_window")}
+
+
+def _content_set(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The distinct content words of a phrase, sorted: the key of an any-order match."""
+    return tuple(sorted({w for w in words if w not in _STOPWORDS and len(w) > 2}))
+
+
+CANDIDATE_SCHEMA = pl.Schema(
+    {
+        NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String,
+        "lexicon": pl.Float64, "lexicon_noisy_or": pl.Float64, "lexicon_support": pl.Int64,
+        "lexicon_present": pl.Int64, "lexicon_share": pl.Float64, "lexicon_mentions": pl.Int64,
+        "lexicon_tokens": pl.Int64, "lexicon_set": pl.Boolean, "lexicon_fuzzy": pl.Boolean,
+        "lexicon_negated": pl.Boolean, "evidence_text": pl.String, "evidence_start": pl.Int32, "evidence_end": pl.Int32,
+    }
+)
