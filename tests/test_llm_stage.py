@@ -74,6 +74,12 @@ def test_stage_off_by_default(tiny_ontology):
     assert not result.available and result.error is None and result.votes.is_empty()
 
 
+def test_batch_without_candidates_is_available_with_nothing_to_ask(tiny_ontology):
+    backend = ScriptedBackend([])
+    result = run_llm_stage(NOTES, CANDIDATES.clear(), settings=LOCAL, ontology=tiny_ontology, backend=backend)
+    assert result.available and result.error is None and result.counts.notes == 0
+
+
 def test_note_budget_cuts_are_counted(tiny_ontology):
     settings = LLMSettings(backend="local", note_token_budget=2, chunk_tokens=2)
     backend = ScriptedBackend([Generation("I10"), Generation("")])

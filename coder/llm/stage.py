@@ -99,7 +99,7 @@ def run_llm_stage(
     result = LLMStageResult(
         votes=pl.DataFrame(rows, schema=VOTES_SCHEMA, orient="row"),
         counts=total,
-        available=bool(requests) and len(failed) < len(requests),
+        available=not requests or len(failed) < len(requests),
         error=f"{len(failed)} of {len(requests)} prompts failed, first: {failed[0]}" if failed else None,
         new_tokens=sum(generation.new_tokens for generation in generations),
         seconds=sum(generation.seconds for generation in generations),
