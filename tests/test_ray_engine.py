@@ -22,7 +22,6 @@ from coder.ray_engine import (
     PendingBatch,
     RayExecutor,
     RayOptions,
-    load_actor_predictor,
     plan_batches,
     predict_notes_ray,
     read_batch,
@@ -123,6 +122,7 @@ def local_run(tmp_path, dump):
 
 
 OPTIONS = PredictOptions(batch_size=2, quiet=True)
+ONE_ACTOR = RayOptions(actors=1)
 
 
 def _ray_out(tmp_path: Path) -> Path:
@@ -154,7 +154,7 @@ def test_a_killed_worker_loses_and_repeats_no_note(ray_session, tmp_path, dump, 
 
 def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_run):
     out = _ray_out(tmp_path)
-    failing = RayExecutor(load=functools.partial(StandIn, fail_on="g"), ray=RayOptions(actors=1))
+    failing = RayExecutor(load=functools.partial(StandIn, fail_on="g"), ray=ONE_ACTOR)
     with pytest.raises(Exception, match="stand-in failure on note g"):
         run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=failing)
     parts = out.with_name("out.parquet.parts")
@@ -235,17 +235,20 @@ def test_cli_engine_errors(monkeypatch, tmp_path, dump, args, exit_code, message
     assert message in result.output
 
 
-TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model"
-
-
-@pytest.mark.skipif(not (TINY_MODEL / "coder_model.json").exists(), reason="the tiny model bundle has not landed yet")
-def test_tiny_model_gives_the_same_rows_on_ray(ray_session, tmp_path, dump):
-    load = functools.partial(load_actor_predictor, TINY_MODEL, device="cpu", codes_file=None)
-    local = tmp_path / "local.parquet"
-    run_batches(dump, predictor=load(), out=local, options=OPTIONS)
-    out = _ray_out(tmp_path)
-    run_batches(dump, predictor=load(), out=out, options=OPTIONS, executor=RayExecutor(load=load))
-    _assert_same_outputs(local, out)
+def test_cli_ray_engine_writes_what_the_local_engine_writes(ray_session, tmp_path, dump, tiny_model_path):
+    outs = {}
+    for engine in ("local", "ray"):
+        outs[engine] = tmp_path / engine / "out.parquet"
+        outs[engine].parent.mkdir(exist_ok=True)
+        # Batches of 3: none is wholly quarantined (the predictor does not take an empty batch yet).
+        args = [str(dump), "--out", str(outs[engine]), "--model", str(tiny_model_path), "--engine", engine,
+                "--batch-size", "3", "--device", "cpu", "--quiet"]
+        result = runner.invoke(app, ["predict", *args])
+        assert result.exit_code == 0, result.output
+    _assert_same_outputs(outs["local"], outs["ray"])
+    manifest = _outputs(outs["ray"])[2]
+    assert manifest["model"]["execution_provider"] == "CPUExecutionProvider"
+    assert manifest["engine"]["actors"] == 2
 
 
 class BrokenBundle(StandIn):
@@ -265,5 +268,5 @@ class BadLabels(StandIn):
 )
 def test_a_workers_coder_error_keeps_its_message_and_exit_code(ray_session, tmp_path, dump, load, message):
     with pytest.raises(WorkerError, match=f"^ModelBundleError on a Ray worker: .*{message}") as caught:
-        run_batches(dump, predictor=StandIn(), out=_ray_out(tmp_path), options=OPTIONS, executor=RayExecutor(load=load))
+        run_batches(dump, predictor=StandIn(), out=_ray_out(tmp_path), options=OPTIONS, executor=RayExecutor(load=load, ray=ONE_ACTOR))
     assert caught.value.exit_code == ModelBundleError.exit_code
