@@ -214,13 +214,15 @@ def _connected(ray: ModuleType, address: str | None) -> Iterator[str]:
         ray.shutdown()
 
 
-def _actor_resources(ray: ModuleType, options: RayOptions, *, pending: int) -> tuple[int, float, float]:
+def actor_resources(ray: ModuleType, options: RayOptions, *, pending: int) -> tuple[int, float, float]:
     """(actors, CPUs per actor, GPUs per actor) for this cluster, at most one actor per pending batch."""
     cluster = ray.cluster_resources()
     gpus = options.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
-    fits = int(cluster.get("GPU", 0) // gpus) if gpus else int(cluster.get("CPU", 1) // options.cpus_per_actor)
+    fits = int(cluster.get("CPU", 1) // options.cpus_per_actor)
+    if gpus:
+        fits = min(fits, int(cluster.get("GPU", 0) // gpus))
     actors = options.actors or max(fits, 1)
     return max(1, min(actors, pending)), options.cpus_per_actor, gpus
 
@@ -253,7 +255,7 @@ class RayExecutor:
         with _connected(ray, self.ray.address) as address:
             engine: dict[str, Any] = {"name": "ray", "address": address}
             if pending:
-                actors, cpus, gpus = _actor_resources(ray, self.ray, pending=len(pending))
+                actors, cpus, gpus = actor_resources(ray, self.ray, pending=len(pending))
                 engine.update(actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus)
                 log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -22,6 +23,7 @@ from coder.ray_engine import (
     PendingBatch,
     RayExecutor,
     RayOptions,
+    actor_resources,
     plan_batches,
     predict_notes_ray,
     read_batch,
@@ -270,3 +272,21 @@ def test_a_workers_coder_error_keeps_its_message_and_exit_code(ray_session, tmp_
     with pytest.raises(WorkerError, match=f"^ModelBundleError on a Ray worker: .*{message}") as caught:
         run_batches(dump, predictor=StandIn(), out=_ray_out(tmp_path), options=OPTIONS, executor=RayExecutor(load=load, ray=ONE_ACTOR))
     assert caught.value.exit_code == ModelBundleError.exit_code
+
+
+@pytest.mark.parametrize(
+    ("cluster", "options", "pending", "expected"),
+    [
+        ({"CPU": 16.0, "GPU": 4.0}, RayOptions(), 100, (4, 1.0, 1.0)),
+        ({"CPU": 16.0, "GPU": 4.0}, RayOptions(gpus_per_actor=0.5), 100, (8, 1.0, 0.5)),
+        ({"CPU": 2.0}, RayOptions(), 100, (2, 1.0, 0.0)),
+        ({"CPU": 8.0}, RayOptions(cpus_per_actor=2), 100, (4, 2.0, 0.0)),
+        ({"CPU": 8.0}, RayOptions(actors=3), 100, (3, 1.0, 0.0)),
+        ({"CPU": 16.0, "GPU": 4.0}, RayOptions(), 2, (2, 1.0, 1.0)),
+        ({"CPU": 2.0, "GPU": 4.0}, RayOptions(), 100, (2, 1.0, 1.0)),
+    ],
+    ids=["one-per-gpu", "half-gpus", "cpu-only", "two-cpus-each", "actors-given", "fewer-batches", "cpus-bind"],
+)
+def test_actor_resources_follow_the_cluster(cluster, options, pending, expected):
+    fake_ray = SimpleNamespace(cluster_resources=lambda: cluster)
+    assert actor_resources(fake_ray, options, pending=pending) == expected
