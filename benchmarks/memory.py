@@ -5,7 +5,7 @@ cycled with fresh note ids, into a work folder outside git (default /tmp/coder-b
 `coder predict` runs as its own process; its peak RSS comes from ``os.wait4`` (the kernel's
 max resident set of that process). Run with ``nice``: it keeps the CPU busy for minutes.
 
-    nice /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model \
+    nice /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model/bundle \
         --sizes 1000,10000,100000 --overhead-notes 2000
 
 Prints a markdown table for benchmarks/RESULTS.md.
@@ -85,7 +85,7 @@ def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=REPO / "tests" / "assets" / "tiny_model")
+    parser.add_argument("--model", type=Path, default=REPO / "tests" / "assets" / "tiny_model" / "bundle")
     parser.add_argument("--sizes", default="1000,10000,100000", help="dump sizes for the memory curve")
     parser.add_argument("--overhead-notes", type=int, default=2000, help="notes for end-to-end vs model-only (0 skips)")
     parser.add_argument("--batch-size", type=int, default=64)

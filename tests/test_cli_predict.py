@@ -16,7 +16,7 @@ from cli import app
 from coder.io.write import PartsFolder
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, QuarantineReason
 
-TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model" / "coder_model.json"
+TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model" / "bundle" / "coder_model.json"
 pytestmark = pytest.mark.skipif(not TINY_MODEL.exists(), reason="the tiny model bundle has not landed yet")
 
 runner = CliRunner()
@@ -37,9 +37,9 @@ def test_help_lists_the_options():
 
 def test_happy_path_writes_predictions_quarantine_and_manifest(tmp_path, tiny_model_path):
     notes = tmp_path / "notes.parquet"
-    source = pl.read_parquet(EXAMPLES).head(6)
+    source = pl.read_parquet(EXAMPLES).head(6).with_columns(pl.format("{} {}", pl.lit(SECRET), TEXT).alias(TEXT))
     extra = pl.DataFrame({NOTE_ID: ["blank", source[0, NOTE_ID]], TEXT: ["   ", f"{SECRET} again"], "text_es": [None, None]})
-    pl.concat([source, extra]).with_columns(pl.col(TEXT).str.replace("^", f"{SECRET} ")).write_parquet(notes)
+    pl.concat([source, extra]).write_parquet(notes)
     out = tmp_path / "out.parquet"
     result = runner.invoke(app, ["--verbose", "predict", str(notes), "--out", str(out), "--model", str(tiny_model_path), "--top-k", "5"])
     assert result.exit_code == 0, result.output
@@ -85,34 +85,34 @@ def test_bad_files_exit_3_with_one_line(tmp_path, tiny_model_path, make, message
 
 
 def test_kill_and_resume_neither_loses_nor_repeats_notes(tmp_path, tiny_model_path):
-    source = pl.read_parquet(EXAMPLES)
+    source = pl.read_parquet(tiny_model_path.parent / "data" / "notes.parquet")  # short synthetic notes
     notes = tmp_path / "notes.parquet"
-    rows = pl.int_range(0, 400, eager=True)
+    rows = pl.int_range(0, 300, eager=True)
     source[(rows % source.height).to_list()].with_columns(pl.format("k{}", rows).alias(NOTE_ID)).write_parquet(notes)
     out = tmp_path / "out.parquet"
-    command = [str(Path(sys.executable).with_name("coder")), "predict", str(notes), "--out", str(out),
-               "--model", str(tiny_model_path), "--batch-size", "4", "--device", "cpu", "-q"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["predict", str(notes), "--out", str(out), "--model", str(tiny_model_path), "--batch-size", "2", "--device", "cpu", "-q"]
+    process = subprocess.Popen([str(Path(sys.executable).with_name("coder")), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "out.parquet.parts"
     deadline = time.monotonic() + 120
     while len(list(parts.glob("done-*.json"))) < 5 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert process.poll() is None, "the run finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists()
     finished = len(list(parts.glob("done-*.json")))
-    assert 5 <= finished < 100
+    assert 5 <= finished < 150
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = runner.invoke(app, [*args, "--resume"])  # in this process: one interpreter start less
+    assert resumed.exit_code == 0, resumed.output
     manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert manifest["timing"]["resumed_batches"] >= finished
-    assert manifest["counts"]["input_rows"] == 400 == manifest["counts"]["notes_coded"]
+    assert manifest["timing"]["notes_this_run"] <= 300 - 2 * finished
+    assert manifest["counts"]["input_rows"] == 300 == manifest["counts"]["notes_coded"]
     predictions = pl.read_parquet(out)
     assert predictions.select(NOTE_ID, "system", "code").is_duplicated().sum() == 0
     assert predictions.select(NOTE_ID, "system", "rank").is_duplicated().sum() == 0
-    assert predictions.get_column(NOTE_ID).n_unique() == 400 - manifest["counts"]["notes_without_codes"]
+    assert predictions.get_column(NOTE_ID).n_unique() == 300 - manifest["counts"]["notes_without_codes"]
     assert not parts.exists()
 
 
