@@ -247,16 +247,16 @@ class RayExecutor:
         progress: Progress,
         options: PredictOptions,
     ) -> Scored:
-        ray = import_ray()
         batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
         rows = {p.index: p.rows for p in pending}
         progress.update(plan.total_rows - sum(rows.values()))
         model_seconds, providers = 0.0, set()
-        with _connected(ray, self.ray.address) as address:
-            engine: dict[str, Any] = {"name": "ray", "address": address}
-            if pending:
+        engine: dict[str, Any] = {"name": "ray"}
+        if pending:  # else an empty dump, or a finished run resumed: no cluster needed
+            ray = import_ray()
+            with _connected(ray, self.ray.address) as address:
                 actors, cpus, gpus = actor_resources(ray, self.ray, pending=len(pending))
-                engine.update(actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus)
+                engine.update(address=address, actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus)
                 log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
                 for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):

@@ -290,3 +290,15 @@ def test_a_workers_coder_error_keeps_its_message_and_exit_code(ray_session, tmp_
 def test_actor_resources_follow_the_cluster(cluster, options, pending, expected):
     fake_ray = SimpleNamespace(cluster_resources=lambda: cluster)
     assert actor_resources(fake_ray, options, pending=pending) == expected
+
+
+def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path):
+    pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
+    monkeypatch.setattr("coder.ray_engine._connected", None)  # any use of a cluster would fail
+    out = tmp_path / "out.parquet"
+    summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=out, options=OPTIONS,
+                          executor=RayExecutor(load=StandIn))
+    assert summary.input_rows == 0
+    predictions, quarantine, manifest = _outputs(out)
+    assert predictions.schema == PREDICTION_SCHEMA and quarantine.is_empty()
+    assert manifest["engine"] == {"name": "ray"}
