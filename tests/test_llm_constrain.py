@@ -13,6 +13,10 @@ def encode(code: str) -> list[int]:
     return [sum(ord(c) * 256**i for i, c in enumerate(code[i : i + 2])) for i in range(0, len(code), 2)]
 
 
+def trie(codes: list[str]) -> TokenTrie:
+    return TokenTrie(codes, encode=lambda batch: [encode(code) for code in batch])
+
+
 def decode(tokens: list[int]) -> str:
     out = []
     for token in tokens:
@@ -22,11 +26,11 @@ def decode(tokens: list[int]) -> str:
     return "".join(out)
 
 
-def greedy(trie: TokenTrie, prefer) -> str:
+def greedy(codes: TokenTrie, prefer) -> str:
     """Decode under the trie, always taking the allowed token that ``prefer`` ranks first."""
     generated: list[int] = []
     while True:
-        allowed = trie.allowed_next(generated, delimiter_id=NL, eos_id=EOS)
+        allowed = codes.allowed_next(generated, delimiter_id=NL, eos_id=EOS)
         token = min(allowed, key=prefer)
         if token == EOS:
             return decode(generated)
@@ -34,27 +38,28 @@ def greedy(trie: TokenTrie, prefer) -> str:
 
 
 def test_trie_only_allows_listed_codes():
-    trie = TokenTrie(["E11.9", "E11.65", "I10"], encode=encode)
-    first = trie.allowed_next([], delimiter_id=NL, eos_id=EOS)
+    codes = trie(["E11.9", "E11.65", "I10"])
+    first = codes.allowed_next([], delimiter_id=NL, eos_id=EOS)
     assert sorted(decode([t]) for t in first if t != EOS) == ["E1", "I1"] and EOS in first
-    inside = trie.allowed_next(encode("E11."), delimiter_id=NL, eos_id=EOS)
+    inside = codes.allowed_next(encode("E11."), delimiter_id=NL, eos_id=EOS)
     assert sorted(decode([t]) for t in inside) == ["65", "9"]  # no EOS or newline inside a code
-    done = trie.allowed_next(encode("I10"), delimiter_id=NL, eos_id=EOS)
+    done = codes.allowed_next(encode("I10"), delimiter_id=NL, eos_id=EOS)
     assert NL in done and EOS in done
 
 
 def test_trie_prunes_emitted_codes_so_greedy_decoding_cannot_repeat():
-    trie = TokenTrie(["E11.9", "E11", "I10"], encode=encode)
+    codes = trie(["E11.9", "E11", "I10"])
     # A model that always prefers to continue a code (never EOS) still ends, listing each code once.
-    text = greedy(trie, prefer=lambda token: (token == EOS, token == NL, token))
+    text = greedy(codes, prefer=lambda token: (token == EOS, token == NL, token))
     assert sorted(text.split("\n")) == ["E11", "E11.9", "I10"]
 
 
 def test_trie_code_that_prefixes_another_can_be_emitted_before_or_after_it():
-    trie = TokenTrie(["E11", "E11.9"], encode=encode)
+    codes = trie(["E11", "E11.9", "E11"])  # repeats in the input are ignored
+    assert len(codes) == 2
     after_e11 = encode("E11") + [NL]
-    assert decode(trie.allowed_next(after_e11, delimiter_id=NL, eos_id=EOS)[:1]) == "E1"
-    inside = trie.allowed_next(after_e11 + encode("E11"), delimiter_id=NL, eos_id=EOS)
+    assert decode(codes.allowed_next(after_e11, delimiter_id=NL, eos_id=EOS)[:1]) == "E1"
+    inside = codes.allowed_next(after_e11 + encode("E11"), delimiter_id=NL, eos_id=EOS)
     assert NL not in inside and EOS not in inside  # E11 was emitted: only E11.9 can follow
 
 

@@ -148,8 +148,8 @@ class LocalBackend:
     def trie(self, allowed: AllowedCodes) -> TokenTrie:
         # Chunks of one note (and every note under scope="ontology") share one allowed set: build once.
         if self._trie is None or self._trie[0] is not allowed:
-            encode = functools.partial(self.tokenizer.encode, add_special_tokens=False)
-            self._trie = (allowed, TokenTrie(allowed.systems_by_code, encode=encode))
+            encode = functools.partial(self.tokenizer, add_special_tokens=False)
+            self._trie = (allowed, TokenTrie(allowed.systems_by_code, encode=lambda codes: encode(codes)["input_ids"]))
         return self._trie[1]
 
     def generate(self, requests: list[Request]) -> list[Generation]:

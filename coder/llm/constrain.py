@@ -92,14 +92,16 @@ class _Node:
 
 
 class TokenTrie:
-    """Codes as token-id paths. ``encode`` turns a code into the token ids a model emits for it."""
+    """Codes as token-id paths. ``encode`` turns a list of codes into the token ids a model emits for each
+    (batched: a fast tokenizer encodes all 176,789 CM and PCS codes in a few seconds, one by one takes longer)."""
 
-    def __init__(self, codes: Iterable[str], *, encode: Callable[[str], Sequence[int]]):
+    def __init__(self, codes: Iterable[str], *, encode: Callable[[list[str]], Sequence[Sequence[int]]]):
         self.root = _Node()
         self.paths: dict[str, tuple[int, ...]] = {}
-        for code in codes:
-            path = tuple(encode(code))
-            if not path or code in self.paths:
+        unique = list(dict.fromkeys(codes))
+        for code, ids in zip(unique, encode(unique)):
+            path = tuple(ids)
+            if not path:
                 continue
             self.paths[code] = path
             node = self.root

@@ -55,6 +55,11 @@ def merge_llm_votes(predictions: pl.DataFrame, votes: pl.DataFrame, *, weight: f
     )
     merged = merged.with_columns(
         pl.col("_row").min().over(NOTE_ID).alias("_note_row"), pl.col("_row").min().over(NOTE_ID, SYSTEM)
-    ).sort(["_note_row", "_row", "score", "rank"], descending=[False, False, True, False], nulls_last=True, maintain_order=True)
+    ).sort(
+        ["_note_row", "_row", "score", "rank"],
+        descending=[False, False, True, False],
+        nulls_last=True,
+        maintain_order=True,
+    )
     merged = merged.with_columns(pl.int_range(1, pl.len() + 1).over(NOTE_ID, SYSTEM).cast(pl.Int32).alias("rank"))
     return merged.select(PREDICTION_SCHEMA.names()).cast(dict(PREDICTION_SCHEMA))
