@@ -128,7 +128,7 @@ def predict_command(
     quarantine: Annotated[Path | None, typer.Option(dir_okay=False, help="Parquet for rows that could not be coded (default: OUT stem + .quarantine.parquet).")] = None,
     codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list that extends the ontology; recorded in the manifest.")] = None,
     device: Annotated[Device, typer.Option(help="Where the model runs: auto picks CUDA when onnxruntime can use it.")] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 256,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,

@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "tests" / "assets" / "tiny_model" / "bundle")
     parser.add_argument("--sizes", default="1000,10000,100000", help="dump sizes for the memory curve")
     parser.add_argument("--overhead-notes", type=int, default=2000, help="notes for end-to-end vs model-only (0 skips)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/coder-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 256
 _QUARANTINED = "quarantined."
 
 
@@ -282,8 +282,11 @@ def write_batch(
 ) -> dict[str, int]:
     """Store one scored batch with its quarantine rows; return its counts."""
     input_rows = good.height + bad.height
-    bad = pl.concat([bad, unprocessable(good, result.unprocessable, file=file)])
-    predictions = result.predictions.select(PREDICTION_SCHEMA.names()).cast(PREDICTION_SCHEMA)
+    if result.unprocessable:
+        bad = pl.concat([bad, unprocessable(good, result.unprocessable, file=file)])
+    predictions = result.predictions
+    if predictions.schema != PREDICTION_SCHEMA:  # casting costs milliseconds per batch: only when needed
+        predictions = predictions.select(PREDICTION_SCHEMA.names()).cast(PREDICTION_SCHEMA)
     coded = good.height - len(result.unprocessable)
     counts = {
         "input_rows": input_rows,
@@ -291,7 +294,7 @@ def write_batch(
         "notes_without_codes": coded - predictions.get_column(NOTE_ID).n_unique(),
         "codes_written": predictions.height,
         "truncated": len(result.truncated),
-        **{f"{_QUARANTINED}{reason}": n for reason, n in bad.get_column("reason").value_counts().iter_rows()},
+        **{f"{_QUARANTINED}{reason}": n for reason, n in Counter(bad.get_column("reason")).items()},
     }
     parts.write_batch(index, predictions=predictions, quarantine=bad, counts=counts)
     return counts

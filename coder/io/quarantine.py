@@ -24,7 +24,12 @@ def quarantine_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.quarantine.parquet")
 
 
+_NONE = pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
 def _quarantine_frame(rows: pl.DataFrame, *, file: Path) -> pl.DataFrame:
+    if rows.is_empty():  # the usual case: skip building a frame per batch
+        return _NONE
     return rows.select(NOTE_ID, _ROW, pl.lit(str(file)).alias("file"), _REASON).cast(QUARANTINE_SCHEMA)
 
 
@@ -64,6 +69,8 @@ class RowScreen:
 
 def unprocessable(good: pl.DataFrame, note_ids: Collection[str], *, file: Path) -> pl.DataFrame:
     """Quarantine rows for the notes the model found no tokens in."""
+    if not note_ids:
+        return _NONE
     rows = good.filter(pl.col(NOTE_ID).is_in(list(note_ids))).with_columns(
         pl.lit(QuarantineReason.UNPROCESSABLE).alias(_REASON)
     )
