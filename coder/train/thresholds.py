@@ -20,6 +20,7 @@ class ThresholdTuner:
     For each system, the threshold on ``grid`` that maximises micro-F1 over the system's labels;
     then, label by label, a threshold of its own if that raises the system's dev micro-F1 (others
     held at the system threshold), for labels with at least ``min_positives`` dev positives.
+    Ties go to the lowest threshold on the grid.
     """
 
     def __init__(self, *, grid: Sequence[float] = tuple(np.round(np.arange(0.02, 0.96, 0.02), 2)), per_code: bool = True, min_positives: int = 1):

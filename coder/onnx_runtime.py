@@ -1,0 +1,92 @@
+"""onnxruntime sessions for exported PLM-ICD models: TensorRT, then CUDA, then CPU.
+
+onnxruntime-gpu lists the GPU providers even on a machine without a GPU and falls back to CPU
+with an error log when asked for them; so GPU providers are only requested when the NVIDIA
+driver library loads, and the provider actually used is read back from the session.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from coder.chunking import Batch
+from coder.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@cache
+def gpu_present() -> bool:
+    """True when an NVIDIA driver is installed (libcuda loads)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads share a core's matmul units)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            siblings = cores = None
+            for line in handle:
+                if line.startswith("siblings") and siblings is None:
+                    siblings = int(line.split(":")[1])
+                elif line.startswith("cpu cores") and cores is None:
+                    cores = int(line.split(":")[1])
+        if siblings and cores:
+            return max(1, logical * cores // siblings)
+    except (OSError, ValueError):
+        pass
+    return max(1, logical)
+
+
+def providers_for(device: str) -> list[str]:
+    """Providers to ask for, best first, for ``device`` in auto/cpu/cuda."""
+    if device not in DEVICES:
+        raise UsageError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu" or not gpu_present():
+        if device == "cuda":
+            raise UsageError("device 'cuda' was asked for but no NVIDIA driver (libcuda.so.1) is present; use --device cpu")
+        return [CPU_PROVIDER]
+    available = ort.get_available_providers()
+    return [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
+
+
+def create_session(path: Path, *, device: str = "auto") -> ort.InferenceSession:
+    """An inference session on the best provider for ``device``; logs the provider used."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = physical_cores()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+    logger.info("onnxruntime %s on %s (%d intra-op threads)", path.name, session.get_providers()[0], options.intra_op_num_threads)
+    return session
+
+
+def onnx_forward(session: ort.InferenceSession) -> Callable[[Batch], tuple[np.ndarray, np.ndarray]]:
+    """Batch -> (logits [batch, n_labels] float32, attention peaks [batch, n_labels] int64)."""
+
+    def forward(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        logits, peaks = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        return logits.astype(np.float32), peaks
+
+    return forward
+
+
+def output_width(session: ort.InferenceSession) -> int | str:
+    """Width of the logits output (an int, or a symbol if the export left it dynamic)."""
+    return session.get_outputs()[0].shape[-1]

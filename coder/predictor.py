@@ -1,0 +1,163 @@
+"""The Predictor the pipeline calls: a model folder on onnxruntime, notes in, ranked codes out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from coder.bundle import (
+    CONFIG_FILE,
+    ONNX_FILES,
+    ModelConfig,
+    check_versions,
+    load_tokenizer,
+    read_config,
+    sha256_file,
+    verify_file,
+)
+from coder.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
+from coder.errors import ModelBundleError, UsageError
+from coder.onnx_runtime import CPU_PROVIDER, create_session, onnx_forward, output_width
+from coder.schema import NOTE_ID, PREDICTION_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "plm_icd"
+PRECISIONS = ("auto", "fp32", "int8", "fp16")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Predictions for one batch of notes, and the notes that needed special handling."""
+
+    predictions: pl.DataFrame  # PREDICTION_SCHEMA; rank 1-based within (note_id, system); top_k per note and system
+    truncated: tuple[str, ...]  # note ids whose text exceeded max tokens (scored on the first max tokens)
+    unprocessable: tuple[str, ...]  # note ids with no tokens after tokenisation (no predictions for them)
+
+
+class Predictor:
+    """Scores notes with a model folder's ONNX model; build with ``load_predictor``."""
+
+    def __init__(self, *, folder: Path, config: ModelConfig, session, precision: str, ontology, batch_size: int = 8):
+        self.folder = folder
+        self.config = config
+        self.session = session
+        self.precision = precision
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(folder)
+        self.text_columns: tuple[str, ...] = tuple(config.text_columns.values())
+        self.execution_provider: str = session.get_providers()[0]
+        self.model_hash: str = sha256_file(folder / CONFIG_FILE)  # the config holds every weight file's hash
+        known = [ontology.lookup(label.code, label.system) for label in config.labels]
+        self._writable = np.array([info.status != "unknown" for info in known], dtype=bool)
+        self._descriptions = [info.description for info in known]
+        self._thresholds = np.asarray(config.thresholds, dtype=np.float32)
+        self._systems = {
+            system: np.flatnonzero((np.asarray(config.systems) == system) & self._writable)
+            for system in dict.fromkeys(config.systems)
+        }
+        if not self._writable.all():
+            logger.warning("%d model labels are unknown to the current ontology and will not be written", int((~self._writable).sum()))
+
+    def predict(self, batch: pl.DataFrame, *, top_k: int = 50, threshold_only: bool = False) -> BatchResult:
+        """Rank codes per note and system. batch: note_id + text column(s), rows already validated."""
+        if top_k < 1:
+            raise UsageError(f"top_k must be >= 1, got {top_k}")
+        column = self.text_columns[0]
+        missing = [c for c in (NOTE_ID, column) if c not in batch.columns]
+        if missing:
+            raise UsageError(f"batch lacks column(s) {missing} needed by model {self.config.name}")
+        note_ids = batch[NOTE_ID].to_list()
+        texts = batch[column].to_list()
+        chunks = chunk_notes(texts, tokenizer=self.tokenizer, chunk_len=self.config.chunk_len, max_chunks=self.config.max_chunks)
+        scores, peaks = score_in_batches(
+            onnx_forward(self.session), chunks, n_labels=len(self.config.labels),
+            batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id,
+        )
+        rows = []
+        for i, note in enumerate(chunks):
+            if not note.unprocessable:
+                rows.extend(self._rows(note_ids[i], texts[i], note, scores[i], peaks[i], top_k=top_k, threshold_only=threshold_only))
+        return BatchResult(
+            predictions=pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"),
+            truncated=tuple(note_ids[i] for i, note in enumerate(chunks) if note.truncated),
+            unprocessable=tuple(note_ids[i] for i, note in enumerate(chunks) if note.unprocessable),
+        )
+
+    def _rows(self, note_id: str, text: str, note: ChunkedNote, scores: np.ndarray, peaks: np.ndarray, *, top_k: int, threshold_only: bool) -> list[tuple]:
+        """PREDICTION_SCHEMA rows of one note. scores, peaks: [n_labels]."""
+        rows = []
+        for system, cols in self._systems.items():
+            order = cols[np.argsort(-scores[cols], kind="stable")]
+            above = scores[order] >= self._thresholds[order]
+            if threshold_only:
+                order, above = order[above], above[above]
+            for rank, (j, hit) in enumerate(zip(order[:top_k], above[:top_k], strict=False), start=1):
+                start, end = _evidence_span(text, note, int(peaks[j]))
+                evidence = text[start:end] if start is not None else None
+                label = self.config.labels[j]
+                rows.append((note_id, system, label.code, self._descriptions[j], float(scores[j]), rank, bool(hit), SOURCE, evidence, start, end))
+        return rows
+
+
+def _evidence_span(text: str, note: ChunkedNote, peak: int) -> tuple[int | None, int | None]:
+    """Character span of the word holding the label's attention peak (a joined-token index)."""
+    chunk_len = note.input_ids.shape[1]
+    chunk, position = divmod(peak, chunk_len)
+    if peak < 0 or chunk >= note.n_chunks:
+        return None, None
+    start, end = (int(v) for v in note.offsets[chunk, position])
+    if start == NO_OFFSET:  # the peak fell on [CLS] or [SEP]
+        return None, None
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return start, end
+
+
+def _choose_precision(config: ModelConfig, precision: str, *, gpu: bool) -> str:
+    """``auto``: fp16 on a GPU if exported, int8 on CPU if kept, else fp32."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kept = {name for name, info in config.onnx.items() if info.get("kept")}
+    if precision == "auto":
+        preferred: Sequence[str] = ("fp16", "fp32") if gpu else ("int8", "fp32")
+        precision = next((p for p in preferred if p in kept), "fp32")
+    if precision not in kept:
+        raise ModelBundleError(
+            f"model {config.name} has no kept {precision} ONNX file (has: {sorted(kept) or 'none'}); "
+            "run `coder export` on the model folder"
+        )
+    return precision
+
+
+def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto", ontology=None, batch_size: int = 8) -> Predictor:
+    """Load and check a model folder (hashes, label count vs ONNX output width, versions).
+
+    ``ontology``: the one to validate codes against (default: ``load_ontology()``); pass the
+    pipeline's own when it was loaded with a user code list.
+    """
+    from coder.ontology import load_ontology
+    from coder.onnx_runtime import gpu_present
+
+    config = read_config(path)
+    check_versions(config)
+    chosen = _choose_precision(config, precision, gpu=device != "cpu" and gpu_present())
+    onnx_path = verify_file(path, config, ONNX_FILES[chosen])
+    session = create_session(onnx_path, device="cpu" if chosen == "int8" else device)
+    if chosen == "fp16" and session.get_providers()[0] == CPU_PROVIDER:
+        logger.warning("fp16 model running on CPU: slower than int8/fp32 there; pass --precision int8 or fp32")
+    width = output_width(session)
+    if width != len(config.labels):
+        raise ModelBundleError(f"{onnx_path} outputs {width} logits, {CONFIG_FILE} lists {len(config.labels)} labels; re-export the model")
+    ontology = load_ontology() if ontology is None else ontology
+    if config.ontology and config.ontology != dict(ontology.release):
+        logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
+    logger.info("model %s (%s, %d labels) on %s", config.name, chosen, len(config.labels), session.get_providers()[0])
+    return Predictor(folder=path, config=config, session=session, precision=chosen, ontology=ontology, batch_size=batch_size)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from coder.bundle import ONNX_FILES, load_torch, read_config
+from coder.chunking import chunk_notes, collate
+from coder.errors import ExportParityError
+from coder.export.onnx import FP32_TOLERANCE, OUTPUT_NAMES
+from coder.export.parity import compare_outputs
+from coder.onnx_runtime import create_session, onnx_forward
+from coder.plm_icd import torch_forward
+
+
+def test_every_failing_output_is_listed_once():
+    reference = {"logits": np.zeros((2, 3), np.float32), "attention_peak": np.zeros((2, 3), np.int64)}
+    candidate = {"logits": np.full((2, 3), 0.5, np.float32), "attention_peak": np.ones((2, 3), np.int64)}
+    with pytest.raises(ExportParityError, match=r"logits: max_abs_diff 0.5 .*; attention_peak: share_differing 1"):
+        compare_outputs(reference, candidate, atol=1e-4)
+
+
+def test_shape_mismatch_is_reported():
+    with pytest.raises(ExportParityError, match=r"shape \(1, 3\), torch gives \(2, 3\)"):
+        compare_outputs({"logits": np.zeros((2, 3))}, {"logits": np.zeros((1, 3))}, atol=1e-4)
+
+
+def test_tiny_fp32_onnx_matches_torch(tiny_model_path):
+    config = read_config(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path / "plm_icd"))
+    texts = ["fever and cough", "the patient was admitted to the hospital with pneumonia " * 3]
+    notes = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
+    batch = collate(notes, indices=[0, 1], pad_id=tokenizer.pad_token_id)
+    reference = dict(zip(OUTPUT_NAMES, torch_forward(load_torch(tiny_model_path, config))(batch), strict=True))
+    session = create_session(tiny_model_path / ONNX_FILES["fp32"], device="cpu")
+    checks = compare_outputs(reference, dict(zip(OUTPUT_NAMES, onnx_forward(session)(batch), strict=True)), atol=FP32_TOLERANCE)
+    assert all(check.ok for check in checks)
+    assert config.onnx["fp32"]["parity"]["logits"] <= FP32_TOLERANCE

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from coder import onnx_runtime
+from coder.errors import UsageError
+
+
+def test_cpu_only_machine_asks_for_cpu(monkeypatch):
+    monkeypatch.setattr(onnx_runtime, "gpu_present", lambda: False)
+    assert onnx_runtime.providers_for("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(UsageError, match="no NVIDIA driver"):
+        onnx_runtime.providers_for("cuda")
+
+
+def test_gpu_machine_tries_tensorrt_then_cuda_then_cpu(monkeypatch):
+    monkeypatch.setattr(onnx_runtime, "gpu_present", lambda: True)
+    monkeypatch.setattr(onnx_runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_runtime.providers_for("auto") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_runtime.providers_for("cpu") == ["CPUExecutionProvider"]
+
+
+def test_unknown_device_is_a_usage_error():
+    with pytest.raises(UsageError, match="device must be one of"):
+        onnx_runtime.providers_for("tpu")
+
+
+def test_session_reports_the_provider_used(tiny_model_path):
+    session = onnx_runtime.create_session(tiny_model_path / "onnx" / "model.onnx", device="cpu")
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+    assert onnx_runtime.output_width(session) == 7
+    assert onnx_runtime.physical_cores() >= 1
