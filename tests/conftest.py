@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -66,3 +67,13 @@ class TinyOntology:
 @pytest.fixture(scope="session")
 def tiny_ontology() -> TinyOntology:
     return TinyOntology()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The committed tiny PLM-ICD model folder (random 2-layer BERT, a few training steps, ONNX files).
+
+    Rebuild with ``python tests/assets/build_tiny_model.py``; its encoder and synthetic notes are
+    beside it (``tiny_model_path.parent / "encoder"`` and ``/ "data"``).
+    """
+    return Path(__file__).parent / "assets" / "tiny_model" / "bundle"
