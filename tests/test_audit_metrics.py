@@ -55,6 +55,7 @@ def test_toy_audit_exact_values():
     curve = {point["threshold"]: point for point in audit.pr_curve}
     assert (curve[0.0]["precision"], curve[0.0]["recall"]) == pytest.approx((3 / 5, 3 / 4))
     assert (curve[0.5]["precision"], curve[0.5]["recall"]) == pytest.approx((1 / 3, 1 / 4))
+    assert max(curve) == 0.9  # nothing scores 0.95 or more
     # scores 0.2 (gold), 0.4 (gold), 0.6, 0.7, 0.9 (gold): one per bin
     assert [(round(b["low"] * 10), b["count"], b["fraction_gold"]) for b in audit.calibration] == [
         (2, 1, 1.0), (4, 1, 1.0), (6, 1, 0.0), (7, 1, 0.0), (9, 1, 1.0)

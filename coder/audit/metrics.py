@@ -110,7 +110,8 @@ class SystemAudit:
     false_positives: list[CodeCount]
     missed: list[CodeCount]
     pr_curve: list[dict[str, float]]
-    """Micro precision and recall if the codes with score >= threshold were kept, per threshold."""
+    """Micro precision and recall if the codes with score >= threshold were kept, per threshold (0, 0.05, ...)
+    up to the highest score."""
     calibration: list[dict[str, float]]
     """Reliability diagram: per score bin, mean score, fraction of gold codes, count."""
 
@@ -171,9 +172,14 @@ def _confusion(ranked: pl.DataFrame, gold_keys: pl.DataFrame) -> pl.DataFrame:
     return predicted.join(missed, on=KEY, how="full", coalesce=True).fill_null(0).sort(KEY)
 
 
-def _top(table: pl.DataFrame, column: str, describe: Callable[[str], str | None], n: int) -> list[CodeCount]:
+def _top(
+    table: pl.DataFrame, column: str, *, describe: Callable[[str], str | None], display: Callable[[str], str], n: int
+) -> list[CodeCount]:
     rows = table.filter(pl.col(column) > 0).sort([column, KEY], descending=[True, False]).head(n)
-    return [CodeCount(code=key, count=int(count), description=describe(key)) for key, count in rows.select(KEY, column).iter_rows()]
+    return [
+        CodeCount(code=display(key), count=int(count), description=describe(key))
+        for key, count in rows.select(KEY, column).iter_rows()
+    ]
 
 
 def _chapters(confusion: pl.DataFrame, chapter: Callable[[str], str]) -> list[dict[str, Any]]:
@@ -181,7 +187,7 @@ def _chapters(confusion: pl.DataFrame, chapter: Callable[[str], str]) -> list[di
         confusion.with_columns(pl.col(KEY).map_elements(chapter, return_dtype=pl.String).alias("chapter"))
         .group_by("chapter")
         .agg(pl.col("tp").sum(), pl.col("fp").sum(), pl.col("fn").sum())
-        .sort("chapter")
+        .sort(pl.col("chapter").str.zfill(3))  # CM chapters are numbers: 2 before 10
     )
     return [
         {"chapter": name, "gold": tp + fn, "tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)}
@@ -194,6 +200,8 @@ def _pr_curve(ranked: pl.DataFrame, n_gold: int, steps: int = 20) -> list[dict[s
     for i in range(steps + 1):
         threshold = i / steps
         kept = ranked.filter(pl.col("score") >= threshold)
+        if kept.is_empty():  # precision is undefined above the highest score
+            break
         tp = int(kept[_GOLD].sum())
         curve.append({"threshold": threshold, **_prf(tp, kept.height - tp, n_gold - tp)})
     return curve
@@ -220,12 +228,14 @@ def audit_system(
     is_valid: Callable[[str], bool] | None = None,
     chapter: Callable[[str], str] = lambda key: key[:1],
     describe: Callable[[str], str | None] = lambda key: None,
+    display: Callable[[str], str] = lambda key: key,
     top: int = 10,
 ) -> SystemAudit:
     """Audit one system. Both frames hold only that system and only the audited notes.
 
-    ``predictions``: PREDICTION_SCHEMA rows; ``gold``: GOLD_SCHEMA rows. ``is_valid``, ``chapter``
-    and ``describe`` take a code key (see ``code_key``); ``is_valid`` is CodiEsp's valid list for MAP.
+    ``predictions``: PREDICTION_SCHEMA rows; ``gold``: GOLD_SCHEMA rows. ``is_valid``, ``chapter``,
+    ``describe`` and ``display`` take a code key (see ``code_key``); ``is_valid`` is CodiEsp's valid
+    list for MAP; ``display`` gives the form shown in the top lists (the canonical code).
     """
     predictions = predictions.with_columns(code_key())
     gold_keys = gold.select(NOTE_ID, code_key()).unique()
@@ -247,8 +257,8 @@ def audit_system(
         micro=_prf(*(int(confusion[c].sum()) for c in ("tp", "fp", "fn"))),
         macro=macro,
         chapters=_chapters(confusion, chapter),
-        false_positives=_top(confusion, "fp", describe, top),
-        missed=_top(confusion, "fn", describe, top),
+        false_positives=_top(confusion, "fp", describe=describe, display=display, n=top),
+        missed=_top(confusion, "fn", describe=describe, display=display, n=top),
         pr_curve=_pr_curve(ranked, gold_keys.height),
         calibration=_calibration(ranked),
     )

@@ -18,8 +18,8 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; 
 h1 { font-size: 1.5rem; } h2 { font-size: 1.25rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
 td, th { border: 1px solid #ddd; padding: .2rem .5rem; text-align: right; }
-td:first-child, th:first-child { text-align: left; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
+td:first-child, th:first-child, td.text { text-align: left; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 svg { background: #fafafa; border: 1px solid #eee; }
 svg text { font-size: 11px; fill: #333; }
 .meta { color: #666; font-size: .85rem; }
@@ -86,7 +86,8 @@ def line_chart(
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
         parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in xy]
-        parts.append(f'<text x="{_W - _PAD_R - 4}" y="{_PAD_T + 14 * (i + 1)}" text-anchor="end" fill="{colour}">{escape(name)}</text>')
+        # style, not the fill attribute: the page's CSS for svg text would override an attribute
+        parts.append(f'<text x="{_W - _PAD_R - 4}" y="{_PAD_T + 14 * (i + 1)}" text-anchor="end" style="fill:{colour}">{escape(name)}</text>')
     return _svg(parts, title)
 
 
@@ -110,10 +111,14 @@ def bar_chart(bars: Sequence[tuple[str, float, str]], *, title: str, x_label: st
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else escape("" if value is None else str(value))
+        if isinstance(value, float):
+            return f"<td>{value:.3f}</td>"
+        if isinstance(value, int):
+            return f"<td>{value}</td>"
+        return f'<td class="text">{escape("" if value is None else str(value))}</td>'
 
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

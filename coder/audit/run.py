@@ -54,6 +54,7 @@ def _ontology_helpers(ontology: Any, system: str) -> dict[str, Callable]:
         "is_valid": lambda key: ontology.is_known(key, system),
         "chapter": chapter,
         "describe": lambda key: ontology.lookup(key, system).description or None,
+        "display": lambda key: ontology.lookup(key, system).canonical or key,
     }
 
 
