@@ -29,11 +29,13 @@ SOURCES = [REPO / "data" / "codiesp" / split / "notes.parquet" for split in ("tr
 CODER = [str(Path(sys.executable).with_name("coder"))]  # the installed console script
 
 
-def synthesise(n: int, path: Path, *, chunk: int = 10_000) -> Path:
-    """``n`` notes cycled from the CodiEsp notes, written in row groups so this script stays small too."""
+def synthesise(n: int, path: Path, *, chars: int | None = None, chunk: int = 10_000) -> Path:
+    """``n`` notes cycled from the CodiEsp notes (cut to ``chars`` characters if given), written in row groups."""
     if path.exists() and pq.ParquetFile(path).metadata.num_rows == n:
         return path
     source = pl.concat([pl.read_parquet(p, columns=["text", "text_es"]) for p in SOURCES])
+    if chars:
+        source = source.with_columns(pl.col("text", "text_es").str.slice(0, chars))
     tmp = path.with_suffix(".tmp")
     writer = None
     for start in range(0, n, chunk):
@@ -90,20 +92,23 @@ def main() -> None:
     parser.add_argument("--overhead-notes", type=int, default=2000, help="notes for end-to-end vs model-only (0 skips)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/coder-bench"))
+    parser.add_argument("--chars", type=int, default=None,
+                        help="cut the memory-curve notes to this many characters (faster on a busy machine)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    print(f"model: {args.model}, batch size {args.batch_size}, {os.cpu_count()} CPUs")
+    print(f"model: {args.model}, batch size {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}")
     print("\n| notes | wall s | pipeline notes/s | peak RSS MiB | codes written |")
     print("|---:|---:|---:|---:|---:|")
     for n in (int(s) for s in args.sizes.split(",")):
-        notes = synthesise(n, args.workdir / f"notes-{n}.parquet")
+        notes = synthesise(n, args.workdir / f"notes-{n}-{args.chars or 'full'}.parquet", chars=args.chars)
         run = run_predict(notes, args.workdir / f"pred-{n}.parquet", model=args.model, batch_size=args.batch_size)
         timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
         print(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} | {counts['codes_written']:,} |")
 
     if args.overhead_notes:
-        notes = synthesise(args.overhead_notes, args.workdir / f"notes-{args.overhead_notes}.parquet")
+        notes = synthesise(args.overhead_notes, args.workdir / f"notes-{args.overhead_notes}-full.parquet")
         alone = model_only(notes, model=args.model, batch_size=args.batch_size)
         run = run_predict(notes, args.workdir / "pred-overhead.parquet", model=args.model, batch_size=args.batch_size)
         end_to_end = run["manifest"]["timing"]["notes_per_s"]
