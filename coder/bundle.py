@@ -11,7 +11,6 @@ Layout (each part named for what it holds, like sentence-transformers' numbered 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from coder.errors import ModelBundleError
+from coder.ontology.cache import file_sha256 as sha256_file  # one file-hashing helper for the project
 from coder.plm_icd import PlmIcd
 
 logger = logging.getLogger(__name__)
@@ -129,14 +129,6 @@ def library_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_config(folder: Path) -> ModelConfig:
@@ -284,7 +276,7 @@ Seed {config.training.get("seed")}; hyperparameters, data hashes and per-epoch h
   automatic clinical coding: annotations, guidelines, and solutions for non-English clinical cases
   at CodiEsp track of CLEF eHealth 2020". Licence CC BY 4.0 (English machine translation of
   Spanish clinical case reports).
-- Encoder weights: sentence-transformers/all-MiniLM-L6-v2, Apache-2.0.
+- Encoder weights: {config.encoder.get("name")}{" (Apache-2.0)" if "MiniLM" in config.encoder.get("name", "") else ""}.
 - Not for unsupervised clinical use: scores rank candidate codes for a human coder.
 """
     (folder / CARD_FILE).write_text(card, encoding="utf-8")

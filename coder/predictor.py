@@ -121,14 +121,15 @@ def _evidence_span(text: str, note: ChunkedNote, peak: int) -> tuple[int | None,
     return start, end
 
 
-def _choose_precision(config: ModelConfig, precision: str, *, gpu: bool) -> str:
-    """``auto``: fp16 on a GPU if exported, int8 on CPU if kept, else fp32."""
+def _choose_precision(folder: Path, config: ModelConfig, precision: str, *, gpu: bool) -> str:
+    """``auto``: fp16 then fp32 on a GPU; int8 then fp32 on CPU; among the kept variants present on disk."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     kept = {name for name, info in config.onnx.items() if info.get("kept")}
     if precision == "auto":
-        preferred: Sequence[str] = ("fp16", "fp32") if gpu else ("int8", "fp32")
-        precision = next((p for p in preferred if p in kept), "fp32")
+        preferred: Sequence[str] = ("fp16", "fp32", "int8") if gpu else ("int8", "fp32")
+        present = [p for p in preferred if p in kept and (folder / ONNX_FILES[p]).is_file()]
+        precision = present[0] if present else "fp32"
     if precision not in kept:
         raise ModelBundleError(
             f"model {config.name} has no kept {precision} ONNX file (has: {sorted(kept) or 'none'}); "
@@ -148,7 +149,7 @@ def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto",
 
     config = read_config(path)
     check_versions(config)
-    chosen = _choose_precision(config, precision, gpu=device != "cpu" and gpu_present())
+    chosen = _choose_precision(path, config, precision, gpu=device != "cpu" and gpu_present())
     onnx_path = verify_file(path, config, ONNX_FILES[chosen])
     session = create_session(onnx_path, device="cpu" if chosen == "int8" else device)
     if chosen == "fp16" and session.get_providers()[0] == CPU_PROVIDER:

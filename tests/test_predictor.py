@@ -3,7 +3,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from coder.bundle import default_model_path
+from coder.bundle import default_model_path, read_config
 from coder.errors import ModelBundleError, UsageError
 from coder.predictor import load_predictor
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, SYSTEM
@@ -77,9 +77,24 @@ def test_shipped_model_codes_real_dev_notes():
         path = default_model_path()
     except ModelBundleError as error:
         pytest.skip(f"shipped model absent: {error}")
+    if not read_config(path).onnx:
+        pytest.skip(f"shipped model at {path} not exported yet: run `coder export {path}`")
     predictor = load_predictor(path, device="cpu")
     notes = pl.read_parquet(path.parents[1] / "data" / "codiesp" / "dev" / "notes.parquet", columns=[NOTE_ID, "text"]).head(5)
     result = predictor.predict(notes, top_k=10)
     assert result.predictions.schema == PREDICTION_SCHEMA
     assert set(result.predictions[NOTE_ID]) == set(notes[NOTE_ID])
     assert set(result.predictions[SYSTEM]) == {"ICD-10-CM", "ICD-10-PCS"}
+
+
+def test_auto_precision_falls_back_to_what_is_on_disk(tiny_model_path, tmp_path):
+    import shutil
+
+    from coder.predictor import _choose_precision
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path, folder)
+    config = read_config(folder)
+    assert _choose_precision(folder, config, "auto", gpu=True) == "fp16"
+    (folder / "onnx" / "model.int8.onnx").unlink()
+    assert _choose_precision(folder, config, "auto", gpu=False) == "fp32"
