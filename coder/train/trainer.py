@@ -141,6 +141,97 @@ def _prior_bias(targets: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.log(rate / (1 - rate)).astype(np.float32))
 
 
+@dataclass(frozen=True)
+class Data:
+    """Labels and tokenised splits for one training run."""
+
+    labels: LabelSet
+    tokenizer: Any
+    train: Split
+    dev: Split | None
+
+
+def _load_data(*, notes: Path, codes: Path, dev_notes: Path | None, dev_codes: Path | None, text_column: str, encoder_path: Path, codes_file: Path | None, options: TrainingOptions) -> tuple[Data, dict[str, Any]]:
+    """Read and tokenise the splits; labels are the training codes the ontology knows (or the code list vouches for)."""
+    ontology = load_ontology(codes_file=codes_file)
+    train_notes = read_notes(notes, text_column=text_column)
+    gold = read_codes(codes).filter(pl.col(NOTE_ID).is_in(train_notes[NOTE_ID].to_list()))
+    train_canonical = canonical_codes(gold, ontology=ontology)
+    labels = build_labels(train_canonical)
+    if not labels.labels:
+        raise UsageError(f"{codes} gives no code the ontology knows for the notes in {notes}")
+    logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in _count_systems(labels).items()))
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
+    split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
+    dev = None
+    if dev_notes is not None and dev_codes is not None:
+        dev_frame = read_notes(dev_notes, text_column=text_column)
+        dev = _split(dev_frame, canonical_codes(read_codes(dev_codes), ontology=ontology), name="dev", **split_args)
+    data = Data(labels=labels, tokenizer=tokenizer, train=_split(train_notes, train_canonical, name="train", **split_args), dev=dev)
+    return data, dict(ontology.release)
+
+
+def _base_config(out: Path, data: Data, *, ontology_release: dict[str, Any], options: TrainingOptions, text_column: str, encoder_path: Path, encoder_name: str, sources: dict[str, str], command: str) -> ModelConfig:
+    """The config before any epoch: provenance now, thresholds and dev metrics filled in as training goes."""
+    splits = {"train": data.train, **({"dev": data.dev} if data.dev else {})}
+    provenance = {
+        "command": command,
+        "seed": options.seed,
+        "options": dataclasses.asdict(options),
+        "data_sha256": sources,
+        "train_notes": len(data.train.note_ids),
+        "truncated": {name: split.truncated for name, split in splits.items()},
+        "unprocessable": {name: split.unprocessable for name, split in splits.items()},
+    }
+    return ModelConfig(
+        name=out.name,
+        labels=data.labels.labels,
+        thresholds=tuple(0.5 for _ in data.labels.labels),
+        system_thresholds={system: 0.5 for system in _count_systems(data.labels)},
+        chunk_len=options.chunk_len,
+        max_chunks=options.max_chunks,
+        attention_dim=options.attention_dim,
+        text_columns={"encoder": text_column},
+        encoder={"name": encoder_name, "source": str(encoder_path)},
+        ontology=ontology_release,
+        unknown_codes=data.labels.unknown,
+        training=provenance,
+        dev_metrics={},
+    )
+
+
+def _label_key(labels: LabelSet) -> list[tuple[str, str]]:
+    return [dataclasses.astuple(label) for label in labels.labels]
+
+
+def _save_checkpoint(path: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet, state: dict[str, Any]) -> None:
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "labels": _label_key(labels),
+            "state": state,
+        },
+        path,
+    )
+
+
+def _restore(path: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet) -> dict[str, Any]:
+    """Load a checkpoint into model, optimiser and scheduler; returns the loop state (epoch, best, history)."""
+    saved = torch.load(path, weights_only=False)  # our own file: optimizer state holds plain Python objects
+    if saved["labels"] != _label_key(labels):
+        raise UsageError(f"--resume: {path} was trained on other labels; start without --resume")
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    state = saved["state"]
+    logger.info("resumed after epoch %d (best dev MAP %.4f)", state["epoch"], state["best"])
+    return state
+
+
 def train(
     *,
     notes: Path,
@@ -163,110 +254,51 @@ def train(
     if resume and not checkpoint_path.is_file():
         raise UsageError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
     torch.manual_seed(options.seed)
-    ontology = load_ontology(codes_file=codes_file)
-
-    train_notes = read_notes(notes, text_column=text_column)
-    train_canonical = canonical_codes(read_codes(codes).filter(pl.col(NOTE_ID).is_in(train_notes[NOTE_ID].to_list())), ontology=ontology)
-    labels = build_labels(train_canonical)
-    if not labels.labels:
-        raise UsageError(f"{codes} gives no code the ontology knows for the notes in {notes}")
-    logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in _count_systems(labels).items()))
-
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
-    split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
-    train_split = _split(train_notes, train_canonical, name="train", **split_args)
-    dev_split = None
-    if dev_notes is not None and dev_codes is not None:
-        dev_frame = read_notes(dev_notes, text_column=text_column)
-        dev_split = _split(dev_frame, canonical_codes(read_codes(dev_codes), ontology=ontology), name="dev", **split_args)
-
-    model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder_path)), n_labels=len(labels.labels), attention_dim=options.attention_dim)
-    with torch.no_grad():
-        model.head.label_bias.copy_(_prior_bias(train_split.targets))
-    optimizer = _optimizer(model, options)
-    steps_per_epoch = math.ceil(len(_epoch_batches(train_split, options=options, epoch=0)) / options.accumulation)
-    total = steps_per_epoch * options.epochs
-    scheduler = _schedule(optimizer, total=total, warmup=max(1, int(options.warmup * total)))
-
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
-    if resume:
-        saved = torch.load(checkpoint_path, weights_only=False)
-        if saved["labels"] != [dataclasses.astuple(label) for label in labels.labels]:
-            raise UsageError(f"--resume: {checkpoint_path} was trained on other labels; start without --resume")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
-        logger.info("resumed after epoch %d (best dev MAP %.4f)", state["epoch"], state["best"])
-
-    provenance = {
-        "command": command,
-        "seed": options.seed,
-        "options": dataclasses.asdict(options),
-        "data_sha256": {str(p): sha256_file(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None},
-        "train_notes": len(train_split.note_ids),
-        "truncated": {"train": train_split.truncated, **({"dev": dev_split.truncated} if dev_split else {})},
-        "unprocessable": {"train": train_split.unprocessable, **({"dev": dev_split.unprocessable} if dev_split else {})},
-    }
-    base = ModelConfig(
-        name=out.name,
-        labels=labels.labels,
-        thresholds=tuple(0.5 for _ in labels.labels),
-        system_thresholds={system: 0.5 for system in _count_systems(labels)},
-        chunk_len=options.chunk_len,
-        max_chunks=options.max_chunks,
-        attention_dim=options.attention_dim,
-        text_columns={"encoder": text_column},
-        encoder={"name": encoder_name, "source": str(encoder_path)},
-        ontology=dict(ontology.release),
-        unknown_codes=labels.unknown,
-        training=provenance,
-        dev_metrics={},
+    data, release = _load_data(
+        notes=notes, codes=codes, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
+        encoder_path=encoder_path, codes_file=codes_file, options=options,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    sources = {str(p): sha256_file(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None}
+    base = _base_config(
+        out, data, ontology_release=release, options=options, text_column=text_column,
+        encoder_path=encoder_path, encoder_name=encoder_name, sources=sources, command=command,
+    )
+    model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder_path)), n_labels=len(data.labels.labels), attention_dim=options.attention_dim)
+    with torch.no_grad():
+        model.head.label_bias.copy_(_prior_bias(data.train.targets))
+    optimizer = _optimizer(model, options)
+    total = math.ceil(len(_epoch_batches(data.train, options=options, epoch=0)) / options.accumulation) * options.epochs
+    scheduler = _schedule(optimizer, total=total, warmup=max(1, int(options.warmup * total)))
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    if resume:
+        state = _restore(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, labels=data.labels)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
         for stale in ONNX_FILES.values():  # exported from an earlier model: their hashes would lie
             (out / stale).unlink(missing_ok=True)
-    pad_id = tokenizer.pad_token_id
+
+    pad_id = data.tokenizer.pad_token_id
     for epoch in range(state["epoch"], options.epochs):
-        loss = _train_epoch(model, train_split, optimizer=optimizer, scheduler=scheduler, options=options, epoch=epoch, pad_id=pad_id)
+        loss = _train_epoch(model, data.train, optimizer=optimizer, scheduler=scheduler, options=options, epoch=epoch, pad_id=pad_id)
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss}
-        improved = True
-        if dev_split is not None:
-            scores = predict_proba(model, dev_split.chunks, batch_size=options.eval_batch_size, pad_id=pad_id)
-            metrics = ranking_metrics(scores, note_ids=dev_split.note_ids, labels=labels.labels, gold=dev_split.gold)
-            record["dev"] = metrics
-            mean_map = float(np.mean([m["map"] for m in metrics.values()]))
+        scores, improved = None, True
+        if data.dev is not None:
+            scores = predict_proba(model, data.dev.chunks, batch_size=options.eval_batch_size, pad_id=pad_id)
+            record["dev"] = ranking_metrics(scores, note_ids=data.dev.note_ids, labels=data.labels.labels, gold=data.dev.gold)
+            mean_map = float(np.mean([m["map"] for m in record["dev"].values()]))
             improved = mean_map > state["best"]
-            logger.info("epoch %d: loss %.4f, dev MAP %s", epoch + 1, loss, {s: round(m["map"], 4) for s, m in metrics.items()})
-        else:
-            logger.info("epoch %d: loss %.4f", epoch + 1, loss)
+            state["best"] = max(state["best"], mean_map)
+        logger.info("epoch %d: loss %.4f, dev MAP %s", epoch + 1, loss, {s: round(m["map"], 4) for s, m in record.get("dev", {}).items()})
         state["history"].append(record)
         state["epoch"] = epoch + 1
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         if improved:
-            state["bad_epochs"] = 0
-            if dev_split is not None:
-                state["best"] = mean_map
-            _write_folder(out, base, model=model, tokenizer=tokenizer, dev=dev_split, dev_scores=scores if dev_split else None, state=state)
-        else:
-            state["bad_epochs"] += 1
-        stop = state["bad_epochs"] >= options.patience
-        if epoch + 1 < options.epochs and not stop:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "labels": [dataclasses.astuple(label) for label in labels.labels],
-                    "state": state,
-                },
-                checkpoint_path,
-            )
-        if stop:
+            _write_folder(out, base, model=model, tokenizer=data.tokenizer, dev=data.dev, dev_scores=scores, state=state)
+        if state["bad_epochs"] >= options.patience:
             logger.info("no dev MAP gain for %d epochs: stopping after epoch %d", options.patience, epoch + 1)
             break
+        if epoch + 1 < options.epochs:
+            _save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, labels=data.labels, state=state)
     checkpoint_path.unlink(missing_ok=True)
     return read_config(out)
 
