@@ -63,6 +63,9 @@ class TinyOntology:
         wanted = ("billable",) if billable_only else ("billable", "valid")
         return tuple(code for code, (status, _, _) in self.ITEMS[system].items() if status in wanted)
 
+    def inclusion_terms(self, canonical: str) -> tuple[str, ...]:
+        return {"I10": ("High blood pressure",)}.get(canonical, ())
+
 
 @pytest.fixture(scope="session")
 def tiny_ontology() -> TinyOntology:
@@ -77,3 +80,42 @@ def tiny_model_path() -> Path:
     beside it (``tiny_model_path.parent / "encoder"`` and ``/ "data"``).
     """
     return Path(__file__).parent / "assets" / "tiny_model" / "bundle"
+
+
+# (note id, English text, Spanish text, [(system, code, Spanish evidence span)])
+TINY_CODIESP = [
+    ("n1", "Patient with arterial hypertension and type 2 diabetes mellitus. Laparoscopic appendectomy was done.",
+     "Paciente con hipertensión arterial y diabetes mellitus tipo 2. Se realizó apendicectomía laparoscópica.",
+     [(CM, "I10", "hipertensión arterial"), (CM, "E11.9", "diabetes mellitus tipo 2"),
+      (PCS, "0DTJ4ZZ", "apendicectomía laparoscópica")]),
+    ("n2", "Woman with asthma. Denies arterial hypertension.", "Mujer con asma. Niega hipertensión arterial.",
+     [(CM, "J45.909", "asma")]),
+    ("n3", "Known high blood pressure. Abdominal pain.", "Hipertension arterial conocida. Dolor abdominal.",
+     [(CM, "I10", "Hipertension arterial")]),
+    ("n4", "Type 2 diabetes mellitus with hyperglycemia.", "Diabetes mellitus tipo 2 con hiperglucemia.",
+     [(CM, "E11.65", "Diabetes mellitus tipo 2 con hiperglucemia")]),
+    ("n5", "Asthma since childhood, now arterial hypertension.", "Asma desde la infancia, ahora hipertensión arterial.",
+     [(CM, "J45.909", "Asma"), (CM, "I10", "hipertensión arterial")]),
+    ("n6", "Open appendectomy for appendicitis.", "Apendicectomía abierta por apendicitis.",
+     [(PCS, "0DTJ0ZZ", "Apendicectomía abierta")]),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_codiesp():
+    """A six-note CodiEsp-shaped corpus: ``(notes, codes, evidence)`` frames (notes: note_id,
+    text, text_es; evidence offsets point into text_es)."""
+    import polars as pl
+
+    from coder.schema import EVIDENCE_SCHEMA, GOLD_SCHEMA
+
+    notes = pl.DataFrame([(n, en, es) for n, en, es, _ in TINY_CODIESP], schema=["note_id", "text", "text_es"], orient="row")
+    evidence = []
+    for note_id, _, es, spans in TINY_CODIESP:
+        for system, code, span in spans:
+            start = es.index(span)
+            evidence.append((note_id, system, code, span, f"{start} {start + len(span)}"))
+    evidence_frame = pl.DataFrame(evidence, schema=EVIDENCE_SCHEMA, orient="row")
+    codes = evidence_frame.select("note_id", "code", "system").unique(maintain_order=True).cast(dict(GOLD_SCHEMA))
+    return notes, codes, evidence_frame
+

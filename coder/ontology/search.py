@@ -114,11 +114,10 @@ class OntologySearch:
                 starts = [spans[i][0] for i in sentence]
                 ends = [spans[i][1] for i in sentence]
                 frames.append(pl.DataFrame({
-                    NOTE_ID: note_id, SYSTEM: system, CODE: codes[top], self.name: per_code[top],
-                    f"{self.name}_rank": np.arange(1, len(top) + 1, dtype=np.int32),
-                    "evidence_text": [text[a:b] for a, b in zip(starts, ends)],
-                    "evidence_start": pl.Series(starts, dtype=pl.Int32), "evidence_end": pl.Series(ends, dtype=pl.Int32),
-                }))
+                    NOTE_ID: [note_id] * len(top), SYSTEM: [system] * len(top), CODE: codes[top].tolist(),
+                    self.name: per_code[top], f"{self.name}_rank": np.arange(1, len(top) + 1),
+                    "evidence_text": [text[a:b] for a, b in zip(starts, ends)], "evidence_start": starts, "evidence_end": ends,
+                }, schema=self._schema()))
         return pl.concat(frames) if frames else pl.DataFrame(schema=self._schema())
 
     def _schema(self) -> pl.Schema:

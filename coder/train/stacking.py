@@ -1,0 +1,177 @@
+"""Fit the candidate sources and the reranker without leakage (stacked generalisation).
+
+The reranker must learn from candidate features that look like the ones it will meet on unseen
+notes. On training notes, in-sample lexicon reliabilities and classifier scores are too good, so
+the training frame is built out of fold: train is cut into K folds, the lexicon and the stand-in
+classifier are fitted on K-1 folds and the held-out fold is scored; the ontology search does not
+learn from notes and is run once. The shipped sources are then refitted on all of train.
+
+PLM-ICD scores have no out-of-fold version on train (the model was fitted on all of it). For
+that source, ``cross_fit`` scores each dev note with a reranker fitted on the other dev folds
+(sources fitted on train only), which is an honest dev figure; the shipped reranker is then
+fitted on all dev candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from coder.candidates import KEY, CandidateBuilder, assemble, code_prior, top_codes, with_labels
+from coder.lexicon import EvidenceLexicon
+from coder.ontology.search import OntologySearch
+from coder.reranker import SCORE, Reranker, resolve_hierarchy
+from coder.schema import NOTE_ID, TEXT_ES
+from coder.tfidf_classifier import TfidfClassifier
+
+logger = logging.getLogger(__name__)
+
+ScoreSource = Callable[[pl.DataFrame], pl.DataFrame]  # notes -> (note_id, system, code, <source name>)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (may be empty)."""
+
+    notes: pl.DataFrame
+    codes: pl.DataFrame
+    evidence: pl.DataFrame
+
+    @classmethod
+    def read(cls, folder: Path) -> Corpus:
+        """``notes.parquet``, ``codes.parquet`` and ``evidence.parquet`` of a CodiEsp-shaped folder."""
+        return cls(*(pl.read_parquet(folder / f"{name}.parquet") for name in ("notes", "codes", "evidence")))
+
+    def subset(self, note_ids: pl.Series) -> Corpus:
+        def keep(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.filter(pl.col(NOTE_ID).is_in(note_ids.implode()))
+
+        return Corpus(keep(self.notes), keep(self.codes), keep(self.evidence))
+
+    def text_only(self, column: str) -> Corpus:
+        """The same corpus with only ``column`` as note text (degraded dumps)."""
+        return Corpus(self.notes.select(NOTE_ID, column), self.codes, self.evidence)
+
+
+def fold_ids(note_ids: pl.Series, *, folds: int, seed: int) -> np.ndarray:
+    """[n_notes] fold number of each note: a seeded permutation cut into ``folds`` parts."""
+    order = np.random.default_rng(seed).permutation(len(note_ids))
+    fold = np.empty(len(note_ids), dtype=np.int64)
+    fold[order] = np.arange(len(note_ids)) % folds
+    return fold
+
+
+def fit_builder(corpus: Corpus, *, search: OntologySearch | None) -> CandidateBuilder:
+    """Fit the note-trained sources (lexicon when Spanish text and evidence exist, classifier)."""
+    lexicon = None
+    if TEXT_ES in corpus.notes.columns and corpus.evidence.height:
+        lexicon = EvidenceLexicon().fit(corpus.notes, corpus.evidence)
+    classifier = TfidfClassifier().fit(corpus.notes, corpus.codes)
+    return CandidateBuilder(prior=code_prior(corpus.codes), lexicon=lexicon, search=search, classifier=classifier)
+
+
+def out_of_fold_sources(corpus: Corpus, *, search: OntologySearch | None, search_candidates: pl.DataFrame | None,
+                        folds: int = 5, seed: int = 0) -> list[tuple[dict[str, pl.DataFrame], pl.DataFrame]]:
+    """Per fold: each source's candidates for the held-out notes, from sources fitted on the other
+    folds, and the code prior of those other folds (``candidates.assemble`` inputs)."""
+    fold = fold_ids(corpus.notes[NOTE_ID], folds=folds, seed=seed)
+    out = []
+    for k in range(folds):
+        builder = fit_builder(corpus.subset(corpus.notes[NOTE_ID].filter(fold != k)), search=search)
+        held = corpus.notes.filter(fold == k)
+        out.append((builder.source_frames(held, search_candidates=search_candidates), builder.prior))
+        logger.info("out-of-fold: fold %d/%d scored (%d notes)", k + 1, folds, held.height)
+    return out
+
+
+def out_of_fold(corpus: Corpus, *, search: OntologySearch | None, search_candidates: pl.DataFrame | None,
+                folds: int = 5, seed: int = 0, sources: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """Labelled candidate frame of every training note, each built by sources not fitted on it;
+    ``sources`` restricts the frame to some sources (ablations)."""
+    parts = out_of_fold_sources(corpus, search=search, search_candidates=search_candidates, folds=folds, seed=seed)
+    return labelled_frame(parts, codes=corpus.codes, sources=sources)
+
+
+def labelled_frame(parts: list[tuple[dict[str, pl.DataFrame], pl.DataFrame]], *, codes: pl.DataFrame,
+                   sources: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """Assemble out-of-fold source frames (all sources, or only ``sources``) and label them."""
+    frames = [assemble({n: f for n, f in found.items() if sources is None or n in sources}, prior=prior)
+              for found, prior in parts]
+    return with_labels(pl.concat(frames, how="diagonal_relaxed"), codes)
+
+
+def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: int = 0) -> pl.DataFrame:
+    """``frame`` (labelled) with ``score`` from rerankers that never saw the scored note."""
+    notes = frame[NOTE_ID].unique().sort()
+    fold_of = dict(zip(notes.to_list(), fold_ids(notes, folds=folds, seed=seed).tolist()))
+    frame = frame.with_columns(pl.col(NOTE_ID).replace_strict(fold_of).alias("_fold"))
+    parts = []
+    for k in range(folds):
+        model = Reranker(**reranker.get_params()).fit(frame.filter(pl.col("_fold") != k).drop("_fold"))
+        parts.append(model.predict(frame.filter(pl.col("_fold") == k).drop("_fold")))
+    return pl.concat(parts).sort(list(KEY))
+
+
+def rankings(scored: pl.DataFrame, *, hierarchy_penalty: float) -> dict[str, dict[str, list[str]]]:
+    """system -> note -> codes ranked by reranker score after the hierarchy rule."""
+    return top_codes(resolve_hierarchy(scored, penalty=hierarchy_penalty), score=SCORE)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A fitted stack: candidate sources and one reranker per source set."""
+
+    builder: CandidateBuilder
+    rerankers: dict[tuple[str, ...], Reranker]
+    hierarchy_penalty: float = 1.0
+
+    def score(self, notes: pl.DataFrame, *, extra: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+        """Candidate frame of ``notes`` with calibrated ``score``, using the reranker that was
+        fitted on exactly the sources these notes allow (English-only dumps skip the lexicon)."""
+        sources = self.builder.sources_for(notes.columns, extra=tuple(extra or {}))
+        if sources not in self.rerankers:
+            raise KeyError(f"no reranker for sources {sources}; fitted for {sorted(self.rerankers)}")
+        frame = self.builder.build(notes, extra=extra)
+        return resolve_hierarchy(self.rerankers[sources].predict(frame), penalty=self.hierarchy_penalty)
+
+    def save(self, path: Path) -> None:
+        """``1_candidates/`` (sources), ``2_rerankers/<source+source>/``, ``stack.json``."""
+        self.builder.save(path / "1_candidates")
+        for sources, reranker in self.rerankers.items():
+            reranker.save(path / "2_rerankers" / "+".join(sources))
+        meta = {"rerankers": ["+".join(s) for s in self.rerankers], "hierarchy_penalty": self.hierarchy_penalty}
+        (path / "stack.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Stack:
+        meta = json.loads((path / "stack.json").read_text())
+        rerankers = {tuple(name.split("+")): Reranker.load(path / "2_rerankers" / name) for name in meta["rerankers"]}
+        return cls(CandidateBuilder.load(path / "1_candidates"), rerankers, meta["hierarchy_penalty"])
+
+
+def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = None, folds: int = 5, seed: int = 0,
+              reranker: Reranker | None = None, degraded_column: str | None = "text",
+              search_candidates: pl.DataFrame | None = None) -> Stack:
+    """Fit sources out of fold on ``train``, a reranker on the out-of-fold frame, then the
+    shipped sources on all of train. With ``degraded_column``, also a reranker for dumps that
+    only have that text column. Saved into ``out_dir`` when given."""
+    reranker = reranker or Reranker()
+    if search_candidates is None:
+        search_candidates = search.candidates(train.notes)
+    corpora = [train] + ([train.text_only(degraded_column)] if degraded_column else [])
+    builder = fit_builder(train, search=search)
+    rerankers = {}
+    for corpus in corpora:
+        frame = out_of_fold(corpus, search=search, search_candidates=search_candidates, folds=folds, seed=seed)
+        sources = builder.sources_for(corpus.notes.columns)
+        rerankers[sources] = Reranker(**reranker.get_params()).fit(frame)
+    stack = Stack(builder, rerankers)
+    if out_dir is not None:
+        stack.save(out_dir)
+    return stack

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from coder.ontology.search import OntologySearch, ontology_terms
+from coder.reranker import Reranker
+from coder.train.stacking import Corpus, Stack, cross_fit, fit_stack, fold_ids, out_of_fold
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_codiesp) -> Corpus:
+    return Corpus(*tiny_codiesp)
+
+
+@pytest.fixture(scope="module")
+def search(tiny_ontology) -> OntologySearch:
+    return OntologySearch(top_k=3).fit(ontology_terms(tiny_ontology))
+
+
+def test_fold_ids_are_balanced_and_seeded():
+    ids = pl.Series(["a", "b", "c", "d", "e"])
+    folds = fold_ids(ids, folds=2, seed=3)
+    assert sorted(np.bincount(folds)) == [2, 3]
+    assert (fold_ids(ids, folds=2, seed=3) == folds).all()
+
+
+def test_out_of_fold_frame_never_scores_a_note_with_its_own_evidence(corpus, search):
+    frame = out_of_fold(corpus, search=search, search_candidates=None, folds=3)
+    # n6 is the only note with "apendicectomía abierta": out of fold, no lexicon candidate for it
+    n6 = frame.filter((pl.col("note_id") == "n6") & (pl.col("code") == "0DTJ0ZZ"))
+    assert n6.is_empty() or n6["lexicon"].item() == 0
+    assert set(frame["note_id"]) <= set(corpus.notes["note_id"]) and "label" in frame.columns
+
+
+def test_cross_fit_scores_every_row_once(corpus, search):
+    frame = out_of_fold(corpus, search=search, search_candidates=None, folds=3)
+    scored = cross_fit(frame, reranker=Reranker(model="logistic"), folds=2)
+    assert scored.height == frame.height and scored["score"].is_between(0, 1).all()
+
+
+def test_fit_stack_saves_both_modes_and_reloads(corpus, search, tmp_path):
+    stack = fit_stack(train=corpus, search=search, out_dir=tmp_path, folds=2, reranker=Reranker(model="logistic"))
+    assert set(stack.rerankers) == {("lexicon", "ontology", "tfidf"), ("ontology", "tfidf")}
+    loaded = Stack.load(tmp_path)
+    for notes in (corpus.notes, corpus.notes.select("note_id", "text")):
+        assert_frame_equal(loaded.score(notes), stack.score(notes))
+    with pytest.raises(KeyError, match="no reranker for sources"):
+        stack.score(corpus.notes.select("note_id", "text_es"))
