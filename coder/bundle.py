@@ -253,13 +253,18 @@ Encoder: {config.encoder.get("name")} fine-tuned per {config.chunk_len}-token ch
 
 ## Dev metrics (epoch {config.dev_metrics.get("epoch", "–")})
 
-MAP as CodiEsp's official scorer computes it, over dev notes with at least one gold code of the system.
+MAP as CodiEsp's official scorer computes it, over dev notes with at least one gold code of the
+system. Micro-F1 uses the thresholds tuned on these same dev notes (optimistic) and counts every
+gold code, also those the model has no label for.
 
 {_metrics_table(config.dev_metrics)}
 
 ## ONNX variants
 
 {variants}
+
+A copy of this folder may leave out large variants (see its `.gitignore`); `coder export` on the
+folder (with `--dev-notes`/`--dev-codes` for the int8 check) writes them again.
 
 ## Training
 

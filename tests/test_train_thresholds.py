@@ -34,3 +34,15 @@ def test_per_code_threshold_only_where_it_helps():
 def test_unfitted_tuner_refuses_to_predict():
     with pytest.raises(NotFittedError, match="not fitted"):
         ThresholdTuner().predict(np.zeros((1, 1)))
+
+
+def test_micro_f1_counts_gold_codes_outside_the_labels():
+    from coder.bundle import Label
+    from coder.train.evaluate import micro_f1
+
+    labels = [Label("ICD-10-CM", "I10"), Label("ICD-10-PCS", "0DTJ4ZZ")]
+    predicted = np.array([[True, False]])
+    targets = np.array([[1, 0]])
+    gold = {"ICD-10-CM": {"n1": {"I10", "Z99.9"}}, "ICD-10-PCS": {}}
+    # tp 1, fp 0, gold 2 (one unknown to the model): F1 = 2 / (1 + 0 + 2)
+    assert micro_f1(predicted, targets, labels=labels, gold=gold) == {"ICD-10-CM": pytest.approx(2 / 3), "ICD-10-PCS": 0.0}

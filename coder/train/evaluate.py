@@ -45,3 +45,21 @@ def ranking_metrics(
             result[f"p@{k}"] = float(np.mean([len(set(codes[:k]) & truth[i]) / k for i, codes in zip(ids, ranked, strict=True)]))
         metrics[system] = result
     return metrics
+
+
+def micro_f1(
+    predicted: np.ndarray, targets: np.ndarray, *, labels: Sequence[Label], gold: Mapping[str, Mapping[str, set[str]]]
+) -> dict[str, float]:
+    """system -> micro-F1 of thresholded predictions, counting every gold code (also those outside ``labels``).
+
+    predicted, targets: [n_notes, n_labels] bool / 0-1 over the same notes as ``gold``.
+    """
+    systems = np.array([label.system for label in labels])
+    result = {}
+    for system, truth in gold.items():
+        cols = systems == system
+        tp = float((predicted[:, cols] & (targets[:, cols] > 0.5)).sum())
+        fp = float(predicted[:, cols].sum()) - tp
+        n_gold = sum(len(codes) for codes in truth.values())
+        result[system] = 2 * tp / (tp + fp + n_gold) if tp + fp + n_gold else 0.0
+    return result

@@ -45,7 +45,7 @@ from coder.train.dataset import (
     read_codes,
     read_notes,
 )
-from coder.train.evaluate import ranking_metrics
+from coder.train.evaluate import micro_f1, ranking_metrics
 from coder.train.thresholds import ThresholdTuner
 
 logger = logging.getLogger(__name__)
@@ -338,8 +338,9 @@ def _write_folder(out: Path, base: ModelConfig, *, model: PlmIcd, tokenizer, dev
     if dev is not None and dev_scores is not None:
         tuner = ThresholdTuner().fit(dev_scores, dev.targets, systems=config.systems)
         metrics = ranking_metrics(dev_scores, note_ids=dev.note_ids, labels=config.labels, gold=dev.gold)
-        for system, f1 in tuner.dev_f1_.items():
-            metrics.setdefault(system, {})["micro_f1_at_threshold"] = f1
+        f1 = micro_f1(tuner.predict(dev_scores), dev.targets, labels=config.labels, gold=dev.gold)
+        for system, value in f1.items():
+            metrics.setdefault(system, {})["micro_f1_at_threshold"] = value
         config = dataclasses.replace(
             config,
             thresholds=tuple(float(t) for t in tuner.thresholds_),
