@@ -27,7 +27,8 @@ import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
 
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import NotFittedError
+from coder.estimator import ParamsMixin, read_state
 from coder.schema import CODE, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Match:
 NEGATION_CUES = frozenset(fold(cue) for cue in _NEGATION_CUES)
 
 
-class EvidenceLexicon:
+class EvidenceLexicon(ParamsMixin):
     """Codes proposed by training evidence phrases found in a note's Spanish text.
 
     Parameters
@@ -279,10 +280,7 @@ class EvidenceLexicon:
 
     @classmethod
     def load(cls, path: Path) -> EvidenceLexicon:
-        file = path / "lexicon.json"
-        if not file.is_file():
-            raise ModelBundleError(f"no lexicon in {path}: expected {file.name}; fit and save a lexicon there")
-        state = json.loads(file.read_text())
+        state = read_state(path, "lexicon.json", what="lexicon")
         self = cls(**state["params"])
         keys = [(kind, tuple(words)) for kind, words in state["keys"]]
         self._index(keys)
@@ -291,10 +289,6 @@ class EvidenceLexicon:
         self.present_ = np.asarray(state["present"], dtype=np.int64)
         self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
         return self
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in
-                ("text_column", "max_tokens", "smoothing", "fuzzy_min_ratio", "fuzzy_min_length", "negation_window")}
 
 
 def _content_set(words: tuple[str, ...]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from coder.candidates import KEY, LABEL, feature_columns
 from coder.errors import ModelBundleError, NotFittedError, UsageError
+from coder.estimator import ParamsMixin, read_state
 from coder.schema import CODE, NOTE_ID, SYSTEM
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ SCORE = "score"
 MODELS = ("hgb", "logistic")
 
 
-class Reranker:
+class Reranker(ParamsMixin):
     """Per-system probability that a candidate code is gold.
 
     Parameters
@@ -134,10 +135,7 @@ class Reranker:
 
     @classmethod
     def load(cls, path: Path) -> Reranker:
-        file = path / "reranker.json"
-        if not file.is_file():
-            raise ModelBundleError(f"no reranker in {path}: expected reranker.json")
-        state = json.loads(file.read_text())
+        state = read_state(path, "reranker.json", what="reranker")
         self = cls(**state["params"])
         self.features_, self.models_, self.scaling_ = state["features"], {}, {}
         for system, saved in state["models"].items():
@@ -154,14 +152,10 @@ class Reranker:
 
                 tree_file = path / saved["file"]
                 if _sha256(tree_file) != saved["sha256"]:
-                    raise ModelBundleError(f"{tree_file} does not match the sha256 in {file}: re-save the reranker")
+                    raise ModelBundleError(f"{tree_file} does not match the sha256 in reranker.json: re-save the reranker")
                 model = joblib.load(tree_file)
             self.models_[system] = model
         return self
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in
-                ("model", "max_iter", "learning_rate", "max_leaf_nodes", "l2", "random_state", "n_threads")}
 
 
 def resolve_hierarchy(frame: pl.DataFrame, *, penalty: float = 1.0) -> pl.DataFrame:

@@ -19,13 +19,14 @@ from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import NotFittedError
+from coder.estimator import ParamsMixin, read_state
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
 
 logger = logging.getLogger(__name__)
 
 
-class TfidfClassifier:
+class TfidfClassifier(ParamsMixin):
     """Per-code ridge regressions over word (1-2)-gram TF-IDF of one text column.
 
     Parameters
@@ -109,9 +110,7 @@ class TfidfClassifier:
 
     @classmethod
     def load(cls, path: Path) -> TfidfClassifier:
-        if not (path / "tfidf.json").is_file() or not (path / "tfidf.npz").is_file():
-            raise ModelBundleError(f"no TF-IDF classifier in {path}: expected tfidf.json and tfidf.npz")
-        state = json.loads((path / "tfidf.json").read_text())
+        state = read_state(path, "tfidf.json", what="TF-IDF classifier", also=("tfidf.npz",))
         arrays = np.load(path / "tfidf.npz")
         self = cls(**state["params"])
         self.vocabulary_ = state["vocabulary"]
@@ -119,6 +118,3 @@ class TfidfClassifier:
         self.idf_, self.dual_coef_, self.label_mean_ = arrays["idf"], arrays["dual_coef"], arrays["label_mean"]
         self.train_matrix_ = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
         return self
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in ("text_column", "name", "top_k", "min_df", "alpha")}

@@ -20,7 +20,8 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import NotFittedError
+from coder.estimator import ParamsMixin, read_state
 from coder.ontology import Ontology
 from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, TEXT
 
@@ -47,7 +48,7 @@ def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) ->
     return pl.DataFrame(rows, schema=TERMS_SCHEMA, orient="row").filter(pl.col(TERM) != "").unique(maintain_order=True)
 
 
-class OntologySearch:
+class OntologySearch(ParamsMixin):
     """Top codes per note and system by TF-IDF cosine between note sentences and code terms.
 
     Parameters
@@ -133,15 +134,10 @@ class OntologySearch:
 
     @classmethod
     def load(cls, path: Path) -> OntologySearch:
-        if not (path / "terms.parquet").is_file() or not (path / "search.json").is_file():
-            raise ModelBundleError(f"no ontology search in {path}: expected terms.parquet and search.json")
-        params = json.loads((path / "search.json").read_text())
+        params = read_state(path, "search.json", what="ontology search", also=("terms.parquet",))
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
         return cls(**params).fit(pl.read_parquet(path / "terms.parquet"))
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in ("text_column", "name", "top_k", "char_ngrams")}
 
 
 def _unit_rows(matrix: sparse.spmatrix) -> sparse.csr_matrix:
