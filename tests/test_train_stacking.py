@@ -7,7 +7,9 @@ from polars.testing import assert_frame_equal
 
 from coder.ontology.search import OntologySearch, ontology_terms
 from coder.reranker import Reranker
-from coder.train.stacking import Corpus, Stack, cross_fit, fit_stack, fold_ids, out_of_fold
+from coder.train.stacking import (
+    Corpus, Stack, add_dev_reranker, cross_fit, fit_stack, fold_ids, out_of_fold, predictor_source,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +51,22 @@ def test_fit_stack_saves_both_modes_and_reloads(corpus, search, tmp_path):
         assert_frame_equal(loaded.score(notes), stack.score(notes))
     with pytest.raises(KeyError, match="no reranker for sources"):
         stack.score(corpus.notes.select("note_id", "text_es"))
+
+
+class _FakePredictor:
+    """Predictor stand-in: scores I10 high for every note."""
+
+    def predict(self, notes: pl.DataFrame, *, top_k: int):
+        frame = pl.DataFrame({"note_id": notes["note_id"], "system": "ICD-10-CM", "code": "I10", "score": 0.9, "rank": 1})
+        return __import__("types").SimpleNamespace(predictions=frame)
+
+
+def test_dev_reranker_with_plm_icd_scores(corpus, search, tmp_path):
+    stack = fit_stack(train=corpus, search=search, folds=2, reranker=Reranker(model="logistic"))
+    plm = predictor_source(_FakePredictor())(corpus.notes)
+    assert plm.columns == ["note_id", "system", "code", "plm_icd"]
+    with_plm = add_dev_reranker(stack, dev=corpus, extra={"plm_icd": plm}, reranker=Reranker(model="logistic"), out_dir=tmp_path)
+    assert ("lexicon", "ontology", "tfidf", "plm_icd") in with_plm.rerankers
+    assert ("ontology", "tfidf", "plm_icd") in with_plm.rerankers
+    scored = Stack.load(tmp_path).score(corpus.notes, extra={"plm_icd": plm})
+    assert "plm_icd" in scored.columns and scored["score"].is_between(0, 1).all()

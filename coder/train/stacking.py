@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.candidates import KEY, CandidateBuilder, assemble, code_prior, top_codes, with_labels
+from coder.candidates import KEY, PLM_ICD, CandidateBuilder, assemble, code_prior, with_labels
 from coder.lexicon import EvidenceLexicon
 from coder.ontology.search import OntologySearch
 from coder.reranker import SCORE, Reranker, resolve_hierarchy
-from coder.schema import NOTE_ID, TEXT_ES
+from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT, TEXT_ES
 from coder.tfidf_classifier import TfidfClassifier
 
 logger = logging.getLogger(__name__)
@@ -118,11 +118,6 @@ def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: 
     return pl.concat(parts).sort(list(KEY))
 
 
-def rankings(scored: pl.DataFrame, *, hierarchy_penalty: float) -> dict[str, dict[str, list[str]]]:
-    """system -> note -> codes ranked by reranker score after the hierarchy rule."""
-    return top_codes(resolve_hierarchy(scored, penalty=hierarchy_penalty), score=SCORE)
-
-
 @dataclass(frozen=True)
 class Stack:
     """A fitted stack: candidate sources and one reranker per source set."""
@@ -156,7 +151,7 @@ class Stack:
 
 
 def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = None, folds: int = 5, seed: int = 0,
-              reranker: Reranker | None = None, degraded_column: str | None = "text",
+              reranker: Reranker | None = None, degraded_column: str | None = TEXT,
               search_candidates: pl.DataFrame | None = None) -> Stack:
     """Fit sources out of fold on ``train``, a reranker on the out-of-fold frame, then the
     shipped sources on all of train. With ``degraded_column``, also a reranker for dumps that
@@ -175,3 +170,31 @@ def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = N
     if out_dir is not None:
         stack.save(out_dir)
     return stack
+
+
+def predictor_source(predictor, *, top_k: int = 50) -> ScoreSource:
+    """A PLM-ICD ``coder.predictor.Predictor`` as a candidate source: its top ``top_k`` codes per
+    note and system with their scores in the ``plm_icd`` column."""
+
+    def scores(notes: pl.DataFrame) -> pl.DataFrame:
+        predictions = predictor.predict(notes, top_k=top_k).predictions
+        return predictions.select(NOTE_ID, SYSTEM, CODE, pl.col(SCORE).alias(PLM_ICD))
+
+    return scores
+
+
+def add_dev_reranker(stack: Stack, *, dev: Corpus, extra: dict[str, pl.DataFrame], reranker: Reranker | None = None,
+                     degraded_column: str | None = TEXT, out_dir: Path | None = None) -> Stack:
+    """Protocol b: rerankers for the stack's sources plus ``extra`` (e.g. PLM-ICD dev scores, which
+    have no out-of-fold train version), fitted on dev candidates built by the train-fitted sources.
+    Report such a stack's dev figures with ``cross_fit``, never with this reranker."""
+    reranker = reranker or Reranker()
+    rerankers = dict(stack.rerankers)
+    for notes in [dev.notes] + ([dev.notes.select(NOTE_ID, degraded_column)] if degraded_column else []):
+        frame = with_labels(stack.builder.build(notes, extra=extra), dev.codes)
+        sources = stack.builder.sources_for(notes.columns, extra=tuple(extra))
+        rerankers[sources] = Reranker(**reranker.get_params()).fit(frame)
+    out = Stack(stack.builder, rerankers, stack.hierarchy_penalty)
+    if out_dir is not None:
+        out.save(out_dir)
+    return out
