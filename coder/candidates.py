@@ -154,13 +154,16 @@ class CandidateBuilder:
 
     def source_frames(self, notes: pl.DataFrame, *, search_candidates: pl.DataFrame | None = None) -> dict[str, pl.DataFrame]:
         """Each runnable source's own candidates for ``notes``. ``search_candidates``: ontology
-        search results computed earlier (the search does not depend on training notes)."""
+        search results computed earlier, used instead of running the search (it does not depend
+        on training notes, so out-of-fold stacking runs it once)."""
         frames: dict[str, pl.DataFrame] = {}
+        if search_candidates is not None:
+            frames["ontology"] = search_candidates.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
         for name, part in self._parts().items():
+            if name in frames:
+                continue
             if part.text_column not in notes.columns:
                 logger.info("source %s skipped: notes have no %r column", name, part.text_column)
-            elif name == "ontology" and search_candidates is not None:
-                frames[name] = search_candidates.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
             else:
                 frames[name] = part.candidates(notes)
         return frames

@@ -95,7 +95,9 @@ class EvidenceLexicon(ParamsMixin):
     text_column: the notes column that is read; evidence offsets point into it.
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
-    fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 turns it off.
+    fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 (the
+        default) turns it off: at 90 it cost 5x the matching time and lowered lexicon-alone dev MAP
+        (CM 0.587 -> 0.583, PCS 0.522 -> 0.516).
     fuzzy_min_length: words shorter than this are never mapped (short words collide too easily).
     negation_window: a negation cue this many words before a match, in its sentence, marks it negated.
     """
@@ -106,7 +108,7 @@ class EvidenceLexicon(ParamsMixin):
         text_column: str = TEXT_ES,
         max_tokens: int = 10,
         smoothing: float = 1.0,
-        fuzzy_min_ratio: float = 90.0,
+        fuzzy_min_ratio: float = 100.0,
         fuzzy_min_length: int = 6,
         negation_window: int = 5,
     ):

@@ -20,7 +20,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from coder.candidates import KEY, LABEL, feature_columns
+from coder.audit.metrics import mean_average_precision
+from coder.candidates import KEY, LABEL, feature_columns, top_codes
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.schema import CODE, NOTE_ID, SYSTEM
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 SCORE = "score"
 MODELS = ("hgb", "logistic")
+GATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 class Reranker(ParamsMixin):
@@ -178,6 +180,28 @@ def resolve_hierarchy(frame: pl.DataFrame, *, penalty: float = 1.0) -> pl.DataFr
     demoted = pairs.select(*KEY).unique().with_columns(pl.lit(penalty).alias("_factor"))
     return (frame.join(demoted, on=list(KEY), how="left")
             .with_columns((pl.col(SCORE) * pl.col("_factor").fill_null(1.0)).alias(SCORE)).drop("_factor"))
+
+
+def gate_notes(scored: pl.DataFrame, *, gates: dict[str, float]) -> pl.DataFrame:
+    """Drop every (note, system) whose best score is under its system's gate: such a note most
+    likely has no code of that system (many notes have no procedure), and an empty ranking says
+    so; CodiEsp's scorer then leaves the note out instead of counting AP 0."""
+    best = pl.col(SCORE).max().over(NOTE_ID, SYSTEM)
+    return scored.filter(best >= pl.col(SYSTEM).replace_strict(gates, default=0.0, return_dtype=pl.Float64))
+
+
+def best_gates(scored: pl.DataFrame, *, gold: pl.DataFrame, grid: tuple[float, ...] = GATE_GRID) -> dict[str, float]:
+    """Per system, the gate in ``grid`` with the best CodiEsp MAP over the notes of ``scored``."""
+    out = {}
+    for system in scored[SYSTEM].unique(maintain_order=True):
+        part = scored.filter(pl.col(SYSTEM) == system)
+        truth: dict[str, set[str]] = {}
+        for note_id, code in gold.filter(pl.col(SYSTEM) == system).select(NOTE_ID, CODE).iter_rows():
+            truth.setdefault(note_id, set()).add(code)
+        maps = [mean_average_precision(top_codes(gate_notes(part, gates={system: g}), score=SCORE).get(system, {}), truth)
+                for g in grid]
+        out[system] = grid[int(np.argmax(maps))]
+    return out
 
 
 def ranked(frame: pl.DataFrame) -> pl.DataFrame:

@@ -12,7 +12,7 @@ from coder.schema import CM, PCS
 @pytest.fixture(scope="module")
 def lexicon(tiny_codiesp) -> EvidenceLexicon:
     notes, _, evidence = tiny_codiesp
-    return EvidenceLexicon().fit(notes, evidence)
+    return EvidenceLexicon(fuzzy_min_ratio=90).fit(notes, evidence)
 
 
 def _candidates(lexicon: EvidenceLexicon, text: str) -> pl.DataFrame:
@@ -66,7 +66,7 @@ def test_fuzzy_word_is_mapped_to_phrase_word(lexicon):
 
 def test_fuzzy_can_be_turned_off(tiny_codiesp):
     notes, _, evidence = tiny_codiesp
-    strict = EvidenceLexicon(fuzzy_min_ratio=100).fit(notes, evidence)
+    strict = EvidenceLexicon().fit(notes, evidence)
     assert _candidates(strict, "Apendicectomia abiertta.").filter(pl.col("code") == "0DTJ0ZZ").is_empty()
 
 

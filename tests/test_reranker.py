@@ -8,7 +8,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.reranker import Reranker, f1_thresholds, ranked, resolve_hierarchy
+from coder.reranker import Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
 from coder.schema import CM, PCS
 
 
@@ -73,3 +73,15 @@ def test_ranked_and_thresholds():
     gold = pl.DataFrame({"note_id": ["a", "a", "a"], "code": ["R10", "R51", "Z99"], "system": [CM, CM, CM]})
     # keeping all three: TP 2 of 3 predicted and 3 gold (F1 0.667) beats the top one alone (0.5)
     assert f1_thresholds(frame, gold=gold) == {CM: 0.5}
+
+
+def test_gates_drop_notes_without_a_likely_code_and_are_chosen_by_map():
+    scored = pl.DataFrame({
+        "note_id": ["a", "a", "b"], "system": [PCS, PCS, PCS], "code": ["0DTJ", "0DT6", "0DTJ"],
+        "score": [0.6, 0.1, 0.04], "label": [1, 0, 0],
+    })
+    assert gate_notes(scored, gates={PCS: 0.05})["note_id"].to_list() == ["a", "a"]
+    assert gate_notes(scored, gates={CM: 0.9}).height == 3  # other systems' gates do not apply
+    gold = pl.DataFrame({"note_id": ["a"], "code": ["0DTJ"], "system": [PCS]})
+    # b has no gold procedure: ranking it costs an AP of 0, so the best gate leaves it out
+    assert best_gates(scored, gold=gold, grid=(0.0, 0.05, 0.5)) == {PCS: 0.05}

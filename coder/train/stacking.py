@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ import polars as pl
 from coder.candidates import KEY, PLM_ICD, CandidateBuilder, assemble, code_prior, with_labels
 from coder.lexicon import EvidenceLexicon
 from coder.ontology.search import OntologySearch
-from coder.reranker import SCORE, Reranker, resolve_hierarchy
+from coder.estimator import read_state
+from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, resolve_hierarchy
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT, TEXT_ES
 from coder.tfidf_classifier import TfidfClassifier
 
@@ -119,54 +120,81 @@ def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: 
 
 
 @dataclass(frozen=True)
+class Cuts:
+    """Per-system score cuts of one reranker, chosen on notes it was not fitted on."""
+
+    thresholds: dict[str, float]  # F1-best: candidates at or above are ``above_threshold``
+    gates: dict[str, float]  # MAP-best: a (note, system) whose best score is under it gets no codes
+
+
+def choose_cuts(frame: pl.DataFrame, *, reranker: Reranker, gold: pl.DataFrame, seed: int = 1) -> Cuts:
+    """Fit ``reranker`` on four fifths of the notes of a labelled frame and choose cuts on the rest."""
+    notes = frame[NOTE_ID].unique().sort()
+    held = notes.filter(fold_ids(notes, folds=5, seed=seed) == 0).implode()
+    model = Reranker(**reranker.get_params()).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)))
+    scored = model.predict(frame.filter(pl.col(NOTE_ID).is_in(held)))
+    return Cuts(f1_thresholds(scored, gold=gold), best_gates(scored, gold=gold))
+
+
+@dataclass(frozen=True)
 class Stack:
-    """A fitted stack: candidate sources and one reranker per source set."""
+    """A fitted stack: candidate sources, and per source set a reranker and its cuts."""
 
     builder: CandidateBuilder
     rerankers: dict[tuple[str, ...], Reranker]
+    cuts: dict[tuple[str, ...], Cuts]
     hierarchy_penalty: float = 1.0
 
-    def score(self, notes: pl.DataFrame, *, extra: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
-        """Candidate frame of ``notes`` with calibrated ``score``, using the reranker that was
-        fitted on exactly the sources these notes allow (English-only dumps skip the lexicon)."""
+    def score(self, notes: pl.DataFrame, *, extra: dict[str, pl.DataFrame] | None = None, gate: bool = True) -> pl.DataFrame:
+        """Candidate frame of ``notes`` with calibrated ``score`` and ``above_threshold``, using the
+        reranker fitted on exactly the sources these notes allow (English-only dumps skip the
+        lexicon); with ``gate``, notes without a likely code of a system get none of it."""
         sources = self.builder.sources_for(notes.columns, extra=tuple(extra or {}))
         if sources not in self.rerankers:
             raise KeyError(f"no reranker for sources {sources}; fitted for {sorted(self.rerankers)}")
-        frame = self.builder.build(notes, extra=extra)
-        return resolve_hierarchy(self.rerankers[sources].predict(frame), penalty=self.hierarchy_penalty)
+        cuts = self.cuts[sources]
+        scored = resolve_hierarchy(self.rerankers[sources].predict(self.builder.build(notes, extra=extra)),
+                                   penalty=self.hierarchy_penalty)
+        if gate:
+            scored = gate_notes(scored, gates=cuts.gates)
+        threshold = pl.col(SYSTEM).replace_strict(cuts.thresholds, default=1.0, return_dtype=pl.Float64)
+        return scored.with_columns((pl.col(SCORE) >= threshold).alias("above_threshold"))
 
     def save(self, path: Path) -> None:
-        """``1_candidates/`` (sources), ``2_rerankers/<source+source>/``, ``stack.json``."""
+        """``1_candidates/`` (sources), ``2_rerankers/<source+source>/``, ``stack.json`` (cuts)."""
         self.builder.save(path / "1_candidates")
         for sources, reranker in self.rerankers.items():
             reranker.save(path / "2_rerankers" / "+".join(sources))
-        meta = {"rerankers": ["+".join(s) for s in self.rerankers], "hierarchy_penalty": self.hierarchy_penalty}
+        meta = {"hierarchy_penalty": self.hierarchy_penalty,
+                "rerankers": {"+".join(s): asdict(self.cuts[s]) for s in self.rerankers}}
         (path / "stack.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> Stack:
-        meta = json.loads((path / "stack.json").read_text())
+        meta = read_state(path, "stack.json", what="reranker stack")
         rerankers = {tuple(name.split("+")): Reranker.load(path / "2_rerankers" / name) for name in meta["rerankers"]}
-        return cls(CandidateBuilder.load(path / "1_candidates"), rerankers, meta["hierarchy_penalty"])
+        cuts = {tuple(name.split("+")): Cuts(**saved) for name, saved in meta["rerankers"].items()}
+        return cls(CandidateBuilder.load(path / "1_candidates"), rerankers, cuts, meta["hierarchy_penalty"])
 
 
 def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = None, folds: int = 5, seed: int = 0,
               reranker: Reranker | None = None, degraded_column: str | None = TEXT,
               search_candidates: pl.DataFrame | None = None) -> Stack:
-    """Fit sources out of fold on ``train``, a reranker on the out-of-fold frame, then the
-    shipped sources on all of train. With ``degraded_column``, also a reranker for dumps that
-    only have that text column. Saved into ``out_dir`` when given."""
+    """Fit sources out of fold on ``train``, a reranker (and its cuts) on the out-of-fold frame,
+    then the shipped sources on all of train. With ``degraded_column``, also a reranker for
+    dumps that only have that text column. Saved into ``out_dir`` when given."""
     reranker = reranker or Reranker()
     if search_candidates is None:
         search_candidates = search.candidates(train.notes)
     corpora = [train] + ([train.text_only(degraded_column)] if degraded_column else [])
     builder = fit_builder(train, search=search)
-    rerankers = {}
+    rerankers, cuts = {}, {}
     for corpus in corpora:
         frame = out_of_fold(corpus, search=search, search_candidates=search_candidates, folds=folds, seed=seed)
         sources = builder.sources_for(corpus.notes.columns)
         rerankers[sources] = Reranker(**reranker.get_params()).fit(frame)
-    stack = Stack(builder, rerankers)
+        cuts[sources] = choose_cuts(frame, reranker=reranker, gold=train.codes)
+    stack = Stack(builder, rerankers, cuts)
     if out_dir is not None:
         stack.save(out_dir)
     return stack
@@ -189,12 +217,13 @@ def add_dev_reranker(stack: Stack, *, dev: Corpus, extra: dict[str, pl.DataFrame
     have no out-of-fold train version), fitted on dev candidates built by the train-fitted sources.
     Report such a stack's dev figures with ``cross_fit``, never with this reranker."""
     reranker = reranker or Reranker()
-    rerankers = dict(stack.rerankers)
+    rerankers, cuts = dict(stack.rerankers), dict(stack.cuts)
     for notes in [dev.notes] + ([dev.notes.select(NOTE_ID, degraded_column)] if degraded_column else []):
         frame = with_labels(stack.builder.build(notes, extra=extra), dev.codes)
         sources = stack.builder.sources_for(notes.columns, extra=tuple(extra))
         rerankers[sources] = Reranker(**reranker.get_params()).fit(frame)
-    out = Stack(stack.builder, rerankers, stack.hierarchy_penalty)
+        cuts[sources] = choose_cuts(frame, reranker=reranker, gold=dev.codes)
+    out = Stack(stack.builder, rerankers, cuts, stack.hierarchy_penalty)
     if out_dir is not None:
         out.save(out_dir)
     return out
