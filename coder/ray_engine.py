@@ -5,6 +5,9 @@ files, same batches, same part names, same fingerprint) and reads only the id co
 settle the duplicate-id rule for the whole run. Each actor loads the model once, then for every
 batch it is given reads that batch's rows, screens them, scores them and writes the batch's parts.
 The driver then combines the parts and writes the quarantine and the manifest like a local run.
+The Ray dataset is the list of pending batches, not ``ray.data.read_parquet`` blocks: those carry
+no row numbers within a file and do not fall on the local engine's batch boundaries, which the
+quarantine's ``row`` column, the duplicate rule and resuming by batch all need.
 
 A batch is the unit of work, of retry and of resume: an actor that dies is restarted and its batch
 retried, and the retry rewrites the same part files, so no note is lost or written twice.
