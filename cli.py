@@ -251,5 +251,22 @@ def export_command(
         typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
 
 
+@app.command("stack")
+@_reported
+def stack_command(
+    train: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Folder with notes.parquet, codes.parquet and (for the lexicon) evidence.parquet, CodiEsp-shaped.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write the fitted candidate sources and rerankers into.")],
+    folds: Annotated[int, typer.Option(min=2, help="Out-of-fold folds on train (the reranker never sees in-sample features).")] = 5,
+    codes_file: _CodesFileOption = None,
+    model: Annotated[str, typer.Option(help="Reranker family: hgb (gradient-boosted trees) or logistic.")] = "hgb",
+) -> None:
+    """Fit the evidence lexicon, ontology search, TF-IDF classifier and their reranker without leakage."""
+    from coder.train.stacking import train_stack
+
+    stack = train_stack(train_dir=train, out_dir=out, folds=folds, codes_file=codes_file, model=model)
+    for sources, cuts in stack.cuts.items():
+        typer.echo(f"{'+'.join(sources)}: thresholds {cuts.thresholds} note gates {cuts.gates}")
+
+
 if __name__ == "__main__":
     app()

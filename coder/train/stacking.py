@@ -25,10 +25,12 @@ import polars as pl
 
 from coder.candidates import KEY, PLM_ICD, CandidateBuilder, assemble, code_prior, with_labels
 from coder.lexicon import EvidenceLexicon
-from coder.ontology.search import OntologySearch
+from coder.ontology import load_ontology
+from coder.ontology.search import OntologySearch, ontology_terms
+from coder.errors import InputFileError
 from coder.estimator import read_state
 from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, resolve_hierarchy
-from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT, TEXT_ES
+from coder.schema import CODE, EVIDENCE_SCHEMA, NOTE_ID, SYSTEM, TEXT, TEXT_ES
 from coder.tfidf_classifier import TfidfClassifier
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,14 @@ class Corpus:
 
     @classmethod
     def read(cls, folder: Path) -> Corpus:
-        """``notes.parquet``, ``codes.parquet`` and ``evidence.parquet`` of a CodiEsp-shaped folder."""
-        return cls(*(pl.read_parquet(folder / f"{name}.parquet") for name in ("notes", "codes", "evidence")))
+        """``notes.parquet``, ``codes.parquet`` and ``evidence.parquet`` of a CodiEsp-shaped folder
+        (without evidence the lexicon is not fitted)."""
+        files = [folder / f"{name}.parquet" for name in ("notes", "codes", "evidence")]
+        missing = [f.name for f in files[:2] if not f.is_file()]
+        if missing:
+            raise InputFileError(f"{folder} lacks {', '.join(missing)}: expected notes.parquet and codes.parquet")
+        evidence = pl.read_parquet(files[2]) if files[2].is_file() else pl.DataFrame(schema=EVIDENCE_SCHEMA)
+        return cls(pl.read_parquet(files[0]), pl.read_parquet(files[1]), evidence)
 
     def subset(self, note_ids: pl.Series) -> Corpus:
         def keep(frame: pl.DataFrame) -> pl.DataFrame:
@@ -198,6 +206,14 @@ def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = N
     if out_dir is not None:
         stack.save(out_dir)
     return stack
+
+
+def train_stack(*, train_dir: Path, out_dir: Path, folds: int = 5, codes_file: Path | None = None,
+                model: str = "hgb") -> Stack:
+    """``fit_stack`` on a CodiEsp-shaped folder, searching the ontology (with ``codes_file``)."""
+    train = Corpus.read(train_dir)
+    search = OntologySearch().fit(ontology_terms(load_ontology(codes_file)))
+    return fit_stack(train=train, search=search, out_dir=out_dir, folds=folds, reranker=Reranker(model=model))
 
 
 def predictor_source(predictor, *, top_k: int = 50) -> ScoreSource:
