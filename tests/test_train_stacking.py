@@ -70,3 +70,15 @@ def test_dev_reranker_with_plm_icd_scores(corpus, search, tmp_path):
     assert ("ontology", "tfidf", "plm_icd") in with_plm.rerankers
     scored = Stack.load(tmp_path).score(corpus.notes, extra={"plm_icd": plm})
     assert "plm_icd" in scored.columns and scored["score"].is_between(0, 1).all()
+
+
+def test_predictions_have_the_output_schema(corpus, search):
+    from coder.schema import PREDICTION_SCHEMA
+
+    stack = fit_stack(train=corpus, search=search, folds=2, reranker=Reranker(model="logistic"))
+    rows = stack.predictions(corpus.notes, describe=lambda code, system: f"{system}:{code}", top_k=2)
+    assert rows.schema == PREDICTION_SCHEMA
+    assert rows["rank"].max() <= 2 and rows["score"].is_between(0, 1).all()
+    first = rows.filter((pl.col("note_id") == "n1") & (pl.col("code") == "I10")).row(0, named=True)
+    assert first["description"] == "ICD-10-CM:I10" and "lexicon" in first["source"].split("+")
+    assert first["evidence_text"] == "hipertensión arterial"

@@ -23,14 +23,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.candidates import KEY, PLM_ICD, CandidateBuilder, assemble, code_prior, with_labels
+from coder.candidates import (
+    ABSENT_RANK, KEY, PLM_ICD, SOURCE_ORDER, CandidateBuilder, assemble, code_prior, with_labels,
+)
 from coder.lexicon import EvidenceLexicon
 from coder.ontology import load_ontology
 from coder.ontology.search import OntologySearch, ontology_terms
 from coder.errors import InputFileError
 from coder.estimator import read_state
-from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, resolve_hierarchy
-from coder.schema import CODE, EVIDENCE_SCHEMA, NOTE_ID, SYSTEM, TEXT, TEXT_ES
+from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
+from coder.schema import CODE, EVIDENCE_SCHEMA, NOTE_ID, PREDICTION_SCHEMA, SYSTEM, TEXT, TEXT_ES
 from coder.tfidf_classifier import TfidfClassifier
 
 logger = logging.getLogger(__name__)
@@ -167,6 +169,20 @@ class Stack:
             scored = gate_notes(scored, gates=cuts.gates)
         threshold = pl.col(SYSTEM).replace_strict(cuts.thresholds, default=1.0, return_dtype=pl.Float64)
         return scored.with_columns((pl.col(SCORE) >= threshold).alias("above_threshold"))
+
+    def predictions(self, notes: pl.DataFrame, *, describe: Callable[[str, str], str],
+                    extra: dict[str, pl.DataFrame] | None = None, top_k: int = 50) -> pl.DataFrame:
+        """PREDICTION_SCHEMA rows (the ``coder predict`` output): the ``top_k`` codes per note and
+        system by ``score``; ``describe(code, system)`` gives the description; ``source`` joins
+        the sources that proposed the code."""
+        scored = ranked(self.score(notes, extra=extra)).filter(pl.col("rank") <= top_k)
+        sources = [name for name in SOURCE_ORDER if f"{name}_rank" in scored.columns]
+        proposed = [pl.when(pl.col(f"{name}_rank") < ABSENT_RANK).then(pl.lit(name)) for name in sources]
+        return scored.with_columns(
+            pl.struct(SYSTEM, CODE).map_elements(lambda row: describe(row[CODE], row[SYSTEM]), return_dtype=pl.String)
+            .alias("description"),
+            pl.concat_str(proposed, separator="+", ignore_nulls=True).alias("source"),
+        ).select(PREDICTION_SCHEMA.names()).cast(dict(PREDICTION_SCHEMA))
 
     def save(self, path: Path) -> None:
         """``1_candidates/`` (sources), ``2_rerankers/<source+source>/``, ``stack.json`` (cuts)."""
