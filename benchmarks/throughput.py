@@ -42,10 +42,10 @@ def _ensure_notes(path: Path) -> None:
 
 def _run_mode(mode: str, model: Path, notes_path: Path, batch_size: int) -> dict[str, float]:
     """Score every note with one backend in this (fresh) process."""
-    from coder.bundle import ONNX_FILES, load_tokenizer, load_torch, read_config
+    from coder.bundle import ONNX_FILES, load_tokenizer, read_config
     from coder.chunking import chunk_notes, score_in_batches
     from coder.onnx_runtime import create_session, onnx_forward
-    from coder.plm_icd import torch_forward
+    from coder.plm_icd import load_torch, torch_forward
 
     config = read_config(model)
     tokenizer = load_tokenizer(model)

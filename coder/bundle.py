@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from importlib.metadata import PackageNotFoundError, version
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from coder.errors import ModelBundleError
 from coder.ontology.cache import file_sha256 as sha256_file  # one file-hashing helper for the project
-from coder.plm_icd import PlmIcd
 
 logger = logging.getLogger(__name__)
 
@@ -118,17 +117,14 @@ class ModelConfig:
 
 
 def library_versions() -> dict[str, str]:
-    import onnxruntime
-    import transformers
-
-    import coder
-
-    return {
-        "coder": getattr(coder, "__version__", "unknown"),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
+    """Versions of the libraries that write and read model folders (read from package metadata: no imports)."""
+    found = {}
+    for name, dist in (("coder", "coder"), ("torch", "torch"), ("transformers", "transformers"), ("onnxruntime", "onnxruntime-gpu")):
+        try:
+            found[name] = version(dist)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
 
 
 def read_config(folder: Path) -> ModelConfig:
@@ -182,31 +178,8 @@ def check_versions(config: ModelConfig) -> None:
             logger.warning("model written with %s %s, running %s", name, written, current)
 
 
-def save_torch(folder: Path, *, model: PlmIcd, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Save encoder config, tokenizer and weights (fp16 to halve the size; upcast on load)."""
-    target = folder / TORCH_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    model.encoder.config.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
-
-
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder / TORCH_DIR))
-
-
-def load_torch(folder: Path, config: ModelConfig) -> PlmIcd:
-    """The torch model of a folder, in fp32 and eval mode, after checking the weights' hash."""
-    weights = verify_file(folder, config, WEIGHTS_FILE)
-    encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder / TORCH_DIR)))
-    model = PlmIcd(encoder=encoder, n_labels=len(config.labels), attention_dim=config.attention_dim)
-    state = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}
-    width = state["head.label_bias"].shape[0]
-    if width != len(config.labels):
-        raise ModelBundleError(f"{weights} has {width} outputs, {CONFIG_FILE} lists {len(config.labels)} labels")
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def default_model_path() -> Path:

@@ -9,13 +9,17 @@ the attention, so a note scores the same alone and in a padded batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from coder.bundle import CONFIG_FILE, TORCH_DIR, WEIGHTS_FILE, ModelConfig, verify_file
 from coder.chunking import Batch, ChunkedNote, score_in_batches
+from coder.errors import ModelBundleError
 
 DEFAULT_ATTENTION_DIM = 256
 
@@ -100,3 +104,26 @@ def predict_proba(model: PlmIcd, notes: Sequence[ChunkedNote], *, batch_size: in
     """Sigmoid scores [n_notes, n_labels] in torch (eager); unprocessable notes get zeros."""
     scores, _ = score_in_batches(torch_forward(model), notes, n_labels=model.n_labels, batch_size=batch_size, pad_id=pad_id)
     return scores
+
+
+def save_torch(folder: Path, *, model: PlmIcd, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Save encoder config, tokenizer and weights into a model folder (fp16 to halve the size; upcast on load)."""
+    target = folder / TORCH_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    model.encoder.config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+
+
+def load_torch(folder: Path, config: ModelConfig) -> PlmIcd:
+    """The torch model of a model folder, in fp32 and eval mode, after checking the weights' hash."""
+    weights = verify_file(folder, config, WEIGHTS_FILE)
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder / TORCH_DIR)))
+    model = PlmIcd(encoder=encoder, n_labels=len(config.labels), attention_dim=config.attention_dim)
+    state = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}
+    width = state["head.label_bias"].shape[0]
+    if width != len(config.labels):
+        raise ModelBundleError(f"{weights} has {width} outputs, {CONFIG_FILE} lists {len(config.labels)} labels")
+    model.load_state_dict(state)
+    return model.eval()

@@ -27,7 +27,6 @@ from coder.bundle import (
     ONNX_FILES,
     ModelConfig,
     load_tokenizer,
-    load_torch,
     read_config,
     with_file_hashes,
     write_card,
@@ -36,7 +35,7 @@ from coder.bundle import (
 from coder.chunking import Batch, batches, chunk_notes, score_in_batches
 from coder.export.parity import compare_outputs
 from coder.onnx_runtime import create_session, onnx_forward
-from coder.plm_icd import PlmIcd, torch_forward
+from coder.plm_icd import PlmIcd, load_torch, torch_forward
 from coder.schema import NOTE_ID
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from coder.bundle import (
     ONNX_FILES,
     ModelConfig,
     read_config,
-    save_torch,
     sha256_file,
     with_file_hashes,
     write_card,
@@ -34,7 +33,7 @@ from coder.bundle import (
 from coder.chunking import ChunkedNote, chunk_notes, collate
 from coder.errors import UsageError
 from coder.ontology import load_ontology
-from coder.plm_icd import PlmIcd, predict_proba
+from coder.plm_icd import PlmIcd, predict_proba, save_torch
 from coder.schema import NOTE_ID
 from coder.train.dataset import (
     LabelSet,
