@@ -112,8 +112,8 @@ def main() -> None:
         alone = model_only(notes, model=args.model, batch_size=args.batch_size)
         run = run_predict(notes, args.workdir / "pred-overhead.parquet", model=args.model, batch_size=args.batch_size)
         end_to_end = run["manifest"]["timing"]["notes_per_s"]
-        print(f"\noverhead on {args.overhead_notes:,} notes: model alone {alone:.1f} notes/s, "
-              f"end to end {end_to_end:.1f} notes/s ({end_to_end / alone:.0%} of model-only; "
+        print(f"\noverhead on {args.overhead_notes:,} notes: model alone {alone:.2f} notes/s, "
+              f"end to end {end_to_end:.2f} notes/s ({end_to_end / alone:.0%} of model-only; "
               f"excludes process start and model load: {run['seconds']:.1f} s wall in all)")
 
 
