@@ -16,6 +16,7 @@ import argparse
 import datetime
 import itertools
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ logger = logging.getLogger("accuracy")
 
 
 def ranking_metrics(rankings: dict[str, dict[str, list[str]]], gold: pl.DataFrame) -> dict[str, float]:
-    """MAP (official CodiEsp rules) and P@5 (mean over the notes MAP counts) per system."""
+    """MAP (official CodiEsp rules), P@5 (mean over the notes MAP counts) and how many notes
+    were ranked, per system."""
     out = {}
     for system in SYSTEMS:
         truth: dict[str, set[str]] = {}
@@ -51,6 +53,7 @@ def ranking_metrics(rankings: dict[str, dict[str, list[str]]], gold: pl.DataFram
         ranked = {n: codes for n, codes in ranked.items() if codes}
         out[f"MAP {system}"] = mean_average_precision(ranked, truth)
         out[f"P@5 {system}"] = float(np.mean([len(set(c[:5]) & truth.get(n, set())) / 5 for n, c in ranked.items()]))
+        out[f"notes {system}"] = len(ranked)
     return out
 
 
@@ -191,14 +194,15 @@ def main() -> None:
     plan = rows(args.plm_scores is not None)
     chosen = args.rows.split(",") if args.rows else list(plan)
     command = "python benchmarks/accuracy.py" + (" --plm-scores PLM_DEV.parquet" if args.plm_scores else "")
-    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | reproduce |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | notes ranked CM / PCS | reproduce |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     final = None
     for name in chosen:
         how, kwargs = plan[name]
         scored = getattr(ablation, how)(**kwargs)
         m = ranking_metrics(top_codes(scored, score=SCORE), ablation.dev.codes)
         lines.append(f"| {name} | {m['MAP ICD-10-CM']:.3f} | {m['MAP ICD-10-PCS']:.3f} | {m['P@5 ICD-10-CM']:.3f} | "
-                     f"{m['P@5 ICD-10-PCS']:.3f} | `{command} --rows '{name}'` |")
+                     f"{m['P@5 ICD-10-PCS']:.3f} | {m['notes ICD-10-CM']} / {m['notes ICD-10-PCS']} | `{command} --rows '{name}'` |")
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
         if name.endswith("= shipped stack"):
             final = scored
@@ -229,19 +233,32 @@ def final_checks(ablation: Ablation, final: pl.DataFrame) -> str:
             f"fifth of the out-of-fold train frame): {evidence}")
 
 
+TITLE = "## Accuracy ablation (CodiEsp dev)"
+NOTES = """How to read these tables. Every source is fitted on train only. *alone*: the source's own
+score ranks its own candidates. *(logistic)* / *(hgb)*: protocol a, a reranker fitted on
+out-of-fold train candidates (5 folds: lexicon and TF-IDF classifier fitted on 4 folds score the
+fifth; the ontology search learns nothing from notes), dev never seen. *dev cross-fit*: protocol b,
+for PLM-ICD scores that have no out-of-fold train version: sources fitted on train, each dev note
+scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer (notes without
+any prediction are left out; a predicted note without gold codes of the system counts AP 0; 222 of
+250 dev notes have a procedure code). *+ note gates*: a (note, system) whose best score is under a
+per-system gate gets no codes; gates are chosen by MAP on a held-out fifth of the reranker's
+training notes, never on the scored notes. P@5 is the mean share of gold codes among a note's top 5
+over the notes MAP counts. *English-only dump*: notes with only `text`, so no Spanish lexicon."""
+
+
 def write_results(report: str, command: str) -> None:
     """Add this run at the top of the accuracy section (earlier runs stay below it)."""
     results = ROOT / "benchmarks" / "RESULTS.md"
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     heading = (f"### Run of {datetime.date.today()} on {platform.machine()} ({platform.processor() or 'cpu'}, "
-               f"{len(__import__('os').sched_getaffinity(0))} CPUs): `{command}`")
+               f"{len(os.sched_getaffinity(0))} CPUs): `{command}`")
     if BEGIN not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## Accuracy ablation (CodiEsp dev)\n{END}\n"
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     section, tail = rest.split(END, 1)
-    title, _, history = section.partition("## Accuracy ablation (CodiEsp dev)\n")
-    section = f"{title}## Accuracy ablation (CodiEsp dev)\n{heading}\n\n{report}\n{history}"
-    results.write_text(f"{head}{BEGIN}{section}{END}{tail}")
+    history = section[section.find("### Run of"):] if "### Run of" in section else ""
+    results.write_text(f"{head}{BEGIN}\n{TITLE}\n{NOTES}\n\n{heading}\n\n{report}\n\n{history.strip()}\n{END}{tail}")
 
 
 if __name__ == "__main__":

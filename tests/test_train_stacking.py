@@ -82,3 +82,5 @@ def test_predictions_have_the_output_schema(corpus, search):
     first = rows.filter((pl.col("note_id") == "n1") & (pl.col("code") == "I10")).row(0, named=True)
     assert first["description"] == "ICD-10-CM:I10" and "lexicon" in first["source"].split("+")
     assert first["evidence_text"] == "hipertensión arterial"
+    gated = stack.predictions(corpus.notes, describe=lambda code, system: "", top_k=2, gate=True)
+    assert gated.height <= rows.height

@@ -155,10 +155,12 @@ class Stack:
     cuts: dict[tuple[str, ...], Cuts]
     hierarchy_penalty: float = 1.0
 
-    def score(self, notes: pl.DataFrame, *, extra: dict[str, pl.DataFrame] | None = None, gate: bool = True) -> pl.DataFrame:
+    def score(self, notes: pl.DataFrame, *, extra: dict[str, pl.DataFrame] | None = None, gate: bool = False) -> pl.DataFrame:
         """Candidate frame of ``notes`` with calibrated ``score`` and ``above_threshold``, using the
         reranker fitted on exactly the sources these notes allow (English-only dumps skip the
-        lexicon); with ``gate``, notes without a likely code of a system get none of it."""
+        lexicon). With ``gate``, a note whose best code of a system scores under that system's gate
+        gets no code of it: CodiEsp MAP rises (the scorer leaves unranked notes out) but some notes
+        with gold codes get none, so it is off by default."""
         sources = self.builder.sources_for(notes.columns, extra=tuple(extra or {}))
         if sources not in self.rerankers:
             raise KeyError(f"no reranker for sources {sources}; fitted for {sorted(self.rerankers)}")
@@ -171,11 +173,11 @@ class Stack:
         return scored.with_columns((pl.col(SCORE) >= threshold).alias("above_threshold"))
 
     def predictions(self, notes: pl.DataFrame, *, describe: Callable[[str, str], str],
-                    extra: dict[str, pl.DataFrame] | None = None, top_k: int = 50) -> pl.DataFrame:
+                    extra: dict[str, pl.DataFrame] | None = None, top_k: int = 50, gate: bool = False) -> pl.DataFrame:
         """PREDICTION_SCHEMA rows (the ``coder predict`` output): the ``top_k`` codes per note and
         system by ``score``; ``describe(code, system)`` gives the description; ``source`` joins
         the sources that proposed the code."""
-        scored = ranked(self.score(notes, extra=extra)).filter(pl.col("rank") <= top_k)
+        scored = ranked(self.score(notes, extra=extra, gate=gate)).filter(pl.col("rank") <= top_k)
         sources = [name for name in SOURCE_ORDER if f"{name}_rank" in scored.columns]
         proposed = [pl.when(pl.col(f"{name}_rank") < ABSENT_RANK).then(pl.lit(name)) for name in sources]
         return scored.with_columns(
