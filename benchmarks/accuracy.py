@@ -7,7 +7,8 @@ each dev note scored by a reranker cross-fitted on the other dev folds. Also rep
 of the final stack on dev, and CodiEsp-X-style evidence F1 (see ``evidence_f1``). Prints the
 tables and adds a dated run to this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-scores dev_scores.parquet] [--rows NAME,...] [--no-write]
+    python benchmarks/accuracy.py [--plm-model models/NAME | --plm-scores dev_scores.parquet] [--rows NAME,...]
+                                  [--search-cache DIR] [--no-write]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from coder.ontology.search import OntologySearch, ontology_terms
 from coder.reranker import SCORE, Reranker, gate_notes, resolve_hierarchy
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SYSTEM, SYSTEMS, TEXT
 from coder.train.stacking import (
-    Corpus, choose_cuts, cross_fit, fit_builder, fold_ids, labelled_frame, out_of_fold_sources,
+    Corpus, choose_cuts, cross_fit, fit_builder, fold_ids, labelled_frame, out_of_fold_sources, predictor_source,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +184,8 @@ def rows(plm: bool) -> dict[str, tuple[str, dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plm-scores", type=Path, help="parquet of PLM-ICD dev scores: note_id, system, code, plm_icd")
+    parser.add_argument("--plm-model", type=Path, help="PLM-ICD model folder: its dev scores (top 50 per note and system) "
+                        "are written to --plm-scores (default plm_dev_scores.parquet) and used")
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--folds", type=int, default=5, help="out-of-fold folds on train")
     parser.add_argument("--search-cache", type=Path, help="folder for ontology search candidates (reused when present)")
@@ -190,10 +193,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
+    if args.plm_model is not None:
+        args.plm_scores = args.plm_scores or Path("plm_dev_scores.parquet")
+        write_plm_scores(args.plm_model, args.plm_scores)
     ablation = Ablation(folds=args.folds, plm_scores=args.plm_scores, search_cache=args.search_cache)
     plan = rows(args.plm_scores is not None)
     chosen = args.rows.split(",") if args.rows else list(plan)
-    command = "python benchmarks/accuracy.py" + (" --plm-scores PLM_DEV.parquet" if args.plm_scores else "")
+    command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else
+                                                 " --plm-scores PLM_DEV.parquet" if args.plm_scores else "")
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | notes ranked CM / PCS | reproduce |",
              "|---|---:|---:|---:|---:|---:|---|"]
     final = None
@@ -213,6 +220,15 @@ def main() -> None:
     print(report)
     if not args.no_write:
         write_results(report, command)
+
+
+def write_plm_scores(model: Path, out: Path) -> None:
+    """Score the dev notes with a PLM-ICD model folder (``coder.predictor``) into ``out``."""
+    from coder.predictor import load_predictor
+
+    notes = pl.read_parquet(DATA / "dev" / "notes.parquet")
+    source = predictor_source(load_predictor(model, device="cpu"), top_k=50)
+    pl.concat([source(notes.slice(i, 16)) for i in range(0, notes.height, 16)]).write_parquet(out)
 
 
 def final_checks(ablation: Ablation, final: pl.DataFrame) -> str:
