@@ -259,11 +259,14 @@ def stack_command(
     folds: Annotated[int, typer.Option(min=2, help="Out-of-fold folds on train (the reranker never sees in-sample features).")] = 5,
     codes_file: _CodesFileOption = None,
     model: Annotated[str, typer.Option(help="Reranker family: hgb (gradient-boosted trees) or logistic.")] = "hgb",
+    dev: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Dev folder (CodiEsp-shaped): with --plm-model, fits rerankers that take PLM-ICD scores.")] = None,
+    plm_model: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="PLM-ICD model folder (from `coder train`) whose dev scores are stacked.")] = None,
 ) -> None:
     """Fit the evidence lexicon, ontology search, TF-IDF classifier and their reranker without leakage."""
     from coder.train.stacking import train_stack
 
-    stack = train_stack(train_dir=train, out_dir=out, folds=folds, codes_file=codes_file, model=model)
+    stack = train_stack(train_dir=train, out_dir=out, folds=folds, codes_file=codes_file, model=model, dev_dir=dev,
+                        plm_model=plm_model)
     for sources, cuts in stack.cuts.items():
         typer.echo(f"{'+'.join(sources)}: thresholds {cuts.thresholds} note gates {cuts.gates}")
 

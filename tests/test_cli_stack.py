@@ -21,7 +21,7 @@ def _write(folder, tiny_codiesp, *, with_codes: bool = True):
 def test_help_names_every_option():
     result = runner.invoke(app, ["stack", "--help"])
     assert result.exit_code == 0
-    for option in ("--train", "--out", "--folds", "--codes-file", "--model"):
+    for option in ("--train", "--out", "--folds", "--codes-file", "--model", "--dev", "--plm-model"):
         assert option in result.output
 
 
@@ -30,6 +30,13 @@ def test_missing_codes_file_is_one_line_and_exit_3(tiny_codiesp, tmp_path):
     result = runner.invoke(app, ["stack", "--train", str(train), "--out", str(tmp_path / "out")])
     assert result.exit_code == 3
     assert "lacks codes.parquet" in result.output
+
+
+def test_dev_without_plm_model_is_a_usage_error(tiny_codiesp, tmp_path):
+    train = _write(tmp_path / "train", tiny_codiesp)
+    result = runner.invoke(app, ["stack", "--train", str(train), "--out", str(tmp_path / "out"), "--dev", str(train)])
+    assert result.exit_code == 2
+    assert "--dev and --plm-model go together" in result.output
 
 
 @pytest.mark.slow

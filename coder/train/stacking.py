@@ -29,7 +29,7 @@ from coder.candidates import (
 from coder.lexicon import EvidenceLexicon
 from coder.ontology import load_ontology
 from coder.ontology.search import OntologySearch, ontology_terms
-from coder.errors import InputFileError
+from coder.errors import InputFileError, UsageError
 from coder.estimator import read_state
 from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
 from coder.schema import CODE, EVIDENCE_SCHEMA, NOTE_ID, PREDICTION_SCHEMA, SYSTEM, TEXT, TEXT_ES
@@ -227,11 +227,23 @@ def fit_stack(*, train: Corpus, search: OntologySearch, out_dir: Path | None = N
 
 
 def train_stack(*, train_dir: Path, out_dir: Path, folds: int = 5, codes_file: Path | None = None,
-                model: str = "hgb") -> Stack:
-    """``fit_stack`` on a CodiEsp-shaped folder, searching the ontology (with ``codes_file``)."""
+                model: str = "hgb", dev_dir: Path | None = None, plm_model: Path | None = None) -> Stack:
+    """``fit_stack`` on a CodiEsp-shaped folder, searching the ontology (with ``codes_file``).
+    With ``dev_dir`` and ``plm_model`` (a PLM-ICD model folder), also the rerankers that take
+    its scores, fitted on dev (``add_dev_reranker``)."""
+    if (dev_dir is None) != (plm_model is None):
+        raise UsageError("--dev and --plm-model go together: PLM-ICD scores are stacked on dev notes")
     train = Corpus.read(train_dir)
-    search = OntologySearch().fit(ontology_terms(load_ontology(codes_file)))
-    return fit_stack(train=train, search=search, out_dir=out_dir, folds=folds, reranker=Reranker(model=model))
+    dev = Corpus.read(dev_dir) if dev_dir is not None else None
+    ontology = load_ontology(codes_file)
+    stack = fit_stack(train=train, search=OntologySearch().fit(ontology_terms(ontology)), out_dir=out_dir, folds=folds,
+                      reranker=Reranker(model=model))
+    if dev is None:
+        return stack
+    from coder.predictor import load_predictor
+
+    plm = predictor_source(load_predictor(plm_model, ontology=ontology))(dev.notes)
+    return add_dev_reranker(stack, dev=dev, extra={PLM_ICD: plm}, reranker=Reranker(model=model), out_dir=out_dir)
 
 
 def predictor_source(predictor, *, top_k: int = 50) -> ScoreSource:
