@@ -7,7 +7,7 @@ each dev note scored by a reranker cross-fitted on the other dev folds. Also rep
 of the final stack on dev, and CodiEsp-X-style evidence F1 (see ``evidence_f1``). Prints the
 tables and adds a dated run to this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-model models/NAME | --plm-scores dev_scores.parquet] [--rows NAME,...]
+    python benchmarks/accuracy.py [--plm-model models/NAME | --plm-scores dev_scores.parquet] [--rows 'NAME;...']
                                   [--search-cache DIR] [--no-write]
 """
 
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--plm-scores", type=Path, help="parquet of PLM-ICD dev scores: note_id, system, code, plm_icd")
     parser.add_argument("--plm-model", type=Path, help="PLM-ICD model folder: its dev scores (top 50 per note and system) "
                         "are written to --plm-scores (default plm_dev_scores.parquet) and used")
-    parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--rows", help="';'-separated row names to run (default: all)")
     parser.add_argument("--folds", type=int, default=5, help="out-of-fold folds on train")
     parser.add_argument("--search-cache", type=Path, help="folder for ontology search candidates (reused when present)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -198,7 +198,10 @@ def main() -> None:
         write_plm_scores(args.plm_model, args.plm_scores)
     ablation = Ablation(folds=args.folds, plm_scores=args.plm_scores, search_cache=args.search_cache)
     plan = rows(args.plm_scores is not None)
-    chosen = args.rows.split(",") if args.rows else list(plan)
+    chosen = args.rows.split(";") if args.rows else list(plan)
+    unknown = [name for name in chosen if name not in plan]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows are {list(plan)}")
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else
                                                  " --plm-scores PLM_DEV.parquet" if args.plm_scores else "")
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | notes ranked CM / PCS | reproduce |",
