@@ -20,7 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from coder.audit.metrics import mean_average_precision
+from coder.audit.metrics import average_precision, clean_ranking
 from coder.candidates import KEY, LABEL, feature_columns, top_codes
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
@@ -191,15 +191,23 @@ def gate_notes(scored: pl.DataFrame, *, gates: dict[str, float]) -> pl.DataFrame
 
 
 def best_gates(scored: pl.DataFrame, *, gold: pl.DataFrame, grid: tuple[float, ...] = GATE_GRID) -> dict[str, float]:
-    """Per system, the gate in ``grid`` with the best CodiEsp MAP over the notes of ``scored``."""
+    """Per system, the gate in ``grid`` with the best MAP over the notes of ``scored``, where a
+    note with gold codes that the gate leaves unranked counts AP 0. (CodiEsp's scorer would
+    leave it out, which rewards gating away hard notes that do have codes: a gate chosen that
+    way dropped 52 of 222 dev notes with procedures.)"""
     out = {}
     for system in scored[SYSTEM].unique(maintain_order=True):
         part = scored.filter(pl.col(SYSTEM) == system)
         truth: dict[str, set[str]] = {}
         for note_id, code in gold.filter(pl.col(SYSTEM) == system).select(NOTE_ID, CODE).iter_rows():
-            truth.setdefault(note_id, set()).add(code)
-        maps = [mean_average_precision(top_codes(gate_notes(part, gates={system: g}), score=SCORE).get(system, {}), truth)
-                for g in grid]
+            truth.setdefault(note_id, set()).add(code.lower())
+        notes = part[NOTE_ID].unique().to_list()
+        maps = []
+        for gate in grid:
+            rankings = top_codes(gate_notes(part, gates={system: gate}), score=SCORE).get(system, {})
+            aps = [average_precision(clean_ranking(rankings[n]), truth.get(n, set())) if n in rankings else 0.0
+                   for n in notes if n in rankings or n in truth]
+            maps.append(float(np.mean(aps)) if aps else 0.0)
         out[system] = grid[int(np.argmax(maps))]
     return out
 
