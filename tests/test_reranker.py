@@ -85,3 +85,13 @@ def test_gates_drop_notes_without_a_likely_code_and_are_chosen_by_map():
     gold = pl.DataFrame({"note_id": ["a"], "code": ["0DTJ"], "system": [PCS]})
     # b has no gold procedure: ranking it costs an AP of 0, so the best gate leaves it out
     assert best_gates(scored, gold=gold, grid=(0.0, 0.05, 0.5)) == {PCS: 0.05}
+
+
+def test_gates_never_pay_for_dropping_a_note_that_has_gold_codes():
+    scored = pl.DataFrame({
+        "note_id": ["a", "b", "c"], "system": [PCS, PCS, PCS], "code": ["0DTJ", "0DTJ", "0DT6"],
+        "score": [0.6, 0.04, 0.03], "label": [1, 0, 1],
+    })
+    gold = pl.DataFrame({"note_id": ["a", "c"], "code": ["0DTJ", "0DT6"], "system": [PCS, PCS]})
+    # gating at 0.05 would drop b (no gold, good) and c (gold, counted AP 0): keep everything
+    assert best_gates(scored, gold=gold, grid=(0.0, 0.05)) == {PCS: 0.0}
