@@ -261,8 +261,10 @@ for PLM-ICD scores that have no out-of-fold train version: sources fitted on tra
 scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer (notes without
 any prediction are left out; a predicted note without gold codes of the system counts AP 0; 222 of
 250 dev notes have a procedure code). *+ note gates*: a (note, system) whose best score is under a
-per-system gate gets no codes; gates are chosen by MAP on a held-out fifth of the reranker's
-training notes, never on the scored notes. P@5 is the mean share of gold codes among a note's top 5
+per-system gate gets no codes; gates are chosen on a held-out fifth of the reranker's training
+notes (never on the scored notes) by MAP with unranked notes that have gold codes counted as AP 0
+(runs before 13:10 counted them as CodiEsp's scorer does, left out, and their gates dropped many
+notes that have codes). P@5 is the mean share of gold codes among a note's top 5
 over the notes MAP counts. *English-only dump*: notes with only `text`, so no Spanish lexicon."""
 
 
