@@ -182,6 +182,18 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder / TORCH_DIR))
 
 
+CODE_LIST_FILE = "codes.tsv"  # the user code list a model was trained with, shipped beside its weights
+
+
+def model_code_list(folder: Path, codes_file: Path | None = None) -> Path | None:
+    """The code list to validate a model's codes with: the user's ``codes_file`` when given,
+    else the one the model folder carries (codes of an older release its training data used)."""
+    if codes_file is not None:
+        return codes_file
+    shipped = folder / CODE_LIST_FILE
+    return shipped if shipped.is_file() else None
+
+
 def default_model_path() -> Path:
     """``$CODER_MODEL`` if set, else ``<repo root>/models/codiesp-minilm``."""
     configured = os.environ.get(MODEL_ENV)

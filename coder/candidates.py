@@ -148,6 +148,10 @@ class CandidateBuilder:
         names = [name for name, part in self._parts().items() if part.text_column in columns]
         return tuple(sorted([*names, *extra], key=_priority))
 
+    def text_columns(self) -> tuple[str, ...]:
+        """The note columns the sources read, each once."""
+        return tuple(dict.fromkeys(part.text_column for part in self._parts().values()))
+
     def _parts(self) -> dict[str, EvidenceLexicon | OntologySearch | TfidfClassifier]:
         parts = {"lexicon": self.lexicon, "ontology": self.search, "tfidf": self.classifier}
         return {name: part for name, part in parts.items() if part is not None}

@@ -23,11 +23,15 @@ from coder.bundle import (
 from coder.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.errors import ModelBundleError, UsageError
 from coder.onnx_runtime import CPU_PROVIDER, create_session, onnx_forward, output_width
-from coder.schema import NOTE_ID, PREDICTION_SCHEMA
+from coder.candidates import PLM_ICD
+from coder.reranker import ranked
+from coder.schema import CODE, NOTE_ID, PREDICTION_SCHEMA, SYSTEM
+from coder.train.stacking import STACK_PLM_TOP_K, Stack
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "plm_icd"
+SOURCE = PLM_ICD
+STACK_DIR = "stack"  # lexicon, ontology search, TF-IDF and reranker (coder.train.stacking), when the model has them
 PRECISIONS = ("auto", "fp32", "int8", "fp16")
 
 
@@ -43,14 +47,19 @@ class BatchResult:
 class Predictor:
     """Scores notes with a model folder's ONNX model; build with ``load_predictor``."""
 
-    def __init__(self, *, folder: Path, config: ModelConfig, session, precision: str, ontology, batch_size: int = 8):
+    def __init__(self, *, folder: Path, config: ModelConfig, session, precision: str, ontology, batch_size: int = 8,
+                 stack: Stack | None = None):
         self.folder = folder
+        self.stack = stack
+        self.ontology = ontology
         self.config = config
         self.session = session
         self.precision = precision
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(folder)
-        self.text_columns: tuple[str, ...] = tuple(config.text_columns.values())
+        # Primary (encoder) column first; the stack's other columns (e.g. the lexicon's text_es) are optional.
+        stack_columns = stack.builder.text_columns() if stack is not None else ()
+        self.text_columns: tuple[str, ...] = tuple(dict.fromkeys([*config.text_columns.values(), *stack_columns]))
         self.execution_provider: str = session.get_providers()[0]
         self.model_hash: str = sha256_file(folder / CONFIG_FILE)  # the config holds every weight file's hash
         known = [ontology.lookup(label.code, label.system) for label in config.labels]
@@ -79,15 +88,33 @@ class Predictor:
             onnx_forward(self.session), chunks, n_labels=len(self.config.labels),
             batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id,
         )
+        # The stack reranks PLM-ICD's top codes, so it gets the same number it was fitted with.
+        plm_top_k, plm_threshold_only = (STACK_PLM_TOP_K, False) if self.stack is not None else (top_k, threshold_only)
         rows = []
         for i, note in enumerate(chunks):
             if not note.unprocessable:
-                rows.extend(self._rows(note_ids[i], texts[i], note, scores[i], peaks[i], top_k=top_k, threshold_only=threshold_only))
+                rows.extend(self._rows(note_ids[i], texts[i], note, scores[i], peaks[i], top_k=plm_top_k,
+                                       threshold_only=plm_threshold_only))
+        predictions = pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row")
+        if self.stack is not None:
+            predictions = self._rerank(batch, predictions, top_k=top_k, threshold_only=threshold_only)
         return BatchResult(
-            predictions=pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"),
+            predictions=predictions,
             truncated=tuple(note_ids[i] for i, note in enumerate(chunks) if note.truncated),
             unprocessable=tuple(note_ids[i] for i, note in enumerate(chunks) if note.unprocessable),
         )
+
+    def _rerank(self, batch: pl.DataFrame, plm: pl.DataFrame, *, top_k: int, threshold_only: bool) -> pl.DataFrame:
+        """The stack's calibrated ranking: lexicon, ontology search and TF-IDF candidates plus these
+        PLM-ICD scores, rescored by the reranker; only codes the ontology (and code list) knows."""
+        scored = plm.select(NOTE_ID, SYSTEM, CODE, pl.col("score").alias(PLM_ICD))
+        notes = batch.join(plm.select(NOTE_ID).unique(), on=NOTE_ID, how="semi")  # unprocessable notes stay out
+        rows = self.stack.predictions(notes, describe=self.ontology.description, extra={PLM_ICD: scored}, top_k=top_k)
+        rows = rows.filter(pl.struct(CODE, SYSTEM).map_elements(
+            lambda row: self.ontology.is_known(row[CODE], row[SYSTEM]), return_dtype=pl.Boolean))
+        if threshold_only:
+            rows = rows.filter(pl.col("above_threshold"))
+        return ranked(rows).select(PREDICTION_SCHEMA.names())
 
     def _rows(self, note_id: str, text: str, note: ChunkedNote, scores: np.ndarray, peaks: np.ndarray, *, top_k: int, threshold_only: bool) -> list[tuple]:
         """PREDICTION_SCHEMA rows of one note. scores, peaks: [n_labels]."""
@@ -138,11 +165,13 @@ def _choose_precision(folder: Path, config: ModelConfig, precision: str, *, gpu:
     return precision
 
 
-def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto", ontology=None, batch_size: int = 8) -> Predictor:
+def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto", ontology=None, batch_size: int = 8,
+                   rerank: bool = True) -> Predictor:
     """Load and check a model folder (hashes, label count vs ONNX output width, versions).
 
     ``ontology``: the one to validate codes against (default: ``load_ontology()``); pass the
-    pipeline's own when it was loaded with a user code list.
+    pipeline's own when it was loaded with a user code list. ``rerank=False``: PLM-ICD scores alone,
+    even when the folder has a stack (what the stack itself is fitted on).
     """
     from coder.ontology import load_ontology
     from coder.onnx_runtime import gpu_present
@@ -160,5 +189,8 @@ def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto",
     ontology = load_ontology() if ontology is None else ontology
     if config.ontology and config.ontology != dict(ontology.release):
         logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
-    logger.info("model %s (%s, %d labels) on %s", config.name, chosen, len(config.labels), session.get_providers()[0])
-    return Predictor(folder=path, config=config, session=session, precision=chosen, ontology=ontology, batch_size=batch_size)
+    stack = Stack.load(path / STACK_DIR) if rerank and (path / STACK_DIR).is_dir() else None
+    logger.info("model %s (%s, %d labels%s) on %s", config.name, chosen, len(config.labels),
+                ", reranked by its stack" if stack else "", session.get_providers()[0])
+    return Predictor(folder=path, config=config, session=session, precision=chosen, ontology=ontology,
+                     batch_size=batch_size, stack=stack)

@@ -233,8 +233,13 @@ def train_stack(*, train_dir: Path, out_dir: Path, folds: int = 5, codes_file: P
     its scores, fitted on dev (``add_dev_reranker``)."""
     if (dev_dir is None) != (plm_model is None):
         raise UsageError("--dev and --plm-model go together: PLM-ICD scores are stacked on dev notes")
-    train = Corpus.read(train_dir)
-    dev = Corpus.read(dev_dir) if dev_dir is not None else None
+    return stack_corpora(train=Corpus.read(train_dir), out_dir=out_dir, folds=folds, codes_file=codes_file, model=model,
+                         dev=Corpus.read(dev_dir) if dev_dir is not None else None, plm_model=plm_model)
+
+
+def stack_corpora(*, train: Corpus, out_dir: Path, folds: int = 5, codes_file: Path | None = None, model: str = "hgb",
+                  dev: Corpus | None = None, plm_model: Path | None = None) -> Stack:
+    """``train_stack`` on corpora already read (``coder train --evidence`` calls this)."""
     ontology = load_ontology(codes_file)
     stack = fit_stack(train=train, search=OntologySearch().fit(ontology_terms(ontology)), out_dir=out_dir, folds=folds,
                       reranker=Reranker(model=model))
@@ -242,11 +247,14 @@ def train_stack(*, train_dir: Path, out_dir: Path, folds: int = 5, codes_file: P
         return stack
     from coder.predictor import load_predictor
 
-    plm = predictor_source(load_predictor(plm_model, ontology=ontology))(dev.notes)
+    plm = predictor_source(load_predictor(plm_model, ontology=ontology, rerank=False))(dev.notes)
     return add_dev_reranker(stack, dev=dev, extra={PLM_ICD: plm}, reranker=Reranker(model=model), out_dir=out_dir)
 
 
-def predictor_source(predictor, *, top_k: int = 50) -> ScoreSource:
+STACK_PLM_TOP_K = 50  # PLM-ICD codes per note and system that the stack reranks (fit and predict alike)
+
+
+def predictor_source(predictor, *, top_k: int = STACK_PLM_TOP_K) -> ScoreSource:
     """A PLM-ICD ``coder.predictor.Predictor`` as a candidate source: its top ``top_k`` codes per
     note and system with their scores in the ``plm_icd`` column."""
 
