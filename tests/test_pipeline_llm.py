@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.llm.backends import Generation
+from coder.llm_step import public_url, resolve_llm_settings
 from coder.pipeline import PredictOptions, predict_notes
 from coder.schema import CODE, NOTE_ID, TEXT
 
@@ -63,7 +64,8 @@ def test_an_unreachable_server_is_recorded_and_the_run_goes_on(tmp_path, notes, 
 def test_an_unreachable_required_server_stops_the_run_with_exit_8(tmp_path, notes, tiny_model_path):
     out = tmp_path / "out.parquet"
     url = f"http://127.0.0.1:{_closed_port()}/v1"
-    result = _predict(notes, out, tiny_model_path, "--llm", "openai", "--llm-model", "m", "--llm-base-url", url, "--llm-required")
+    options = ("--llm", "openai", "--llm-model", "m", "--llm-base-url", url, "--llm-required")
+    result = _predict(notes, out, tiny_model_path, *options)
     assert result.exit_code == 8
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: OpenAI-compatible endpoint")
     assert not out.exists()
@@ -73,6 +75,34 @@ def test_openai_without_a_model_name_is_a_usage_error(tmp_path, notes, tiny_mode
     result = _predict(notes, tmp_path / "out.parquet", tiny_model_path, "--llm", "openai")
     assert result.exit_code == 2
     assert "needs base_url and model" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("configured", "given", "expected"),
+    [
+        (None, {}, ("none", 0.1)),
+        ({"backend": "local", "weight": 0.3}, {}, ("local", 0.3)),
+        ({"backend": "local", "weight": 0.3}, {"weight": 0.5}, ("local", 0.5)),
+        ({"backend": "local"}, {"backend": "none"}, ("none", 0.1)),
+    ],
+    ids=["off", "config", "option-overrides-config", "option-turns-off"],
+)
+def test_options_override_the_model_config_entry(configured, given, expected):
+    settings = resolve_llm_settings(configured=configured, given=given)
+    assert (settings.backend, settings.weight) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "public"),
+    [
+        ("http://user:pw@host:8000/v1", "http://host:8000/v1"),
+        ("https://host/v1", "https://host/v1"),
+        (None, None),
+    ],
+    ids=["credentials", "plain", "none"],
+)
+def test_public_url_drops_credentials(url, public):
+    assert public_url(url) == public
 
 
 class StandInBackend:
@@ -135,7 +165,8 @@ def test_the_local_llm_writes_only_codes_the_ontology_knows(tmp_path, notes, tin
     assert result.exit_code == 0, result.output
     ontology = load_ontology()
     predictions = pl.read_parquet(out)
-    unknown = [code for code, system in predictions.select(CODE, "system").iter_rows() if not ontology.is_known(code, system)]
+    pairs = predictions.select(CODE, "system").iter_rows()
+    unknown = [code for code, system in pairs if not ontology.is_known(code, system)]
     assert unknown == []
     llm = _manifest(out)["llm"]
     assert llm["available"] is True and llm["counts"]["notes"] == 2 and llm["counts"]["prompts"] >= 2
