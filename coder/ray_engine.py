@@ -310,10 +310,11 @@ class RayExecutor:
 
 def load_actor_predictor(model: Path, *, device: str, codes_file: Path | None) -> BatchPredictor:
     """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
+    from coder.bundle import model_code_list
     from coder.ontology import load_ontology
     from coder.predictor import load_predictor
 
-    return load_predictor(model, device=device, ontology=load_ontology(codes_file=codes_file))
+    return load_predictor(model, device=device, ontology=load_ontology(codes_file=model_code_list(model, codes_file)))
 
 
 def predict_notes_ray(
