@@ -12,6 +12,8 @@ def test_map_matches_the_official_definition():
     assert average_precision(["a", "x", "b"], {"a", "b", "c"}) == pytest.approx((1 + 2 / 3) / 3)
     # n3 has no valid prediction: left out of the mean, not scored 0.
     assert mean_average_precision({"n1": ["a"], "n3": ["x"]}, {"n1": ["a"], "n3": ["b"]}, is_valid=lambda c: c != "x") == 1.0
+    # trectools: a predicted note without gold codes is not a query of the qrels, so it is left out too
+    assert mean_average_precision({"n1": ["a", "b"], "n2": ["c"]}, {"n1": ["b"]}) == 0.5
 
 
 def _toy():

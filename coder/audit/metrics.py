@@ -3,8 +3,10 @@
 CodiEsp (codiespD_P_evaluation.py via trectools): per note, predictions are taken in rank
 order, lower-cased, repeated codes and codes outside the valid code list dropped, ranks
 renumbered; AP = (1/R) * sum of precision@k over the ranks k that hit a gold code, with R the
-number of distinct gold codes of the note. The mean runs over the notes that have at least one
-valid prediction (a gold note without predictions is left out, as trec_eval does without -c).
+number of distinct gold codes of the note. The mean runs over the notes that are both in the gold
+and have at least one valid prediction (trectools' ``get_map`` divides by the queries common to
+run and qrels: a gold note without predictions, and a predicted note without gold codes of the
+system, are both left out).
 """
 
 from __future__ import annotations
@@ -56,16 +58,14 @@ def mean_average_precision(
 ) -> float:
     """CodiEsp MAP. ``predictions``: note id -> codes in rank order; ``gold``: note id -> codes.
 
-    Notes with no valid prediction are left out of the mean (official behaviour); notes that
-    are predicted but have no gold codes count as AP 0.
+    Only notes with gold codes and at least one valid prediction count (official behaviour).
     """
     scores = []
     for note_id, ranked in predictions.items():
         cleaned = clean_ranking(ranked, is_valid=is_valid)
-        if not cleaned:
-            continue
         truth = {code.lower() for code in gold.get(note_id, ())}
-        scores.append(average_precision(cleaned, truth))
+        if cleaned and truth:
+            scores.append(average_precision(cleaned, truth))
     return sum(scores) / len(scores) if scores else 0.0
 
 
