@@ -230,7 +230,7 @@ def write_plm_scores(model: Path, out: Path) -> None:
     from coder.predictor import load_predictor
 
     notes = pl.read_parquet(DATA / "dev" / "notes.parquet")
-    source = predictor_source(load_predictor(model, device="cpu"), top_k=50)
+    source = predictor_source(load_predictor(model, device="cpu", rerank=False))  # PLM-ICD alone, not its stack
     pl.concat([source(notes.slice(i, 16)) for i in range(0, notes.height, 16)]).write_parquet(out)
 
 
