@@ -1,9 +1,15 @@
-"""PLM-ICD scoring throughput: torch eager vs onnxruntime fp32 vs onnxruntime int8, same 200 notes.
+"""PLM-ICD scoring throughput: torch eager vs onnxruntime fp32 vs onnxruntime int8, same 200 notes,
+plus end-to-end `coder predict` and where its time goes.
 
     python benchmarks/throughput.py [--model models/codiesp-minilm] [--notes benchmarks/data/background_200.parquet]
 
 Each mode runs in its own fresh process (so its peak RSS is its own), scores the same notes in
 length-bucketed batches, and is timed after one warm-up batch; chunking is timed once apart.
+Encoder GFLOP/s of each mode is set against this machine's fp32 matmul peak, measured in the same
+run. `coder predict` (the shipped default model, no options) runs as a subprocess on these notes
+(English only: the lexicon is skipped) and on the CodiEsp dev notes (text_es too: the full stack);
+`Predictor.predict` on the dev notes is then split in-process into chunking, ONNX scoring, candidate
+building, reranking and the rest.
 The run is appended to this script's section of benchmarks/RESULTS.md (history kept).
 CodiEsp background notes: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0.
 """
@@ -14,8 +20,11 @@ import argparse
 import os
 import platform
 import resource
+import json
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
@@ -29,7 +38,21 @@ NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 SHARED_BACKGROUND = Path("/work/shared/data/codiesp/background/notes.parquet")
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- throughput: begin -->", "<!-- throughput: end -->"
+DEV_NOTES = ROOT / "data" / "codiesp" / "dev" / "notes.parquet"
 MODES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
+THREADS = 2  # the machine's cores; the peak matmul uses the same number
+PEAK_N = 4096
+
+# Encoder FLOPs of one chunk of T tokens (MiniLM: L=6 layers, hidden H=384, intermediate I=1536,
+# 12 heads; a multiply-add counts 2): per layer the Q, K, V and output projections 4 * 2*T*H*H,
+# the feed-forward 2 * 2*T*H*I, attention scores Q.K^T 2*T*T*H and their weighted sum of V
+# 2*T*T*H (the head count cancels out). Total L * (8*T*H^2 + 4*T*H*I + 4*T^2*H) = 2.87 GFLOP at
+# T=128. Embeddings, layer norms, softmax and PLM-ICD's label-attention head are left out, so the
+# achieved rate is of the encoder's matmuls only; every chunk is counted at its full 128 tokens.
+# int8 does the same work in int8 arithmetic (VNNI), so its share of the fp32 peak may pass 100%.
+ENCODER_LAYERS, HIDDEN, INTERMEDIATE, CHUNK_TOKENS = 6, 384, 1536, 128
+CHUNK_GFLOP = ENCODER_LAYERS * (8 * CHUNK_TOKENS * HIDDEN**2 + 4 * CHUNK_TOKENS * HIDDEN * INTERMEDIATE
+                                + 4 * CHUNK_TOKENS**2 * HIDDEN) / 1e9
 
 
 def _ensure_notes(path: Path) -> None:
@@ -71,28 +94,141 @@ def _run_mode(mode: str, model: Path, notes_path: Path, batch_size: int) -> dict
     }
 
 
+def _peak_gflops() -> float:
+    """Best of five PEAK_N x PEAK_N fp32 matmuls on THREADS torch threads (2*N^3 FLOPs each)."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    a, b = torch.randn(PEAK_N, PEAK_N), torch.randn(PEAK_N, PEAK_N)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * PEAK_N**3 / best / 1e9
+
+
+def _run_predict(notes_path: Path) -> dict[str, float]:
+    """`coder predict` with the shipped default model as a subprocess; wall time includes loading."""
+    coder = Path(sys.executable).with_name("coder")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "p.parquet"
+        start = time.perf_counter()
+        subprocess.run([str(coder), "predict", str(notes_path), "--out", str(out), "--quiet"], check=True)
+        wall_s = time.perf_counter() - start
+        timing = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())["timing"]
+    return {
+        "wall_s": wall_s,
+        "notes": timing["notes_this_run"],
+        "notes_per_s": timing["notes_per_s"],
+        "model_notes_per_s": timing["model_notes_per_s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def _timed(owner, name: str, totals: dict[str, float], key: str) -> None:
+    """Wrap ``owner.name`` so the seconds spent in it add up in ``totals[key]``."""
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    object.__setattr__(owner, name, wrapper)  # candidate builders are frozen dataclasses
+
+
+def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
+    """One `Predictor.predict` on all notes (one pipeline batch), its time split by stage."""
+    import coder.predictor as predictor_module
+    from coder.pipeline import DEFAULT_BATCH_SIZE
+
+    start = time.perf_counter()
+    predictor = predictor_module.load_predictor(model, device="cpu")
+    load_s = time.perf_counter() - start
+    notes = pl.read_parquet(notes_path).head(DEFAULT_BATCH_SIZE)
+    totals: dict[str, float] = {}
+    _timed(predictor_module, "chunk_notes", totals, "chunking")
+    _timed(predictor_module, "score_in_batches", totals, "PLM-ICD ONNX scoring")
+    builder = predictor.stack.builder
+    _timed(builder, "build", totals, "stack: candidate building")
+    sources = {"lexicon": builder.lexicon, "ontology search": builder.search, "TF-IDF": builder.classifier}
+    for name, source in sources.items():
+        if source is not None:
+            _timed(source, "candidates", totals, f"stack: {name} candidates")
+    for reranker in predictor.stack.rerankers.values():
+        _timed(reranker, "predict", totals, "stack: reranker")
+    _timed(predictor.stack, "predictions", totals, "stack.predictions")
+    start = time.perf_counter()
+    predictor.predict(notes)
+    total = time.perf_counter() - start
+    stack = totals.pop("stack.predictions")
+    build = totals.pop("stack: candidate building")
+    totals["stack: assembling features"] = build - sum(v for k, v in totals.items() if k.endswith(" candidates"))
+    totals["stack: the rest (hierarchy, ranking, descriptions)"] = stack - build - totals["stack: reranker"]
+    totals["Predictor: PLM-ICD rows, evidence spans, ontology filter"] = total - stack - totals["chunking"] - totals["PLM-ICD ONNX scoring"]
+    return {"load_s": load_s, "notes": notes.height, "total_s": total, "precision": predictor.precision, **totals}
+
+
+def _in_fresh_process(fn, *args):
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        result = pool.submit(fn, *args).result()
+    print(f"{getattr(fn, '__name__', fn)}{args}: {result}", file=sys.stderr)
+    return result
+
+
 def _machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     return f"{platform.machine()} ({cpu}, {os.cpu_count()} CPUs)"
 
 
-def _section(rows: list[tuple[str, dict[str, float]]], *, command: str, note: str) -> str:
+def _section(rows: list[tuple[str, dict[str, float]]], *, peak: float, predicts: list[tuple[str, dict[str, float]]],
+             split: dict, load_at_start: float, command: str, note: str) -> str:
     base = rows[0][1]["seconds"]
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"`{command}` on {_machine()}; load average at start {os.getloadavg()[0]:.1f}. {note}",
+        f"`{command}` on {_machine()}; load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end. {note}",
         "",
-        "| mode | notes/s | chunks/s | speed-up vs torch | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|",
+        f"Model only (fp32 matmul peak, {PEAK_N}x{PEAK_N} on {THREADS} threads, best of 5: {peak:.1f} GFLOP/s; "
+        f"encoder {CHUNK_GFLOP:.2f} GFLOP per {CHUNK_TOKENS}-token chunk):",
+        "",
+        "| mode | notes/s | chunks/s | speed-up vs torch | encoder GFLOP/s | % of fp32 peak | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, r in rows:
+        gflops = r["chunks"] * CHUNK_GFLOP / r["seconds"]
         lines.append(
             f"| {mode} | {r['notes'] / r['seconds']:.2f} | {r['chunks'] / r['seconds']:.1f} | "
-            f"{base / r['seconds']:.2f}× | {r['peak_rss_mb']:.0f} |"
+            f"{base / r['seconds']:.2f}× | {gflops:.1f} | {100 * gflops / peak:.0f}% | {r['peak_rss_mb']:.0f} |"
         )
     first = rows[0][1]
-    lines.append("")
-    lines.append(f"{first['notes']} notes, {first['chunks']} chunks; tokenising + chunking all notes: {first['chunking_s']:.2f} s.")
+    lines += [
+        "",
+        f"{first['notes']} notes, {first['chunks']} chunks; tokenising + chunking all notes: {first['chunking_s']:.2f} s.",
+        "",
+        "End to end, `coder predict NOTES --out p.parquet --quiet` (shipped default model, its own process):",
+        "",
+        "| notes | notes/s (manifest) | model notes/s (manifest) | wall s incl. load | notes/s incl. load | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in predicts:
+        lines.append(f"| {name} | {r['notes_per_s']:.2f} | {r['model_notes_per_s']:.2f} | {r['wall_s']:.1f} | "
+                     f"{r['notes'] / r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    stages = {k: v for k, v in split.items() if k not in ("load_s", "notes", "total_s", "precision")}
+    lines += [
+        "",
+        f"`Predictor.predict` on {split['notes']} dev notes in-process, one call (one pipeline batch), "
+        f"{split['precision']} model loaded in {split['load_s']:.1f} s: {split['total_s']:.1f} s, "
+        f"{split['notes'] / split['total_s']:.2f} notes/s.",
+        "",
+        "| stage | s | share | notes/s if alone |",
+        "|---|---:|---:|---:|",
+    ]
+    for stage, seconds in stages.items():
+        lines.append(f"| {stage} | {seconds:.2f} | {100 * seconds / split['total_s']:.0f}% | {split['notes'] / seconds:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,13 +248,14 @@ def main() -> None:
     parser.add_argument("--note", default="", help="Free text recorded with the run (e.g. other load on the machine).")
     args = parser.parse_args()
     _ensure_notes(args.notes)
-    rows = []
-    for mode in MODES:
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            result = pool.submit(_run_mode, mode, args.model, args.notes, args.batch_size).result()
-        print(f"{mode}: {result}", file=sys.stderr)
-        rows.append((mode, result))
-    section = _section(rows, command=shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]), note=args.note)
+    load_at_start = os.getloadavg()[0]
+    peak = _in_fresh_process(_peak_gflops)
+    rows = [(mode, _in_fresh_process(_run_mode, mode, args.model, args.notes, args.batch_size)) for mode in MODES]
+    predicts = [(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", _in_fresh_process(_run_predict, path))
+                for path in (args.notes, DEV_NOTES)]
+    split = _in_fresh_process(_split_predict, args.model, DEV_NOTES)
+    section = _section(rows, peak=peak, predicts=predicts, split=split, load_at_start=load_at_start, note=args.note,
+                       command=shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]))
     _write(section)
     print(section)
 
