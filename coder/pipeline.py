@@ -20,7 +20,8 @@ import polars as pl
 
 import coder
 from coder.errors import UsageError
-from coder.io.manifest import file_sha256, manifest_path, write_json
+from coder.hashing import file_sha256
+from coder.io.manifest import manifest_path, write_json
 from coder.io.progress import Progress
 from coder.io.quarantine import RowScreen, quarantine_path, unprocessable
 from coder.io.read import InputPlan, iter_batches, plan_inputs, resolve_inputs
@@ -361,7 +362,8 @@ def predict_notes(
     from coder.predictor import load_predictor
 
     model_path = model or default_model_path()
-    ontology = load_ontology(codes_file=model_code_list(model_path, codes_file))
+    codes_file = model_code_list(model_path, codes_file)  # the model's own list unless the user gives one; recorded below
+    ontology = load_ontology(codes_file=codes_file)
     predictor = load_predictor(model_path, device=device, ontology=ontology)  # codes the code list vouches for are written
     config = predictor.config
     llm = resolve_llm_settings(configured=getattr(config, "llm", None), given=options.llm)  # when the config has one

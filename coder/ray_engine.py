@@ -310,11 +310,10 @@ class RayExecutor:
 
 def load_actor_predictor(model: Path, *, device: str, codes_file: Path | None) -> BatchPredictor:
     """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
-    from coder.bundle import model_code_list
     from coder.ontology import load_ontology
     from coder.predictor import load_predictor
 
-    return load_predictor(model, device=device, ontology=load_ontology(codes_file=model_code_list(model, codes_file)))
+    return load_predictor(model, device=device, ontology=load_ontology(codes_file=codes_file))
 
 
 def predict_notes_ray(
@@ -332,9 +331,10 @@ def predict_notes_ray(
     The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
     """
     import_ray()  # a missing Ray fails before the model and the ontology load
-    from coder.bundle import default_model_path
+    from coder.bundle import default_model_path, model_code_list
 
     model_path = (model or default_model_path()).resolve()
+    codes_file = model_code_list(model_path, codes_file)  # resolved once, so driver and actors use the same list
     codes = codes_file.resolve() if codes_file else None
     executor = RayExecutor(load=functools.partial(load_actor_predictor, model_path, device=device, codes_file=codes), ray=ray)
     return predict_notes(
