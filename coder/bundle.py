@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from coder.errors import ModelBundleError
-from coder.ontology.cache import file_sha256 as sha256_file  # one file-hashing helper for the project
+from coder.hashing import file_sha256 as sha256_file
 
 logger = logging.getLogger(__name__)
 

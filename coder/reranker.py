@@ -9,7 +9,6 @@ on standardised features (``logistic``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from coder.audit.metrics import average_precision, clean_ranking
 from coder.candidates import KEY, LABEL, feature_columns, top_codes
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
+from coder.hashing import file_sha256
 from coder.schema import CODE, NOTE_ID, SYSTEM
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Reranker(ParamsMixin):
 
                 file = path / f"{_slug(system)}.joblib"
                 joblib.dump(model, file)
-                state["models"][system] = {"file": file.name, "sha256": _sha256(file)}
+                state["models"][system] = {"file": file.name, "sha256": file_sha256(file)}
         (path / "reranker.json").write_text(json.dumps(state, indent=1))
 
     @classmethod
@@ -153,7 +153,7 @@ class Reranker(ParamsMixin):
                 import joblib
 
                 tree_file = path / saved["file"]
-                if _sha256(tree_file) != saved["sha256"]:
+                if file_sha256(tree_file) != saved["sha256"]:
                     raise ModelBundleError(f"{tree_file} does not match the sha256 in reranker.json: re-save the reranker")
                 model = joblib.load(tree_file)
             self.models_[system] = model
@@ -220,10 +220,6 @@ def ranked(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _slug(system: str) -> str:
     return system.lower().replace("-", "_")
-
-
-def _sha256(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def f1_thresholds(scored: pl.DataFrame, *, gold: pl.DataFrame) -> dict[str, float]:

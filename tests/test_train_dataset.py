@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 
 import polars as pl
-import pytest
 
 from coder.bundle import Label
 from coder.ontology import load_ontology

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coder.errors import InputFileError
-from coder.io.manifest import file_sha256
+from coder.hashing import file_sha256
 from coder.schema import NOTE_ID
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from coder.errors import OntologyError
+from coder.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +30,6 @@ _DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "ontologies" / "cache
 def cache_dir() -> Path:
     """Where cache files live: ``$CODER_CACHE_DIR`` or ``ontologies/cache/``."""
     return Path(os.environ.get(CACHE_DIR_ENV) or _DEFAULT_CACHE_DIR)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key(*, sources: Sequence[Path], salt: str) -> str:

@@ -19,7 +19,8 @@ from typing import Literal, NamedTuple
 
 from coder.errors import CodeFormatError
 from coder.ontology import sources
-from coder.ontology.cache import file_sha256, load_or_build
+from coder.hashing import file_sha256
+from coder.ontology.cache import load_or_build
 from coder.ontology.codelist import CodeList, read_code_list
 from coder.ontology.sources import BILLABLE, PREFIX, is_code_name
 from coder.ontology.syntax import check_system, infer_system, normalize, shorter_prefix
