@@ -99,14 +99,16 @@ def add_features(frame: pl.DataFrame, *, prior: pl.DataFrame, sources: tuple[str
 def _hierarchy(frame: pl.DataFrame) -> pl.DataFrame:
     """``has_child``: another candidate of the note extends this code; ``has_parent``: this code
     extends another candidate."""
-    keys = frame.select(NOTE_ID, SYSTEM, CODE)
-    stripped = keys.with_columns(pl.col(CODE).str.replace(".", "", literal=True).alias("bare"))
-    pairs = stripped.join(stripped, on=[NOTE_ID, SYSTEM], suffix="_other").filter(
-        (pl.col("bare_other").str.len_chars() > pl.col("bare").str.len_chars())
-        & pl.col("bare_other").str.starts_with(pl.col("bare"))
-    )
+    stripped = frame.select(NOTE_ID, SYSTEM, CODE, pl.col(CODE).str.replace(".", "", literal=True).alias("bare"))
+    # Each code's proper prefixes (at most ~7) joined to the note's codes: a self-join of every
+    # candidate pair of a note held ~500 MB for a batch of 256 notes.
+    prefixes = (stripped.select(NOTE_ID, SYSTEM, pl.col(CODE).alias("child"), "bare",
+                                pl.int_ranges(0, pl.col("bare").str.len_chars()).alias("length"))
+                .explode("length").drop_nulls("length")
+                .select(NOTE_ID, SYSTEM, "child", pl.col("bare").str.slice(0, pl.col("length"))))
+    pairs = prefixes.join(stripped, on=[NOTE_ID, SYSTEM, "bare"])  # CODE extends to child
     parents = pairs.select(NOTE_ID, SYSTEM, CODE).unique().with_columns(pl.lit(1, dtype=pl.Int8).alias("has_child"))
-    children = (pairs.select(NOTE_ID, SYSTEM, pl.col(f"{CODE}_other").alias(CODE)).unique()
+    children = (pairs.select(NOTE_ID, SYSTEM, pl.col("child").alias(CODE)).unique()
                 .with_columns(pl.lit(1, dtype=pl.Int8).alias("has_parent")))
     return (frame.join(parents, on=list(KEY), how="left").join(children, on=list(KEY), how="left")
             .with_columns(pl.col("has_child").fill_null(0), pl.col("has_parent").fill_null(0)))
