@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_FILE = "coder_model.json"
 CARD_FILE = "README.md"
+# Text after this line in a model card is the user's (or the stack's): coder train/export keep it.
+CARD_KEEP = "<!-- coder: the sections below are kept when coder train/export rewrite this card -->\n"
 TORCH_DIR = "plm_icd"
 WEIGHTS_FILE = f"{TORCH_DIR}/model.safetensors"
 ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
@@ -217,7 +219,8 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def write_card(folder: Path, config: ModelConfig) -> None:
-    """Write the model card (README.md) from the config."""
+    """Write the model card (README.md) from the config; text after ``CARD_KEEP`` in an existing
+    card (e.g. a section on the candidate stack) is kept."""
     counts: dict[str, int] = {}
     for label in config.labels:
         counts[label.system] = counts.get(label.system, 0) + 1
@@ -269,4 +272,6 @@ Seed {config.training.get("seed")}; hyperparameters, data hashes and per-epoch h
 - Encoder weights: {config.encoder.get("name")}{" (Apache-2.0)" if "MiniLM" in config.encoder.get("name", "") else ""}.
 - Not for unsupervised clinical use: scores rank candidate codes for a human coder.
 """
-    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+    path = folder / CARD_FILE
+    kept = path.read_text(encoding="utf-8").partition(CARD_KEEP)[2] if path.exists() else ""
+    path.write_text(card + (f"\n{CARD_KEEP}{kept}" if kept else ""), encoding="utf-8")

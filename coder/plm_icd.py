@@ -22,10 +22,17 @@ from coder.chunking import Batch, ChunkedNote, score_in_batches
 from coder.errors import ModelBundleError
 
 DEFAULT_ATTENTION_DIM = 256
+# Added to masked attention scores: exp() of it is 0, and it stays finite in fp16 (max 65504).
+MASKED = -3.0e4
 
 
 class LabelAttention(nn.Module):
-    """LAAT: Z = tanh(W H), A = softmax_tokens(U Z), V = A H, logits = (V * O).sum(-1) + b."""
+    """LAAT: Z = tanh(W H), A = softmax_tokens(U Z), logits = sum_tokens(A * (H O^T)) + b.
+
+    The same as V = A H, logits = (V * O).sum(-1) + b, reordered so that both products have a
+    weight matrix on the right (int8 quantisation then covers them) and no [labels, hidden]
+    vector is ever built per note.
+    """
 
     def __init__(self, *, hidden_size: int, attention_dim: int, n_labels: int):
         super().__init__()
@@ -41,14 +48,19 @@ class LabelAttention(nn.Module):
 
         Returns logits [batch, n_labels] and the attention peak [batch, n_labels] (token index).
         """
-        hidden = hidden.masked_fill(~token_mask.unsqueeze(-1), 0.0)  # padding chunks may hold anything
-        z = torch.tanh(self.project(hidden))  # [batch, tokens, attention_dim]
-        scores = self.label_queries(z).transpose(1, 2)  # [batch, n_labels, tokens]
-        scores = scores.masked_fill(~token_mask.unsqueeze(1), float("-inf"))
-        attention = torch.softmax(scores, dim=-1)  # [batch, n_labels, tokens]
-        label_vectors = attention @ hidden  # [batch, n_labels, hidden]
-        logits = (label_vectors * self.label_weights).sum(-1) + self.label_bias  # [batch, n_labels]
-        return logits, attention.argmax(dim=-1)
+        scores = self.label_queries(torch.tanh(self.project(hidden)))  # [batch, tokens, n_labels]
+        scores = scores + _additive_mask(token_mask.unsqueeze(-1), scores.dtype)
+        values = hidden @ self.label_weights.T  # [batch, tokens, n_labels]
+        # softmax over tokens written out: the token axis stays in the middle (no transpose of a
+        # [tokens, labels] tensor) and masked tokens get a weight of exactly 0
+        weights = torch.exp(scores - scores.amax(dim=1, keepdim=True))
+        logits = (weights * values).sum(dim=1) / weights.sum(dim=1) + self.label_bias
+        return logits, scores.argmax(dim=1)
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``mask`` is true, MASKED elsewhere: added to attention scores before a softmax."""
+    return (1.0 - mask.to(dtype)) * MASKED
 
 
 class PlmIcd(nn.Module):
@@ -79,9 +91,11 @@ class PlmIcd(nn.Module):
         # A padding chunk gets its first position unmasked so the encoder never sees an all-masked
         # row (which can turn into NaN); the head masks those states out anyway.
         encoder_mask = torch.cat([torch.ones_like(attention_mask[..., :1]), attention_mask[..., 1:]], dim=-1)
+        # A 4D additive mask [chunks, 1, 1, chunk_len] is used as given by the encoder: exported,
+        # it is one broadcast Add per layer instead of a boolean mask expanded to every head.
         states = self.encoder(
             input_ids=input_ids.reshape(batch * n_chunks, chunk_len),
-            attention_mask=encoder_mask.reshape(batch * n_chunks, chunk_len),
+            attention_mask=_additive_mask(encoder_mask.reshape(batch * n_chunks, 1, 1, chunk_len), self.encoder.dtype),
         ).last_hidden_state  # [batch * n_chunks, chunk_len, hidden]
         joined = states.reshape(batch, n_chunks * chunk_len, -1)  # [batch, n_chunks * chunk_len, hidden]
         token_mask = attention_mask.reshape(batch, n_chunks * chunk_len).bool()

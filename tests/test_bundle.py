@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from coder.bundle import CONFIG_FILE, MODEL_ENV, ModelConfig, default_model_path, read_config
+from coder.bundle import CARD_FILE, CARD_KEEP, CONFIG_FILE, MODEL_ENV, ModelConfig, default_model_path, read_config, write_card
 from coder.errors import ModelBundleError
 from coder.predictor import load_predictor
 
@@ -68,3 +68,13 @@ def test_default_model_path_follows_the_environment(monkeypatch, tiny_model_path
     monkeypatch.setenv(MODEL_ENV, str(tmp_path))
     with pytest.raises(ModelBundleError, match=rf"no model at {tmp_path} \(\$CODER_MODEL\)"):
         default_model_path()
+
+
+def test_card_rewrite_keeps_the_section_after_the_marker(bundle_copy):
+    card = bundle_copy / CARD_FILE
+    card.write_text(card.read_text() + f"\n{CARD_KEEP}\n## Stack\n\nwritten by hand\n")
+    write_card(bundle_copy, read_config(bundle_copy))
+    write_card(bundle_copy, read_config(bundle_copy))  # twice: the section is kept once, not doubled
+    text = card.read_text()
+    assert text.startswith("# ") and text.count(CARD_KEEP) == 1
+    assert text.endswith(f"{CARD_KEEP}\n## Stack\n\nwritten by hand\n")

@@ -36,3 +36,16 @@ def test_tiny_fp32_onnx_matches_torch(tiny_model_path):
     checks = compare_outputs(reference, dict(zip(OUTPUT_NAMES, onnx_forward(session)(batch), strict=True)), atol=FP32_TOLERANCE)
     assert all(check.ok for check in checks)
     assert config.onnx["fp32"]["parity"]["logits"] <= FP32_TOLERANCE
+
+
+def test_encoder_attention_is_exported_as_one_node_per_layer_and_stays_float_in_int8(tiny_model_path):
+    import json
+
+    import onnx
+
+    layers = json.loads((tiny_model_path / "plm_icd" / "config.json").read_text())["num_hidden_layers"]
+    ops = {variant: [node.op_type for node in onnx.load(str(tiny_model_path / ONNX_FILES[variant])).graph.node]
+           for variant in ("fp32", "int8")}
+    assert ops["fp32"].count("Attention") == layers
+    assert ops["int8"].count("Attention") == layers and "QAttention" not in ops["int8"]
+    assert "DynamicQuantizeMatMul" in ops["int8"] or "MatMulInteger" in ops["int8"]
