@@ -22,7 +22,7 @@ from coder.bundle import (
 )
 from coder.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.errors import ModelBundleError, UsageError
-from coder.onnx_runtime import CPU_PROVIDER, create_session, onnx_forward, output_width
+from coder.onnx_runtime import CPU_PROVIDER, batch_notes, create_session, onnx_forward, output_width
 from coder.candidates import PLM_ICD
 from coder.reranker import ranked
 from coder.schema import CODE, NOTE_ID, PREDICTION_SCHEMA, SYSTEM
@@ -165,12 +165,13 @@ def _choose_precision(folder: Path, config: ModelConfig, precision: str, *, gpu:
     return precision
 
 
-def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto", ontology=None, batch_size: int = 8,
-                   rerank: bool = True) -> Predictor:
+def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto", ontology=None,
+                   batch_size: int | None = None, rerank: bool = True) -> Predictor:
     """Load and check a model folder (hashes, label count vs ONNX output width, versions).
 
     ``ontology``: the one to validate codes against (default: ``load_ontology()``); pass the
-    pipeline's own when it was loaded with a user code list. ``rerank=False``: PLM-ICD scores alone,
+    pipeline's own when it was loaded with a user code list. ``batch_size``: notes per forward pass
+    (default: what suits the execution provider, ``onnx_runtime.batch_notes``). ``rerank=False``: PLM-ICD scores alone,
     even when the folder has a stack (what the stack itself is fitted on).
     """
     from coder.ontology import load_ontology
@@ -193,4 +194,4 @@ def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto",
     logger.info("model %s (%s, %d labels%s) on %s", config.name, chosen, len(config.labels),
                 ", reranked by its stack" if stack else "", session.get_providers()[0])
     return Predictor(folder=path, config=config, session=session, precision=chosen, ontology=ontology,
-                     batch_size=batch_size, stack=stack)
+                     batch_size=batch_size or batch_notes(session), stack=stack)
