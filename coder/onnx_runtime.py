@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -72,12 +72,13 @@ def providers_for(device: str) -> list[str]:
     return [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
 
 
-def create_session(path: Path, *, device: str = "auto") -> ort.InferenceSession:
-    """An inference session on the best provider for ``device``; logs the provider used."""
+def create_session(path: Path, *, device: str = "auto", providers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """An inference session on the best provider for ``device`` (or on ``providers``, tried in
+    order); logs the provider used."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = providers_for(device)
+    providers = list(providers) if providers else providers_for(device)
     # CPU only: the fused SkipLayerNormalization kernel ran ~5x slower than the LayerNormalization +
     # Add it replaces (15% of int8 run time; benchmarks/throughput.py); GPUs keep the fusion.
     disabled = list(CPU_DISABLED_FUSIONS) if providers == [CPU_PROVIDER] else []
@@ -86,11 +87,37 @@ def create_session(path: Path, *, device: str = "auto") -> ort.InferenceSession:
     return session
 
 
-def onnx_forward(session: ort.InferenceSession) -> Callable[[Batch], tuple[np.ndarray, np.ndarray]]:
-    """Batch -> (logits [batch, n_labels] float32, attention peaks [batch, n_labels] int64)."""
+def onnx_forward(session: ort.InferenceSession, *, io_binding: bool | None = None) -> Callable[[Batch], tuple[np.ndarray, np.ndarray]]:
+    """Batch -> (logits [batch, n_labels] float32, attention peaks [batch, n_labels] int64).
+
+    ``io_binding`` (default: on for GPU providers): inputs are copied to the device once and the
+    outputs are allocated there by onnxruntime, then copied back in one step per batch.
+    """
+    if io_binding is None:
+        io_binding = session.get_providers()[0] in GPU_PROVIDERS
+    if io_binding:
+        return _bound_forward(session)
 
     def forward(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         logits, peaks = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        return logits.astype(np.float32), peaks
+
+    return forward
+
+
+def _bound_forward(session: ort.InferenceSession) -> Callable[[Batch], tuple[np.ndarray, np.ndarray]]:
+    device = "cuda" if session.get_providers()[0] in GPU_PROVIDERS else "cpu"
+    outputs = [output.name for output in session.get_outputs()]
+
+    def forward(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        binding = session.io_binding()
+        for name, array in (("input_ids", batch.input_ids), ("attention_mask", batch.attention_mask)):
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+            binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, device)
+        session.run_with_iobinding(binding)
+        logits, peaks = binding.copy_outputs_to_cpu()
         return logits.astype(np.float32), peaks
 
     return forward

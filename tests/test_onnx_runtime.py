@@ -30,3 +30,20 @@ def test_session_reports_the_provider_used(tiny_model_path):
     assert session.get_providers()[0] == "CPUExecutionProvider"
     assert onnx_runtime.output_width(session) == 7
     assert onnx_runtime.physical_cores() >= 1
+
+
+def test_io_bound_forward_gives_the_same_outputs(tiny_model_path):
+    import numpy as np
+
+    from coder.bundle import load_tokenizer, read_config
+    from coder.chunking import chunk_notes, collate
+
+    config, tokenizer = read_config(tiny_model_path), load_tokenizer(tiny_model_path)
+    notes = chunk_notes(["fever and cough " * 40, "a short note"], tokenizer=tokenizer, chunk_len=config.chunk_len,
+                        max_chunks=config.max_chunks)
+    batch = collate(notes, indices=[0, 1], pad_id=tokenizer.pad_token_id)
+    session = onnx_runtime.create_session(tiny_model_path / "onnx" / "model.onnx", device="cpu")
+    plain = onnx_runtime.onnx_forward(session)(batch)
+    bound = onnx_runtime.onnx_forward(session, io_binding=True)(batch)
+    np.testing.assert_array_equal(plain[0], bound[0])
+    np.testing.assert_array_equal(plain[1], bound[1])

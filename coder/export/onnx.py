@@ -143,7 +143,7 @@ def _parity_batch(tokenizer, config: ModelConfig, texts: list[str] | None) -> Ba
     return next(batches(notes, batch_size=len(texts), pad_id=tokenizer.pad_token_id))
 
 
-def _dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev_notes: Path, dev_codes: Path, batch_size: int) -> dict[str, dict[str, float]]:
+def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev_notes: Path, dev_codes: Path, batch_size: int) -> dict[str, dict[str, float]]:
     """Dev MAP per system for each forward function (name -> forward)."""
     from coder.ontology import load_ontology
     from coder.train.dataset import canonical_codes, gold_by_system, read_codes, read_notes
@@ -192,7 +192,7 @@ def export_bundle(
     int8 = folder / ONNX_FILES["int8"]
     quantize_int8(fp32, int8)
     if dev_notes is not None and dev_codes is not None:
-        maps = _dev_maps(folder, config, {"fp32": onnx_forward(fp32_session), "int8": onnx_forward(create_session(int8, device="cpu"))}, dev_notes=dev_notes, dev_codes=dev_codes, batch_size=batch_size)
+        maps = dev_maps(folder, config, {"fp32": onnx_forward(fp32_session), "int8": onnx_forward(create_session(int8, device="cpu"))}, dev_notes=dev_notes, dev_codes=dev_codes, batch_size=batch_size)
         drop = {s: round(maps["fp32"][s] - maps["int8"].get(s, 0.0), 4) for s in maps["fp32"]}
         kept = all(d <= INT8_MAX_MAP_DROP for d in drop.values())
         onnx_info["fp32"]["dev_map"] = maps["fp32"]

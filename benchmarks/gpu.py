@@ -1,0 +1,169 @@
+"""PLM-ICD on a GPU: notes/s by batch size per onnxruntime provider, GPU utilisation, and the
+fp16 model's agreement with CPU fp32 (logits and dev MAP).
+
+One command on a machine with an NVIDIA GPU (the fp32/fp16 ONNX files are git-ignored, so export
+writes them first and records their hashes):
+
+    coder export models/codiesp-minilm --dev-notes data/codiesp/dev/notes.parquet \\
+        --dev-codes data/codiesp/dev/codes.parquet && python benchmarks/gpu.py
+
+Options: --model, --notes N (synthesised by cycling the 200 CodiEsp background notes in
+benchmarks/data, default 20,000), --batch-sizes (notes per forward pass, default 16,64,256),
+--tensorrt (also try TensorRT). Forward passes use I/O binding (``onnx_runtime.onnx_forward``).
+Model only: tokenising is timed apart (CPU), and the candidate stack (CPU) is not run. GPU
+utilisation is nvidia-smi's, sampled every 100 ms during each timed run. Without an NVIDIA GPU the
+script says so and exits with status 1, writing nothing. The run is added to this script's section of
+benchmarks/RESULTS.md (history kept).
+CodiEsp (CLEF eHealth 2020, Miranda-Escalada et al.): CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from coder.bundle import ONNX_FILES, load_tokenizer, read_config
+from coder.chunking import chunk_notes, score_in_batches
+from coder.export.onnx import dev_maps
+from coder.onnx_runtime import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
+DEV = ROOT / "data" / "codiesp" / "dev"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- gpu: begin -->", "<!-- gpu: end -->"
+MAP_TOLERANCE = 0.005  # issue goal: fp16 on GPU within this of CPU fp32, per system
+
+
+class Utilisation:
+    """nvidia-smi sampling GPU utilisation (%) in the background while a block runs."""
+
+    def __enter__(self) -> Utilisation:
+        self._process = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._process.terminate()
+        out, _ = self._process.communicate()
+        samples = [[float(v) for v in line.split(",")[:2]] for line in out.splitlines() if line.count(",") >= 1]
+        self.mean_util = float(np.mean([s[0] for s in samples])) if samples else float("nan")
+        self.max_mem_mib = float(max((s[1] for s in samples), default=float("nan")))
+
+
+def _gpu_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return out or "unknown GPU"
+
+
+def _time(forward, chunks, *, n_labels: int, batch_size: int, pad_id: int) -> tuple[float, Utilisation]:
+    score_in_batches(forward, chunks[: batch_size * 2], n_labels=n_labels, batch_size=batch_size, pad_id=pad_id)  # warm-up
+    with Utilisation() as util:
+        start = time.perf_counter()
+        score_in_batches(forward, chunks, n_labels=n_labels, batch_size=batch_size, pad_id=pad_id)
+        seconds = time.perf_counter() - start
+    return seconds, util
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "codiesp-minilm")
+    parser.add_argument("--notes", type=int, default=20_000)
+    parser.add_argument("--batch-sizes", default="16,64,256")
+    parser.add_argument("--tensorrt", action="store_true",
+                        help="Also try TensorRT (needs its libraries; builds an engine per new input shape: slow start).")
+    args = parser.parse_args()
+    if not gpu_present():
+        sys.exit("no NVIDIA driver (libcuda.so.1) on this machine: run this benchmark where a GPU is")
+    config, tokenizer = read_config(args.model), load_tokenizer(args.model)
+    files = {p: args.model / ONNX_FILES[p] for p in ("fp32", "fp16")}
+    if missing := [str(f) for f in files.values() if not f.is_file()]:
+        sys.exit(f"missing {', '.join(missing)}: run the `coder export` line in this script's docstring first")
+
+    source = pl.read_parquet(NOTES)["text"].to_list()
+    texts = [source[i % len(source)] for i in range(args.notes)]
+    start = time.perf_counter()
+    chunks = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
+    chunking_s = time.perf_counter() - start
+    n_chunks = sum(c.n_chunks for c in chunks)
+    kwargs = {"n_labels": len(config.labels), "pad_id": tokenizer.pad_token_id}
+
+    rows = []
+    for precision in ("fp16", "fp32"):
+        for provider in [p for p in GPU_PROVIDERS if args.tensorrt or p != "TensorrtExecutionProvider"]:
+            session = create_session(files[precision], providers=[provider, CPU_PROVIDER])
+            used = session.get_providers()[0]
+            if used == CPU_PROVIDER:
+                print(f"{provider} not usable here for {precision} (fell back to CPU): skipped", file=sys.stderr)
+                continue
+            forward = onnx_forward(session)
+            for size in (int(s) for s in args.batch_sizes.split(",")):
+                seconds, util = _time(forward, chunks, batch_size=size, **kwargs)
+                rows.append((precision, used, size, seconds, util))
+                print(rows[-1][:4], f"util {util.mean_util:.0f}%", file=sys.stderr, flush=True)
+
+    if not rows:
+        sys.exit("no GPU provider could run here (CUDA libraries missing?): "
+                 "pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1' and rerun")
+    cpu32 = onnx_forward(create_session(files["fp32"], device="cpu"))
+    gpu16 = onnx_forward(create_session(files["fp16"], providers=["CUDAExecutionProvider", CPU_PROVIDER]))
+    probe = chunks[:64]
+    diff = float(np.max(np.abs(score_in_batches(cpu32, probe, batch_size=16, **kwargs)[0]
+                               - score_in_batches(gpu16, probe, batch_size=16, **kwargs)[0])))
+    maps = dev_maps(args.model, config, {"CPU fp32": cpu32, "GPU fp16": gpu16}, dev_notes=DEV / "notes.parquet",
+                    dev_codes=DEV / "codes.parquet", batch_size=16)
+    section = _section(rows, maps=maps, diff=diff, notes=len(chunks), n_chunks=n_chunks, chunking_s=chunking_s,
+                       command=shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]]))
+    _write(section)
+    print(section)
+
+
+def _section(rows, *, maps, diff, notes, n_chunks, chunking_s, command) -> str:
+    drop = {s: maps["CPU fp32"][s] - maps["GPU fp16"][s] for s in maps["CPU fp32"]}
+    lines = [
+        f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"`{command}` on {_gpu_name()}, {platform.machine()} with {os.cpu_count()} CPUs.",
+        "",
+        f"{notes} notes ({n_chunks} chunks, {n_chunks / notes:.2f} per note); tokenising + chunking on CPU: "
+        f"{chunking_s:.1f} s ({notes / chunking_s:.0f} notes/s, not included below).",
+        "",
+        "| precision | provider used | notes per pass | notes/s | chunks/s | mean GPU util | max GPU memory (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for precision, provider, size, seconds, util in rows:
+        lines.append(f"| {precision} | {provider} | {size} | {notes / seconds:.0f} | {n_chunks / seconds:.0f} | "
+                     f"{util.mean_util:.0f}% | {util.max_mem_mib:.0f} |")
+    lines += [
+        "",
+        f"GPU fp16 against CPU fp32: max abs difference of sigmoid scores on 64 notes {diff:.2e}; dev MAP "
+        f"CPU fp32 {maps['CPU fp32']}, GPU fp16 {maps['GPU fp16']}; drop "
+        + ", ".join(f"{s} {d:+.4f}" for s, d in drop.items())
+        + f" ({'within' if all(abs(d) <= MAP_TOLERANCE for d in drop.values()) else 'NOT within'} {MAP_TOLERANCE}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(section: str) -> None:
+    text = RESULTS.read_text(encoding="utf-8")
+    if BEGIN not in text:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## PLM-ICD on a GPU (benchmarks/gpu.py)\n{END}\n"
+    head, tail = text.split(END, 1)
+    RESULTS.write_text(head.rstrip("\n") + "\n\n" + section + END + tail, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
