@@ -156,6 +156,15 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Precision(str, enum.Enum):
+    """Choices of ``coder predict --precision`` (``coder.predictor.PRECISIONS``)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    int8 = "int8"
+    fp16 = "fp16"
+
+
 class Engine(str, enum.Enum):
     """Choices of ``coder predict --engine``."""
 
@@ -184,6 +193,7 @@ def predict_command(
     quarantine: Annotated[Path | None, typer.Option(dir_okay=False, help="Parquet for rows that could not be coded (default: OUT stem + .quarantine.parquet).")] = None,
     codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list that extends the ontology; recorded in the manifest.")] = None,
     device: Annotated[Device, typer.Option(help="Where the model runs: auto picks CUDA when onnxruntime can use it.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help="ONNX variant: auto runs int8 on CPU and fp16 on a GPU (fp32 where that variant is absent); fp32 matches torch.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 256,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
@@ -207,7 +217,8 @@ def predict_command(
     )
     options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
-        batch_size=batch_size, quarantine=quarantine, resume=resume, quiet=quiet, llm=llm_given,
+        batch_size=batch_size, precision=precision.value, quarantine=quarantine, resume=resume, quiet=quiet,
+        llm=llm_given,
     )
     run = predict_notes
     if engine is Engine.ray:

@@ -7,7 +7,9 @@ Each mode runs in its own fresh process (so its peak RSS is its own), scores the
 length-bucketed batches, and is timed after one warm-up batch; chunking is timed once apart.
 Encoder GFLOP/s of each mode is set against this machine's fp32 matmul peak, measured in the same
 run. `coder predict` (the shipped default model, no options) runs as a subprocess on these notes
-(English only: the lexicon is skipped) and on the CodiEsp dev notes (text_es too: the full stack);
+(English only: the lexicon is skipped) and on the CodiEsp dev notes (text_es too: the full stack),
+there with the int8 and the fp32 PLM-ICD, each audited against the dev codes (in-sample for the
+stack's rerankers, which were fitted on dev: compare the two, not with held-out figures);
 `Predictor.predict` on the dev notes is then split in-process into chunking, ONNX scoring, candidate
 building, reranking and the rest.
 The run is appended to this script's section of benchmarks/RESULTS.md (history kept).
@@ -109,21 +111,31 @@ def _peak_gflops() -> float:
     return 2 * PEAK_N**3 / best / 1e9
 
 
-def _run_predict(notes_path: Path) -> dict[str, float]:
-    """`coder predict` with the shipped default model as a subprocess; wall time includes loading."""
+def _run_predict(notes_path: Path, precision: str = "auto") -> dict[str, float]:
+    """`coder predict` with the shipped default model as a subprocess; wall time includes loading.
+    Notes with gold codes (CodiEsp dev) are also audited: MAP per system from `coder audit --json`."""
     coder = Path(sys.executable).with_name("coder")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "p.parquet"
         start = time.perf_counter()
-        subprocess.run([str(coder), "predict", str(notes_path), "--out", str(out), "--quiet"], check=True)
+        subprocess.run([str(coder), "predict", str(notes_path), "--out", str(out), "--quiet", "--precision", precision], check=True)
         wall_s = time.perf_counter() - start
-        timing = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())["timing"]
+        manifest = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())
+        gold = notes_path.with_name("codes.parquet")
+        maps = {}
+        if gold.is_file():
+            audit = subprocess.run([str(coder), "audit", str(out), "--gold", str(gold), "--json"], check=True,
+                                   capture_output=True, text=True).stdout
+            maps = {system: metrics["map"] for system, metrics in json.loads(audit).items()}
+    timing = manifest["timing"]
     return {
+        "precision": manifest["model"].get("precision", precision),
         "wall_s": wall_s,
         "notes": timing["notes_this_run"],
         "notes_per_s": timing["notes_per_s"],
         "model_notes_per_s": timing["model_notes_per_s"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "map": maps,
     }
 
 
@@ -214,12 +226,13 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, pred
         "",
         "End to end, `coder predict NOTES --out p.parquet --quiet` (shipped default model, its own process):",
         "",
-        "| notes | notes/s (manifest) | model notes/s (manifest) | wall s incl. load | notes/s incl. load | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| notes | PLM-ICD precision | notes/s (manifest) | model notes/s (manifest) | wall s incl. load | notes/s incl. load | peak RSS (MB) | MAP CM / PCS (`coder audit`) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in predicts:
-        lines.append(f"| {name} | {r['notes_per_s']:.2f} | {r['model_notes_per_s']:.2f} | {r['wall_s']:.1f} | "
-                     f"{r['notes'] / r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+        maps = " / ".join(f"{value:.4f}" for value in r["map"].values()) or "no gold codes"
+        lines.append(f"| {name} | {r['precision']} | {r['notes_per_s']:.2f} | {r['model_notes_per_s']:.2f} | {r['wall_s']:.1f} | "
+                     f"{r['notes'] / r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {maps} |")
     stages = {k: v for k, v in split.items() if k not in ("load_s", "notes", "total_s", "precision")}
     lines += [
         "",
@@ -255,8 +268,9 @@ def main() -> None:
     peak = _in_fresh_process(_peak_gflops)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     rows = [(mode, size, _in_fresh_process(_run_mode, mode, args.model, args.notes, size)) for mode in MODES for size in sizes]
-    predicts = [(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", _in_fresh_process(_run_predict, path))
-                for path in (args.notes, DEV_NOTES)]
+    # int8 is what the default model runs on CPU; fp32 (torch-parity) is the accuracy reference
+    predicts = [(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", _in_fresh_process(_run_predict, path, precision))
+                for path, precision in ((args.notes, "auto"), (DEV_NOTES, "auto"), (DEV_NOTES, "fp32"))]
     split = _in_fresh_process(_split_predict, args.model, DEV_NOTES)
     section = _section(rows, peak=peak, predicts=predicts, split=split, load_at_start=load_at_start, note=args.note,
                        command=shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]))

@@ -63,6 +63,7 @@ class LLMVoting:
         self.ontology = ontology
         self.text_columns: tuple[str, ...] = predictor.text_columns
         self.execution_provider: str = predictor.execution_provider
+        self.precision: str = predictor.precision
         self.model_hash: str = predictor.model_hash
         self.error: str | None = None
         """Why the stage did not run (or the first prompt failure); no note text."""

@@ -43,6 +43,7 @@ class BatchPredictor(Protocol):
 
     text_columns: tuple[str, ...]
     execution_provider: str
+    precision: str
     model_hash: str
 
     def predict(self, batch: pl.DataFrame, *, top_k: int = 50, threshold_only: bool = False) -> Any: ...
@@ -117,6 +118,7 @@ def _fingerprint(
         "batch_size": options.batch_size,
         "top_k": options.top_k,
         "threshold_only": options.threshold_only,
+        "precision": options.precision,
         "codes_file_sha256": codes_sha256,
     }
     if isinstance(predictor, LLMVoting):  # only when on, so runs without the stage resume as before
@@ -146,6 +148,8 @@ class PredictOptions:
     """Keep only codes at or above their decision threshold."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Notes per batch: the unit of reading, scoring, and resuming."""
+    precision: str = "auto"
+    """ONNX variant to run (``coder.predictor.PRECISIONS``): auto is int8 on CPU, fp16 on a GPU."""
     quarantine: Path | None = None
     """Quarantine parquet (None: ``<out stem>.quarantine.parquet`` beside the output)."""
     resume: bool = False
@@ -172,6 +176,8 @@ class Scored:
     model_seconds: float
     """Time spent in ``predict``, summed over workers that run in parallel."""
     execution_provider: str
+    precision: str
+    """The ONNX variant the batches ran on (several, comma-separated, if workers differed)."""
     engine: Mapping[str, Any]
     """The manifest's ``engine`` section: which engine scored the batches, and how."""
 
@@ -221,6 +227,7 @@ def score_locally(
         fresh_rows=fresh_rows,
         model_seconds=model_seconds,
         execution_provider=predictor.execution_provider,
+        precision=predictor.precision,
         engine={"name": "local"},
     )
 
@@ -282,7 +289,7 @@ def run_batches(
         "id_column": plan.id_column,
         "text_columns": dict(plan.columns),
         "skipped_components": list(plan.skipped_columns),
-        "model": {"hash": predictor.model_hash, "execution_provider": scored.execution_provider},
+        "model": {"hash": predictor.model_hash, "execution_provider": scored.execution_provider, "precision": scored.precision},
         "engine": dict(scored.engine),
         "codes_file": {"path": str(codes_file), "sha256": codes_sha256} if codes_file else None,
         "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size},
@@ -364,7 +371,8 @@ def predict_notes(
     model_path = model or default_model_path()
     codes_file = model_code_list(model_path, codes_file)  # the model's own list unless the user gives one; recorded below
     ontology = load_ontology(codes_file=codes_file)
-    predictor = load_predictor(model_path, device=device, ontology=ontology)  # codes the code list vouches for are written
+    # codes the code list vouches for are written
+    predictor = load_predictor(model_path, device=device, precision=options.precision, ontology=ontology)
     config = predictor.config
     llm = resolve_llm_settings(configured=getattr(config, "llm", None), given=options.llm)  # when the config has one
     if llm.enabled:

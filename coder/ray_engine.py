@@ -150,7 +150,7 @@ def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
 
 _RESULT_SCHEMA = pa.schema(
     {"index": pa.int64(), "counts": pa.string(), "model_seconds": pa.float64(), "execution_provider": pa.string(),
-     "error": pa.string(), "exit_code": pa.int64()}
+     "precision": pa.string(), "error": pa.string(), "exit_code": pa.int64()}
 )
 
 
@@ -197,7 +197,7 @@ class BatchScorer:
         seconds = time.monotonic() - tick
         counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
         return {"index": batch.index, "counts": json.dumps(counts), "model_seconds": seconds,
-                "execution_provider": predictor.execution_provider}
+                "execution_provider": predictor.execution_provider, "precision": predictor.precision}
 
 
 @contextmanager
@@ -253,7 +253,7 @@ class RayExecutor:
         batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
         rows = {p.index: p.rows for p in pending}
         progress.update(plan.total_rows - sum(rows.values()))
-        model_seconds, providers = 0.0, set()
+        model_seconds, providers, precisions = 0.0, set(), set()
         engine: dict[str, Any] = {"name": "ray"}
         if pending:  # else an empty dump, or a finished run resumed: no cluster needed
             ray = import_ray()
@@ -268,12 +268,14 @@ class RayExecutor:
                     done[row["index"]] = json.loads(row["counts"])
                     model_seconds += row["model_seconds"]
                     providers.add(row["execution_provider"])
+                    precisions.add(row["precision"])
                     progress.update(rows[row["index"]])
         return Scored(
             batches=batches,
             fresh_rows=sum(rows.values()),
             model_seconds=model_seconds,
             execution_provider=",".join(sorted(providers)) or predictor.execution_provider,
+            precision=",".join(sorted(precisions)) or predictor.precision,
             engine=engine,
         )
 
@@ -308,12 +310,12 @@ class RayExecutor:
         return results.iter_rows()
 
 
-def load_actor_predictor(model: Path, *, device: str, codes_file: Path | None) -> BatchPredictor:
+def load_actor_predictor(model: Path, *, device: str, precision: str, codes_file: Path | None) -> BatchPredictor:
     """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
     from coder.ontology import load_ontology
     from coder.predictor import load_predictor
 
-    return load_predictor(model, device=device, ontology=load_ontology(codes_file=codes_file))
+    return load_predictor(model, device=device, precision=precision, ontology=load_ontology(codes_file=codes_file))
 
 
 def predict_notes_ray(
@@ -336,7 +338,8 @@ def predict_notes_ray(
     model_path = (model or default_model_path()).resolve()
     codes_file = model_code_list(model_path, codes_file)  # resolved once, so driver and actors use the same list
     codes = codes_file.resolve() if codes_file else None
-    executor = RayExecutor(load=functools.partial(load_actor_predictor, model_path, device=device, codes_file=codes), ray=ray)
+    executor = RayExecutor(load=functools.partial(load_actor_predictor, model_path, device=device, precision=options.precision,
+                                                   codes_file=codes), ray=ray)
     return predict_notes(
         source, out=out, model=model_path, device="cpu", codes_file=codes_file, options=options, executor=executor
     )

@@ -31,7 +31,7 @@ def _predict(*args: str):
 def test_help_lists_the_options():
     result = _predict("--help")
     assert result.exit_code == 0
-    for option in ("--out", "--model", "--top-k", "--threshold-only", "--quarantine", "--resume", "--quiet", "--device"):
+    for option in ("--out", "--model", "--top-k", "--threshold-only", "--quarantine", "--resume", "--quiet", "--device", "--precision"):
         assert option in result.output
 
 
@@ -53,6 +53,7 @@ def test_happy_path_writes_predictions_quarantine_and_manifest(tmp_path, tiny_mo
     manifest = json.loads((tmp_path / "out.manifest.json").read_text())
     assert manifest["counts"]["input_rows"] == 8 == manifest["counts"]["notes_coded"] + 2
     assert manifest["model"]["hash"] and manifest["model"]["execution_provider"]
+    assert manifest["model"]["precision"] == "int8"  # auto on CPU: the tiny bundle keeps its int8 variant
     assert manifest["ontology"]["ICD-10-CM"]
     assert "8 input rows: 6 notes coded" in result.output
 
@@ -114,6 +115,13 @@ def test_kill_and_resume_neither_loses_nor_repeats_notes(tmp_path, tiny_model_pa
     assert predictions.select(NOTE_ID, "system", "rank").is_duplicated().sum() == 0
     assert predictions.get_column(NOTE_ID).n_unique() == 300 - manifest["counts"]["notes_without_codes"]
     assert not parts.exists()
+
+
+def test_precision_chooses_the_onnx_variant(tmp_path, tiny_model_path):
+    out = tmp_path / "out.parquet"
+    result = _predict(str(EXAMPLES), "--out", str(out), "--model", str(tiny_model_path), "--precision", "fp32", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.manifest.json").read_text())["model"]["precision"] == "fp32"
 
 
 def test_resume_refuses_another_model_setting(tmp_path, tiny_model_path):

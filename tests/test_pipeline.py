@@ -20,6 +20,7 @@ class StandIn:
 
     text_columns = (TEXT, TEXT_ES)
     execution_provider = "CPUExecutionProvider"
+    precision = "fp32"
     model_hash = "stand-in-1"
 
     def __init__(self, fail_at_call: int | None = None):
@@ -87,7 +88,7 @@ def test_every_input_row_is_coded_or_quarantined(tmp_path, dump):
         "skipped_components": 1,
     }
     assert [len(f["sha256"]) for f in manifest["inputs"]] == [64, 64]
-    assert manifest["model"] == {"hash": "stand-in-1", "execution_provider": "CPUExecutionProvider"}
+    assert manifest["model"] == {"hash": "stand-in-1", "execution_provider": "CPUExecutionProvider", "precision": "fp32"}
     assert not (tmp_path / "out.parquet.parts").exists()
 
 

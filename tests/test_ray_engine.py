@@ -48,6 +48,7 @@ class StandIn:
 
     text_columns = (TEXT, TEXT_ES)
     execution_provider = "CPUExecutionProvider"
+    precision = "fp32"
     model_hash = "stand-in-ray"
 
     def __init__(self, *, die_on=None, fail_on=None, marker=None):
