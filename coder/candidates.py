@@ -99,19 +99,24 @@ def add_features(frame: pl.DataFrame, *, prior: pl.DataFrame, sources: tuple[str
 def _hierarchy(frame: pl.DataFrame) -> pl.DataFrame:
     """``has_child``: another candidate of the note extends this code; ``has_parent``: this code
     extends another candidate."""
-    stripped = frame.select(NOTE_ID, SYSTEM, CODE, pl.col(CODE).str.replace(".", "", literal=True).alias("bare"))
-    # Each code's proper prefixes (at most ~7) joined to the note's codes: a self-join of every
-    # candidate pair of a note held ~500 MB for a batch of 256 notes.
-    prefixes = (stripped.select(NOTE_ID, SYSTEM, pl.col(CODE).alias("child"), "bare",
-                                pl.int_ranges(0, pl.col("bare").str.len_chars()).alias("length"))
-                .explode("length").drop_nulls("length")
-                .select(NOTE_ID, SYSTEM, "child", pl.col("bare").str.slice(0, pl.col("length"))))
-    pairs = prefixes.join(stripped, on=[NOTE_ID, SYSTEM, "bare"])  # CODE extends to child
-    parents = pairs.select(NOTE_ID, SYSTEM, CODE).unique().with_columns(pl.lit(1, dtype=pl.Int8).alias("has_child"))
-    children = (pairs.select(NOTE_ID, SYSTEM, pl.col("child").alias(CODE)).unique()
+    pairs = extensions(frame.select(KEY))
+    parents = pairs.select(KEY).unique().with_columns(pl.lit(1, dtype=pl.Int8).alias("has_child"))
+    children = (pairs.select(NOTE_ID, SYSTEM, pl.col(f"{CODE}_child").alias(CODE)).unique()
                 .with_columns(pl.lit(1, dtype=pl.Int8).alias("has_parent")))
     return (frame.join(parents, on=list(KEY), how="left").join(children, on=list(KEY), how="left")
             .with_columns(pl.col("has_child").fill_null(0), pl.col("has_parent").fill_null(0)))
+
+
+def extensions(frame: pl.DataFrame) -> pl.DataFrame:
+    """Pairs of rows of one note and system where the second code extends the first (without
+    dots, it is longer and starts with it): ``frame``'s columns for the first, with ``_child``
+    for the second. Each code's proper prefixes (at most ~7) are joined to the note's codes: a
+    self-join of all candidate pairs held ~500 MB for a batch of 256 notes."""
+    codes = frame.with_columns(pl.col(CODE).str.replace(".", "", literal=True).alias("_bare"))
+    prefixes = (codes.with_columns(pl.int_ranges(0, pl.col("_bare").str.len_chars()).alias("_length"))
+                .explode("_length").drop_nulls("_length")
+                .with_columns(pl.col("_bare").str.slice(0, pl.col("_length"))).drop("_length"))
+    return codes.join(prefixes, on=[NOTE_ID, SYSTEM, "_bare"], suffix="_child").drop("_bare")
 
 
 def assemble(frames: Mapping[str, pl.DataFrame], *, prior: pl.DataFrame) -> pl.DataFrame:

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from coder.audit.metrics import average_precision, clean_ranking
-from coder.candidates import KEY, LABEL, feature_columns, top_codes
+from coder.candidates import KEY, LABEL, extensions, feature_columns, top_codes
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
@@ -169,14 +169,8 @@ def resolve_hierarchy(frame: pl.DataFrame, *, penalty: float = 1.0) -> pl.DataFr
     -0.003 / -0.03: PCS coders often give a 4-axis prefix and a full code for one span), hence
     the default 1; the reranker already sees ``has_child`` / ``has_parent``.
     """
-    spans = frame.select(NOTE_ID, SYSTEM, CODE, "evidence_start", "evidence_end", SCORE).with_columns(
-        pl.col(CODE).str.replace(".", "", literal=True).alias("bare"))
-    pairs = spans.join(spans, on=[NOTE_ID, SYSTEM], suffix="_child").filter(
-        (pl.col("bare_child").str.len_chars() > pl.col("bare").str.len_chars())
-        & pl.col("bare_child").str.starts_with(pl.col("bare"))
-        & (pl.col("evidence_start_child") < pl.col("evidence_end"))
-        & (pl.col("evidence_start") < pl.col("evidence_end_child"))
-    )
+    pairs = extensions(frame.select(*KEY, "evidence_start", "evidence_end")).filter(
+        (pl.col("evidence_start_child") < pl.col("evidence_end")) & (pl.col("evidence_start") < pl.col("evidence_end_child")))
     demoted = pairs.select(*KEY).unique().with_columns(pl.lit(penalty).alias("_factor"))
     return (frame.join(demoted, on=list(KEY), how="left")
             .with_columns((pl.col(SCORE) * pl.col("_factor").fill_null(1.0)).alias(SCORE)).drop("_factor"))
