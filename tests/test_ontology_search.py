@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -65,3 +69,93 @@ def test_unfitted_and_missing_folder(tmp_path):
         OntologySearch().candidates(pl.DataFrame({"note_id": ["a"], "text": ["x"]}))
     with pytest.raises(ModelBundleError, match="terms.parquet"):
         OntologySearch.load(tmp_path)
+
+
+NOTES = pl.DataFrame({
+    "note_id": ["a", "b", "c", "d"],
+    "text": ["Seen today. Asthma, uncomplicated; high blood pressure.\nAppendix resection was done. Then home.",
+             "", "Type 2 diabetes mellitus. No asthma. Diabetes without complications. Blood pressure high.",
+             "Essential hypertension"],
+})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CODER_CACHE_DIR", str(folder))
+    return folder
+
+
+def _refuse_fit(monkeypatch) -> None:
+    def refuse(self, terms):
+        raise AssertionError("fitted instead of read from the cache")
+
+    monkeypatch.setattr(OntologySearch, "fit", refuse)
+
+
+def test_cached_index_gives_the_fitted_candidates(search, cache, tmp_path, monkeypatch):
+    search.save(tmp_path / "model")
+    first = OntologySearch.load(tmp_path / "model")  # fits and writes the index
+    assert [f.name.startswith("search-") for f in cache.iterdir()] == [True]
+    _refuse_fit(monkeypatch)
+    cached = OntologySearch.load(tmp_path / "model")
+    expected = search.candidates(NOTES)
+    assert not expected.is_empty()
+    assert_frame_equal(first.candidates(NOTES), expected, check_exact=True)
+    assert_frame_equal(cached.candidates(NOTES), expected, check_exact=True)
+    assert (cached.term_matrix_ != search.term_matrix_).nnz == 0
+
+
+def test_changed_terms_are_refitted_not_read_from_the_cache(cache, tmp_path, monkeypatch):
+    OntologySearch(top_k=2).fit(TERMS).save(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model")
+    more = pl.concat([TERMS, pl.DataFrame([(CM, "R05", "Cough")], schema=TERMS_SCHEMA, orient="row")])
+    OntologySearch(top_k=2).fit(more).save(tmp_path / "model")
+    found = OntologySearch.load(tmp_path / "model").candidates(pl.DataFrame({"note_id": ["a"], "text": ["a dry cough"]}))
+    assert found["code"].to_list() == ["R05"]
+    assert len(list(cache.iterdir())) == 2  # one index per terms file: models with other terms keep theirs
+
+
+def test_index_of_older_code_is_replaced(search, cache, tmp_path, monkeypatch):
+    search.save(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model")
+    [old] = cache.iterdir()
+    monkeypatch.setattr("coder.ontology.search.INDEX_VERSION", -1)
+    OntologySearch.load(tmp_path / "model")
+    [new] = cache.iterdir()
+    assert new != old
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another key"], ids=["unreadable", "key-mismatch"])
+def test_unusable_index_is_refitted_with_a_warning(search, cache, tmp_path, damage, caplog):
+    search.save(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model")
+    [file] = cache.iterdir()
+    if damage == "garbage":
+        file.write_bytes(b"not an npz")
+    else:
+        with np.load(file) as arrays:
+            saved = dict(arrays)
+        saved["header"] = np.frombuffer(json.dumps({"key": "x", "vocabularies": []}).encode(), dtype=np.uint8)
+        np.savez(file, **saved)
+    assert_frame_equal(OntologySearch.load(tmp_path / "model").candidates(NOTES), search.candidates(NOTES))
+    assert "refitting" in caplog.text
+
+
+def test_unwritable_cache_only_warns(search, tmp_path, monkeypatch, caplog):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CODER_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    search.save(tmp_path / "model")
+    assert_frame_equal(OntologySearch.load(tmp_path / "model").candidates(NOTES), search.candidates(NOTES))
+    assert "cannot write search index" in caplog.text
+
+
+def test_blocks_and_groups_do_not_change_candidates(search, monkeypatch):
+    expected = search.candidates(NOTES)
+    monkeypatch.setattr("coder.ontology.search.SENTENCE_BLOCK", 2)  # notes a and c span several blocks
+    monkeypatch.setattr("coder.ontology.search.TEXT_BUDGET", 10)  # one note per vectorizer call
+    assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
+    # at 2 sentences a block, note a's evidence lies in blocks before its last, which are recomputed
+    evidence = dict(expected.filter(pl.col("note_id") == "a").select("code", "evidence_text").iter_rows())
+    assert evidence == {"I10": " high blood pressure", "J45.909": " Asthma, uncomplicated",
+                        "0DTJ": "Appendix resection was done"}

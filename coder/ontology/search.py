@@ -4,18 +4,26 @@ The only candidate source for codes never seen in training. Descriptions are Eng
 search reads the English ``text`` column. Each sentence and each term become TF-IDF vectors
 (word 1-2-grams plus character n-grams inside words, which catch inflections and compounds);
 a code scores the best cosine between any of its terms and any sentence of the note.
+
+Fitting the index on the ~201k terms of the shipped model takes ~17 s and ~900 MB at its peak, so
+``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
+cache folder of ``coder.ontology.cache``, as one npz read without pickle.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import scipy
+import sklearn
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
@@ -23,6 +31,8 @@ from sklearn.pipeline import FeatureUnion
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.ontology import Ontology
+from coder.hashing import file_sha256
+from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, cache_key
 from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, TEXT
 
 logger = logging.getLogger(__name__)
@@ -31,6 +41,13 @@ TERM = "term"
 TERMS_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, TERM: pl.String})
 _SENTENCE = re.compile(r"[^\n.;]+")
 PCS_PREFIX_LENGTH = 4  # CodiEsp often cuts PCS codes to their first 4 axes
+INDEX_VERSION = 1  # bump when the cached index's layout or the way it is fitted changes
+# Sentences per sparse product: bounds the [block, n_terms] similarities (~50 MB dense at 64 x 201k,
+# as much again sparse); 99% of CodiEsp notes have fewer sentences.
+SENTENCE_BLOCK = 64
+_NONE = np.iinfo(np.int64).max  # "no such row" in a minimum over rows
+# Characters of note text vectorised in one call: one call per note cost more than the product.
+TEXT_BUDGET = 200_000
 
 
 def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) -> pl.DataFrame:
@@ -66,27 +83,33 @@ class OntologySearch(ParamsMixin):
         self.top_k = top_k
         self.char_ngrams = char_ngrams
 
-    def _vectorizer(self) -> FeatureUnion | TfidfVectorizer:
-        words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, strip_accents="unicode", stop_words="english")
+    def _vectorizer(self, vocabularies: Sequence[list[str] | None] = (None, None)) -> FeatureUnion | TfidfVectorizer:
+        """The unfitted vectorizer, or with ``vocabularies`` (words, chars) one whose parts only need their idf."""
+        words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, strip_accents="unicode", stop_words="english",
+                                vocabulary=vocabularies[0])
         if self.char_ngrams is None:
             return words
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True,
-                                strip_accents="unicode", min_df=2)
+                                strip_accents="unicode", min_df=2, vocabulary=vocabularies[1])
         return FeatureUnion([("words", words), ("chars", chars)])
 
     def fit(self, terms: pl.DataFrame) -> OntologySearch:
         """Index ``terms`` (TERMS_SCHEMA, e.g. from ``ontology_terms``)."""
-        codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
-        # terms grouped by code, so per-code maxima are one np.maximum.reduceat
-        self.terms_ = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
-        self.codes_ = codes.drop("code_index")
-        self.code_starts_ = np.searchsorted(self.terms_["code_index"].to_numpy(), np.arange(codes.height))
-        self.terms_ = self.terms_.select(SYSTEM, CODE, TERM)
-        self.vectorizer_ = self._vectorizer().fit(self.terms_[TERM].to_list())
+        self._order_terms(terms)
+        texts = self.terms_[TERM].to_list()
+        self.vectorizer_ = self._vectorizer().fit(texts)
         # [n_features, n_terms], float32 CSR: a sentence-times-terms product is ~10x faster this way round
-        self.term_matrix_ = _unit_rows(self.vectorizer_.transform(self.terms_[TERM].to_list())).T.tocsr().astype(np.float32)
-        logger.info("ontology search: %d terms for %d codes", self.terms_.height, codes.height)
+        self.term_matrix_ = _unit_rows(self.vectorizer_.transform(texts)).T.tocsr().astype(np.float32)
+        logger.info("ontology search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
+
+    def _order_terms(self, terms: pl.DataFrame) -> None:
+        """``terms_`` grouped by code, so per-code maxima are one np.maximum.reduceat over ``code_starts_``."""
+        codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
+        ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
+        self.codes_ = codes.drop("code_index")
+        self.code_starts_ = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
+        self.terms_ = ordered.select(SYSTEM, CODE, TERM)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
@@ -94,32 +117,92 @@ class OntologySearch(ParamsMixin):
         if not hasattr(self, "term_matrix_"):
             raise NotFittedError("OntologySearch is not fitted: call fit(terms) or OntologySearch.load(path)")
         codes = self.codes_[CODE].to_numpy()
-        by_system = {system: np.flatnonzero(self.codes_[SYSTEM].to_numpy() == system)
-                     for system in self.codes_[SYSTEM].unique(maintain_order=True)}
-        frames = []
-        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
-            spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(text or "") if m.group().strip()]
-            if not spans:
-                continue
-            sentences = _unit_rows(self.vectorizer_.transform([text[a:b] for a, b in spans])).astype(np.float32)
-            sims = (sentences @ self.term_matrix_).toarray()  # [n_sentences, n_terms]
-            per_code = np.maximum.reduceat(sims.max(axis=0), self.code_starts_)
-            ends_of = np.append(self.code_starts_[1:], sims.shape[1])
-            for system, idx in by_system.items():
+        systems = self.codes_[SYSTEM].to_numpy()
+        by_system = {system: np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)}
+        code_ends = np.append(self.code_starts_[1:], self.terms_.height)
+        found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]] = []  # note id, text, top codes, scores, evidence
+        for note_id, text, spans, sentences in self._sentence_vectors(notes):
+            block_best = []  # per block of sentences: [n_terms] best cosine of each term
+            for start in range(0, sentences.shape[0], SENTENCE_BLOCK):
+                sims = self._similarities(sentences, start)
+                block_best.append(sims.max(axis=0))
+            per_code = np.maximum.reduceat(np.maximum.reduce(block_best), self.code_starts_)
+            for idx in by_system.values():
                 top = idx[np.argpartition(-per_code[idx], min(self.top_k, len(idx) - 1))[: self.top_k]]
                 top = top[np.argsort(-per_code[top])]
                 top = top[per_code[top] > 0]
-                # the sentence where each top code's best term matched: its evidence
-                sentence = [np.unravel_index(sims[:, self.code_starts_[c] : ends_of[c]].argmax(),
-                                             (sims.shape[0], ends_of[c] - self.code_starts_[c]))[0] for c in top]
-                starts = [spans[i][0] for i in sentence]
-                ends = [spans[i][1] for i in sentence]
-                frames.append(pl.DataFrame({
-                    NOTE_ID: [note_id] * len(top), SYSTEM: [system] * len(top), CODE: codes[top].tolist(),
-                    self.name: per_code[top], f"{self.name}_rank": np.arange(1, len(top) + 1),
-                    "evidence_text": [text[a:b] for a, b in zip(starts, ends)], "evidence_start": starts, "evidence_end": ends,
-                }, schema=self._schema()))
-        return pl.concat(frames) if frames else pl.DataFrame(schema=self._schema())
+                evidence = self._evidence(sentences, sims, block_best, starts=self.code_starts_[top], ends=code_ends[top],
+                                          best=per_code[top])
+                found.append((note_id, text, top, per_code[top], spans[evidence]))
+        return self._frame(found, codes=codes, systems=systems)
+
+    def _sentence_vectors(self, notes: pl.DataFrame) -> Iterator[tuple[str, str, np.ndarray, sparse.csr_matrix]]:
+        """Per note with sentences: id, text, sentence spans [n_sentences, 2] and unit sentence
+        vectors [n_sentences, n_features] (float32), vectorised ``TEXT_BUDGET`` characters at a time."""
+        group: list[tuple[str, str, np.ndarray]] = []
+        size = 0
+        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
+            spans = np.array([(m.start(), m.end()) for m in _SENTENCE.finditer(text or "") if m.group().strip()],
+                             dtype=np.int64).reshape(-1, 2)
+            if not len(spans):
+                continue
+            if group and size + len(text) > TEXT_BUDGET:
+                yield from self._vectorise(group)
+                group, size = [], 0
+            group.append((note_id, text, spans))
+            size += len(text)
+        yield from self._vectorise(group)
+
+    def _vectorise(self, group: list[tuple[str, str, np.ndarray]]) -> Iterator[tuple[str, str, np.ndarray, sparse.csr_matrix]]:
+        """``_sentence_vectors`` of a group of notes (id, text, spans), one vectorizer call for all."""
+        if not group:
+            return
+        sentences = [text[a:b] for _, text, spans in group for a, b in spans.tolist()]
+        vectors = _unit_rows(self.vectorizer_.transform(sentences)).astype(np.float32)
+        offset = 0
+        for note_id, text, spans in group:
+            yield note_id, text, spans, vectors[offset : offset + len(spans)]
+            offset += len(spans)
+
+    def _similarities(self, sentences: sparse.csr_matrix, start: int) -> np.ndarray:
+        """[block, n_terms] cosine of sentences ``start:start + SENTENCE_BLOCK`` with every term."""
+        return (sentences[start : start + SENTENCE_BLOCK] @ self.term_matrix_).toarray()
+
+    def _evidence(self, sentences: sparse.csr_matrix, last: np.ndarray, block_best: list[np.ndarray], *,
+                  starts: np.ndarray, ends: np.ndarray, best: np.ndarray) -> np.ndarray:
+        """Per code (its terms ``starts[i]:ends[i]``, its score ``best[i]``), the first sentence
+        where one of its terms reaches that score: the first maximum of the code's [n_sentences,
+        n_terms] similarities in row order. ``last`` holds the last block's similarities; the
+        block of a code's sentence is found from ``block_best`` and recomputed when it is another."""
+        sentence = np.zeros(len(starts), dtype=np.int64)
+        if not len(starts):
+            return sentence
+        lengths = ends - starts
+        firsts = np.cumsum(lengths) - lengths  # where each code's terms begin in ``terms``
+        terms = np.arange(lengths.sum()) + np.repeat(starts - firsts, lengths)
+        target = np.repeat(best, lengths)
+        block = np.minimum.reduceat(_first_row(np.stack([b[terms] for b in block_best]) == target), firsts)
+        for b in np.unique(block).tolist():
+            sims = last if b == len(block_best) - 1 else self._similarities(sentences, b * SENTENCE_BLOCK)
+            row = np.minimum.reduceat(_first_row(sims[:, terms] == target), firsts)
+            sentence[block == b] = b * SENTENCE_BLOCK + row[block == b]
+        return sentence
+
+    def _frame(self, found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]], *, codes: np.ndarray,
+               systems: np.ndarray) -> pl.DataFrame:
+        """One frame of every note's top codes (``_schema``), in note, system, rank order."""
+        if not any(len(top) for _, _, top, _, _ in found):
+            return pl.DataFrame(schema=self._schema())
+        top = np.concatenate([top for _, _, top, _, _ in found])
+        spans = np.concatenate([spans for _, _, _, _, spans in found])
+        return pl.DataFrame({
+            NOTE_ID: [note_id for note_id, _, top_, _, _ in found for _ in range(len(top_))],
+            SYSTEM: systems[top].tolist(), CODE: codes[top].tolist(),
+            self.name: np.concatenate([scores for _, _, _, scores, _ in found]),
+            f"{self.name}_rank": np.concatenate([np.arange(1, len(top_) + 1) for _, _, top_, _, _ in found]),
+            "evidence_text": [text[a:b] for _, text, _, _, spans_ in found for a, b in spans_.tolist()],
+            "evidence_start": spans[:, 0], "evidence_end": spans[:, 1],
+        }, schema=self._schema())
 
     def _schema(self) -> pl.Schema:
         return pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64,
@@ -134,11 +217,92 @@ class OntologySearch(ParamsMixin):
 
     @classmethod
     def load(cls, path: Path) -> OntologySearch:
+        """The saved search; its fitted index comes from the cache when the terms file, the fitting
+        code and the packages are those it was built with, else it is fitted and cached."""
         params = read_state(path, "search.json", what="ontology search", also=("terms.parquet",))
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
-        return cls(**params).fit(pl.read_parquet(path / "terms.parquet"))
+        self = cls(**params)
+        terms_file = path / "terms.parquet"
+        terms = pl.read_parquet(terms_file)
+        key = cache_key(sources=[terms_file], salt=self._index_salt())
+        # Named by the terms file too, so that an index of the same terms built by older code or
+        # packages is found and removed; other models' indexes stay.
+        stem = f"search-{file_sha256(terms_file)[:12]}"
+        file = cache_dir() / f"{stem}-{key[:12]}.npz"
+        index = self._read_index(file, key=key, n_terms=terms.height)
+        if index is None:
+            self.fit(terms)
+            _write_npz(file, self._index_arrays(key))
+            for stale in file.parent.glob(f"{stem}-*.npz"):
+                if stale != file:
+                    stale.unlink(missing_ok=True)
+        else:
+            self._order_terms(terms)
+            self.vectorizer_, self.term_matrix_ = index
+            logger.info("ontology search: %d terms for %d codes, index from %s", self.terms_.height, self.codes_.height, file)
+        return self
 
+    def _index_salt(self) -> str:
+        """What the fitted index depends on besides the terms."""
+        return json.dumps({"index": INDEX_VERSION, "char_ngrams": self.char_ngrams, "sklearn": sklearn.__version__,
+                           "scipy": scipy.__version__, "numpy": np.__version__})
+
+    def _index_arrays(self, key: str) -> dict[str, np.ndarray]:
+        """The fitted index as arrays: header (the key and vocabularies as UTF-8 JSON), per
+        vectorizer part its idf, and the term matrix."""
+        parts = _tfidf_parts(self.vectorizer_)
+        vocabularies = [sorted(part.vocabulary_, key=part.vocabulary_.__getitem__) for part in parts]
+        header = json.dumps({"key": key, "vocabularies": vocabularies}, ensure_ascii=False).encode()
+        matrix = self.term_matrix_
+        arrays = {"header": np.frombuffer(header, dtype=np.uint8), "data": matrix.data, "indices": matrix.indices,
+                  "indptr": matrix.indptr, "shape": np.array(matrix.shape)}
+        return arrays | {f"idf{i}": part.idf_ for i, part in enumerate(parts)}
+
+    def _read_index(self, file: Path, *, key: str, n_terms: int) -> tuple[FeatureUnion | TfidfVectorizer, sparse.csr_matrix] | None:
+        """The vectorizer and term matrix cached in ``file`` when it holds ``key``, else None."""
+        if not file.is_file():
+            return None
+        try:
+            with np.load(file, allow_pickle=False) as arrays:
+                header = json.loads(arrays["header"].tobytes())
+                if header["key"] != key:
+                    raise ValueError("it has another key")
+                vectorizer = self._vectorizer(header["vocabularies"])
+                for i, part in enumerate(_tfidf_parts(vectorizer)):
+                    part.idf_ = arrays[f"idf{i}"]
+                matrix = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
+            if matrix.shape[1] != n_terms:
+                raise ValueError(f"it indexes {matrix.shape[1]} terms, not {n_terms}")
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            logger.warning("search index %s is unusable (%s); refitting", file, error)
+            return None
+        return vectorizer, matrix
+
+
+def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVectorizer]:
+    return [part for _, part in vectorizer.transformer_list] if isinstance(vectorizer, FeatureUnion) else [vectorizer]
+
+
+def _write_npz(file: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an uncompressed npz, written then renamed so that a concurrent reader never
+    sees half a file; an unwritable cache folder only costs a warning (the index is refitted next time)."""
+    temporary: Path | None = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as handle:
+            temporary = Path(handle.name)
+            np.savez(handle, **arrays)
+        temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
+        os.replace(temporary, file)
+    except OSError as error:
+        logger.warning("cannot write search index %s (%s); set %s to a writable folder", file, error, CACHE_DIR_ENV)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+
+def _first_row(mask: np.ndarray) -> np.ndarray:
+    """[n_columns] the first True row of each column of ``mask`` [n_rows, n_columns], or ``_NONE``."""
+    return np.where(mask.any(axis=0), mask.argmax(axis=0), _NONE)
 
 def _unit_rows(matrix: sparse.spmatrix) -> sparse.csr_matrix:
     """Rows scaled to unit length (a FeatureUnion of unit blocks is not unit)."""
