@@ -1,12 +1,18 @@
 """Peak memory of `coder predict` against dump size, and pipeline overhead against the model alone.
 
-Notes are synthesised from the repository's CodiEsp notes (data/codiesp/{train,dev}, CC BY 4.0),
-cycled with fresh note ids, into a work folder outside git (default /tmp/coder-bench). Each
-`coder predict` runs as its own process; its peak RSS comes from ``os.wait4`` (the kernel's
-max resident set of that process). Run with ``nice``: it keeps the CPU busy for minutes.
+Notes are synthesised from the 200 CodiEsp background notes in the repository
+(benchmarks/data/background_200.parquet, English ``text`` only, CC BY 4.0), cycled with fresh
+note ids, into a work folder outside git (default /tmp/coder-bench). Each `coder predict` runs as
+its own process; its peak RSS comes from ``os.wait4`` (the kernel's max resident set of that
+process). Run with ``nice``: it keeps the CPU busy for minutes.
 
-    nice /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model/bundle \
+    nice -n 19 /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model/bundle \
         --sizes 1000,10000,100000 --overhead-notes 2000
+    nice -n 19 /work/venv/bin/python benchmarks/memory.py --model models/codiesp-minilm --sizes 200,1000 \
+        --overhead-notes 0
+
+The `coder` console script imports the package from this checkout; put another checkout first on
+PYTHONPATH to measure it with the same harness (e.g. a `git worktree` of an older commit).
 
 Prints a markdown table for benchmarks/RESULTS.md.
 """
@@ -25,17 +31,17 @@ import polars as pl
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = [REPO / "data" / "codiesp" / split / "notes.parquet" for split in ("train", "dev")]
+SOURCE = REPO / "benchmarks" / "data" / "background_200.parquet"
 CODER = [str(Path(sys.executable).with_name("coder"))]  # the installed console script
 
 
 def synthesise(n: int, path: Path, *, chars: int | None = None, chunk: int = 10_000) -> Path:
-    """``n`` notes cycled from the CodiEsp notes (cut to ``chars`` characters if given), written in row groups."""
+    """``n`` notes cycled from the background notes (cut to ``chars`` characters if given), written in row groups."""
     if path.exists() and pq.ParquetFile(path).metadata.num_rows == n:
         return path
-    source = pl.concat([pl.read_parquet(p, columns=["text", "text_es"]) for p in SOURCES])
+    source = pl.read_parquet(SOURCE, columns=["text"])
     if chars:
-        source = source.with_columns(pl.col("text", "text_es").str.slice(0, chars))
+        source = source.with_columns(pl.col("text").str.slice(0, chars))
     tmp = path.with_suffix(".tmp")
     writer = None
     for start in range(0, n, chunk):
@@ -43,7 +49,7 @@ def synthesise(n: int, path: Path, *, chars: int | None = None, chunk: int = 10_
         rows = pl.int_range(start, start + size, eager=True)
         frame = source[(rows % source.height).to_list()].with_columns(
             pl.format("syn{}", rows.cast(pl.String).str.zfill(7)).alias("note_id")
-        ).select("note_id", "text", "text_es")
+        ).select("note_id", "text")
         table = frame.to_arrow()
         writer = writer or pq.ParquetWriter(tmp, table.schema)
         writer.write_table(table)
@@ -54,7 +60,8 @@ def synthesise(n: int, path: Path, *, chars: int | None = None, chunk: int = 10_
 
 
 def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict:
-    """Run `coder predict` in its own process; return wall seconds, peak RSS (MiB) and the manifest."""
+    """Run `coder predict` in its own process; return wall seconds, peak RSS (MiB), the manifest and
+    the 1-minute load average at the end."""
     command = [*CODER, "predict", str(notes), "--out", str(out), "--model", str(model),
                "--batch-size", str(batch_size), "--device", "cpu", "--quiet"]
     start = time.monotonic()
@@ -65,7 +72,7 @@ def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"coder predict failed on {notes}: {stderr[-2000:]}")
     manifest = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "manifest": manifest}
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "manifest": manifest, "load": os.getloadavg()[0]}
 
 
 def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
@@ -98,17 +105,19 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     print(f"model: {args.model}, batch size {args.batch_size}, {os.cpu_count()} CPUs, "
-          f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}")
-    print("\n| notes | wall s | pipeline notes/s | peak RSS MiB | codes written |")
-    print("|---:|---:|---:|---:|---:|")
+          f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}, "
+          f"load average at start {os.getloadavg()[0]:.1f}")
+    print("\n| notes | wall s | pipeline notes/s | peak RSS MiB | codes written | load average at end |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in (int(s) for s in args.sizes.split(",")):
-        notes = synthesise(n, args.workdir / f"notes-{n}-{args.chars or 'full'}.parquet", chars=args.chars)
+        notes = synthesise(n, args.workdir / f"background-{n}-{args.chars or 'full'}.parquet", chars=args.chars)
         run = run_predict(notes, args.workdir / f"pred-{n}.parquet", model=args.model, batch_size=args.batch_size)
         timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
-        print(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} | {counts['codes_written']:,} |")
+        print(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
+              f"| {counts['codes_written']:,} | {run['load']:.1f} |", flush=True)
 
     if args.overhead_notes:
-        notes = synthesise(args.overhead_notes, args.workdir / f"notes-{args.overhead_notes}-full.parquet")
+        notes = synthesise(args.overhead_notes, args.workdir / f"background-{args.overhead_notes}-full.parquet")
         alone = model_only(notes, model=args.model, batch_size=args.batch_size)
         run = run_predict(notes, args.workdir / "pred-overhead.parquet", model=args.model, batch_size=args.batch_size)
         end_to_end = run["manifest"]["timing"]["notes_per_s"]
