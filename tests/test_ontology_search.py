@@ -159,3 +159,11 @@ def test_blocks_and_groups_do_not_change_candidates(search, monkeypatch):
     evidence = dict(expected.filter(pl.col("note_id") == "a").select("code", "evidence_text").iter_rows())
     assert evidence == {"I10": " high blood pressure", "J45.909": " Asthma, uncomplicated",
                         "0DTJ": "Appendix resection was done"}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5], ids=["one-thread", "two-threads", "more-threads-than-notes"])
+def test_threads_do_not_change_candidates(search, monkeypatch, threads):
+    monkeypatch.setattr("coder.ontology.search.SEARCH_THREADS", 1)
+    expected = search.candidates(NOTES)
+    monkeypatch.setattr("coder.ontology.search.SEARCH_THREADS", threads)
+    assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
