@@ -35,6 +35,8 @@ from pathlib import Path
 
 import polars as pl
 
+from coder.schema import SYSTEMS
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 SHARED_BACKGROUND = Path("/work/shared/data/codiesp/background/notes.parquet")
@@ -126,7 +128,7 @@ def _run_predict(notes_path: Path, precision: str = "auto") -> dict[str, float]:
         if gold.is_file():
             audit = subprocess.run([str(coder), "audit", str(out), "--gold", str(gold), "--json"], check=True,
                                    capture_output=True, text=True).stdout
-            maps = {system: metrics["map"] for system, metrics in json.loads(audit).items()}
+            maps = {system: json.loads(audit)[system]["map"] for system in SYSTEMS}
     timing = manifest["timing"]
     return {
         "precision": manifest["model"].get("precision", precision),
