@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plm-scores", type=Path, help="parquet of PLM-ICD dev scores: note_id, system, code, plm_icd")
     parser.add_argument("--plm-model", type=Path, help="PLM-ICD model folder: its dev scores (top 50 per note and system) "
-                        "are written to --plm-scores (default plm_dev_scores.parquet) and used")
+                        "are written to --plm-scores (default: plm_dev_scores.parquet in the temp folder) and used")
     parser.add_argument("--rows", help="';'-separated row names to run (default: all)")
     parser.add_argument("--folds", type=int, default=5, help="out-of-fold folds on train")
     parser.add_argument("--search-cache", type=Path, help="folder for ontology search candidates (reused when present)")
@@ -194,7 +195,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     if args.plm_model is not None:
-        args.plm_scores = args.plm_scores or Path("plm_dev_scores.parquet")
+        args.plm_scores = args.plm_scores or Path(tempfile.gettempdir()) / "plm_dev_scores.parquet"  # not in the clone
         write_plm_scores(args.plm_model, args.plm_scores)
     ablation = Ablation(folds=args.folds, plm_scores=args.plm_scores, search_cache=args.search_cache)
     plan = rows(args.plm_scores is not None)
