@@ -12,6 +12,7 @@ cache folder of ``coder.ontology.cache``, as one npz read without pickle.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -127,8 +128,8 @@ class OntologySearch(ParamsMixin):
         if threads < 2:
             return self._candidates(notes)
         size = -(-notes.height // threads)
-        with ThreadPoolExecutor(threads) as pool:
-            return pl.concat(pool.map(self._candidates, [notes.slice(start, size) for start in range(0, notes.height, size)]))
+        parts = [notes.slice(start, size) for start in range(0, notes.height, size)]
+        return pl.concat(_pool(os.getpid(), SEARCH_THREADS).map(self._candidates, parts))
 
     def _candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         codes = self.codes_[CODE].to_numpy()
@@ -294,6 +295,14 @@ class OntologySearch(ParamsMixin):
             logger.warning("search index %s is unusable (%s); refitting", file, error)
             return None
         return vectorizer, matrix
+
+
+@functools.cache
+def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
+    """The process's search threads, kept for its life. Fresh threads on every call took fresh
+    malloc arenas and RSS grew ~70 MB a batch (1.3 -> 2.2 GB over 3,072 notes of the shipped
+    model); the same threads keep it flat. Keyed by ``pid`` so that a forked child makes its own."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=f"ontology-search-{pid}")
 
 
 def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVectorizer]:
