@@ -52,17 +52,17 @@ _SAMPLE = "Patient admitted with fever, productive cough and right lower lobe co
 
 
 @contextlib.contextmanager
-def _quiet(*names: str | None) -> Iterator[None]:
-    """Hold chatty third-party loggers (None: the root logger) at WARNING for the duration of a call."""
+def _quiet(*names: str | None, level: int = logging.WARNING) -> Iterator[None]:
+    """Hold chatty third-party loggers (None: the root logger) at ``level`` for the duration of a call."""
     targets = [logging.getLogger(name) for name in names]
     levels = [target.level for target in targets]
-    for target, level in zip(targets, levels, strict=True):
-        target.setLevel(max(level, logging.WARNING))
+    for target, previous in zip(targets, levels, strict=True):
+        target.setLevel(max(previous, level))
     try:
         yield
     finally:
-        for target, level in zip(targets, levels, strict=True):
-            target.setLevel(level)
+        for target, previous in zip(targets, levels, strict=True):
+            target.setLevel(previous)
 
 
 def export_onnx(model: PlmIcd, path: Path, *, example: Batch) -> None:
@@ -70,7 +70,8 @@ def export_onnx(model: PlmIcd, path: Path, *, example: Batch) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     batch, chunks = torch.export.Dim("batch"), torch.export.Dim("chunks")
     axes = {0: batch, 1: chunks}
-    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"), _onnx_attention(model.encoder):
+    # onnxscript's constant folding warns "Evaluation failed" for nodes it skips: harmless, so ERROR
+    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", level=logging.ERROR), _onnx_attention(model.encoder):
         warnings.simplefilter("ignore", UserWarning)  # axis-rename warnings and per-initializer logs
         program = _export(model, example, axes)
     program.save(str(path))
