@@ -27,8 +27,8 @@ CPU_PROVIDER = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 # Notes per forward pass. On CPU small batches win: the label-attention tensors [batch, tokens,
-# labels] of two notes stay in cache (shipped model, CodiEsp dev: 45 notes/s at 2, 32 at 8, 27 at
-# 32). A GPU wants many chunks in flight.
+# labels] of two notes stay in cache (shipped int8 model, benchmarks/throughput.py: 51.6 notes/s at
+# 2, 47.0 at 1, 36.1 at 8). A GPU wants many chunks in flight.
 BATCH_NOTES = {CPU_PROVIDER: 2, "CUDAExecutionProvider": 64, "TensorrtExecutionProvider": 64}
 
 
@@ -79,8 +79,8 @@ def create_session(path: Path, *, device: str = "auto", providers: Sequence[str]
     options.intra_op_num_threads = physical_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = list(providers) if providers else providers_for(device)
-    # CPU only: the fused SkipLayerNormalization kernel ran ~5x slower than the LayerNormalization +
-    # Add it replaces (15% of int8 run time; benchmarks/throughput.py); GPUs keep the fusion.
+    # CPU only: the fused SkipLayerNormalization kernel ran ~4x slower than the LayerNormalization +
+    # Add it replaces (18% of int8 kernel time; benchmarks/onnx_profile.py); GPUs keep the fusion.
     disabled = list(CPU_DISABLED_FUSIONS) if providers == [CPU_PROVIDER] else []
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers, disabled_optimizers=disabled)
     logger.info("onnxruntime %s on %s (%d intra-op threads)", path.name, session.get_providers()[0], options.intra_op_num_threads)

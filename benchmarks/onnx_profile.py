@@ -1,0 +1,94 @@
+"""Where onnxruntime's CPU time goes in the PLM-ICD model, by operator type, with and without the
+graph fusions that `coder.onnx_runtime` switches off on CPU.
+
+    python benchmarks/onnx_profile.py [--model models/codiesp-minilm] [--precision int8] [--notes 48]
+
+Scores the first N background notes (2 notes per pass, as `coder predict` on CPU) twice in one
+process: with onnxruntime's full fusion set, then as `create_session` builds CPU sessions
+(CPU_DISABLED_FUSIONS off). Kernel times come from onnxruntime's profiler. The run is added to
+this script's section of benchmarks/RESULTS.md (history kept).
+CodiEsp background notes (CLEF eHealth 2020, Miranda-Escalada et al.): CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime as ort
+import polars as pl
+
+from coder.bundle import ONNX_FILES, load_tokenizer, read_config
+from coder.chunking import batches, chunk_notes
+from coder.onnx_runtime import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER, physical_cores
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- onnx-profile: begin -->", "<!-- onnx-profile: end -->"
+TOP = 12
+
+
+def profile(path: Path, feeds: list[dict], *, disabled: list[str], notes: int) -> tuple[float, Counter]:
+    """Notes/s of one timed pass over ``feeds`` (after a warm-up) and kernel microseconds per op type."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = physical_cores()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    session = ort.InferenceSession(str(path), options, providers=[CPU_PROVIDER], disabled_optimizers=disabled)
+    session.run(None, feeds[-1])
+    start = time.perf_counter()
+    for feed in feeds:
+        session.run(None, feed)
+    seconds = time.perf_counter() - start
+    by_op: Counter = Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+    return notes / seconds, by_op
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "codiesp-minilm")
+    parser.add_argument("--precision", default="int8", choices=sorted(ONNX_FILES))
+    parser.add_argument("--notes", type=int, default=48)
+    args = parser.parse_args()
+    config, tokenizer = read_config(args.model), load_tokenizer(args.model)
+    texts = pl.read_parquet(NOTES)["text"].head(args.notes).to_list()
+    chunks = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
+    feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+             for b in batches(chunks, batch_size=BATCH_NOTES[CPU_PROVIDER], pad_id=tokenizer.pad_token_id)]
+    path = args.model / ONNX_FILES[args.precision]
+    runs = {"all fusions": profile(path, feeds, disabled=[], notes=len(chunks)),
+            f"{', '.join(CPU_DISABLED_FUSIONS)} off (coder's CPU sessions)":
+                profile(path, feeds, disabled=list(CPU_DISABLED_FUSIONS), notes=len(chunks))}
+    command = shlex.join(["python", "benchmarks/onnx_profile.py", *sys.argv[1:]])
+    lines = [f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"`{command}`: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, {len(chunks)} notes, "
+             f"{physical_cores()} threads.", ""]
+    for name, (rate, by_op) in runs.items():
+        total = sum(by_op.values())
+        lines += [f"**{name}**: {rate:.1f} notes/s; kernel time by operator type:", "",
+                  "| operator | s | share |", "|---|---:|---:|"]
+        lines += [f"| {op} | {us / 1e6:.3f} | {100 * us / total:.1f}% |" for op, us in by_op.most_common(TOP)]
+        lines.append("")
+    section = "\n".join(lines) + "\n"
+    text = RESULTS.read_text(encoding="utf-8")
+    if BEGIN not in text:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## onnxruntime profile of PLM-ICD on CPU (benchmarks/onnx_profile.py)\n{END}\n"
+    head, tail = text.split(END, 1)
+    RESULTS.write_text(head.rstrip("\n") + "\n\n" + section + END + tail, encoding="utf-8")
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
