@@ -95,8 +95,8 @@ def _attention_op(module, query, key, value, attention_mask, scaling=None, dropo
     """Encoder self-attention as one ONNX ``Attention`` node (transformers attention interface).
 
     Decomposed, each layer's attention is a dozen nodes (scaled matmul, mask, softmax, matmul,
-    transposes) that onnxruntime does not fuse for this graph; one node runs ~1.5x faster on CPU
-    and maps to fused kernels on GPU. onnxruntime wants the mask per query position.
+    transposes) that onnxruntime does not fuse for this graph; one node is faster on CPU and maps
+    to fused kernels on GPU. onnxruntime wants the mask per query position.
     """
     mask = attention_mask.expand(-1, -1, query.shape[2], -1) if attention_mask is not None else None
     output, *_ = torch.onnx.ops.attention(query, key, value, attn_mask=mask, scale=scaling)
