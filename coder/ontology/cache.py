@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from coder.errors import OntologyError
 from coder.hashing import file_sha256
@@ -61,21 +61,32 @@ def load_or_build(
             logger.warning("cache %s is unreadable (%s); rebuilding", path, error)
     logger.info("building %s cache from %d source files", name, len(sources))
     tables = build()
+
+    def write(raw: IO[bytes]) -> None:
+        with gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as handle:
+            json.dump({"key": key, "tables": tables}, handle, separators=(",", ":"))
+
+    # older files of this name were built from older sources or an older builder
+    write_atomically(path, write, what="cache", stale=f"{name}-*.json.gz")
+    return tables
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, what: str, stale: str | None = None) -> None:
+    """Write ``path`` with ``write(handle)`` into a temporary file renamed at the end, so that a
+    concurrent reader never sees half a file; then delete the files beside it that match the glob
+    ``stale`` (other versions of the same cache). An unwritable cache folder only costs a warning."""
     temporary: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a concurrent reader never sees half a file.
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as raw:
             temporary = Path(raw.name)
-            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as handle:
-                json.dump({"key": key, "tables": tables}, handle, separators=(",", ":"))
+            write(raw)
         temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
         os.replace(temporary, path)
-        for stale in path.parent.glob(f"{name}-*.json.gz"):
-            if stale != path:
-                stale.unlink(missing_ok=True)  # built from older sources or an older builder
+        for old in path.parent.glob(stale) if stale else ():
+            if old != path:
+                old.unlink(missing_ok=True)
     except OSError as error:
-        logger.warning("cannot write cache %s (%s); set %s to a writable folder", path, error, CACHE_DIR_ENV)
+        logger.warning("cannot write %s %s (%s); set %s to a writable folder", what, path, error, CACHE_DIR_ENV)
         if temporary is not None:
             temporary.unlink(missing_ok=True)
-    return tables

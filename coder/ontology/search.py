@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +33,7 @@ from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
 from coder.ontology import Ontology
-from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, cache_key
+from coder.ontology.cache import cache_dir, cache_key, write_atomically
 from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, TEXT
 
 logger = logging.getLogger(__name__)
@@ -250,10 +249,8 @@ class OntologySearch(ParamsMixin):
         index = self._read_index(file, key=key, n_terms=terms.height)
         if index is None:
             self.fit(terms)
-            _write_npz(file, self._index_arrays(key))
-            for stale in file.parent.glob(f"{stem}-*.npz"):
-                if stale != file:
-                    stale.unlink(missing_ok=True)
+            arrays = self._index_arrays(key)
+            write_atomically(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
         else:
             self._order_terms(terms)
             self.vectorizer_, self.term_matrix_ = index
@@ -309,25 +306,11 @@ def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVector
     return [part for _, part in vectorizer.transformer_list] if isinstance(vectorizer, FeatureUnion) else [vectorizer]
 
 
-def _write_npz(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``arrays`` as an uncompressed npz, written then renamed so that a concurrent reader never
-    sees half a file; an unwritable cache folder only costs a warning (the index is refitted next time)."""
-    temporary: Path | None = None
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as handle:
-            temporary = Path(handle.name)
-            np.savez(handle, **arrays)
-        temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
-        os.replace(temporary, file)
-    except OSError as error:
-        logger.warning("cannot write search index %s (%s); set %s to a writable folder", file, error, CACHE_DIR_ENV)
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
 
 def _first_row(mask: np.ndarray) -> np.ndarray:
     """[n_columns] the first True row of each column of ``mask`` [n_rows, n_columns], or ``_NONE``."""
     return np.where(mask.any(axis=0), mask.argmax(axis=0), _NONE)
+
 
 def _unit_rows(matrix: sparse.spmatrix) -> sparse.csr_matrix:
     """Rows scaled to unit length (a FeatureUnion of unit blocks is not unit)."""
