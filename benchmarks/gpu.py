@@ -37,11 +37,11 @@ from coder.chunking import chunk_notes, score_in_batches
 from coder.export.onnx import dev_maps
 from coder.onnx_runtime import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
 
+from results import add_run  # benchmarks/results.py: scripts run from this folder
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 DEV = ROOT / "data" / "codiesp" / "dev"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- gpu: begin -->", "<!-- gpu: end -->"
 MAP_TOLERANCE = 0.005  # issue goal: fp16 on GPU within this of CPU fp32, per system
 
 
@@ -127,7 +127,7 @@ def main() -> None:
                     dev_codes=DEV / "codes.parquet", batch_size=16)
     section = _section(rows, maps=maps, diff=diff, notes=len(chunks), n_chunks=n_chunks, chunking_s=chunking_s,
                        command=shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]]))
-    _write(section)
+    add_run("gpu", title="## PLM-ICD on a GPU (benchmarks/gpu.py)", section=section)
     print(section)
 
 
@@ -155,14 +155,6 @@ def _section(rows, *, maps, diff, notes, n_chunks, chunking_s, command) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _write(section: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## PLM-ICD on a GPU (benchmarks/gpu.py)\n{END}\n"
-    head, tail = text.split(END, 1)
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + section + END + tail, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ from coder.bundle import ONNX_FILES, load_tokenizer, read_config
 from coder.chunking import batches, chunk_notes
 from coder.onnx_runtime import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER, physical_cores
 
+from results import add_run  # benchmarks/results.py: scripts run from this folder
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- onnx-profile: begin -->", "<!-- onnx-profile: end -->"
 TOP = 12
 
 
@@ -82,11 +82,7 @@ def main() -> None:
         lines += [f"| {op} | {us / 1e6:.3f} | {100 * us / total:.1f}% |" for op, us in by_op.most_common(TOP)]
         lines.append("")
     section = "\n".join(lines) + "\n"
-    text = RESULTS.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## onnxruntime profile of PLM-ICD on CPU (benchmarks/onnx_profile.py)\n{END}\n"
-    head, tail = text.split(END, 1)
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + section + END + tail, encoding="utf-8")
+    add_run("onnx-profile", title="## onnxruntime profile of PLM-ICD on CPU (benchmarks/onnx_profile.py)", section=section)
     print(section)
 
 

@@ -37,11 +37,11 @@ import polars as pl
 
 from coder.schema import SYSTEMS
 
+from results import add_run  # benchmarks/results.py: scripts run from this folder
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 SHARED_BACKGROUND = Path("/work/shared/data/codiesp/background/notes.parquet")
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- throughput: begin -->", "<!-- throughput: end -->"
 DEV_NOTES = ROOT / "data" / "codiesp" / "dev" / "notes.parquet"
 MODES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
 THREADS = 2  # the machine's cores; the peak matmul uses the same number
@@ -250,14 +250,6 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, pred
     return "\n".join(lines) + "\n"
 
 
-def _write(section: str) -> None:
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n## PLM-ICD scoring throughput (benchmarks/throughput.py)\n{END}\n"
-    head, tail = text.split(END, 1)
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + section + END + tail, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "codiesp-minilm")
@@ -276,7 +268,7 @@ def main() -> None:
     split = _in_fresh_process(_split_predict, args.model, DEV_NOTES)
     section = _section(rows, peak=peak, predicts=predicts, split=split, load_at_start=load_at_start, note=args.note,
                        command=shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]))
-    _write(section)
+    add_run("throughput", title="## PLM-ICD scoring throughput (benchmarks/throughput.py)", section=section)
     print(section)
 
 
