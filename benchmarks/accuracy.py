@@ -27,10 +27,10 @@ import numpy as np
 import polars as pl
 
 from coder.audit.metrics import clean_ranking, mean_average_precision
-from coder.candidates import LABEL, PLM_ICD, assemble, top_codes, with_labels
+from coder.candidates.features import LABEL, PLM_ICD, assemble, top_codes, with_labels
 from coder.ontology import load_ontology
-from coder.ontology.search import OntologySearch, ontology_terms
-from coder.reranker import SCORE, Reranker, gate_notes, resolve_hierarchy
+from coder.candidates.ontology_search import OntologySearch, ontology_terms
+from coder.rerank.reranker import SCORE, Reranker, gate_notes, resolve_hierarchy
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SYSTEM, SYSTEMS, TEXT
 from coder.train.stacking import (
     Corpus, choose_cuts, cross_fit, fit_builder, fold_ids, labelled_frame, out_of_fold_sources, predictor_source,
@@ -227,8 +227,8 @@ def main() -> None:
 
 
 def write_plm_scores(model: Path, out: Path) -> None:
-    """Score the dev notes with a PLM-ICD model folder (``coder.predictor``) into ``out``."""
-    from coder.predictor import load_predictor
+    """Score the dev notes with a PLM-ICD model folder (``coder.model.scorer``) into ``out``."""
+    from coder.model.scorer import load_predictor
 
     notes = pl.read_parquet(DATA / "dev" / "notes.parquet")
     source = predictor_source(load_predictor(model, device="cpu", rerank=False))  # PLM-ICD alone, not its stack

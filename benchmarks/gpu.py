@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.bundle import ONNX_FILES, load_tokenizer, read_config
-from coder.chunking import chunk_notes, score_in_batches
+from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
+from coder.model.chunking import chunk_notes, score_in_batches
 from coder.export.onnx import dev_maps
-from coder.onnx_runtime import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
+from coder.model.session import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
 

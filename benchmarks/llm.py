@@ -1,7 +1,7 @@
 """Dev MAP and P@5 with and without the generative LLM stage, on a slice of CodiEsp dev notes.
 
 Candidates come from ``--predictions`` (a ``coder predict`` output) when given, otherwise from the
-TF-IDF ridge classifier (``coder.tfidf_classifier``) fitted on train: a gold-free stand-in while the
+TF-IDF ridge classifier (``coder.candidates.tfidf``) fitted on train: a gold-free stand-in while the
 PLM-ICD model is not ready. The stage runs once (``local`` backend, SmolLM2-135M-Instruct unless
 ``--model``), and its votes are merged at each ``--weights`` value (merging is cheap). The weights are
 compared on the same slice they are measured on: read the table as a sweep, not a held-out result.
@@ -31,7 +31,7 @@ NAME = "llm"
 
 def tfidf_candidates(data: Path, notes: pl.DataFrame, *, ontology, top_k: int) -> pl.DataFrame:
     """Top ``top_k`` codes per (note, system) from a TF-IDF ridge classifier fitted on train."""
-    from coder.tfidf_classifier import TfidfClassifier
+    from coder.candidates.tfidf import TfidfClassifier
 
     train = TfidfClassifier(top_k=top_k).fit(
         pl.read_parquet(data / "train" / "notes.parquet"), pl.read_parquet(data / "train" / "codes.parquet")

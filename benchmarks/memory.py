@@ -77,7 +77,7 @@ def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict
 
 def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
     """Notes/s of ``Predictor.predict`` alone, fed the same batches the pipeline reads."""
-    from coder.predictor import load_predictor
+    from coder.model.scorer import load_predictor
 
     predictor = load_predictor(model, device="cpu")
     columns = ["note_id", *(c for c in predictor.text_columns if c in pq.ParquetFile(notes).schema_arrow.names)]

@@ -1,5 +1,5 @@
 """Where onnxruntime's CPU time goes in the PLM-ICD model, by operator type, with and without the
-graph fusions that `coder.onnx_runtime` switches off on CPU.
+graph fusions that `coder.model.session` switches off on CPU.
 
     python benchmarks/onnx_profile.py [--model models/codiesp-minilm] [--precision int8] [--notes 48]
 
@@ -25,9 +25,9 @@ from pathlib import Path
 import onnxruntime as ort
 import polars as pl
 
-from coder.bundle import ONNX_FILES, load_tokenizer, read_config
-from coder.chunking import batches, chunk_notes
-from coder.onnx_runtime import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER, physical_cores
+from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
+from coder.model.chunking import batches, chunk_notes
+from coder.model.session import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER, physical_cores
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
 

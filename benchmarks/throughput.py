@@ -69,10 +69,10 @@ def _ensure_notes(path: Path) -> None:
 
 def _run_mode(mode: str, model: Path, notes_path: Path, batch_size: int) -> dict[str, float]:
     """Score every note with one backend in this (fresh) process."""
-    from coder.bundle import ONNX_FILES, load_tokenizer, read_config
-    from coder.chunking import chunk_notes, score_in_batches
-    from coder.onnx_runtime import create_session, onnx_forward
-    from coder.plm_icd import load_torch, torch_forward
+    from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
+    from coder.model.chunking import chunk_notes, score_in_batches
+    from coder.model.session import create_session, onnx_forward
+    from coder.model.plm_icd import load_torch, torch_forward
 
     config = read_config(model)
     tokenizer = load_tokenizer(model)
@@ -157,7 +157,7 @@ def _timed(owner, name: str, totals: dict[str, float], key: str) -> None:
 
 def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     """One `Predictor.predict` on all notes (one pipeline batch), its time split by stage."""
-    import coder.predictor as predictor_module
+    import coder.model.scorer as predictor_module
     from coder.pipeline import DEFAULT_BATCH_SIZE
 
     start = time.perf_counter()

@@ -23,9 +23,9 @@ from coder.errors import UsageError
 from coder.hashing import file_sha256
 from coder.io.manifest import manifest_path, write_json
 from coder.io.progress import Progress
-from coder.io.quarantine import RowScreen, quarantine_path, unprocessable
+from coder.io.screen import RowScreen, quarantine_path, unprocessable
 from coder.io.read import InputPlan, iter_batches, plan_inputs, resolve_inputs
-from coder.io.write import PartsFolder
+from coder.io.parts import PartsFolder
 from coder.llm_step import LLMVoting, llm_manifest, llm_summary_line, resolve_llm_settings
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 
@@ -39,7 +39,7 @@ _QUARANTINED = "quarantined."
 
 
 class BatchPredictor(Protocol):
-    """What the pipeline needs from ``coder.predictor.Predictor``."""
+    """What the pipeline needs from ``coder.model.scorer.Predictor``."""
 
     text_columns: tuple[str, ...]
     execution_provider: str
@@ -51,7 +51,7 @@ class BatchPredictor(Protocol):
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """A batch's scores in the shape of ``coder.predictor.BatchResult``, plus the LLM stage's counts."""
+    """A batch's scores in the shape of ``coder.model.scorer.BatchResult``, plus the LLM stage's counts."""
 
     predictions: pl.DataFrame
     """PREDICTION_SCHEMA rows."""
@@ -149,7 +149,7 @@ class PredictOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     """Notes per batch: the unit of reading, scoring, and resuming."""
     precision: str = "auto"
-    """ONNX variant to run (``coder.predictor.PRECISIONS``): auto is int8 on CPU, fp16 on a GPU."""
+    """ONNX variant to run (``coder.model.scorer.PRECISIONS``): auto is int8 on CPU, fp16 on a GPU."""
     quarantine: Path | None = None
     """Quarantine parquet (None: ``<out stem>.quarantine.parquet`` beside the output)."""
     resume: bool = False
@@ -246,7 +246,7 @@ def run_batches(
 
     Input rows = notes coded + rows quarantined, always. ``codes_file`` is recorded (and must match
     on resume); ``manifest_extra`` adds manifest sections (model name, ontology release).
-    ``executor`` scores the batches: ``score_locally`` here, or another engine (``coder.ray_engine``).
+    ``executor`` scores the batches: ``score_locally`` here, or another engine (``coder.engines.ray``).
     """
     started = datetime.now(UTC)
     clock = time.monotonic()
@@ -356,17 +356,17 @@ def predict_notes(
     executor: BatchExecutor = score_locally,
     llm_backend: Backend | None = None,
 ) -> RunSummary:
-    """``coder predict``: load the model (default ``coder.bundle.default_model_path()``) and the ontology, run the batch.
+    """``coder predict``: load the model (default ``coder.model.folder.default_model_path()``) and the ontology, run the batch.
 
-    With another ``executor`` (``coder.ray_engine``) the model loaded here only describes the run.
+    With another ``executor`` (``coder.engines.ray``) the model loaded here only describes the run.
     The LLM stage (``options.llm`` over the model config's ``llm`` entry) opens its backend once here,
     or uses ``llm_backend``; it runs with the local engine only.
     """
     resolve_inputs(source)  # a mistyped path fails before the model loads
     # Imported here: they pull in onnxruntime and the ontology, which the I/O mechanics do not need.
-    from coder.bundle import default_model_path, model_code_list
+    from coder.model.folder import default_model_path, model_code_list
     from coder.ontology import load_ontology
-    from coder.predictor import load_predictor
+    from coder.model.scorer import load_predictor
 
     model_path = model or default_model_path()
     codes_file = model_code_list(model_path, codes_file)  # the model's own list unless the user gives one; recorded below

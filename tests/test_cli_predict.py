@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.io.write import PartsFolder
+from coder.io.parts import PartsFolder
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, QuarantineReason
 
 TINY_MODEL = Path(__file__).resolve().parent / "assets" / "tiny_model" / "bundle" / "coder_model.json"

@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.bundle import read_config
-from coder.predictor import load_predictor
+from coder.model.folder import read_config
+from coder.model.scorer import load_predictor
 
 runner = CliRunner()
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from coder.bundle import ONNX_FILES, read_config
-from coder.chunking import chunk_notes, collate
+from coder.model.folder import ONNX_FILES, read_config
+from coder.model.chunking import chunk_notes, collate
 from coder.errors import ExportParityError
 from coder.export.onnx import FP32_TOLERANCE, OUTPUT_NAMES
 from coder.export.parity import compare_outputs
-from coder.onnx_runtime import create_session, onnx_forward
-from coder.plm_icd import load_torch, torch_forward
+from coder.model.session import create_session, onnx_forward
+from coder.model.plm_icd import load_torch, torch_forward
 
 
 def test_every_failing_output_is_listed_once():

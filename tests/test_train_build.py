@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.predictor import STACK_DIR, load_predictor
+from coder.model.scorer import STACK_DIR, load_predictor
 from coder.train.build import build_model
-from coder.train.trainer import TrainingOptions
+from coder.train.plm import TrainingOptions
 
 runner = CliRunner()
 

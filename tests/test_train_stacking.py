@@ -5,8 +5,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from coder.ontology.search import OntologySearch, ontology_terms
-from coder.reranker import Reranker
+from coder.candidates.ontology_search import OntologySearch, ontology_terms
+from coder.rerank.reranker import Reranker
 from coder.train.stacking import (
     Corpus, Stack, add_dev_reranker, cross_fit, fit_stack, fold_ids, out_of_fold, predictor_source,
 )

@@ -37,7 +37,7 @@ def test_unfitted_tuner_refuses_to_predict():
 
 
 def test_micro_f1_counts_gold_codes_outside_the_labels():
-    from coder.bundle import Label
+    from coder.model.folder import Label
     from coder.train.evaluate import micro_f1
 
     labels = [Label("ICD-10-CM", "I10"), Label("ICD-10-PCS", "0DTJ4ZZ")]

@@ -24,7 +24,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AttentionInterface, PreTrainedModel
 
-from coder.bundle import (
+from coder.model.folder import (
     ONNX_FILES,
     ModelConfig,
     load_tokenizer,
@@ -33,10 +33,10 @@ from coder.bundle import (
     write_card,
     write_config,
 )
-from coder.chunking import Batch, batches, chunk_notes, score_in_batches
+from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
 from coder.export.parity import compare_outputs
-from coder.onnx_runtime import create_session, onnx_forward
-from coder.plm_icd import PlmIcd, load_torch, torch_forward
+from coder.model.session import create_session, onnx_forward
+from coder.model.plm_icd import PlmIcd, load_torch, torch_forward
 from coder.schema import NOTE_ID
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _parity_batch(tokenizer, config: ModelConfig, texts: list[str] | None) -> Ba
 def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev_notes: Path, dev_codes: Path, batch_size: int) -> dict[str, dict[str, float]]:
     """Dev MAP per system for each forward function (name -> forward)."""
     from coder.ontology import load_ontology
-    from coder.train.dataset import canonical_codes, gold_by_system, read_codes, read_notes
+    from coder.train.data import canonical_codes, gold_by_system, read_codes, read_notes
     from coder.train.evaluate import ranking_metrics
 
     column = next(iter(config.text_columns.values()))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 
-from coder.bundle import CODE_LIST_FILE, ModelConfig
+from coder.model.folder import CODE_LIST_FILE, ModelConfig
 from coder.errors import UsageError
 from coder.export.onnx import export_bundle
-from coder.predictor import STACK_DIR
+from coder.model.scorer import STACK_DIR
 from coder.schema import EVIDENCE_SCHEMA
 from coder.train.stacking import Corpus, stack_corpora
-from coder.train.trainer import TrainingOptions, train
+from coder.train.plm import TrainingOptions, train
 
 logger = logging.getLogger(__name__)
 

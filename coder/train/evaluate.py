@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from coder.audit.metrics import mean_average_precision
-from coder.bundle import Label
+from coder.model.folder import Label
 
 RANK_LIMIT = 1000  # the official scorer reads at most 1,000 codes per note
 

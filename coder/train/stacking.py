@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.candidates import (
+from coder.candidates.features import (
     ABSENT_RANK, KEY, PLM_ICD, SOURCE_ORDER, CandidateBuilder, assemble, code_prior, with_labels,
 )
-from coder.lexicon import EvidenceLexicon
+from coder.candidates.lexicon import EvidenceLexicon
 from coder.ontology import load_ontology
-from coder.ontology.search import OntologySearch, ontology_terms
+from coder.candidates.ontology_search import OntologySearch, ontology_terms
 from coder.errors import InputFileError, UsageError
 from coder.estimator import read_state
-from coder.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
+from coder.rerank.reranker import SCORE, Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
 from coder.schema import CODE, EVIDENCE_SCHEMA, NOTE_ID, PREDICTION_SCHEMA, SYSTEM, TEXT, TEXT_ES
-from coder.tfidf_classifier import TfidfClassifier
+from coder.candidates.tfidf import TfidfClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def stack_corpora(*, train: Corpus, out_dir: Path, folds: int = 5, codes_file: P
                       reranker=Reranker(model=model))
     if dev is None:
         return stack
-    from coder.predictor import load_predictor
+    from coder.model.scorer import load_predictor
 
     plm = predictor_source(load_predictor(plm_model, ontology=ontology, rerank=False))(dev.notes)
     return add_dev_reranker(stack, dev=dev, extra={PLM_ICD: plm}, reranker=Reranker(model=model), out_dir=out_dir)
@@ -255,7 +255,7 @@ STACK_PLM_TOP_K = 50  # PLM-ICD codes per note and system that the stack reranks
 
 
 def predictor_source(predictor, *, top_k: int = STACK_PLM_TOP_K) -> ScoreSource:
-    """A PLM-ICD ``coder.predictor.Predictor`` as a candidate source: its top ``top_k`` codes per
+    """A PLM-ICD ``coder.model.scorer.Predictor`` as a candidate source: its top ``top_k`` codes per
     note and system with their scores in the ``plm_icd`` column."""
 
     def scores(notes: pl.DataFrame) -> pl.DataFrame:

@@ -79,7 +79,7 @@ def build_encoder(folder: Path) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from coder.export.onnx import export_bundle
-    from coder.train.trainer import TrainingOptions, train
+    from coder.train.plm import TrainingOptions, train
 
     shutil.rmtree(ROOT, ignore_errors=True)
     build_encoder(ROOT / "encoder")

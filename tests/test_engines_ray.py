@@ -19,7 +19,7 @@ from cli import app
 from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
 from coder.io.read import iter_batches, plan_inputs
 from coder.pipeline import PredictOptions, run_batches
-from coder.ray_engine import (
+from coder.engines.ray import (
     PendingBatch,
     RayExecutor,
     RayOptions,
@@ -295,7 +295,7 @@ def test_actor_resources_follow_the_cluster(cluster, options, pending, expected)
 
 def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path):
     pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
-    monkeypatch.setattr("coder.ray_engine._connected", None)  # any use of a cluster would fail
+    monkeypatch.setattr("coder.engines.ray._connected", None)  # any use of a cluster would fail
     out = tmp_path / "out.parquet"
     summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=out, options=OPTIONS,
                           executor=RayExecutor(load=StandIn))

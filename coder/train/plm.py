@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from coder.bundle import (
+from coder.model.folder import (
     ONNX_FILES,
     ModelConfig,
     read_config,
@@ -30,12 +30,12 @@ from coder.bundle import (
     write_card,
     write_config,
 )
-from coder.chunking import ChunkedNote, chunk_notes, collate
+from coder.model.chunking import ChunkedNote, chunk_notes, collate
 from coder.errors import UsageError
 from coder.ontology import load_ontology
-from coder.plm_icd import PlmIcd, predict_proba, save_torch
+from coder.model.plm_icd import PlmIcd, predict_proba, save_torch
 from coder.schema import NOTE_ID
-from coder.train.dataset import (
+from coder.train.data import (
     LabelSet,
     build_labels,
     canonical_codes,

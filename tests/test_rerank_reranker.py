@@ -7,7 +7,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.reranker import Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
+from coder.rerank.reranker import Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
 from coder.schema import CM, PCS
 
 

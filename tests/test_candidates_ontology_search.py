@@ -9,7 +9,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError
-from coder.ontology.search import TERMS_SCHEMA, OntologySearch, ontology_terms
+from coder.candidates.ontology_search import TERMS_SCHEMA, OntologySearch, ontology_terms
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -120,7 +120,7 @@ def test_index_of_older_code_is_replaced(search, cache, tmp_path, monkeypatch):
     search.save(tmp_path / "model")
     OntologySearch.load(tmp_path / "model")
     [old] = cache.iterdir()
-    monkeypatch.setattr("coder.ontology.search.INDEX_VERSION", -1)
+    monkeypatch.setattr("coder.candidates.ontology_search.INDEX_VERSION", -1)
     OntologySearch.load(tmp_path / "model")
     [new] = cache.iterdir()
     assert new != old
@@ -152,8 +152,8 @@ def test_unwritable_cache_only_warns(search, tmp_path, monkeypatch, caplog):
 
 def test_blocks_and_groups_do_not_change_candidates(search, monkeypatch):
     expected = search.candidates(NOTES)
-    monkeypatch.setattr("coder.ontology.search.SENTENCE_BLOCK", 2)  # notes a and c span several blocks
-    monkeypatch.setattr("coder.ontology.search.TEXT_BUDGET", 10)  # one note per vectorizer call
+    monkeypatch.setattr("coder.candidates.ontology_search.SENTENCE_BLOCK", 2)  # notes a and c span several blocks
+    monkeypatch.setattr("coder.candidates.ontology_search.TEXT_BUDGET", 10)  # one note per vectorizer call
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
     # at 2 sentences a block, note a's evidence lies in blocks before its last, which are recomputed
     evidence = dict(expected.filter(pl.col("note_id") == "a").select("code", "evidence_text").iter_rows())
@@ -163,7 +163,7 @@ def test_blocks_and_groups_do_not_change_candidates(search, monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2, 5], ids=["one-thread", "two-threads", "more-threads-than-notes"])
 def test_threads_do_not_change_candidates(search, monkeypatch, threads):
-    monkeypatch.setattr("coder.ontology.search.SEARCH_THREADS", 1)
+    monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", 1)
     expected = search.candidates(NOTES)
-    monkeypatch.setattr("coder.ontology.search.SEARCH_THREADS", threads)
+    monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", threads)
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)

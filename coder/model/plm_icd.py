@@ -17,8 +17,8 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from coder.bundle import CONFIG_FILE, TORCH_DIR, WEIGHTS_FILE, ModelConfig, verify_file
-from coder.chunking import Batch, ChunkedNote, score_in_batches
+from coder.model.folder import CONFIG_FILE, TORCH_DIR, WEIGHTS_FILE, ModelConfig, verify_file
+from coder.model.chunking import Batch, ChunkedNote, score_in_batches
 from coder.errors import ModelBundleError
 
 DEFAULT_ATTENTION_DIM = 256

@@ -5,7 +5,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError
-from coder.tfidf_classifier import TfidfClassifier
+from coder.candidates.tfidf import TfidfClassifier
 
 
 @pytest.fixture(scope="module")

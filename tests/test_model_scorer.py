@@ -3,9 +3,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from coder.bundle import default_model_path, read_config
+from coder.model.folder import default_model_path, read_config
 from coder.errors import ModelBundleError, UsageError
-from coder.predictor import load_predictor
+from coder.model.scorer import load_predictor
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, SYSTEM
 
 
@@ -90,7 +90,7 @@ def test_shipped_model_codes_real_dev_notes():
 def test_auto_precision_falls_back_to_what_is_on_disk(tiny_model_path, tmp_path):
     import shutil
 
-    from coder.predictor import _choose_precision
+    from coder.model.scorer import _choose_precision
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_path, folder)

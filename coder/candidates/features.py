@@ -15,10 +15,10 @@ from pathlib import Path
 
 import polars as pl
 
-from coder.lexicon import EVIDENCE_COLUMNS, EvidenceLexicon
-from coder.ontology.search import OntologySearch
+from coder.candidates.lexicon import EVIDENCE_COLUMNS, EvidenceLexicon
+from coder.candidates.ontology_search import OntologySearch
 from coder.schema import CODE, NOTE_ID, SYSTEM
-from coder.tfidf_classifier import TfidfClassifier
+from coder.candidates.tfidf import TfidfClassifier
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from coder.chunking import Batch
+from coder.model.chunking import Batch
 from coder.errors import UsageError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Learned combination of candidate sources: one probabilistic classifier per ICD-10 system.
 
-Input is the candidate frame of ``coder.candidates`` (one row per note, system, code, with each
+Input is the candidate frame of ``coder.candidates.features`` (one row per note, system, code, with each
 source's score and rank, match quality, negation, code prior and hierarchy features). Output
 ``score`` is the probability that the candidate is a gold code of its note, so one threshold
 per system works. Two model families: gradient-boosted trees (``hgb``) and logistic regression
@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from coder.audit.metrics import average_precision, clean_ranking
-from coder.candidates import KEY, LABEL, extensions, feature_columns, top_codes
+from coder.candidates.features import KEY, LABEL, extensions, feature_columns, top_codes
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from coder.chunking import NO_OFFSET, batches, chunk_notes, collate
+from coder.model.chunking import NO_OFFSET, batches, chunk_notes, collate
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.bundle import (
+from coder.model.folder import (
     CONFIG_FILE,
     ONNX_FILES,
     ModelConfig,
@@ -20,11 +20,11 @@ from coder.bundle import (
     sha256_file,
     verify_file,
 )
-from coder.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
+from coder.model.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.errors import ModelBundleError, UsageError
-from coder.onnx_runtime import CPU_PROVIDER, batch_notes, create_session, onnx_forward, output_width
-from coder.candidates import PLM_ICD
-from coder.reranker import ranked
+from coder.model.session import CPU_PROVIDER, batch_notes, create_session, onnx_forward, output_width
+from coder.candidates.features import PLM_ICD
+from coder.rerank.reranker import ranked
 from coder.schema import CODE, NOTE_ID, PREDICTION_SCHEMA, SYSTEM
 from coder.train.stacking import STACK_PLM_TOP_K, Stack
 
@@ -175,7 +175,7 @@ def load_predictor(path: Path, *, device: str = "auto", precision: str = "auto",
     even when the folder has a stack (what the stack itself is fitted on).
     """
     from coder.ontology import load_ontology
-    from coder.onnx_runtime import gpu_present
+    from coder.model.session import gpu_present
 
     config = read_config(path)
     check_versions(config)

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 
 from coder.errors import CoderError, MissingDependencyError, UsageError, WorkerError
 from coder.io.progress import Progress
-from coder.io.quarantine import RowScreen
+from coder.io.screen import RowScreen
 from coder.io.read import InputPlan, NoteBatch, iter_batches
-from coder.io.write import PartsFolder
+from coder.io.parts import PartsFolder
 from coder.pipeline import BatchPredictor, PredictOptions, RunSummary, Scored, predict_notes, score_batch, write_batch
 from coder.schema import NOTE_ID
 
@@ -313,7 +313,7 @@ class RayExecutor:
 def load_actor_predictor(model: Path, *, device: str, precision: str, codes_file: Path | None) -> BatchPredictor:
     """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
     from coder.ontology import load_ontology
-    from coder.predictor import load_predictor
+    from coder.model.scorer import load_predictor
 
     return load_predictor(model, device=device, precision=precision, ontology=load_ontology(codes_file=codes_file))
 
@@ -333,7 +333,7 @@ def predict_notes_ray(
     The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
     """
     import_ray()  # a missing Ray fails before the model and the ontology load
-    from coder.bundle import default_model_path, model_code_list
+    from coder.model.folder import default_model_path, model_code_list
 
     model_path = (model or default_model_path()).resolve()
     codes_file = model_code_list(model_path, codes_file)  # resolved once, so driver and actors use the same list

@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 
 from coder.errors import UsageError
-from coder.io.write import PartsFolder
+from coder.io.parts import PartsFolder
 from coder.schema import NOTE_ID, QUARANTINE_SCHEMA
 
 SCHEMA = pl.Schema({NOTE_ID: pl.String, "row": pl.Int64})

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from coder.bundle import Label
+from coder.model.folder import Label
 from coder.errors import InputFileError
 from coder.schema import CODE, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS
 

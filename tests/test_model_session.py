@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coder import onnx_runtime
+from coder.model import session as onnx_runtime
 from coder.errors import UsageError
 
 
@@ -35,8 +35,8 @@ def test_session_reports_the_provider_used(tiny_model_path):
 def test_io_bound_forward_gives_the_same_outputs(tiny_model_path):
     import numpy as np
 
-    from coder.bundle import load_tokenizer, read_config
-    from coder.chunking import chunk_notes, collate
+    from coder.model.folder import load_tokenizer, read_config
+    from coder.model.chunking import chunk_notes, collate
 
     config, tokenizer = read_config(tiny_model_path), load_tokenizer(tiny_model_path)
     notes = chunk_notes(["fever and cough " * 40, "a short note"], tokenizer=tokenizer, chunk_len=config.chunk_len,

@@ -199,7 +199,7 @@ def model_code_list(folder: Path, codes_file: Path | None = None) -> Path | None
 def default_model_path() -> Path:
     """``$CODER_MODEL`` if set, else ``<repo root>/models/codiesp-minilm``."""
     configured = os.environ.get(MODEL_ENV)
-    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "models" / "codiesp-minilm"
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "models" / "codiesp-minilm"
     if not (path / CONFIG_FILE).is_file():
         origin = f"${MODEL_ENV}" if configured else "the default model path"
         raise ModelBundleError(

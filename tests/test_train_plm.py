@@ -4,8 +4,8 @@ import polars as pl
 import pytest
 
 from coder.errors import UsageError
-from coder.train import trainer
-from coder.train.trainer import CHECKPOINT, TrainingOptions, train
+from coder.train import plm as trainer
+from coder.train.plm import CHECKPOINT, TrainingOptions, train
 
 OPTIONS = TrainingOptions(epochs=2, batch_size=4, accumulation=1, chunk_len=16, max_chunks=2, attention_dim=8, patience=5)
 

@@ -5,7 +5,7 @@ from polars.testing import assert_frame_equal
 import pytest
 
 from coder.errors import ModelBundleError, NotFittedError
-from coder.lexicon import EvidenceLexicon, Tokens, fold
+from coder.candidates.lexicon import EvidenceLexicon, Tokens, fold
 from coder.schema import CM, PCS
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from coder.chunking import chunk_notes, collate
-from coder.plm_icd import LabelAttention, PlmIcd
+from coder.model.chunking import chunk_notes, collate
+from coder.model.plm_icd import LabelAttention, PlmIcd
 
 
 @pytest.fixture(scope="module")

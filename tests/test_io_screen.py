@@ -2,7 +2,7 @@ from pathlib import Path
 
 import polars as pl
 
-from coder.io.quarantine import RowScreen, quarantine_path, unprocessable
+from coder.io.screen import RowScreen, quarantine_path, unprocessable
 from coder.io.read import NoteBatch
 from coder.schema import NOTE_ID, QUARANTINE_SCHEMA, TEXT, QuarantineReason
 

@@ -4,9 +4,9 @@ import logging
 
 import polars as pl
 
-from coder.bundle import Label
+from coder.model.folder import Label
 from coder.ontology import load_ontology
-from coder.train.dataset import build_labels, canonical_codes, label_matrix
+from coder.train.data import build_labels, canonical_codes, label_matrix
 
 CODES = pl.DataFrame(
     {

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from coder.bundle import CARD_FILE, CARD_KEEP, CONFIG_FILE, MODEL_ENV, ModelConfig, default_model_path, read_config, write_card
+from coder.model.folder import CARD_FILE, CARD_KEEP, CONFIG_FILE, MODEL_ENV, ModelConfig, default_model_path, read_config, write_card
 from coder.errors import ModelBundleError
-from coder.predictor import load_predictor
+from coder.model.scorer import load_predictor
 
 
 @pytest.fixture

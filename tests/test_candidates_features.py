@@ -4,13 +4,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from coder.candidates import (
+from coder.candidates.features import (
     ABSENT_RANK, LABEL, CandidateBuilder, assemble, code_prior, feature_columns, merge_candidates, top_codes, with_labels,
 )
-from coder.lexicon import EvidenceLexicon
-from coder.ontology.search import OntologySearch, ontology_terms
+from coder.candidates.lexicon import EvidenceLexicon
+from coder.candidates.ontology_search import OntologySearch, ontology_terms
 from coder.schema import CM, PCS
-from coder.tfidf_classifier import TfidfClassifier
+from coder.candidates.tfidf import TfidfClassifier
 
 
 def _source(name: str, rows: list[tuple], evidence: bool = False) -> pl.DataFrame:

@@ -1,0 +1,1 @@
+"""Candidate sources: each proposes codes for notes with scores and evidence; the reranker combines them."""

@@ -1,0 +1,1 @@
+"""The fitted combination of candidate sources: calibrated scores and per-system cuts."""
