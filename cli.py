@@ -113,6 +113,25 @@ _CodesFileOption = Annotated[
     typer.Option(exists=True, dir_okay=False, readable=True,
                  help="User code list (TSV/CSV with header code, description[, system]) that extends the release."),
 ]
+_ModelOption = Annotated[
+    Path | None,
+    typer.Option(file_okay=False, help="Model folder whose code list (unless --codes-file) and truncation levels decide "
+                 "which codes are assignable [default: $CODER_MODEL, else the shipped model; none if absent]."),
+]
+
+
+def _model_rules(model: Path | None, codes_file: Path | None) -> tuple[Path | None, dict]:
+    """(code list, truncation levels) a model folder gives ``coder codes``; ``codes_file`` wins."""
+    from coder.errors import ModelBundleError
+    from coder.model.folder import default_model_path, read_config
+
+    try:
+        folder = model or default_model_path()
+    except ModelBundleError:
+        return codes_file, {}  # no default model here: the release and the code list alone
+    config = read_config(folder)
+    own = folder / config.code_list if config.code_list else None
+    return codes_file or own, dict(config.truncations)
 
 
 @codes_app.command("show")
@@ -136,12 +155,17 @@ def codes_validate_command(
     codes: Annotated[list[str] | None, typer.Argument(help="Codes to check; '-' reads one code a line from stdin.")] = None,
     system: _SystemOption = None,
     codes_file: _CodesFileOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {input, system, canonical, status, description}.")] = False,
+    model: _ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {input, system, canonical, status, description, assignable}.")] = False,
 ) -> None:
-    """Check codes against the ontology: exit 0 if all are known, 1 if any is unknown, 2 on usage errors."""
+    """Check codes against the ontology: exit 0 if all are known, 1 if any is unknown, 2 on usage errors.
+    Each code is also said to be assignable or not: whether coder may write it (release codes, the
+    code list's codes, and truncations at the levels the model's labels use)."""
     from coder.ontology.describe import validate_codes
 
-    validation = validate_codes(codes or [], system=system, codes_file=codes_file, stdin=typer.get_text_stream("stdin"))
+    listed, truncations = _model_rules(model, codes_file)
+    validation = validate_codes(codes or [], system=system, codes_file=listed, truncations=truncations,
+                                stdin=typer.get_text_stream("stdin"))
     typer.echo(validation.to_json() if as_json else validation.to_text())
     if note := validation.inference_note():
         typer.echo(note, err=True)
@@ -205,16 +229,17 @@ def predict_command(
     llm_api_key_env: Annotated[str | None, typer.Option(help="openai: environment variable holding the API key (default: OPENAI_API_KEY); the key is never recorded.")] = None,
     llm_required: Annotated[bool, typer.Option("--llm-required", help="Stop (exit 8) if the LLM cannot be loaded or reached, instead of going on without the stage.")] = False,
     llm_weight: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="How far a vote moves a code's score toward 1: score + weight * share * (1 - score) (default 0.1; 0 disables).")] = None,
+    llm_option: Annotated[list[str] | None, typer.Option(help="Any other LLM setting as KEY=VALUE, repeatable (e.g. scope=ontology, prompt_candidates=30, timeout_s=120; the fields of coder.llm.LLMSettings). The model config's llm entry sets them too.")] = None,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
     from coder.errors import UsageError
-    from coder.llm_step import given_llm_settings
-    from coder.pipeline import PredictOptions, predict_notes
+    from coder.llm.settings import parse_settings
+    from coder.predict import predict_notes
+    from coder.run import PredictOptions
 
-    llm_given = given_llm_settings(
-        backend=llm.value if llm else None, model=llm_model, base_url=llm_base_url,
-        api_key_env=llm_api_key_env, required=llm_required or None, weight=llm_weight,
-    )
+    given = {"backend": llm.value if llm else None, "model": llm_model, "base_url": llm_base_url,
+             "api_key_env": llm_api_key_env, "required": llm_required or None, "weight": llm_weight}
+    llm_given = {**parse_settings(llm_option or []), **{name: value for name, value in given.items() if value is not None}}
     options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
         batch_size=batch_size, precision=precision.value, quarantine=quarantine, resume=resume, quiet=quiet,
@@ -258,7 +283,7 @@ def audit_command(
     """Score predictions against coders (CodiEsp MAP, P@k, R@k, F1), write a report or a review sample."""
     import json
 
-    from coder.audit.run import run_audit
+    from coder.audit.score import run_audit
 
     outcome = run_audit(
         predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,
@@ -282,26 +307,6 @@ def export_command(
     config = export_bundle(model_dir, dev_notes=dev_notes, dev_codes=dev_codes, tolerance=tolerance, fp16=fp16)
     for variant, info in config.onnx.items():
         typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
-
-
-@app.command("stack")
-@_reported
-def stack_command(
-    train: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Folder with notes.parquet, codes.parquet and (for the lexicon) evidence.parquet, CodiEsp-shaped.")],
-    out: Annotated[Path, typer.Option(file_okay=False, help="Folder to write the fitted candidate sources and rerankers into.")],
-    folds: Annotated[int, typer.Option(min=2, help="Out-of-fold folds on train (the reranker never sees in-sample features).")] = 5,
-    codes_file: _CodesFileOption = None,
-    model: Annotated[str, typer.Option(help="Reranker family: hgb (gradient-boosted trees) or logistic.")] = "hgb",
-    dev: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Dev folder (CodiEsp-shaped): with --plm-model, fits rerankers that take PLM-ICD scores.")] = None,
-    plm_model: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="PLM-ICD model folder (from `coder train`) whose dev scores are stacked.")] = None,
-) -> None:
-    """Fit the evidence lexicon, ontology search, TF-IDF classifier and their reranker without leakage."""
-    from coder.train.stacking import train_stack
-
-    stack = train_stack(train_dir=train, out_dir=out, folds=folds, codes_file=codes_file, model=model, dev_dir=dev,
-                        plm_model=plm_model)
-    for sources, cuts in stack.cuts.items():
-        typer.echo(f"{'+'.join(sources)}: thresholds {cuts.thresholds} note gates {cuts.gates}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Column names and parquet schemas, declared once and used everywhere."""
+"""Column names and parquet schemas, declared once and used everywhere.
+
+A new output column is one line in ``PREDICTION_SCHEMA`` plus the stage that fills it.
+"""
 
 from __future__ import annotations
 
@@ -26,20 +29,29 @@ EVIDENCE_SCHEMA = pl.Schema(
     {NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, EVIDENCE_TEXT: pl.String, EVIDENCE_OFFSETS: pl.String}
 )
 
+# Columns of candidates and predictions.
+KEY = (NOTE_ID, SYSTEM, CODE)  # one candidate or prediction row per key
+DESCRIPTION = "description"
+SCORE = "score"
+RANK = "rank"
+ABOVE_THRESHOLD = "above_threshold"
+THRESHOLD = "threshold"  # a candidate's decision threshold (not written)
+SOURCE = "source"
+EVIDENCE = ("evidence_text", "evidence_start", "evidence_end")
+EVIDENCE_COLUMNS = pl.Schema({EVIDENCE[0]: pl.String, EVIDENCE[1]: pl.Int32, EVIDENCE[2]: pl.Int32})
+
 # Predictions written by `coder predict`: one row per (note, system, code).
 PREDICTION_SCHEMA = pl.Schema(
     {
         NOTE_ID: pl.String,
         SYSTEM: pl.String,
         CODE: pl.String,  # canonical form (see coder.ontology.normalize)
-        "description": pl.String,
-        "score": pl.Float64,  # calibrated probability in [0, 1]
-        "rank": pl.Int32,  # 1-based within (note, system)
-        "above_threshold": pl.Boolean,
-        "source": pl.String,  # "+"-joined stages that proposed the code: plm_icd, lexicon, ontology, llm
-        "evidence_text": pl.String,
-        "evidence_start": pl.Int32,  # character offsets into the text column the evidence was read from
-        "evidence_end": pl.Int32,
+        DESCRIPTION: pl.String,
+        SCORE: pl.Float64,  # calibrated probability in [0, 1]
+        RANK: pl.Int32,  # 1-based within (note, system)
+        ABOVE_THRESHOLD: pl.Boolean,
+        SOURCE: pl.String,  # "+"-joined stages that proposed the code: plm_icd, lexicon, ontology, llm, ...
+        **EVIDENCE_COLUMNS,  # evidence text and character offsets into the text column it was read from
     }
 )
 

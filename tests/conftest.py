@@ -119,3 +119,31 @@ def tiny_codiesp():
     codes = evidence_frame.select("note_id", "code", "system").unique(maintain_order=True).cast(dict(GOLD_SCHEMA))
     return notes, codes, evidence_frame
 
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tiny_codiesp):
+    """``tiny_codiesp`` as a ``coder.io.corpus.Corpus``."""
+    from coder.io.corpus import Corpus
+
+    return Corpus(*tiny_codiesp)
+
+
+@pytest.fixture(scope="session")
+def tiny_gate(tiny_ontology):
+    """The assignable-code rule over ``tiny_ontology`` for a model whose labels use 4-character PCS codes."""
+    from coder.validate import AssignableCodes
+
+    return AssignableCodes(tiny_ontology, truncations={PCS: (4,)})
+
+
+def run_vote(notes, candidates, *, settings, gate, backend=None, per_note=50):
+    """An ``LLMStage`` opened with ``settings`` voting once: what the stage reports, in one namespace
+    (``available`` and ``error`` as the manifest records them, ``votes``, ``counts``, ``new_tokens``)."""
+    from coder.llm.vote import LLMStage, manifest_section
+
+    stage = LLMStage(settings, gate=gate, backend=backend)
+    votes = stage.vote(notes, candidates, text_column="text", per_note=per_note)
+    section = manifest_section(stage, votes.batch_counts())
+    return SimpleNamespace(available=section["available"], error=stage.error, votes=votes.votes, counts=votes.counts,
+                           new_tokens=votes.new_tokens, section=section, requests=None)

@@ -5,7 +5,7 @@ import subprocess
 import polars as pl
 import pytest
 
-from coder.audit.metrics import audit_system
+from coder.audit.score import audit_system
 from coder.audit.report import render_report
 from coder.schema import CM, GOLD_SCHEMA, PCS, PREDICTION_SCHEMA
 

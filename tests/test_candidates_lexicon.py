@@ -10,9 +10,8 @@ from coder.schema import CM, PCS
 
 
 @pytest.fixture(scope="module")
-def lexicon(tiny_codiesp) -> EvidenceLexicon:
-    notes, _, evidence = tiny_codiesp
-    return EvidenceLexicon(fuzzy_min_ratio=90).fit(notes, evidence)
+def lexicon(tiny_corpus) -> EvidenceLexicon:
+    return EvidenceLexicon(fuzzy_min_ratio=90).fit(tiny_corpus)
 
 
 def _candidates(lexicon: EvidenceLexicon, text: str) -> pl.DataFrame:
@@ -64,9 +63,8 @@ def test_fuzzy_word_is_mapped_to_phrase_word(lexicon):
     assert found["lexicon_fuzzy"].to_list() == [True]
 
 
-def test_fuzzy_can_be_turned_off(tiny_codiesp):
-    notes, _, evidence = tiny_codiesp
-    strict = EvidenceLexicon().fit(notes, evidence)
+def test_fuzzy_can_be_turned_off(tiny_corpus):
+    strict = EvidenceLexicon().fit(tiny_corpus)
     assert _candidates(strict, "Apendicectomia abiertta.").filter(pl.col("code") == "0DTJ0ZZ").is_empty()
 
 

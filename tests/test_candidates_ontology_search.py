@@ -27,7 +27,7 @@ TERMS = pl.DataFrame(
 
 @pytest.fixture(scope="module")
 def search() -> OntologySearch:
-    return OntologySearch(top_k=2).fit(TERMS)
+    return OntologySearch(top_k=2).index(TERMS)
 
 
 def test_ontology_terms_has_descriptions_inclusion_terms_and_pcs_prefixes(tiny_ontology):
@@ -48,7 +48,7 @@ def test_best_sentence_is_the_evidence(search):
 
 @pytest.mark.parametrize("char_ngrams", [None, (3, 4)], ids=["words-only", "chars-3-4"])
 def test_words_and_characters_both_rank_the_described_code_first(char_ngrams):
-    search = OntologySearch(char_ngrams=char_ngrams).fit(TERMS)
+    search = OntologySearch(char_ngrams=char_ngrams).index(TERMS)
     found = search.candidates(pl.DataFrame({"note_id": ["a"], "text": ["Appendix resection was done."]}))
     assert found.filter(pl.col("system") == PCS)["code"].to_list() == ["0DTJ"]
 
@@ -107,10 +107,10 @@ def test_cached_index_gives_the_fitted_candidates(search, cache, tmp_path, monke
 
 
 def test_changed_terms_are_refitted_not_read_from_the_cache(cache, tmp_path, monkeypatch):
-    OntologySearch(top_k=2).fit(TERMS).save(tmp_path / "model")
+    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "model")
     OntologySearch.load(tmp_path / "model")
     more = pl.concat([TERMS, pl.DataFrame([(CM, "R05", "Cough")], schema=TERMS_SCHEMA, orient="row")])
-    OntologySearch(top_k=2).fit(more).save(tmp_path / "model")
+    OntologySearch(top_k=2).index(more).save(tmp_path / "model")
     found = OntologySearch.load(tmp_path / "model").candidates(pl.DataFrame({"note_id": ["a"], "text": ["a dry cough"]}))
     assert found["code"].to_list() == ["R05"]
     assert len(list(cache.iterdir())) == 2  # one index per terms file: models with other terms keep theirs

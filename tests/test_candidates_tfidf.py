@@ -9,9 +9,8 @@ from coder.candidates.tfidf import TfidfClassifier
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_codiesp) -> TfidfClassifier:
-    notes, codes, _ = tiny_codiesp
-    return TfidfClassifier(min_df=1, top_k=2).fit(notes, codes)
+def classifier(tiny_corpus) -> TfidfClassifier:
+    return TfidfClassifier(min_df=1, top_k=2).fit(tiny_corpus)
 
 
 def test_top_k_per_system_ranked_by_score(classifier, tiny_codiesp):

@@ -41,7 +41,8 @@ def test_json_is_keyed_by_system(files):
     result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json"])
     assert result.exit_code == 0, result.output
     audit = json.loads(result.stdout)
-    assert set(audit) == {CM, PCS}
+    assert set(audit) == {CM, PCS, "valid_codes"}
+    assert audit["valid_codes"] == {"code_list": None, "origin": "none", "truncations": {}}  # no manifest beside them
     for key in ("map", "p@5", "p@8", "p@15", "micro_f1", "macro_f1", "notes"):
         assert key in audit[CM]
     # CM: n1 ranks R50.9 (gold), I10: AP = 1/2; n9 is not in gold and is ignored
@@ -72,7 +73,7 @@ def test_report_and_review_round_trip(files, tmp_path):
     [
         (["--report", "x.html"], 2, "--report needs --gold"),
         (["--sample", "3"], 2, "--sample N and --export"),
-        (["--gold", "NOTES"], 3, "gold codes lack column 'code'"),
+        (["--gold", "NOTES"], 3, "missing code column 'code' in the codes"),
         (["--gold", "GOLD", "--k", "1,five"], 2, "comma-separated integers"),
     ],
     ids=["report-without-gold", "sample-without-export", "gold-is-not-gold", "bad-k"],

@@ -48,9 +48,9 @@ def test_validate_json_keys_and_exit_0() -> None:
     result = _run("validate", "--json", "--system", "ICD-10-CM", "n448", "R51")
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert [list(row) for row in rows] == [["input", "system", "canonical", "status", "description"]] * 2
+    assert [list(row) for row in rows] == [["input", "system", "canonical", "status", "description", "assignable"]] * 2
     assert rows[0] == {"input": "n448", "system": "ICD-10-CM", "canonical": "N44.8", "status": "billable",
-                       "description": "Other noninflammatory disorders of the testis"}
+                       "description": "Other noninflammatory disorders of the testis", "assignable": True}
     assert "inferred" not in result.stderr
 
 
@@ -67,10 +67,10 @@ def test_validate_text_says_which_system_was_inferred() -> None:
     result = _run("validate", "N44.8", "0DT6", "ABC")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["N44.8", "N44.8", "ICD-10-CM, inferred", "billable",
+    assert lines[0].split("\t") == ["N44.8", "N44.8", "ICD-10-CM, inferred", "billable", "assignable",
                                     "Other noninflammatory disorders of the testis"]
-    assert lines[1].split("\t")[2:4] == ["ICD-10-PCS, inferred", "prefix"]
-    assert lines[2].split("\t")[1:4] == ["-", "no system, inferred", "unknown"]
+    assert lines[1].split("\t")[2:5] == ["ICD-10-PCS, inferred", "prefix", "assignable"]  # the shipped model's level
+    assert lines[2].split("\t")[1:5] == ["-", "no system, inferred", "unknown", "not assignable"]
     assert "inferred per code: ICD-10-CM 1, ICD-10-PCS 1, no system (unreadable) 1" in result.stderr
 
 
@@ -91,13 +91,20 @@ def test_validate_usage_errors_exit_2(args: tuple[str, ...], message: str) -> No
     assert message in result.stderr
 
 
-def test_validate_with_a_codes_file(tmp_path: Path) -> None:
+def test_validate_with_a_codes_file(tmp_path: Path, tiny_model_path: Path) -> None:
     codes_file = tmp_path / "codes.csv"
     codes_file.write_text("code,description\n3E0T3CZ,Introduction of anesthetic into peripheral nerves\n")
-    assert _run("validate", "3E0T3CZ").exit_code == 1
-    result = _run("validate", "--json", "--codes-file", str(codes_file), "3E0T3CZ")
+    assert _run("validate", "--model", str(tiny_model_path), "3E0T3CZ").exit_code == 1  # the tiny model has no code list
+    result = _run("validate", "--json", "--model", str(tiny_model_path), "--codes-file", str(codes_file), "3E0T3CZ")
     assert result.exit_code == 0
-    assert json.loads(result.stdout)[0]["status"] == "billable"
+    assert json.loads(result.stdout)[0]["status"] == "billable" and json.loads(result.stdout)[0]["assignable"]
+
+
+def test_a_prefix_is_assignable_only_at_a_level_the_models_labels_use(tiny_model_path: Path) -> None:
+    shipped = json.loads(_run("validate", "--json", "0DT6", "0DT60", "BW21Z").stdout)
+    assert [(row["status"], row["assignable"]) for row in shipped] == [("prefix", True), ("prefix", False), ("prefix", False)]
+    full_codes = json.loads(_run("validate", "--json", "--model", str(tiny_model_path), "0DT6").stdout)
+    assert (full_codes[0]["status"], full_codes[0]["assignable"]) == ("prefix", False)
 
 
 def test_a_missing_codes_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.model.folder import read_config
-from coder.model.scorer import load_predictor
+from coder.model.load import load_model
+from coder.pipeline import code_batch
 
 runner = CliRunner()
 
@@ -29,14 +30,26 @@ def test_train_export_predict_end_to_end(tiny_model_path, tmp_path):
     ])
     assert trained.exit_code == 0, trained.output
     config = read_config(out)
-    assert config.dev_metrics["epoch"] == 1 and not (out / "checkpoint.pt").exists()
+    assert config.dev_metrics["epoch"] == 1 and not out.with_name("model.checkpoint").exists()
     exported = runner.invoke(app, ["export", str(out), "--dev-notes", str(notes), "--dev-codes", str(codes), "--no-fp16"])
     assert exported.exit_code == 0, exported.output
     config = read_config(out)
     assert config.onnx["fp32"]["parity"]["logits"] <= 1e-4
     assert "int8" in config.onnx and "dev_map" in config.onnx["int8"]
-    result = load_predictor(out, device="cpu", precision="fp32").predict(pl.read_parquet(notes), top_k=2)
-    assert result.predictions.height == 2 * 2 * 10
+    coded = code_batch(load_model(out, device="cpu", precision="fp32"), pl.read_parquet(notes), top_k=2)
+    assert coded.predictions.height == 2 * 2 * 10
+
+
+def test_train_refuses_an_out_folder_that_is_not_a_model(tiny_model_path, tmp_path):
+    data = tiny_model_path.parent / "data"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("do not delete")
+    result = runner.invoke(app, [
+        "train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
+        "--encoder", str(tiny_model_path.parent / "encoder"), "--out", str(tmp_path / "mine"),
+    ])
+    assert result.exit_code == 2 and "not a coder model folder" in result.output
+    assert (tmp_path / "mine" / "thesis.txt").is_file()
 
 
 def test_train_refuses_dev_notes_without_dev_codes(tiny_model_path, tmp_path):

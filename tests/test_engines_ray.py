@@ -17,71 +17,38 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
-from coder.io.read import iter_batches, plan_inputs
-from coder.pipeline import PredictOptions, run_batches
+import coder.run
+import standin
+from coder.engines.local import code_locally
 from coder.engines.ray import (
     PendingBatch,
-    RayExecutor,
+    RayEngine,
     RayOptions,
     actor_resources,
     plan_batches,
     predict_notes_ray,
     read_batch,
 )
-from coder.schema import CM, NOTE_ID, PREDICTION_SCHEMA, TEXT, TEXT_ES
+from coder.io.read import iter_batches, plan_inputs
+from coder.run import PredictOptions
+from coder.schema import NOTE_ID, PREDICTION_SCHEMA, TEXT
+from standin import StandInModel
 
-CODES = ("R50.9", "J18.9", "I10", "E11.9")
+
+def run_batches(source, *, out, options, engine=code_locally, model=None):
+    """A run with a stand-in model on the driver (it only describes the run when Ray codes the batches)."""
+    return coder.run.run_batches(source, model=model or StandInModel(), out=out, options=options, engine=engine)
+
 runner = CliRunner()
-
-
-class Result:
-    def __init__(self, predictions, truncated, unprocessable):
-        self.predictions, self.truncated, self.unprocessable = predictions, truncated, unprocessable
-
-
-class StandIn:
-    """Scores that depend on each note's text only; "~" has no tokens.
-
-    ``die_on``: the process exits (as a killed worker would) the first time it meets that note id,
-    leaving ``marker`` behind; ``fail_on``: raises on that note id, every time.
-    """
-
-    text_columns = (TEXT, TEXT_ES)
-    execution_provider = "CPUExecutionProvider"
-    precision = "fp32"
-    model_hash = "stand-in-ray"
-
-    def __init__(self, *, die_on=None, fail_on=None, marker=None):
-        self.die_on, self.fail_on, self.marker = die_on, fail_on, marker
-
-    def predict(self, batch, *, top_k=50, threshold_only=False):
-        ids = batch.get_column(NOTE_ID).to_list()
-        if self.die_on in ids and not self.marker.exists():
-            self.marker.touch()
-            os._exit(1)
-        if self.fail_on in ids:
-            raise RuntimeError(f"stand-in failure on note {self.fail_on}")
-        rows = []
-        for note_id, text in batch.select(NOTE_ID, TEXT).iter_rows():
-            if text == "~":
-                continue
-            scores = sorted(((hash_score(text, code), code) for code in CODES), reverse=True)[:top_k]
-            for rank, (score, code) in enumerate(scores, start=1):
-                rows.append((note_id, CM, code, "desc", score, rank, score > 0.5, "plm_icd", None, None, None))
-        empty = batch.filter(pl.col(TEXT) == "~").get_column(NOTE_ID)
-        return Result(pl.DataFrame(rows, schema=PREDICTION_SCHEMA, orient="row"), (), tuple(empty))
-
-
-def hash_score(text: str, code: str) -> float:
-    """A stable pseudo-score in [0, 1) (Python's hash() of str differs between processes)."""
-    return (sum(ord(c) * (i + 1) for i, c in enumerate(text + code)) % 997) / 997
+StandIn = StandInModel
 
 
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
-    # The stand-in lives in this test module, which Ray's workers cannot import: ship it by value.
+    # The stand-ins live in test modules, which Ray's workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(standin)
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -120,7 +87,7 @@ def _assert_same_outputs(local: Path, ray: Path) -> None:
 def local_run(tmp_path, dump):
     out = tmp_path / "local" / "out.parquet"
     out.parent.mkdir()
-    run_batches(dump, predictor=StandIn(), out=out, options=PredictOptions(batch_size=2, quiet=True))
+    run_batches(dump, out=out, options=PredictOptions(batch_size=2, quiet=True))
     return out
 
 
@@ -136,7 +103,7 @@ def _ray_out(tmp_path: Path) -> Path:
 
 def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dump, local_run):
     out = _ray_out(tmp_path)
-    summary = run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=RayExecutor(load=StandIn))
+    summary = run_batches(dump, out=out, options=OPTIONS, engine=RayEngine(load=StandIn))
     _assert_same_outputs(local_run, out)
     quarantine = pl.read_parquet(out.with_name("out.quarantine.parquet"))
     assert quarantine.filter(pl.col("reason") == "duplicate_note_id").select(NOTE_ID, "row").rows() == [
@@ -148,23 +115,23 @@ def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dum
 
 def test_a_killed_worker_loses_and_repeats_no_note(ray_session, tmp_path, dump, local_run):
     marker = tmp_path / "died"
-    executor = RayExecutor(load=functools.partial(StandIn, die_on="g", marker=marker))
+    executor = RayEngine(load=functools.partial(StandIn, die_on="g", marker=marker))
     out = _ray_out(tmp_path)
-    run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=executor)
+    run_batches(dump, out=out, options=OPTIONS, engine=executor)
     assert marker.exists()  # the worker did die once
     _assert_same_outputs(local_run, out)
 
 
 def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_run):
     out = _ray_out(tmp_path)
-    failing = RayExecutor(load=functools.partial(StandIn, fail_on="g"), ray=ONE_ACTOR)
+    failing = RayEngine(load=functools.partial(StandIn, fail_on="g"), ray=ONE_ACTOR)
     with pytest.raises(Exception, match="stand-in failure on note g"):
-        run_batches(dump, predictor=StandIn(), out=out, options=OPTIONS, executor=failing)
+        run_batches(dump, out=out, options=OPTIONS, engine=failing)
     parts = out.with_name("out.parquet.parts")
     done_before = len(list(parts.glob("done-*.json")))
     assert 0 < done_before < 8
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
-    summary = run_batches(dump, predictor=StandIn(), out=out, options=resume, executor=RayExecutor(load=StandIn))
+    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == done_before
     _assert_same_outputs(local_run, out)
 
@@ -172,9 +139,9 @@ def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_ru
 def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
     out = _ray_out(tmp_path)
     with pytest.raises(RuntimeError, match="stand-in failure"):
-        run_batches(dump, predictor=StandIn(fail_on="e"), out=out, options=OPTIONS)
+        run_batches(dump, model=StandIn(fail_on="e"), out=out, options=OPTIONS)
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
-    summary = run_batches(dump, predictor=StandIn(), out=out, options=resume, executor=RayExecutor(load=StandIn))
+    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == 5
     _assert_same_outputs(local_run, out)
     assert _outputs(out)[2]["timing"]["notes_this_run"] == 6
@@ -182,7 +149,7 @@ def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64], ids=["1", "2", "3", "5", "64"])
 def test_read_batch_gives_the_local_readers_batches(dump, batch_size):
-    plan = plan_inputs(dump, text_columns=StandIn.text_columns)
+    plan = plan_inputs(dump, text_columns=StandIn().text_columns)
     batches, pending = plan_batches(plan, batch_size=batch_size, done={})
     local = list(iter_batches(plan, batch_size=batch_size))
     assert batches == len(local) == len(pending)
@@ -193,7 +160,7 @@ def test_read_batch_gives_the_local_readers_batches(dump, batch_size):
 
 
 def test_plan_batches_marks_ids_of_earlier_batches_and_skips_done_ones(dump):
-    plan = plan_inputs(dump, text_columns=StandIn.text_columns)
+    plan = plan_inputs(dump, text_columns=StandIn().text_columns)
     batches, pending = plan_batches(plan, batch_size=2, done={0: {}, 1: {}})
     assert batches == 8
     assert [(p.index, p.seen) for p in pending] == [
@@ -243,7 +210,7 @@ def test_cli_ray_engine_writes_what_the_local_engine_writes(ray_session, tmp_pat
     for engine in ("local", "ray"):
         outs[engine] = tmp_path / engine / "out.parquet"
         outs[engine].parent.mkdir(exist_ok=True)
-        # Batches of 3: none is wholly quarantined (the predictor does not take an empty batch yet).
+        # Batches of 3, the local and the Ray engine alike.
         args = [str(dump), "--out", str(outs[engine]), "--model", str(tiny_model_path), "--engine", engine,
                 "--batch-size", "3", "--device", "cpu", "--quiet"]
         result = runner.invoke(app, ["predict", *args])
@@ -260,8 +227,13 @@ class BrokenBundle(StandIn):
 
 
 class BadLabels(StandIn):
-    def predict(self, batch, *, top_k=50, threshold_only=False):
-        raise ModelBundleError("label count differs from the ONNX output width")
+    def __init__(self):
+        super().__init__()
+
+        def score(notes, **options):
+            raise ModelBundleError("label count differs from the ONNX output width")
+
+        self.scorer.score = score
 
 
 @pytest.mark.parametrize(
@@ -271,7 +243,7 @@ class BadLabels(StandIn):
 )
 def test_a_workers_coder_error_keeps_its_message_and_exit_code(ray_session, tmp_path, dump, load, message):
     with pytest.raises(WorkerError, match=f"^ModelBundleError on a Ray worker: .*{message}") as caught:
-        run_batches(dump, predictor=StandIn(), out=_ray_out(tmp_path), options=OPTIONS, executor=RayExecutor(load=load, ray=ONE_ACTOR))
+        run_batches(dump, out=_ray_out(tmp_path), options=OPTIONS, engine=RayEngine(load=load, ray=ONE_ACTOR))
     assert caught.value.exit_code == ModelBundleError.exit_code
 
 
@@ -297,8 +269,8 @@ def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path):
     pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
     monkeypatch.setattr("coder.engines.ray._connected", None)  # any use of a cluster would fail
     out = tmp_path / "out.parquet"
-    summary = run_batches(tmp_path / "empty.parquet", predictor=StandIn(), out=out, options=OPTIONS,
-                          executor=RayExecutor(load=StandIn))
+    summary = run_batches(tmp_path / "empty.parquet", out=out, options=OPTIONS,
+                          engine=RayEngine(load=StandIn))
     assert summary.input_rows == 0
     predictions, quarantine, manifest = _outputs(out)
     assert predictions.schema == PREDICTION_SCHEMA and quarantine.is_empty()

@@ -63,17 +63,19 @@ def test_trie_code_that_prefixes_another_can_be_emitted_before_or_after_it():
     assert NL not in inside and EOS not in inside  # E11 was emitted: only E11.9 can follow
 
 
-def test_allowed_codes_adds_parent_children_siblings_but_not_blocks(tiny_ontology):
-    allowed = allowed_codes([(CM, "E11.9"), (PCS, "0DTJ4ZZ")], ontology=tiny_ontology)
+def test_allowed_codes_adds_parent_children_siblings_but_not_blocks(tiny_ontology, tiny_gate):
+    allowed = allowed_codes([(CM, "E11.9"), (PCS, "0DTJ4ZZ")], ontology=tiny_ontology, assignable=tiny_gate)
     assert sorted(allowed.systems_by_code) == ["0DTJ", "0DTJ0ZZ", "0DTJ4ZZ", "E11", "E11.65", "E11.9"]
     assert allowed.systems_by_code["0DTJ"] == (PCS,)
     assert allowed.descriptions["E11.65"] == "Type 2 diabetes mellitus with hyperglycemia"
-    category = allowed_codes([(CM, "E11")], ontology=tiny_ontology)
+    category = allowed_codes([(CM, "E11")], ontology=tiny_ontology, assignable=tiny_gate)
     assert "E08-E13" not in category and {"E10", "E11.9"} <= set(category.systems_by_code)
+    no_truncations = allowed_codes([(PCS, "0DTJ4ZZ")], ontology=tiny_ontology, assignable=lambda code, system: len(code) == 7)
+    assert sorted(no_truncations.systems_by_code) == ["0DTJ0ZZ", "0DTJ4ZZ"]  # the parent 0DTJ is no code there
 
 
-def test_ontology_scope_lists_every_code(tiny_ontology):
-    allowed = ontology_codes(ontology=tiny_ontology, systems=[CM])
+def test_ontology_scope_lists_every_code(tiny_ontology, tiny_gate):
+    allowed = ontology_codes(ontology=tiny_ontology, systems=[CM], assignable=tiny_gate)
     assert "J45.909" in allowed and "I10-I1A" not in allowed and "0DTJ4ZZ" not in allowed
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from coder.errors import UsageError
-from coder.llm import LLMSettings
+from coder.llm.settings import LLMSettings
 
 
 def test_defaults_are_off_and_round_trip():

@@ -6,12 +6,15 @@ from coder.schema import CM
 
 
 @pytest.fixture
-def allowed(tiny_ontology):
-    return allowed_codes([(CM, "E11.9"), (CM, "I10")], ontology=tiny_ontology)
+def allowed(tiny_ontology, tiny_gate):
+    return allowed_codes([(CM, "E11.9"), (CM, "I10")], ontology=tiny_ontology, assignable=tiny_gate)
 
 
 def check(text, allowed, ontology, **kwargs):
-    return validate_answer(text, allowed=allowed, ontology=ontology, fuzzy_threshold=90.0, **kwargs)
+    from coder.validate import AssignableCodes
+
+    return validate_answer(text, allowed=allowed, ontology=ontology, assignable=AssignableCodes(ontology),
+                           fuzzy_threshold=90.0, **kwargs)
 
 
 @pytest.mark.parametrize(

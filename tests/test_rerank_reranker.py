@@ -7,7 +7,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.rerank.reranker import Reranker, best_gates, f1_thresholds, gate_notes, ranked, resolve_hierarchy
+from coder.rank import ranked
+from coder.rerank.reranker import Reranker, f1_thresholds
 from coder.schema import CM, PCS
 
 
@@ -33,12 +34,34 @@ def test_learns_the_informative_feature_and_round_trips(model, tmp_path):
     assert scored["score"].is_between(0, 1).all()
     assert np.corrcoef(scored["score"], scored["lexicon"])[0, 1] > 0.8
     reranker.save(tmp_path)
+    assert not [f for f in tmp_path.iterdir() if f.suffix not in (".json", ".onnx")]  # no pickle
     assert_frame_equal(Reranker.load(tmp_path).predict(test), scored)
+
+
+def test_onnx_trees_score_as_scikit_learn_does():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from coder.rerank.trees import tree_probability, trees_session, trees_to_onnx
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 4))
+    x[rng.random(x.shape) < 0.05] = np.nan  # missing values follow each split's learned side
+    y = (x[:, 0] + rng.normal(scale=0.5, size=500) > 0).astype(int)
+    fitted = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=7).fit(x, y)
+    session = trees_session(trees_to_onnx(fitted, n_features=4).SerializeToString(), n_features=4)
+    test = rng.normal(size=(300, 4))
+    test[::7, 1] = np.nan
+    assert np.abs(tree_probability(session, test) - fitted.predict_proba(test)[:, 1]).max() < 1e-12
+
+
+def test_thresholds_are_chosen_on_notes_the_scoring_model_did_not_see():
+    reranker = Reranker(model="logistic").fit(_frame(), gold=_frame().filter(pl.col("label") == 1).select("note_id", "code", "system"))
+    assert set(reranker.thresholds_) == {CM, PCS} and all(0 < t < 1 for t in reranker.thresholds_.values())
 
 
 def test_tampered_tree_file_is_refused(tmp_path):
     Reranker(max_iter=5).fit(_frame()).save(tmp_path)
-    (tmp_path / "icd_10_cm.joblib").write_bytes(b"not the model")
+    (tmp_path / "icd_10_cm.onnx").write_bytes(b"not the model")
     with pytest.raises(ModelBundleError, match="sha256"):
         Reranker.load(tmp_path)
 
@@ -55,42 +78,13 @@ def test_errors():
         Reranker.load(__import__("pathlib").Path("/nonexistent"))
 
 
-HIERARCHY = pl.DataFrame({
-    "note_id": ["a", "a", "a"], "system": [CM, CM, CM], "code": ["R10", "R10.9", "R51"],
-    "evidence_start": [0, 2, 0], "evidence_end": [5, 6, 5], "score": [0.8, 0.6, 0.5],
-})
-
-
-@pytest.mark.parametrize(("penalty", "expected"), [(1.0, [0.8, 0.6, 0.5]), (0.5, [0.4, 0.6, 0.5])], ids=["off", "half"])
-def test_resolve_hierarchy_demotes_parent_with_overlapping_child(penalty, expected):
-    assert resolve_hierarchy(HIERARCHY, penalty=penalty)["score"].to_list() == pytest.approx(expected)
+SCORED = pl.DataFrame({"note_id": ["a", "a", "a"], "system": [CM, CM, CM], "code": ["R51", "R10.9", "R10"],
+                       "score": [0.5, 0.6, 0.8]})
 
 
 def test_ranked_and_thresholds():
-    frame = ranked(HIERARCHY.with_columns(pl.Series("label", [1, 0, 1])))
-    assert frame["rank"].to_list() == [1, 2, 3]
+    frame = ranked(SCORED.with_columns(pl.Series("label", [1, 0, 1])))
+    assert frame["code"].to_list() == ["R10", "R10.9", "R51"] and frame["rank"].to_list() == [1, 2, 3]
     gold = pl.DataFrame({"note_id": ["a", "a", "a"], "code": ["R10", "R51", "Z99"], "system": [CM, CM, CM]})
     # keeping all three: TP 2 of 3 predicted and 3 gold (F1 0.667) beats the top one alone (0.5)
     assert f1_thresholds(frame, gold=gold) == {CM: 0.5}
-
-
-def test_gates_drop_notes_without_a_likely_code_and_are_chosen_by_map():
-    scored = pl.DataFrame({
-        "note_id": ["a", "a", "b"], "system": [PCS, PCS, PCS], "code": ["0DTJ", "0DT6", "0DTJ"],
-        "score": [0.6, 0.1, 0.04], "label": [1, 0, 0],
-    })
-    assert gate_notes(scored, gates={PCS: 0.05})["note_id"].to_list() == ["a", "a"]
-    assert gate_notes(scored, gates={CM: 0.9}).height == 3  # other systems' gates do not apply
-    gold = pl.DataFrame({"note_id": ["a"], "code": ["0DTJ"], "system": [PCS]})
-    # b has no gold procedure: ranking it costs an AP of 0, so the best gate leaves it out
-    assert best_gates(scored, gold=gold, grid=(0.0, 0.05, 0.5)) == {PCS: 0.05}
-
-
-def test_gates_never_pay_for_dropping_a_note_that_has_gold_codes():
-    scored = pl.DataFrame({
-        "note_id": ["a", "b", "c"], "system": [PCS, PCS, PCS], "code": ["0DTJ", "0DTJ", "0DT6"],
-        "score": [0.6, 0.04, 0.03], "label": [1, 0, 1],
-    })
-    gold = pl.DataFrame({"note_id": ["a", "c"], "code": ["0DTJ", "0DT6"], "system": [PCS, PCS]})
-    # gating at 0.05 would drop b (no gold, good) and c (gold, counted AP 0): keep everything
-    assert best_gates(scored, gold=gold, grid=(0.0, 0.05)) == {PCS: 0.0}

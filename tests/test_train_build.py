@@ -7,7 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.model.scorer import STACK_DIR, load_predictor
+from coder.model.folder import read_config
+from coder.model.load import load_model
+from coder.pipeline import code_batch
 from coder.train.build import build_model
 from coder.train.plm import TrainingOptions
 
@@ -39,11 +41,16 @@ def test_one_command_builds_a_reranked_model(tiny_model_path, tiny_codiesp, tmp_
         encoder_path=tiny_model_path.parent / "encoder", encoder_name="tiny", codes_file=None,
         options=TrainingOptions(epochs=1), resume=False, command="test", folds=2,
     )
-    assert (out / STACK_DIR / "stack.json").is_file()
-    predictor = load_predictor(out, device="cpu")
-    assert predictor.text_columns == ("text", "text_es")
-    predictions = predictor.predict(notes, top_k=5).predictions
+    config = read_config(out)
+    assert [s.name for s in config.sources] == ["lexicon", "ontology", "tfidf"]
+    assert {r.sources for r in config.rerankers} == {
+        ("lexicon", "ontology", "tfidf"), ("ontology", "tfidf"), ("lexicon", "ontology", "tfidf", "plm_icd"),
+        ("ontology", "tfidf", "plm_icd")}
+    assert not [f for f in out.rglob("*") if f.suffix in (".pkl", ".joblib", ".pt")]
+    model = load_model(out, device="cpu")
+    assert model.text_columns == ("text", "text_es")
+    predictions = code_batch(model, notes, top_k=5).predictions
     assert predictions["source"].str.contains("lexicon").any()
     assert predictions.group_by("note_id", "system").agg(pl.col("rank").max())["rank"].max() <= 5
-    plm_only = load_predictor(out, device="cpu", rerank=False).predict(notes, top_k=5).predictions
-    assert set(plm_only["source"]) == {"plm_icd"}
+    english = code_batch(model, notes.select("note_id", "text"), top_k=5).predictions
+    assert not english["source"].str.contains("lexicon").any() and english.height

@@ -6,7 +6,8 @@ import polars as pl
 
 from coder.model.folder import Label
 from coder.ontology import load_ontology
-from coder.train.data import build_labels, canonical_codes, label_matrix
+from coder.ontology import canonical_codes
+from coder.train.data import build_labels, label_matrix
 
 CODES = pl.DataFrame(
     {

@@ -5,7 +5,7 @@ import pytest
 
 from coder.errors import UsageError
 from coder.train import plm as trainer
-from coder.train.plm import CHECKPOINT, TrainingOptions, train
+from coder.train.plm import TrainingOptions, checkpoint_folder, train
 
 OPTIONS = TrainingOptions(epochs=2, batch_size=4, accumulation=1, chunk_len=16, max_chunks=2, attention_dim=8, patience=5)
 
@@ -34,14 +34,16 @@ def test_an_interrupted_run_resumes_to_the_same_result(inputs, tmp_path, monkeyp
     monkeypatch.setattr(trainer, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(out=tmp_path / "resumed", **inputs)
-    assert (tmp_path / "resumed" / CHECKPOINT).is_file()
+    checkpoint = checkpoint_folder(tmp_path / "resumed")
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["state.json", "tensors.safetensors"]  # no pickle
+    assert not any(p.suffix == ".pt" for p in (tmp_path / "resumed").rglob("*"))
     monkeypatch.setattr(trainer, "_train_epoch", uninterrupted)
     resumed = train(out=tmp_path / "resumed", resume=True, **inputs)
     assert resumed.training["history"] == full.training["history"]
     assert resumed.files["plm_icd/model.safetensors"] == full.files["plm_icd/model.safetensors"]
-    assert not (tmp_path / "resumed" / CHECKPOINT).exists()
+    assert not checkpoint.exists()
 
 
 def test_resume_without_a_checkpoint_is_refused(inputs, tmp_path):
-    with pytest.raises(UsageError, match="no checkpoint.pt in"):
+    with pytest.raises(UsageError, match="no checkpoint at"):
         train(out=tmp_path / "nothing", resume=True, **inputs)

@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 import coder
+from coder.schema import SYSTEMS
 
 _W, _H = 420, 280
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 52, 16, 30, 44
@@ -129,8 +130,10 @@ def _ks(result: Mapping[str, Any]) -> list[int]:
 def _system_section(system: str, result: Mapping[str, Any]) -> str:
     ks = _ks(result)
     summary = _table(
-        ["notes", "MAP", *(f"P@{k}" for k in ks), *(f"R@{k}" for k in ks), "micro P", "micro R", "micro F1", "macro F1"],
-        [[result["notes"], result["map"], *(result[f"p@{k}"] for k in ks), *(result[f"r@{k}"] for k in ks),
+        ["notes", "MAP", "gold notes", "MAP over all gold notes", *(f"P@{k}" for k in ks), *(f"R@{k}" for k in ks),
+         "micro P", "micro R", "micro F1", "macro F1"],
+        [[result["notes"], result["map"], result["gold_notes"], result["map_all_notes"], *(result[f"p@{k}"] for k in ks),
+          *(result[f"r@{k}"] for k in ks),
           result["micro_precision"], result["micro_recall"], result["micro_f1"], result["macro_f1"]]],
     )
     k_high = max(ks, default=1)
@@ -173,7 +176,7 @@ def _system_section(system: str, result: Mapping[str, Any]) -> str:
 
 def render_report(audit: Mapping[str, Any], *, title: str = "coder audit") -> str:
     """The audit (``coder audit --json`` shape) as one HTML page; an ``llm`` section is shown if present."""
-    sections = [_system_section(system, result) for system, result in audit.items() if system != "llm"]
+    sections = [_system_section(system, result) for system, result in audit.items() if system in SYSTEMS]
     if "llm" in audit:
         sections.append(_table(["LLM stage", "value"], [[k, v] for k, v in audit["llm"].items()]))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from coder.audit.metrics import KEY, code_key
+from coder.audit.keys import KEY, code_key
 from coder.errors import InputFileError
 from coder.schema import NOTE_ID, SYSTEM
 
@@ -51,7 +51,7 @@ def review_sample(
     chosen = random.Random(seed).sample(sorted(candidates.to_list()), min(n, candidates.len()))
     sample = (
         predictions.filter(pl.col(NOTE_ID).is_in(chosen), pl.col("rank") <= top)
-        .select(_REVIEW_COLUMNS)
+        .select(c for c in _REVIEW_COLUMNS if c in predictions.columns)  # description and evidence when the file has them
         .sort(NOTE_ID, SYSTEM, "rank")
     )
     if gold is not None:

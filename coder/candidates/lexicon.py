@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -29,11 +30,14 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
-from coder.schema import CODE, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
+from coder.io.atomic import write_text
+from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
+
+if TYPE_CHECKING:
+    from coder.io.corpus import Corpus
 
 logger = logging.getLogger(__name__)
 
-EVIDENCE_COLUMNS = ("evidence_text", "evidence_start", "evidence_end")
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.;:!?\n]")
 _STOPWORDS = frozenset("de la el los las del en y con por a al un una unos unas para que se o e lo su sus".split())
@@ -92,6 +96,7 @@ class EvidenceLexicon(ParamsMixin):
 
     Parameters
     ----------
+    name: the score column (``<name>``, ``<name>_*`` features) and the ``source`` label.
     text_column: the notes column that is read; evidence offsets point into it.
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
@@ -102,9 +107,12 @@ class EvidenceLexicon(ParamsMixin):
     negation_window: a negation cue this many words before a match, in its sentence, marks it negated.
     """
 
+    learns_from_notes = True
+
     def __init__(
         self,
         *,
+        name: str = "lexicon",
         text_column: str = TEXT_ES,
         max_tokens: int = 10,
         smoothing: float = 1.0,
@@ -112,6 +120,7 @@ class EvidenceLexicon(ParamsMixin):
         fuzzy_min_length: int = 6,
         negation_window: int = 5,
     ):
+        self.name = name
         self.text_column = text_column
         self.max_tokens = max_tokens
         self.smoothing = smoothing
@@ -121,12 +130,17 @@ class EvidenceLexicon(ParamsMixin):
 
     # --- fitting -------------------------------------------------------------------------------
 
-    def fit(self, notes: pl.DataFrame, evidence: pl.DataFrame) -> EvidenceLexicon:
-        """Learn phrases from ``evidence`` (EVIDENCE_SCHEMA) and their reliability on ``notes``.
+    def can_fit(self, corpus: Corpus) -> bool:
+        """Fitting needs coders' evidence spans and the notes' text they point into."""
+        return corpus.evidence.height > 0 and self.text_column in corpus.notes.columns
+
+    def fit(self, corpus: Corpus, *, ontology: Any = None) -> EvidenceLexicon:
+        """Learn phrases from the corpus's evidence (EVIDENCE_SCHEMA) and their reliability on its notes.
 
         The gold codes of a note are the codes of its evidence rows (CodiEsp-X gives a span for
         every gold code).
         """
+        notes, evidence = corpus.notes, corpus.evidence
         phrase_codes: dict[tuple[str, ...], Counter] = defaultdict(Counter)
         for system, code, span in evidence.select(SYSTEM, CODE, EVIDENCE_TEXT).iter_rows():
             words = tuple(Tokens.of(span or "").words)
@@ -235,11 +249,11 @@ class EvidenceLexicon(ParamsMixin):
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """One row per (note, system, code) proposed, with match features and the best evidence span.
 
-        Columns: note_id, system, code, lexicon (best reliability), lexicon_noisy_or, lexicon_support
-        (training notes where the best phrase carried the code), lexicon_present (training notes with
-        the phrase), lexicon_share (the code's share of the phrase's codes), lexicon_mentions,
-        lexicon_tokens, lexicon_set, lexicon_fuzzy, lexicon_negated, evidence_text/start/end
-        (offsets into ``text_column``).
+        Columns (``<name>`` is ``lexicon`` by default): note_id, system, code, <name> (best
+        reliability), <name>_noisy_or, <name>_support (training notes where the best phrase carried
+        the code), <name>_present (training notes with the phrase), <name>_share (the code's share of
+        the phrase's codes), <name>_mentions, <name>_tokens, <name>_set, <name>_fuzzy, <name>_negated,
+        evidence_text/start/end (offsets into ``text_column``).
         """
         self._check_fitted()
         rows = []
@@ -263,7 +277,17 @@ class EvidenceLexicon(ParamsMixin):
                 r, support, present, share, n_tokens, is_set, is_fuzzy, negated, start, end = row
                 rows.append((note_id, system, code, float(r), 1.0 - miss[(system, code)], support, present, float(share),
                              mentions[(system, code)], n_tokens, is_set, is_fuzzy, negated, text[start:end], start, end))
-        return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row")
+        return pl.DataFrame(rows, schema=self._schema(), orient="row")
+
+    def _schema(self) -> pl.Schema:
+        name = self.name
+        return pl.Schema({
+            NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String,
+            name: pl.Float64, f"{name}_noisy_or": pl.Float64, f"{name}_support": pl.Int64,
+            f"{name}_present": pl.Int64, f"{name}_share": pl.Float64, f"{name}_mentions": pl.Int64,
+            f"{name}_tokens": pl.Int64, f"{name}_set": pl.Boolean, f"{name}_fuzzy": pl.Boolean,
+            f"{name}_negated": pl.Boolean, **EVIDENCE_COLUMNS,
+        })
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -278,7 +302,7 @@ class EvidenceLexicon(ParamsMixin):
             "present": self.present_.tolist(),
             "carried": [c.tolist() for c in self.carried_],
         }
-        (path / "lexicon.json").write_text(json.dumps(state, ensure_ascii=False))
+        write_text(path / "lexicon.json", json.dumps(state, ensure_ascii=False), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> EvidenceLexicon:
@@ -296,14 +320,3 @@ class EvidenceLexicon(ParamsMixin):
 def _content_set(words: tuple[str, ...]) -> tuple[str, ...]:
     """The distinct content words of a phrase, sorted: the key of an any-order match."""
     return tuple(sorted({w for w in words if w not in _STOPWORDS and len(w) > 2}))
-
-
-CANDIDATE_SCHEMA = pl.Schema(
-    {
-        NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String,
-        "lexicon": pl.Float64, "lexicon_noisy_or": pl.Float64, "lexicon_support": pl.Int64,
-        "lexicon_present": pl.Int64, "lexicon_share": pl.Float64, "lexicon_mentions": pl.Int64,
-        "lexicon_tokens": pl.Int64, "lexicon_set": pl.Boolean, "lexicon_fuzzy": pl.Boolean,
-        "lexicon_negated": pl.Boolean, "evidence_text": pl.String, "evidence_start": pl.Int32, "evidence_end": pl.Int32,
-    }
-)

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -33,8 +34,12 @@ from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
 from coder.ontology import Ontology
-from coder.ontology.cache import cache_dir, cache_key, write_atomically
-from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, TEXT
+from coder.ontology.cache import cache_dir, cache_key, write_cache
+from coder.io.atomic import write_parquet, write_text
+from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
+
+if TYPE_CHECKING:
+    from coder.io.corpus import Corpus
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,9 @@ class OntologySearch(ParamsMixin):
     char_ngrams: character n-gram lengths inside words; None uses words only.
     """
 
-    def __init__(self, *, text_column: str = TEXT, name: str = "ontology", top_k: int = 30,
+    learns_from_notes = False
+
+    def __init__(self, *, name: str = "ontology", text_column: str = TEXT, top_k: int = 30,
                  char_ngrams: tuple[int, int] | None = (4, 5)):
         self.text_column = text_column
         self.name = name
@@ -96,8 +103,16 @@ class OntologySearch(ParamsMixin):
                                 strip_accents="unicode", min_df=2, vocabulary=vocabularies[1])
         return FeatureUnion([("words", words), ("chars", chars)])
 
-    def fit(self, terms: pl.DataFrame) -> OntologySearch:
-        """Index ``terms`` (TERMS_SCHEMA, e.g. from ``ontology_terms``)."""
+    def can_fit(self, corpus: Corpus) -> bool:
+        """The index is built from the ontology alone; predicting needs the English text column."""
+        return self.text_column in corpus.notes.columns
+
+    def fit(self, corpus: Corpus | None = None, *, ontology: Ontology) -> OntologySearch:
+        """Index every code's terms of ``ontology`` (``ontology_terms``); notes are not read."""
+        return self.index(ontology_terms(ontology))
+
+    def index(self, terms: pl.DataFrame) -> OntologySearch:
+        """Index ``terms`` (TERMS_SCHEMA)."""
         self._order_terms(terms)
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
@@ -122,7 +137,7 @@ class OntologySearch(ParamsMixin):
         the GIL: 1.7x on 2 cores); each note's rows do not depend on the others, so the output is
         the same as in one thread."""
         if not hasattr(self, "term_matrix_"):
-            raise NotFittedError("OntologySearch is not fitted: call fit(terms) or OntologySearch.load(path)")
+            raise NotFittedError("OntologySearch is not fitted: call fit(ontology=...) or OntologySearch.load(path)")
         threads = min(SEARCH_THREADS, notes.height)
         if threads < 2:
             return self._candidates(notes)
@@ -221,15 +236,14 @@ class OntologySearch(ParamsMixin):
 
     def _schema(self) -> pl.Schema:
         return pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64,
-                          f"{self.name}_rank": pl.Int32, "evidence_text": pl.String,
-                          "evidence_start": pl.Int32, "evidence_end": pl.Int32})
+                          f"{self.name}_rank": pl.Int32, **EVIDENCE_COLUMNS})
 
     def save(self, path: Path) -> None:
         """Write the parameters and indexed terms (``terms.parquet``); ``load`` indexes them again
         or reads the index from the cache."""
         path.mkdir(parents=True, exist_ok=True)
-        self.terms_.write_parquet(path / "terms.parquet")
-        (path / "search.json").write_text(json.dumps(self.get_params()))
+        write_parquet(path / "terms.parquet", self.terms_, durable=False)
+        write_text(path / "search.json", json.dumps(self.get_params()), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> OntologySearch:
@@ -248,9 +262,9 @@ class OntologySearch(ParamsMixin):
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         index = self._read_index(file, key=key, n_terms=terms.height)
         if index is None:
-            self.fit(terms)
+            self.index(terms)
             arrays = self._index_arrays(key)
-            write_atomically(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
+            write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
         else:
             self._order_terms(terms)
             self.vectorizer_, self.term_matrix_ = index

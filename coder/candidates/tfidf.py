@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -21,7 +22,11 @@ from sklearn.preprocessing import normalize
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
+from coder.io.atomic import write_atomically, write_text
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
+
+if TYPE_CHECKING:
+    from coder.io.corpus import Corpus
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +36,28 @@ class TfidfClassifier(ParamsMixin):
 
     Parameters
     ----------
-    text_column: the notes column that is read.
     name: the score column written by ``candidates`` (the candidate source's name).
+    text_column: the notes column that is read.
     top_k: candidates kept per (note, system).
     min_df: a word n-gram must occur in this many training notes.
     alpha: ridge penalty (on l2-normalised TF-IDF rows).
     """
 
-    def __init__(self, *, text_column: str = TEXT, name: str = "tfidf", top_k: int = 30, min_df: int = 2, alpha: float = 0.3):
+    learns_from_notes = True
+
+    def __init__(self, *, name: str = "tfidf", text_column: str = TEXT, top_k: int = 30, min_df: int = 2, alpha: float = 0.3):
         self.text_column = text_column
         self.name = name
         self.top_k = top_k
         self.min_df = min_df
         self.alpha = alpha
 
-    def fit(self, notes: pl.DataFrame, codes: pl.DataFrame) -> TfidfClassifier:
-        """Learn from ``notes`` (note_id, text column) and gold ``codes`` (GOLD_SCHEMA)."""
+    def can_fit(self, corpus: Corpus) -> bool:
+        return self.text_column in corpus.notes.columns and corpus.codes.height > 0
+
+    def fit(self, corpus: Corpus, *, ontology: Any = None) -> TfidfClassifier:
+        """Learn from the corpus's notes (note_id, text column) and gold codes (GOLD_SCHEMA)."""
+        notes, codes = corpus.notes, corpus.codes
         counter = CountVectorizer(ngram_range=(1, 2), min_df=self.min_df, strip_accents="unicode", lowercase=True)
         counts = counter.fit_transform(notes[self.text_column].fill_null("").to_list())
         self.vocabulary_ = {term: int(i) for term, i in counter.vocabulary_.items()}
@@ -103,15 +114,16 @@ class TfidfClassifier(ParamsMixin):
         """Write ``tfidf.json`` (parameters, vocabulary, labels) and ``tfidf.npz`` into ``path``."""
         path.mkdir(parents=True, exist_ok=True)
         state = {"params": self.get_params(), "vocabulary": self.vocabulary_, "labels": self.labels_}
-        (path / "tfidf.json").write_text(json.dumps(state, ensure_ascii=False))
+        write_text(path / "tfidf.json", json.dumps(state, ensure_ascii=False), durable=False)
         x = self.train_matrix_
-        np.savez_compressed(path / "tfidf.npz", idf=self.idf_, dual_coef=self.dual_coef_, label_mean=self.label_mean_,
-                            data=x.data, indices=x.indices, indptr=x.indptr, shape=np.array(x.shape))
+        arrays = {"idf": self.idf_, "dual_coef": self.dual_coef_, "label_mean": self.label_mean_,
+                  "data": x.data, "indices": x.indices, "indptr": x.indptr, "shape": np.array(x.shape)}
+        write_atomically(path / "tfidf.npz", lambda handle: np.savez_compressed(handle, **arrays), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> TfidfClassifier:
         state = read_state(path, "tfidf.json", what="TF-IDF classifier", also=("tfidf.npz",))
-        arrays = np.load(path / "tfidf.npz")
+        arrays = np.load(path / "tfidf.npz", allow_pickle=False)
         self = cls(**state["params"])
         self.vocabulary_ = state["vocabulary"]
         self.labels_ = [tuple(label) for label in state["labels"]]

@@ -1,6 +1,6 @@
 """The Ray engine of ``coder predict``: the local engine's batches, scored by a pool of Ray actors.
 
-The driver plans the run exactly as the local engine does (``coder.pipeline.run_batches``: same
+The driver plans the run exactly as the local engine does (``coder.run.run_batches``: same
 files, same batches, same part names, same fingerprint) and reads only the id column first, to
 settle the duplicate-id rule for the whole run. Each actor loads the model once, then for every
 batch it is given reads that batch's rows, screens them, scores them and writes the batch's parts.
@@ -21,27 +21,32 @@ import functools
 import json
 import logging
 import os
-import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from itertools import accumulate
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coder.errors import CoderError, MissingDependencyError, UsageError, WorkerError
-from coder.io.progress import Progress
-from coder.io.screen import RowScreen
-from coder.io.read import InputPlan, NoteBatch, iter_batches
 from coder.io.parts import PartsFolder
-from coder.pipeline import BatchPredictor, PredictOptions, RunSummary, Scored, predict_notes, score_batch, write_batch
+from coder.io.progress import Progress
+from coder.io.read import InputPlan, NoteBatch, iter_batches
+from coder.io.screen import RowScreen
+from coder.llm.vote import LLMStage
+from coder.predict import predict_notes
+from coder.run import PredictOptions, RunSummary, Scored, code_and_write, stage_seconds
 from coder.schema import NOTE_ID
+
+if TYPE_CHECKING:
+    from coder.model.load import Model
 
 log = logging.getLogger(__name__)
 
@@ -149,28 +154,26 @@ def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
 
 
 _RESULT_SCHEMA = pa.schema(
-    {"index": pa.int64(), "counts": pa.string(), "model_seconds": pa.float64(), "execution_provider": pa.string(),
-     "precision": pa.string(), "error": pa.string(), "exit_code": pa.int64()}
+    {"index": pa.int64(), "counts": pa.string(), "execution_provider": pa.string(), "precision": pa.string(),
+     "error": pa.string(), "exit_code": pa.int64()}
 )
 
 
-class BatchScorer:
-    """A Ray actor: loads the model once, then reads, screens, scores and writes whole batches.
+class BatchCoder:
+    """A Ray actor: loads the model once, then reads, screens, codes and writes whole batches.
 
     A CoderError comes back as a result row, not raised: Ray would wrap it in an error that
     keeps neither its class nor its exit code.
     """
 
-    def __init__(
-        self, *, load: Callable[[], BatchPredictor], plan: InputPlan, parts: PartsFolder, options: PredictOptions
-    ) -> None:
+    def __init__(self, *, load: Callable[[], Model], plan: InputPlan, parts: PartsFolder, options: PredictOptions) -> None:
         self._plan = plan
         self._parts = parts
         self._options = options
-        self._predictor: BatchPredictor | None = None
+        self._model: Model | None = None
         self._load_error: CoderError | None = None
         try:
-            self._predictor = load()
+            self._model = load()
         except CoderError as error:
             self._load_error = error
 
@@ -180,24 +183,20 @@ class BatchScorer:
         for item in items.to_pylist():
             pending = PendingBatch.from_item(item)
             try:
-                rows.append(self._score(pending))
+                rows.append(self._code(pending))
             except CoderError as error:
                 message = f"{type(error).__name__} on a Ray worker: {error}"
                 rows.append({"index": pending.index, "error": message, "exit_code": error.exit_code})
         return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
 
-    def _score(self, pending: PendingBatch) -> dict[str, Any]:
+    def _code(self, pending: PendingBatch) -> dict[str, Any]:
         if self._load_error is not None:
             raise self._load_error
-        predictor, options = self._predictor, self._options
+        model = self._model
         batch = read_batch(self._plan, pending)
-        good, bad = RowScreen(seen=pending.seen).split(batch, text_column=predictor.text_columns[0])
-        tick = time.monotonic()
-        result = score_batch(predictor, good, options=options)
-        seconds = time.monotonic() - tick
-        counts = write_batch(self._parts, batch.index, good=good, bad=bad, result=result, file=batch.file)
-        return {"index": batch.index, "counts": json.dumps(counts), "model_seconds": seconds,
-                "execution_provider": predictor.execution_provider, "precision": predictor.precision}
+        counts = code_and_write(model, batch, screen=RowScreen(seen=pending.seen), parts=self._parts, options=self._options)
+        return {"index": batch.index, "counts": json.dumps(counts), "execution_provider": model.execution_provider,
+                "precision": model.precision}
 
 
 @contextmanager
@@ -231,29 +230,24 @@ def actor_resources(ray: ModuleType, options: RayOptions, *, pending: int) -> tu
 
 
 @dataclass(frozen=True)
-class RayExecutor:
-    """A ``coder.pipeline.BatchExecutor``: the pending batches go to Ray actors that each call ``load()`` once.
+class RayEngine:
+    """A ``coder.run.Engine``: the pending batches go to Ray actors that each call ``load()`` once.
 
     ``load`` must pickle (a module-level function, or ``functools.partial`` of one).
     """
 
-    load: Callable[[], BatchPredictor]
+    load: Callable[[], Model]
     ray: RayOptions = RayOptions()
 
-    def __call__(
-        self,
-        plan: InputPlan,
-        *,
-        predictor: BatchPredictor,
-        parts: PartsFolder,
-        done: dict[int, dict[str, Any]],
-        progress: Progress,
-        options: PredictOptions,
-    ) -> Scored:
+    def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
+                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
+        if llm is not None:
+            raise UsageError("the LLM stage runs with --engine local only")
         batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
         rows = {p.index: p.rows for p in pending}
         progress.update(plan.total_rows - sum(rows.values()))
-        model_seconds, providers, precisions = 0.0, set(), set()
+        seconds: Counter = Counter()
+        providers, precisions = set(), set()
         engine: dict[str, Any] = {"name": "ray"}
         if pending:  # else an empty dump, or a finished run resumed: no cluster needed
             ray = import_ray()
@@ -266,16 +260,16 @@ class RayExecutor:
                     if row["error"]:
                         raise WorkerError(row["error"], exit_code=row["exit_code"])
                     done[row["index"]] = json.loads(row["counts"])
-                    model_seconds += row["model_seconds"]
+                    seconds.update(stage_seconds(done[row["index"]]))
                     providers.add(row["execution_provider"])
                     precisions.add(row["precision"])
                     progress.update(rows[row["index"]])
         return Scored(
             batches=batches,
             fresh_rows=sum(rows.values()),
-            model_seconds=model_seconds,
-            execution_provider=",".join(sorted(providers)) or predictor.execution_provider,
-            precision=",".join(sorted(precisions)) or predictor.precision,
+            stage_seconds=dict(seconds),
+            execution_provider=",".join(sorted(providers)) or model.execution_provider,
+            precision=",".join(sorted(precisions)) or model.precision,
             engine=engine,
         )
 
@@ -299,7 +293,7 @@ class RayExecutor:
             # marks deprecated for Ray 2.64; the extra pins 2.60.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             results = items.map_batches(
-                BatchScorer,
+                BatchCoder,
                 batch_size=1,
                 batch_format="pyarrow",
                 fn_constructor_kwargs={"load": self.load, "plan": plan, "parts": parts, "options": options},
@@ -310,12 +304,11 @@ class RayExecutor:
         return results.iter_rows()
 
 
-def load_actor_predictor(model: Path, *, device: str, precision: str, codes_file: Path | None) -> BatchPredictor:
-    """What each actor loads: the model, checking codes against the ontology and code list, as ``predict_notes`` does."""
-    from coder.ontology import load_ontology
-    from coder.model.scorer import load_predictor
+def load_actor_model(model: Path, *, device: str, precision: str, codes_file: Path | None) -> Model:
+    """What each actor loads: the model with the code list the driver resolved."""
+    from coder.model.load import load_model
 
-    return load_predictor(model, device=device, precision=precision, ontology=load_ontology(codes_file=codes_file))
+    return load_model(model, device=device, precision=precision, codes_file=codes_file)
 
 
 def predict_notes_ray(
@@ -328,18 +321,15 @@ def predict_notes_ray(
     options: PredictOptions = PredictOptions(),
     ray: RayOptions = RayOptions(),
 ) -> RunSummary:
-    """``coder predict --engine ray``: ``coder.pipeline.predict_notes`` with the batches scored on Ray actors.
+    """``coder predict --engine ray``: ``coder.predict.predict_notes`` with the batches coded on Ray actors.
 
     The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
     """
     import_ray()  # a missing Ray fails before the model and the ontology load
-    from coder.model.folder import default_model_path, model_code_list
+    from coder.model.folder import default_model_path
 
     model_path = (model or default_model_path()).resolve()
-    codes_file = model_code_list(model_path, codes_file)  # resolved once, so driver and actors use the same list
     codes = codes_file.resolve() if codes_file else None
-    executor = RayExecutor(load=functools.partial(load_actor_predictor, model_path, device=device, precision=options.precision,
-                                                   codes_file=codes), ray=ray)
-    return predict_notes(
-        source, out=out, model=model_path, device="cpu", codes_file=codes_file, options=options, executor=executor
-    )
+    engine = RayEngine(load=functools.partial(load_actor_model, model_path, device=device, precision=options.precision,
+                                              codes_file=codes), ray=ray)
+    return predict_notes(source, out=out, model=model_path, device="cpu", codes_file=codes, options=options, engine=engine)

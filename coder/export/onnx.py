@@ -24,19 +24,14 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AttentionInterface, PreTrainedModel
 
-from coder.model.folder import (
-    ONNX_FILES,
-    ModelConfig,
-    load_tokenizer,
-    read_config,
-    with_file_hashes,
-    write_card,
-    write_config,
-)
-from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
 from coder.export.parity import compare_outputs
-from coder.model.session import create_session, onnx_forward
+from coder.io.corpus import read_codes, read_notes
+from coder.metrics import gold_sets, matrix_scores
+from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
+from coder.model.folder import ONNX_FILES, ModelConfig, finalize, load_tokenizer, read_config
 from coder.model.plm_icd import PlmIcd, load_torch, torch_forward
+from coder.model.session import create_session, onnx_forward
+from coder.ontology import canonical_codes, load_ontology
 from coder.schema import NOTE_ID
 
 logger = logging.getLogger(__name__)
@@ -146,20 +141,18 @@ def _parity_batch(tokenizer, config: ModelConfig, texts: list[str] | None) -> Ba
 
 def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev_notes: Path, dev_codes: Path, batch_size: int) -> dict[str, dict[str, float]]:
     """Dev MAP per system for each forward function (name -> forward)."""
-    from coder.ontology import load_ontology
-    from coder.train.data import canonical_codes, gold_by_system, read_codes, read_notes
-    from coder.train.evaluate import ranking_metrics
-
-    column = next(iter(config.text_columns.values()))
-    notes = read_notes(dev_notes, text_column=column)
-    gold = gold_by_system(canonical_codes(read_codes(dev_codes), ontology=load_ontology()))
+    column = config.text_columns["encoder"]
+    notes = read_notes(dev_notes, text_columns=[column])
+    ontology = load_ontology(codes_file=folder / config.code_list if config.code_list else None)
+    gold = gold_sets(canonical_codes(read_codes(dev_codes), ontology=ontology))
     tokenizer = load_tokenizer(folder)
     chunks = chunk_notes(notes[column].to_list(), tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     maps = {}
     for name, forward in forwards.items():
         scores, _ = score_in_batches(forward, chunks, n_labels=len(config.labels), batch_size=batch_size, pad_id=tokenizer.pad_token_id)
-        metrics = ranking_metrics(scores, note_ids=notes[NOTE_ID].to_list(), labels=config.labels, gold=gold)
-        maps[name] = {system: round(values["map"], 4) for system, values in metrics.items()}
+        metrics = matrix_scores(scores, note_ids=notes[NOTE_ID].to_list(), gold=gold,
+                                labels=[(label.system, label.code) for label in config.labels])
+        maps[name] = {system: round(values.map, 4) for system, values in metrics.items()}
         logger.info("dev MAP %s: %s", name, maps[name])
     return maps
 
@@ -177,8 +170,8 @@ def export_bundle(
     config = read_config(folder)
     model = load_torch(folder, config)
     tokenizer = load_tokenizer(folder)
-    column = next(iter(config.text_columns.values()))
-    texts = pl.read_parquet(dev_notes, columns=[column])[column].head(8).to_list() if dev_notes else None
+    column = config.text_columns["encoder"]
+    texts = read_notes(dev_notes, text_columns=[column])[column].head(8).to_list() if dev_notes else None
     example = _parity_batch(tokenizer, config, texts)
     if example.input_ids.shape[0] < 2 or example.input_ids.shape[1] < 2:
         example = _parity_batch(tokenizer, config, None)  # dynamic axes need >= 2 notes and chunks to trace
@@ -207,10 +200,7 @@ def export_bundle(
 
     if fp16:
         onnx_info["fp16"] = _export_fp16(folder, fp32, reference, example)
-    config = with_file_hashes(folder, dataclasses.replace(config, onnx=onnx_info))
-    write_config(folder, config)
-    write_card(folder, config)
-    return config
+    return finalize(folder, dataclasses.replace(config, onnx=onnx_info))
 
 
 def _export_fp16(folder: Path, fp32: Path, reference: dict[str, np.ndarray], example: Batch) -> dict[str, Any]:

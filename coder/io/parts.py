@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,17 +19,23 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from coder.errors import UsageError
-from coder.io.manifest import write_json
+from coder.io.atomic import write_atomically, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 _RUN = "run.json"
 
 
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(frame.to_arrow(), tmp, compression="none", write_statistics=False)  # parts live minutes: write fast
-    os.replace(tmp, path)
+def differences(previous: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The keys whose values differ, nested mappings compared key by key (``model_components.reranker.x``)."""
+    out = []
+    for key in sorted({*previous, *now}):
+        old, new = previous.get(key), now.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += differences(old, new, prefix=f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 class PartsFolder:
@@ -50,7 +55,7 @@ class PartsFolder:
         run_file = self.path / _RUN
         if resume and run_file.is_file():
             previous = json.loads(run_file.read_text())
-            changed = sorted(key for key in {*previous, *fingerprint} if previous.get(key) != fingerprint.get(key))
+            changed = differences(previous, fingerprint)
             if changed:
                 raise UsageError(
                     f"cannot resume from {self.path}: the interrupted run differs in {', '.join(changed)}; "
@@ -73,9 +78,10 @@ class PartsFolder:
 
         A batch without quarantined rows has no quarantine part.
         """
-        _write_parquet(predictions, self._part("predictions", index))
+        # parts live minutes: written fast (no compression or statistics)
+        write_parquet(self._part("predictions", index), predictions, compression="none", write_statistics=False)
         if not quarantine.is_empty():
-            _write_parquet(quarantine, self._part("quarantine", index))
+            write_parquet(self._part("quarantine", index), quarantine, compression="none", write_statistics=False)
         write_json(self._part("done", index, "json"), counts)
 
     def combine(self, kind: str, *, schema: pl.Schema, dest: Path, batches: int) -> None:
@@ -84,13 +90,15 @@ class PartsFolder:
         Parts are streamed one at a time, so memory stays at one part however long the run.
         """
         arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with pq.ParquetWriter(tmp, arrow_schema) as writer:
-            for index in range(batches):
-                part = self._part(kind, index)
-                if part.exists():
-                    writer.write_table(pq.ParquetFile(part).read().cast(arrow_schema))
-        os.replace(tmp, dest)
+
+        def write(handle) -> None:
+            with pq.ParquetWriter(handle, arrow_schema) as writer:
+                for index in range(batches):
+                    part = self._part(kind, index)
+                    if part.exists():
+                        writer.write_table(pq.ParquetFile(part).read().cast(arrow_schema))
+
+        write_atomically(dest, write)
 
     def remove(self) -> None:
         shutil.rmtree(self.path)

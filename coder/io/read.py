@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +90,16 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
-def _check_column(path: Path, schema: pa.Schema, column: str, role: str) -> None:
+def _check_column(path: Path, schema: pa.Schema, column: str, role: str, *, what: str = "notes",
+                  accepts: Callable[[pa.DataType], bool] = _is_text) -> None:
+    """``column`` is in ``schema`` and of a type ``accepts``; else one error naming file, column and what to do."""
     if column not in schema.names:
-        raise InputFileError(
-            f"{path}: missing {role} column {column!r} (columns: {', '.join(schema.names)}); "
-            f"name it with --{role}-column"
-        )
+        hint = f"; name it with --{role}-column" if what == "notes" and role in ("id", "text") else ""
+        raise InputFileError(f"{path}: missing {role} column {column!r} in the {what} (columns: {', '.join(schema.names)}){hint}")
     kind = schema.field(column).type
-    if not _is_text(kind):
-        raise InputFileError(f"{path}: {role} column {column!r} is {kind}, expected a string column")
+    if not accepts(kind):
+        expected = "a string" if accepts is _is_text else f"an {role}" if role[0] in "aeiou" else f"a {role}"
+        raise InputFileError(f"{path}: {role} column {column!r} is {kind}, expected {expected} column")
 
 
 def plan_inputs(
@@ -134,6 +135,27 @@ def plan_inputs(
             skipped.append(column)
     files = tuple(InputFile(path=path, rows=p.metadata.num_rows, sha256=file_sha256(path)) for path, p in parquet_files)
     return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=tuple(skipped))
+
+
+_KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind),
+          "boolean": pa.types.is_boolean}
+
+
+def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapping[str, str] | None = None,
+               optional: Sequence[str] = ()) -> pl.DataFrame:
+    """A parquet file's ``columns`` (string columns, name -> role: ``{"note_id": "id"}``) and
+    ``typed`` columns (name -> ``integer``, ``number`` or ``boolean``), each checked present and of
+    its type, with the errors ``plan_inputs`` gives, and the ``optional`` columns the file has: the
+    one reader of corpora (training notes, gold codes, evidence) and of audit inputs."""
+    schema = _open(path).schema_arrow
+    for column, role in columns.items():
+        _check_column(path, schema, column, role, what=what)
+    for column, kind in (typed or {}).items():
+        _check_column(path, schema, column, kind, what=what, accepts=_KINDS[kind])
+    try:
+        return pl.read_parquet(path, columns=[*columns, *(typed or {}), *(c for c in optional if c in schema.names)])
+    except (OSError, pl.exceptions.PolarsError) as error:
+        raise InputFileError(f"{path}: unreadable {what} parquet ({type(error).__name__}); is the file truncated?") from None
 
 
 def iter_batches(plan: InputPlan, *, batch_size: int) -> Iterator[NoteBatch]:

@@ -1,12 +1,6 @@
-"""Optional generative stage: a causal LM votes on each note's codes, held to the ontology.
+"""Optional generative stage: a causal LM votes on each note's codes, held to the assignable-code rule.
 
-``run_llm_stage`` (notes + candidates -> votes and hallucination counts) and ``merge_llm_votes``
-(votes -> re-scored predictions) are what the pipeline calls; ``LLMSettings`` configures both.
+``coder.llm.vote`` is the stage the pipeline calls; ``backends`` load or reach the model,
+``prompt`` cuts notes into prompts, ``constrain`` holds decoding to the allowed codes, ``validate``
+judges every answer, ``settings`` configures it all.
 """
-
-from coder.llm.merge import merge_llm_votes
-from coder.llm.settings import LLMSettings
-from coder.llm.stage import LLMStageResult, run_llm_stage
-from coder.llm.validate import HallucinationCounts
-
-__all__ = ["HallucinationCounts", "LLMSettings", "LLMStageResult", "merge_llm_votes", "run_llm_stage"]

@@ -23,8 +23,6 @@ class Ontology(Protocol):
 
     def lookup(self, code: str, system: str | None = None): ...
 
-    def is_known(self, code: str, system: str | None = None) -> bool: ...
-
     def parent(self, canonical: str, system: str) -> str | None: ...
 
     def children(self, canonical: str, system: str) -> Sequence[str]: ...
@@ -52,9 +50,14 @@ class AllowedCodes:
         return len(self.systems_by_code)
 
 
-def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: Ontology) -> AllowedCodes:
+Assignable = Callable[[str, str], bool]
+"""(code, system) -> whether the code may be written (``coder.validate.AssignableCodes``)."""
+
+
+def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: Ontology, assignable: Assignable) -> AllowedCodes:
     """The neighbourhood of one note's candidates: each (system, canonical code), its parent, children and
-    siblings, keeping only what the ontology knows as a code (CM blocks and chapters are parents too)."""
+    siblings, keeping only assignable codes (CM blocks and chapters are parents too, and so are PCS
+    prefixes that no model writes: ``10E0XZ`` is the parent of ``10E0XZZ``, not a code)."""
     pairs: set[tuple[str, str]] = set()
     for system, code in candidates:
         pairs.add((system, code))
@@ -63,12 +66,13 @@ def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: Ontology) 
         if parent is not None:
             pairs.add((system, parent))
             pairs.update((system, sibling) for sibling in ontology.children(parent, system))
-    return _described({pair for pair in pairs if ontology.is_known(pair[1], pair[0])}, ontology=ontology)
+    return _described({pair for pair in pairs if assignable(pair[1], pair[0])}, ontology=ontology)
 
 
-def ontology_codes(*, ontology: Ontology, systems: Iterable[str]) -> AllowedCodes:
-    """Every code of ``systems`` (``scope="ontology"``): one set shared by all notes."""
-    return _described({(system, code) for system in systems for code in ontology.codes(system)}, ontology=ontology)
+def ontology_codes(*, ontology: Ontology, systems: Iterable[str], assignable: Assignable) -> AllowedCodes:
+    """Every assignable code of ``systems`` (``scope="ontology"``): one set shared by all notes."""
+    return _described({(system, code) for system in systems for code in ontology.codes(system) if assignable(code, system)},
+                      ontology=ontology)
 
 
 def _described(pairs: set[tuple[str, str]], *, ontology: Ontology) -> AllowedCodes:

@@ -56,7 +56,7 @@ class LLMSettings:
     """Codes the model may emit: ``candidates`` (the note's candidates and their parents, children and siblings)
     or ``ontology`` (every code of the candidates' systems)."""
     weight: float = 0.1
-    """Score change for a voted code: ``score + weight * share * (1 - score)`` (see ``merge_llm_votes``); 0 disables."""
+    """Score change for a voted code: ``score + weight * share * (1 - score)`` (see ``coder.llm.vote.merge_votes``); 0 disables."""
     fuzzy_threshold: float = 90.0
     """rapidfuzz ``token_sort_ratio`` (0-100) at or above which a description the model wrote instead of a code
     is mapped to the allowed code it matches best (90: small spelling or word-order differences only)."""
@@ -101,3 +101,29 @@ class LLMSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``--llm-option``) -> settings, each value read as its field's type."""
+    kinds = {f.name: f.type for f in dataclasses.fields(LLMSettings)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or key not in kinds:
+            raise UsageError(f"--llm-option {pair!r}: expected KEY=VALUE with KEY one of {sorted(kinds)}")
+        kind = str(kinds[key])
+        try:
+            if kind == "bool":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif kind == "int":
+                out[key] = int(value)
+            elif kind == "float":
+                out[key] = float(value)
+            else:
+                out[key] = value or None
+        except ValueError:
+            raise UsageError(f"--llm-option {pair!r}: {key} takes a {kind}") from None
+    return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from rapidfuzz import fuzz, process, utils
 
 from coder.errors import CodeFormatError
-from coder.llm.constrain import AllowedCodes, Ontology
+from coder.llm.constrain import AllowedCodes, Assignable, Ontology
 
 # Code-shaped: 3-7 upper-case letters/digits with at least one digit, optionally a dot and up to four more
 # (ICD-10-CM ``E11.9``, ICD-10-PCS ``0DTJ4ZZ``, invented ``ZZZ.999``). Words, even upper-case ones like
@@ -35,7 +35,7 @@ class HallucinationCounts:
     accepted: int = 0
     """Proposals that are known codes inside the allowed set (including those mapped from text)."""
     rejected_unknown: int = 0
-    """Code-shaped proposals the ontology does not know: invented codes."""
+    """Code-shaped proposals that are no assignable code (``coder.validate``): invented codes."""
     rejected_not_allowed: int = 0
     """Known codes outside the allowed set."""
     mapped_from_text: int = 0
@@ -84,13 +84,14 @@ def validate_answer(
     *,
     allowed: AllowedCodes,
     ontology: Ontology,
+    assignable: Assignable,
     fuzzy_threshold: float,
     truncated: bool = False,
 ) -> Validated:
     """Normalise each item, look it up, keep what is a known code inside ``allowed``.
 
-    Each code-shaped token of an item is a proposal judged by the ontology (unknown, not allowed,
-    accepted), so ``E11.9, I10`` is two; an item without one is a description, matched against the
+    Each code-shaped token of an item is a proposal judged by the ontology (unknown or not
+    assignable: invented; outside ``allowed``: not allowed; else accepted), so ``E11.9, I10`` is two; an item without one is a description, matched against the
     allowed codes' descriptions with rapidfuzz ``token_sort_ratio`` (lower-cased, punctuation dropped,
     word order ignored, missing words penalised) and kept only at or above ``fuzzy_threshold``.
     """
@@ -101,7 +102,7 @@ def validate_answer(
     for item in split_answer(text, truncated=truncated):
         tokens = _CODE_LIKE.findall(item)
         if tokens:
-            judged.extend(_judge_code(token, allowed=allowed, ontology=ontology) for token in tokens)
+            judged.extend(_judge_code(token, allowed=allowed, ontology=ontology, assignable=assignable) for token in tokens)
         else:
             judged.append(_map_text(item, allowed=allowed, threshold=fuzzy_threshold))
     for code, outcome in judged:
@@ -118,12 +119,12 @@ def validate_answer(
     return Validated(codes=tuple(accepted), counts=HallucinationCounts(**tally))
 
 
-def _judge_code(token: str, *, allowed: AllowedCodes, ontology: Ontology) -> tuple[str | None, str | None]:
+def _judge_code(token: str, *, allowed: AllowedCodes, ontology: Ontology, assignable: Assignable) -> tuple[str | None, str | None]:
     try:
         info = ontology.lookup(token)
     except CodeFormatError:
         return None, "rejected_unknown"
-    if info.status == "unknown":
+    if info.status == "unknown" or not assignable(info.canonical, info.system):
         return None, "rejected_unknown"
     if info.canonical not in allowed:
         return None, "rejected_not_allowed"

@@ -1,41 +1,51 @@
-"""The model folder: a ``ModelConfig`` in ``coder_model.json`` beside the weights, tokenizer and ONNX files.
+"""The model folder: a ``ModelConfig`` in ``coder_model.json`` that lists every component and file.
 
-Layout (each part named for what it holds, like sentence-transformers' numbered modules)::
+Layout (each part named for what it holds)::
 
-    coder_model.json     ModelConfig: labels, thresholds, chunking, text columns, provenance, hashes
-    README.md            model card
+    coder_model.json     ModelConfig: labels, thresholds, chunking, components, provenance, file hashes
+    README.md            model card, generated from the config (coder.model.card)
+    codes.tsv            the user code list the model was trained with (optional)
     plm_icd/             encoder config, tokenizer, model.safetensors (encoder + head, stored fp16)
     onnx/                model.onnx (fp32), model.int8.onnx, model.fp16.onnx
+    sources/<name>/      one folder per candidate source (coder.candidates)
+    rerankers/           prior.parquet and one folder per reranker (coder.rerank)
+
+Model folders travel between hospitals, so loading one never runs code: there is no pickle in a
+folder (a file that is one is refused), and every file must be listed in the config with its
+sha256. The config therefore covers every byte of the folder, and its own sha256 is the model hash.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from importlib.metadata import PackageNotFoundError, version
-
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
 from coder.errors import ModelBundleError
-from coder.hashing import file_sha256 as sha256_file
+from coder.hashing import file_sha256
+from coder.io.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "coder_model.json"
 CARD_FILE = "README.md"
-# Text after this line in a model card is the user's (or the stack's): coder train/export keep it.
-CARD_KEEP = "<!-- coder: the sections below are kept when coder train/export rewrite this card -->\n"
+CODE_LIST_FILE = "codes.tsv"
 TORCH_DIR = "plm_icd"
 WEIGHTS_FILE = f"{TORCH_DIR}/model.safetensors"
 ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
+SOURCES_DIR = "sources"
+RERANKERS_DIR = "rerankers"
 MODEL_ENV = "CODER_MODEL"
+# Suffixes of pickle-based formats (joblib, torch checkpoints, Hugging Face .bin weights).
+_PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin"})
 
 
 @dataclass(frozen=True)
@@ -49,17 +59,45 @@ class Label:
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """A candidate source of the model; its files are in ``sources/<name>/``."""
+
+    name: str
+    """Its score column and its label in the output's ``source`` column."""
+    kind: str
+    """Which estimator reads the folder (a key of ``coder.candidates.SOURCES``)."""
+    text_column: str
+    """The note column it reads; a dump without that column skips the source."""
+
+    @property
+    def folder(self) -> str:
+        return f"{SOURCES_DIR}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RerankerSpec:
+    """A reranker over one set of candidate sources; its files are in ``rerankers/<a+b+...>/``."""
+
+    sources: tuple[str, ...]
+    """The sources whose candidates it combines (``plm_icd`` included), in the model's source order."""
+
+    @property
+    def folder(self) -> str:
+        return f"{RERANKERS_DIR}/{'+'.join(self.sources)}"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to use, check and reproduce a model folder; saved as ``coder_model.json``."""
 
     name: str
     """Model name (the folder name when trained)."""
     labels: tuple[Label, ...]
-    """Output index -> (system, code)."""
+    """PLM-ICD output index -> (system, code)."""
     thresholds: tuple[float, ...]
-    """Decision threshold per label (per-code where it helped on dev, else the system threshold)."""
+    """PLM-ICD decision threshold per label (used when no reranker scores the candidates)."""
     system_thresholds: dict[str, float]
-    """Threshold per system that maximised dev micro-F1."""
+    """PLM-ICD threshold per system that maximised dev micro-F1."""
     chunk_len: int
     """Tokens per chunk including [CLS] and [SEP]."""
     max_chunks: int
@@ -77,13 +115,26 @@ class ModelConfig:
     training: dict[str, Any]
     """Command, seed, hyperparameters, data hashes, truncation counts, epochs run."""
     dev_metrics: dict[str, Any]
-    """Dev metrics per system (MAP, P@5, P@10, micro-F1 at thresholds)."""
+    """PLM-ICD's dev metrics per system (MAP, P@5, P@10, micro-F1 at thresholds)."""
     onnx: dict[str, Any] = field(default_factory=dict)
     """Variant (fp32/int8/fp16) -> {"file", "kept", "dev_map", ...}, written by ``coder export``."""
+    sources: tuple[SourceSpec, ...] = ()
+    """Candidate sources besides PLM-ICD, in evidence priority (the first that has a span gives it)."""
+    rerankers: tuple[RerankerSpec, ...] = ()
+    """One reranker per set of sources a dump may allow; none: PLM-ICD's own scores and thresholds rank."""
+    truncations: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """System -> code lengths (without dots) at which a truncated code is assignable: the levels the
+    model's own labels use (CodiEsp's 4-character PCS codes: ``{"ICD-10-PCS": (4,)}``)."""
+    code_list: str | None = None
+    """The code list file in the folder (``codes.tsv``) that validates the model's codes, if any."""
+    llm: dict[str, Any] | None = None
+    """Settings of the optional LLM stage (``coder.llm.LLMSettings`` fields); None: off unless asked for."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Dev figures of the whole model and the command that measured them (shown on the card)."""
     versions: dict[str, str] = field(default_factory=dict)
     """Library versions that wrote the folder."""
     files: dict[str, str] = field(default_factory=dict)
-    """Relative path -> sha256 of every weight and ONNX file."""
+    """Relative path -> sha256 of every file of the folder but this config."""
     format_version: int = FORMAT_VERSION
     """Layout version of the folder."""
 
@@ -97,25 +148,37 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = CONFIG_FILE) -> ModelConfig:
-        """Build from parsed JSON, refusing unknown and missing keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        unknown = sorted(set(data) - known)
-        missing = sorted(required - set(data))
-        if unknown or missing:
-            raise ModelBundleError(
-                f"{source}: unknown keys {unknown} and missing keys {missing}; "
-                f"it was written by another coder version: re-export or retrain the model"
-            )
+        """Build from parsed JSON, refusing unknown and missing keys (also in sources and rerankers)."""
+        _check_keys(cls, data, source=source)
         if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             raise ModelBundleError(
-                f"{source}: format_version {data['format_version']}, this coder reads {FORMAT_VERSION}"
+                f"{source}: format_version {data['format_version']}, this coder reads {FORMAT_VERSION}; "
+                "rebuild the model with `coder train`"
             )
-        values = dict(data)
-        values["labels"] = tuple(Label(**label) for label in data["labels"])
-        values["thresholds"] = tuple(float(t) for t in data["thresholds"])
-        values["unknown_codes"] = tuple(data["unknown_codes"])
-        return cls(**values)
+        for item in data.get("sources", ()):
+            _check_keys(SourceSpec, item, source=f"{source} sources")
+        for item in data.get("rerankers", ()):
+            _check_keys(RerankerSpec, item, source=f"{source} rerankers")
+        return cls(**{
+            **data,
+            "labels": tuple(Label(**label) for label in data["labels"]),
+            "thresholds": tuple(float(t) for t in data["thresholds"]),
+            "unknown_codes": tuple(data["unknown_codes"]),
+            "sources": tuple(SourceSpec(**item) for item in data.get("sources", ())),
+            "rerankers": tuple(RerankerSpec(sources=tuple(item["sources"])) for item in data.get("rerankers", ())),
+            "truncations": {system: tuple(lengths) for system, lengths in data.get("truncations", {}).items()},
+        })
+
+
+def _check_keys(kind: type, data: Mapping[str, Any], *, source: str) -> None:
+    fields = dataclasses.fields(kind)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    unknown, missing = sorted(set(data) - {f.name for f in fields}), sorted(required - set(data))
+    if unknown or missing:
+        raise ModelBundleError(
+            f"{source}: unknown keys {unknown} and missing keys {missing}; "
+            "it was written by another coder version: rebuild the model with `coder train`"
+        )
 
 
 def library_versions() -> dict[str, str]:
@@ -135,40 +198,91 @@ def read_config(folder: Path) -> ModelConfig:
         raise ModelBundleError(f"{folder} is not a coder model folder: {CONFIG_FILE} is missing")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelBundleError(f"{path} is not valid JSON: {error}") from None
     return ModelConfig.from_dict(data, source=str(path))
 
 
-def write_config(folder: Path, config: ModelConfig) -> None:
-    """Write the config atomically (a reader never sees half a file)."""
-    tmp = folder / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(config.to_json(), encoding="utf-8")
-    os.replace(tmp, folder / CONFIG_FILE)
+def model_hash(folder: Path) -> str:
+    """sha256 of the config, which holds the sha256 of every other file of the folder."""
+    return file_sha256(folder / CONFIG_FILE)
 
 
-def with_file_hashes(folder: Path, config: ModelConfig) -> ModelConfig:
-    """Record the sha256 of the weights and of every ONNX file present."""
-    names = [WEIGHTS_FILE, *ONNX_FILES.values()]
-    files = {name: sha256_file(folder / name) for name in names if (folder / name).is_file()}
-    return dataclasses.replace(config, files=files, versions=library_versions())
+def folder_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` but the config, as sorted relative POSIX paths."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                  if path.is_file() and path.name != CONFIG_FILE)
 
 
-def verify_file(folder: Path, config: ModelConfig, name: str) -> Path:
-    """Path of ``name`` in the folder after checking it exists and matches its recorded hash."""
-    path = folder / name
-    if not path.is_file():
-        raise ModelBundleError(f"{path} is missing; run `coder export {folder}` to (re)create ONNX files")
-    expected = config.files.get(name)
-    if expected is None:
-        raise ModelBundleError(f"{CONFIG_FILE} records no sha256 for {name}; re-export the model")
-    found = sha256_file(path)
-    if found != expected:
+def _is_pickle(path: Path) -> bool:
+    """A pickle by its suffix or by its first bytes (protocol 2-5 header)."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def finalize(folder: Path, config: ModelConfig) -> ModelConfig:
+    """Write the card, then the config with the sha256 of every file of the folder (atomically)."""
+    from coder.model.card import write_card  # the card module renders the config; it does not load models
+
+    write_card(folder, config)
+    files = {name: file_sha256(folder / name) for name in folder_files(folder)}
+    config = dataclasses.replace(config, files=files, versions=library_versions())
+    write_text(folder / CONFIG_FILE, config.to_json())
+    return config
+
+
+def verify_folder(folder: Path, config: ModelConfig, *, needed: Iterable[str]) -> None:
+    """Refuse a folder that holds a pickle or a file its config does not list, or whose ``needed``
+    files are missing or differ from their recorded sha256; the message names the component."""
+    present = folder_files(folder)
+    pickles = [name for name in present if _is_pickle(folder / name)]
+    if pickles:
         raise ModelBundleError(
-            f"{path} has sha256 {found[:12]}…, {CONFIG_FILE} expects {expected[:12]}…; "
-            "the file was changed or replaced after export"
+            f"{folder} holds pickle files ({', '.join(pickles)}): loading them could run code, so coder "
+            "refuses the folder; a model folder holds JSON, parquet, npz, safetensors and ONNX files only"
         )
-    return path
+    unlisted = [name for name in present if name not in config.files]
+    if unlisted:
+        raise ModelBundleError(
+            f"{folder} holds files its {CONFIG_FILE} does not list ({', '.join(unlisted)}); "
+            "remove them, or rebuild the model with `coder train`/`coder export`"
+        )
+    for name in needed:
+        path = folder / name
+        if not path.is_file():
+            raise ModelBundleError(f"{path} is missing ({component_of(name)}); run `coder export {folder}` "
+                                   "for ONNX files, or copy the whole model folder again")
+        found, expected = file_sha256(path), config.files.get(name)
+        if found != expected:
+            raise ModelBundleError(
+                f"{path} ({component_of(name)}) has sha256 {found[:12]}…, {CONFIG_FILE} expects "
+                f"{(expected or 'none')[:12]}…; the file was changed after the model was built"
+            )
+
+
+def component_of(name: str) -> str:
+    """The component a file of the folder belongs to: ``plm_icd``, ``onnx.int8``, ``source.lexicon``,
+    ``reranker.lexicon+plm_icd``, ``code_list``, ``card``."""
+    parts = name.split("/")
+    if parts[0] == "onnx":
+        return next((f"onnx.{variant}" for variant, file in ONNX_FILES.items() if file == name), "onnx")
+    if parts[0] in (SOURCES_DIR, RERANKERS_DIR) and len(parts) > 2:
+        return f"{parts[0].removesuffix('s')}.{parts[1]}"
+    return {CODE_LIST_FILE: "code_list", CARD_FILE: "card"}.get(name, parts[0])
+
+
+def component_hashes(config: ModelConfig) -> dict[str, str]:
+    """Component -> sha256 over its files' hashes, plus ``config`` (every setting but the file list):
+    what ``--resume`` compares to name what changed in a model."""
+    grouped: dict[str, list[str]] = {}
+    for name, sha in sorted(config.files.items()):
+        grouped.setdefault(component_of(name), []).append(f"{name}:{sha}")
+    settings = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "files"}, sort_keys=True)
+    return {"config": hashlib.sha256(settings.encode()).hexdigest(),
+            **{component: hashlib.sha256("\n".join(lines).encode()).hexdigest() for component, lines in grouped.items()}}
 
 
 def check_versions(config: ModelConfig) -> None:
@@ -180,20 +294,11 @@ def check_versions(config: ModelConfig) -> None:
             logger.warning("model written with %s %s, running %s", name, written, current)
 
 
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(folder: Path):
+    """The PLM-ICD tokenizer of a model folder (a fast Hugging Face tokenizer)."""
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(folder / TORCH_DIR))
-
-
-CODE_LIST_FILE = "codes.tsv"  # the user code list a model was trained with, shipped beside its weights
-
-
-def model_code_list(folder: Path, codes_file: Path | None = None) -> Path | None:
-    """The code list to validate a model's codes with: the user's ``codes_file`` when given,
-    else the one the model folder carries (codes of an older release its training data used)."""
-    if codes_file is not None:
-        return codes_file
-    shipped = folder / CODE_LIST_FILE
-    return shipped if shipped.is_file() else None
 
 
 def default_model_path() -> Path:
@@ -207,71 +312,3 @@ def default_model_path() -> Path:
             f"or point ${MODEL_ENV} at a model folder"
         )
     return path
-
-
-def _metrics_table(metrics: dict[str, Any]) -> str:
-    rows = ["| system | notes | MAP | P@5 | P@10 | micro-F1 at thresholds |", "|---|---|---|---|---|---|"]
-    for system, values in metrics.items():
-        if isinstance(values, dict):
-            cells = [f"{values[key]:.4f}" if key in values else "–" for key in ("map", "p@5", "p@10", "micro_f1_at_threshold")]
-            rows.append(f"| {system} | {int(values.get('notes', 0))} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def write_card(folder: Path, config: ModelConfig) -> None:
-    """Write the model card (README.md) from the config; text after ``CARD_KEEP`` in an existing
-    card (e.g. a section on the candidate stack) is kept."""
-    counts: dict[str, int] = {}
-    for label in config.labels:
-        counts[label.system] = counts.get(label.system, 0) + 1
-    variants = "\n".join(
-        f"- {variant}: `{info.get('file')}`, kept: {info.get('kept')}, dev MAP: {info.get('dev_map')}"
-        for variant, info in config.onnx.items()
-    ) or "- none yet: run `coder export` on this folder"
-    card = f"""# {config.name}
-
-PLM-ICD classifier for ICD-10-CM (diagnoses) and ICD-10-PCS (procedures), used by `coder predict`.
-Encoder: {config.encoder.get("name")} fine-tuned per {config.chunk_len}-token chunk (at most
-{config.max_chunks} chunks per note), with masked label-wise attention over the joined chunks.
-
-- Labels: {len(config.labels)} ({", ".join(f"{s}: {n}" for s, n in counts.items())}); codes the
-  ontology did not know and no code list vouched for (left out): {len(config.unknown_codes)}
-- Text column: {config.text_columns}
-- Ontology release: {config.ontology}
-
-## Dev metrics (epoch {config.dev_metrics.get("epoch", "–")})
-
-MAP as CodiEsp's official scorer computes it, over dev notes with at least one gold code of the
-system. Micro-F1 uses the thresholds tuned on these same dev notes (optimistic) and counts every
-gold code, also those the model has no label for.
-
-{_metrics_table(config.dev_metrics)}
-
-## ONNX variants
-
-{variants}
-
-A copy of this folder may leave out large variants (see its `.gitignore`); `coder export` on the
-folder (with `--dev-notes`/`--dev-codes` for the int8 check) writes them again.
-
-## Training
-
-```
-{config.training.get("command", "")}
-```
-
-Seed {config.training.get("seed")}; hyperparameters, data hashes and per-epoch history are in `{CONFIG_FILE}`.
-
-## Data and licences
-
-- Training data: CodiEsp corpus, CLEF eHealth 2020 Task 1 (Barcelona Supercomputing Center):
-  Miranda-Escalada A., Gonzalez-Agirre A., Armengol-Estapé J., Krallinger M. (2020), "Overview of
-  automatic clinical coding: annotations, guidelines, and solutions for non-English clinical cases
-  at CodiEsp track of CLEF eHealth 2020". Licence CC BY 4.0 (English machine translation of
-  Spanish clinical case reports).
-- Encoder weights: {config.encoder.get("name")}{" (Apache-2.0)" if "MiniLM" in config.encoder.get("name", "") else ""}.
-- Not for unsupervised clinical use: scores rank candidate codes for a human coder.
-"""
-    path = folder / CARD_FILE
-    kept = path.read_text(encoding="utf-8").partition(CARD_KEEP)[2] if path.exists() else ""
-    path.write_text(card + (f"\n{CARD_KEEP}{kept}" if kept else ""), encoding="utf-8")

@@ -17,7 +17,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from coder.model.folder import CONFIG_FILE, TORCH_DIR, WEIGHTS_FILE, ModelConfig, verify_file
+from coder.model.folder import CONFIG_FILE, TORCH_DIR, WEIGHTS_FILE, ModelConfig, verify_folder
 from coder.model.chunking import Batch, ChunkedNote, score_in_batches
 from coder.errors import ModelBundleError
 
@@ -132,7 +132,8 @@ def save_torch(folder: Path, *, model: PlmIcd, tokenizer: PreTrainedTokenizerBas
 
 def load_torch(folder: Path, config: ModelConfig) -> PlmIcd:
     """The torch model of a model folder, in fp32 and eval mode, after checking the weights' hash."""
-    weights = verify_file(folder, config, WEIGHTS_FILE)
+    verify_folder(folder, config, needed=[WEIGHTS_FILE])
+    weights = folder / WEIGHTS_FILE
     encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder / TORCH_DIR)))
     model = PlmIcd(encoder=encoder, n_labels=len(config.labels), attention_dim=config.attention_dim)
     state = {name: tensor.float() for name, tensor in load_file(str(weights)).items()}

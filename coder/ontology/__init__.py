@@ -4,7 +4,7 @@
     ont.lookup("n448")                         # CodeInfo(canonical="N44.8", status="billable", ...)
 """
 
-from coder.ontology.ontology import CodeInfo, Ontology, load_ontology
+from coder.ontology.ontology import CodeInfo, Ontology, canonical_codes, load_ontology
 from coder.ontology.syntax import infer_system, normalize
 
-__all__ = ["CodeInfo", "Ontology", "infer_system", "load_ontology", "normalize"]
+__all__ = ["CodeInfo", "Ontology", "canonical_codes", "infer_system", "load_ontology", "normalize"]

@@ -12,13 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from coder.errors import OntologyError
 from coder.hashing import file_sha256
+from coder.io.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +67,19 @@ def load_or_build(
             json.dump({"key": key, "tables": tables}, handle, separators=(",", ":"))
 
     # older files of this name were built from older sources or an older builder
-    write_atomically(path, write, what="cache", stale=f"{name}-*.json.gz")
+    write_cache(path, write, what="cache", stale=f"{name}-*.json.gz")
     return tables
 
 
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, what: str, stale: str | None = None) -> None:
-    """Write ``path`` with ``write(handle)`` into a temporary file renamed at the end, so that a
-    concurrent reader never sees half a file; then delete the files beside it that match the glob
-    ``stale`` (other versions of the same cache). An unwritable cache folder only costs a warning."""
-    temporary: Path | None = None
+def write_cache(path: Path, write: Callable[[IO[bytes]], None], *, what: str, stale: str | None = None) -> None:
+    """Write a cache file atomically (``coder.io.atomic``), then delete the files beside it that
+    match the glob ``stale`` (other versions of the same cache). An unwritable cache folder only
+    costs a warning: the cache is rebuilt next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as raw:
-            temporary = Path(raw.name)
-            write(raw)
-        temporary.chmod(0o644)  # NamedTemporaryFile makes it private; the cache is shared
-        os.replace(temporary, path)
+        write_atomically(path, write, durable=False)  # a lost cache file is rebuilt, not data lost
         for old in path.parent.glob(stale) if stale else ():
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as error:
         logger.warning("cannot write %s %s (%s); set %s to a writable folder", what, path, error, CACHE_DIR_ENV)
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)

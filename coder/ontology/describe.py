@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
@@ -13,9 +13,10 @@ from coder.errors import CodeFormatError, UsageError
 from coder.ontology.ontology import UNKNOWN, CodeInfo, Ontology, load_ontology
 from coder.ontology.syntax import infer_system, normalize
 from coder.schema import CM
+from coder.validate import AssignableCodes
 
 STDIN = "-"
-JSON_KEYS = ("input", "system", "canonical", "status", "description")
+JSON_KEYS = ("input", "system", "canonical", "status", "description", "assignable")
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,10 @@ class Shown:
 
 @dataclass(frozen=True)
 class Validation:
-    """One lookup per input code, in input order."""
+    """One lookup per input code, in input order, and whether each may be written (``coder.validate``)."""
 
     results: tuple[CodeInfo, ...]
+    assignable: tuple[bool, ...]
 
     @property
     def all_known(self) -> bool:
@@ -38,13 +40,15 @@ class Validation:
 
     def to_json(self) -> str:
         """A JSON list of objects with exactly the keys ``JSON_KEYS``."""
-        return json.dumps([{key: asdict(info)[key] for key in JSON_KEYS} for info in self.results], indent=2)
+        return json.dumps([{**{key: asdict(info)[key] for key in JSON_KEYS[:-1]}, "assignable": ok}
+                           for info, ok in zip(self.results, self.assignable, strict=True)], indent=2)
 
     def to_text(self) -> str:
-        """One tab-separated line per input: input, canonical, system, status, description."""
+        """One tab-separated line per input: input, canonical, system, status, assignable or not, description."""
         return "\n".join(
-            "\t".join((info.input, info.canonical or "-", _system_label(info), info.status, _description(info)))
-            for info in self.results
+            "\t".join((info.input, info.canonical or "-", _system_label(info), info.status,
+                       "assignable" if ok else "not assignable", _description(info)))
+            for info, ok in zip(self.results, self.assignable, strict=True)
         )
 
     def inference_note(self) -> str | None:
@@ -70,15 +74,20 @@ def validate_codes(
     *,
     system: str | None = None,
     codes_file: Path | None = None,
+    truncations: Mapping[str, tuple[int, ...]] | None = None,
     stdin: TextIO | None = None,
 ) -> Validation:
-    """Look up every code; ``-`` stands for one code a line read from ``stdin``. UsageError when
-    there is no code at all."""
+    """Look up every code; ``-`` stands for one code a line read from ``stdin``. A code is
+    assignable under ``codes_file`` and the ``truncations`` of a model (``coder.validate``).
+    UsageError when there is no code at all."""
     inputs = list(_expand_stdin(codes, stdin))
     if not inputs:
         raise UsageError("no codes to validate: give codes as arguments, or '-' and one code a line on stdin")
     ontology = load_ontology(codes_file)
-    return Validation(results=tuple(ontology.lookup(code, system) for code in inputs))
+    gate = AssignableCodes(ontology, truncations=truncations or {})
+    results = tuple(ontology.lookup(code, system) for code in inputs)
+    return Validation(results=results, assignable=tuple(
+        info.canonical is not None and info.system is not None and gate(info.canonical, info.system) for info in results))
 
 
 def _expand_stdin(codes: Iterable[str], stdin: TextIO | None) -> Iterable[str]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import polars as pl
+
 from coder.errors import CodeFormatError
 from coder.ontology import sources
 from coder.hashing import file_sha256
@@ -24,7 +26,7 @@ from coder.ontology.cache import load_or_build
 from coder.ontology.codelist import CodeList, read_code_list
 from coder.ontology.sources import BILLABLE, PREFIX, is_code_name
 from coder.ontology.syntax import check_system, infer_system, normalize, shorter_prefix
-from coder.schema import CM, PCS, SYSTEMS
+from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, SYSTEMS
 
 logger = logging.getLogger(__name__)
 
@@ -256,3 +258,18 @@ def load_ontology(codes_file: Path | None = None) -> Ontology:
     except OSError:
         sha256 = None  # read_code_list reports the problem
     return _load(path, sha256)
+
+
+def canonical_codes(codes: pl.DataFrame, *, ontology) -> pl.DataFrame:
+    """Gold codes in the ontology's canonical form, with ``known`` = the ontology (or user list) knows them."""
+    pairs = codes.select(CODE, SYSTEM).unique()
+    infos = [ontology.lookup(code, system) for code, system in pairs.iter_rows()]
+    lookup = pairs.with_columns(
+        pl.Series("canonical", [info.canonical or code for info, code in zip(infos, pairs[CODE], strict=True)], dtype=pl.String),
+        pl.Series("known", [info.status != UNKNOWN for info in infos], dtype=pl.Boolean),
+    )
+    return (
+        codes.join(lookup, on=[CODE, SYSTEM], how="left")
+        .select(NOTE_ID, SYSTEM, pl.col("canonical").alias(CODE), "known")
+        .unique(maintain_order=True)
+    )

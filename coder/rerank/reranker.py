@@ -1,10 +1,12 @@
 """Learned combination of candidate sources: one probabilistic classifier per ICD-10 system.
 
-Input is the candidate frame of ``coder.candidates.features`` (one row per note, system, code, with each
-source's score and rank, match quality, negation, code prior and hierarchy features). Output
-``score`` is the probability that the candidate is a gold code of its note, so one threshold
-per system works. Two model families: gradient-boosted trees (``hgb``) and logistic regression
-on standardised features (``logistic``).
+Input is the candidate frame of ``coder.candidates.features`` (one row per note, system, code,
+with each source's score and rank, match quality, negation, code prior and hierarchy features).
+Output ``score`` is the probability that the candidate is a gold code of its note, so one
+threshold per system works; the thresholds are chosen when fitting, on notes the scoring model
+did not see. Two model families: gradient-boosted trees (``hgb``, scored as ONNX,
+``coder.rerank.trees``) and logistic regression on standardised features (``logistic``).
+Saved as JSON and ONNX: loading a reranker runs no code.
 """
 
 from __future__ import annotations
@@ -12,29 +14,29 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
+from scipy.special import expit
 
-from coder.audit.metrics import average_precision, clean_ranking
-from coder.candidates.features import KEY, LABEL, extensions, feature_columns, top_codes
+from coder.candidates.features import LABEL, feature_columns
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
-from coder.schema import CODE, NOTE_ID, SYSTEM
+from coder.io.atomic import write_atomically, write_text
+from coder.metrics import best_f1_cut
+from coder.rerank.trees import tree_probability, trees_session, trees_to_onnx
+from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM
 
 logger = logging.getLogger(__name__)
 
-SCORE = "score"
 MODELS = ("hgb", "logistic")
-GATE_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+STATE_FILE = "reranker.json"
 
 
 class Reranker(ParamsMixin):
-    """Per-system probability that a candidate code is gold.
+    """Per-system probability that a candidate code is gold, and the per-system F1-best cut.
 
     Parameters
     ----------
@@ -44,12 +46,14 @@ class Reranker(ParamsMixin):
     max_leaf_nodes: hgb tree size.
     l2: hgb leaf regularisation, or the inverse of logistic's C.
     random_state: seed of hgb's feature binning subsample.
-    n_threads: OpenMP and BLAS threads for fitting and scoring; None uses all cores. The default 1 is
-        faster here: the trees are small, and OpenMP barriers on a busy machine cost 10x or more.
+    n_threads: OpenMP and BLAS threads for fitting; None uses all cores. The default 1 is faster
+        here: the trees are small, and OpenMP barriers on a busy machine cost 10x or more.
+    cut_seed: seed of the fifth of the notes held out to choose the thresholds.
     """
 
     def __init__(self, *, model: str = "hgb", max_iter: int = 150, learning_rate: float = 0.05,
-                 max_leaf_nodes: int = 15, l2: float = 1.0, random_state: int = 0, n_threads: int | None = 1):
+                 max_leaf_nodes: int = 15, l2: float = 1.0, random_state: int = 0, n_threads: int | None = 1,
+                 cut_seed: int = 1):
         self.model = model
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -57,8 +61,12 @@ class Reranker(ParamsMixin):
         self.l2 = l2
         self.random_state = random_state
         self.n_threads = n_threads
+        self.cut_seed = cut_seed
 
     def _estimator(self):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+
         if self.model == "hgb":
             return HistGradientBoostingClassifier(max_iter=self.max_iter, learning_rate=self.learning_rate,
                                                   max_leaf_nodes=self.max_leaf_nodes, l2_regularization=self.l2,
@@ -67,31 +75,41 @@ class Reranker(ParamsMixin):
             return LogisticRegression(C=1.0 / self.l2, max_iter=self.max_iter)
         raise UsageError(f"reranker model must be one of {MODELS}, got {self.model!r}")
 
-    def fit(self, frame: pl.DataFrame, *, features: list[str] | None = None) -> Reranker:
-        """Fit on a labelled candidate frame (``label`` column, see ``candidates.with_labels``);
-        ``features`` defaults to every feature column of the frame."""
+    def fit(self, frame: pl.DataFrame, *, gold: pl.DataFrame | None = None, features: list[str] | None = None) -> Reranker:
+        """Fit on a labelled candidate frame (``label`` column, see ``candidates.features.with_labels``);
+        ``features`` defaults to every feature column of the frame. With ``gold`` (GOLD_SCHEMA:
+        every gold code, also those no source proposed), also choose each system's threshold: the
+        F1-best cut of a reranker fitted on four fifths of the notes, on the other fifth."""
         self.features_ = features or feature_columns(frame)
-        self.models_: dict[str, object] = {}
-        self.scaling_: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for (system,), part in frame.group_by(SYSTEM, maintain_order=True):
-            x, y = self._matrix(part, system, fitting=True), part[LABEL].to_numpy()
-            if len(np.unique(y)) < 2:  # nothing to learn: every candidate gets the one observed rate
-                self.models_[system] = float(y.mean())
-                continue
-            with threadpool_limits(limits=self.n_threads):
-                self.models_[system] = self._estimator().fit(x, y)
-            logger.info("reranker %s: %d candidates, %d positive, %d features", system, len(y), int(y.sum()), x.shape[1])
+        self.models_ = {system: self._fit_system(part, system) for (system,), part in frame.group_by(SYSTEM, maintain_order=True)}
+        self.thresholds_: dict[str, float] = {}
+        if gold is not None:
+            notes = frame[NOTE_ID].unique().sort()
+            held = notes.filter(fold_ids(notes, folds=5, seed=self.cut_seed) == 0).implode()
+            part = Reranker(**self.get_params()).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)), features=self.features_)
+            self.thresholds_ = f1_thresholds(part.predict(frame.filter(pl.col(NOTE_ID).is_in(held))), gold=gold)
         return self
 
-    def _matrix(self, frame: pl.DataFrame, system: str, *, fitting: bool = False) -> np.ndarray:
-        """[n_candidates, n_features] float matrix; logistic features standardised with training stats."""
-        x = frame.select(pl.col(c).cast(pl.Float64) for c in self.features_).to_numpy()
-        if self.model != "logistic":
-            return x
-        if fitting:
-            self.scaling_[system] = (x.mean(axis=0), x.std(axis=0) + 1e-9)
-        mean, std = self.scaling_[system]
-        return (x - mean) / std
+    def _fit_system(self, part: pl.DataFrame, system: str) -> Any:
+        """The fitted state of one system: a constant rate, logistic coefficients, or an ONNX tree session."""
+        from threadpoolctl import threadpool_limits
+
+        x, y = self._matrix(part), part[LABEL].to_numpy()
+        if len(np.unique(y)) < 2:  # nothing to learn: every candidate gets the one observed rate
+            return float(y.mean())
+        logger.info("reranker %s: %d candidates, %d positive, %d features", system, len(y), int(y.sum()), x.shape[1])
+        if self.model == "logistic":
+            mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+            with threadpool_limits(limits=self.n_threads):
+                fitted = self._estimator().fit((x - mean) / std, y)
+            return _Logistic(fitted.coef_[0], float(fitted.intercept_[0]), mean, std)
+        with threadpool_limits(limits=self.n_threads):
+            fitted = self._estimator().fit(x, y)
+        return _Trees(trees_to_onnx(fitted, n_features=x.shape[1]).SerializeToString())
+
+    def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        """[n_candidates, n_features] float64 matrix."""
+        return frame.select(pl.col(c).cast(pl.Float64) for c in self.features_).to_numpy()
 
     def predict(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``score`` (probability); systems the reranker has no model for are dropped."""
@@ -111,109 +129,77 @@ class Reranker(ParamsMixin):
         model = self.models_[system]
         if isinstance(model, float):
             return np.full(part.height, model)
-        with threadpool_limits(limits=self.n_threads):
-            return model.predict_proba(self._matrix(part, system))[:, 1]
+        return model.probability(self._matrix(part))
 
     def save(self, path: Path) -> None:
-        """``reranker.json`` (parameters, features; logistic coefficients). Trees go to
-        ``<system>.joblib`` because scikit-learn has no text format for fitted boosted trees;
-        their sha256 is recorded in the JSON and checked on load."""
+        """``reranker.json`` (parameters, features, thresholds, constants and logistic coefficients)
+        and one ``<system>.onnx`` per tree model, whose sha256 the JSON records."""
         path.mkdir(parents=True, exist_ok=True)
-        state: dict = {"params": self.get_params(), "features": self.features_, "models": {}}
+        models: dict[str, Any] = {}
         for system, model in self.models_.items():
             if isinstance(model, float):
-                state["models"][system] = {"constant": model}
-            elif self.model == "logistic":
-                mean, std = self.scaling_[system]
-                state["models"][system] = {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]),
-                                           "mean": mean.tolist(), "std": std.tolist()}
+                models[system] = {"constant": model}
+            elif isinstance(model, _Logistic):
+                models[system] = model.to_json()
             else:
-                import joblib
-
-                file = path / f"{_slug(system)}.joblib"
-                joblib.dump(model, file)
-                state["models"][system] = {"file": file.name, "sha256": file_sha256(file)}
-        (path / "reranker.json").write_text(json.dumps(state, indent=1))
+                file = path / f"{system.lower().replace('-', '_')}.onnx"
+                write_atomically(file, lambda handle, data=model.onnx: handle.write(data), durable=False)
+                models[system] = {"file": file.name, "sha256": file_sha256(file)}
+        state = {"params": self.get_params(), "features": self.features_, "thresholds": self.thresholds_, "models": models}
+        write_text(path / STATE_FILE, json.dumps(state, indent=1), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> Reranker:
-        state = read_state(path, "reranker.json", what="reranker")
+        state = read_state(path, STATE_FILE, what="reranker")
         self = cls(**state["params"])
-        self.features_, self.models_, self.scaling_ = state["features"], {}, {}
+        self.features_, self.thresholds_, self.models_ = state["features"], state["thresholds"], {}
         for system, saved in state["models"].items():
             if "constant" in saved:
-                model = saved["constant"]
-            elif self.model == "logistic":
-                model = LogisticRegression()
-                model.coef_ = np.asarray([saved["coef"]])
-                model.intercept_ = np.asarray([saved["intercept"]])
-                model.classes_ = np.asarray([0, 1])
-                self.scaling_[system] = (np.asarray(saved["mean"]), np.asarray(saved["std"]))
+                self.models_[system] = float(saved["constant"])
+            elif "coef" in saved:
+                self.models_[system] = _Logistic.from_json(saved)
             else:
-                import joblib
-
-                tree_file = path / saved["file"]
-                if file_sha256(tree_file) != saved["sha256"]:
-                    raise ModelBundleError(f"{tree_file} does not match the sha256 in reranker.json: re-save the reranker")
-                model = joblib.load(tree_file)
-            self.models_[system] = model
+                file = path / saved["file"]
+                if not file.is_file() or file_sha256(file) != saved["sha256"]:
+                    raise ModelBundleError(f"{file} is missing or does not match the sha256 in {STATE_FILE}: refit the reranker")
+                self.models_[system] = _Trees(file.read_bytes(), n_features=len(self.features_), source=str(file))
         return self
 
 
-def resolve_hierarchy(frame: pl.DataFrame, *, penalty: float = 1.0) -> pl.DataFrame:
-    """Demote a code when a more specific candidate of the same note reads the same evidence.
+class _Logistic:
+    """A fitted logistic regression on standardised features: p = sigmoid(((x - mean) / std) . coef + intercept)."""
 
-    A parent (``R10``) and its child (``R10.9``) proposed from overlapping spans are one finding
-    coded twice: the parent's score is multiplied by ``penalty`` (1 keeps both as they are).
-    On CodiEsp dev the data says keep both (penalty 0.5: CM MAP -0.0003, PCS -0.001; penalty 0:
-    -0.003 / -0.03: PCS coders often give a 4-axis prefix and a full code for one span), hence
-    the default 1; the reranker already sees ``has_child`` / ``has_parent``.
-    """
-    pairs = extensions(frame.select(*KEY, "evidence_start", "evidence_end")).filter(
-        (pl.col("evidence_start_child") < pl.col("evidence_end")) & (pl.col("evidence_start") < pl.col("evidence_end_child")))
-    demoted = pairs.select(*KEY).unique().with_columns(pl.lit(penalty).alias("_factor"))
-    return (frame.join(demoted, on=list(KEY), how="left")
-            .with_columns((pl.col(SCORE) * pl.col("_factor").fill_null(1.0)).alias(SCORE)).drop("_factor"))
+    def __init__(self, coef: np.ndarray, intercept: float, mean: np.ndarray, std: np.ndarray):
+        self.coef, self.intercept, self.mean, self.std = np.asarray(coef), intercept, np.asarray(mean), np.asarray(std)
 
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        return expit(((x - self.mean) / self.std) @ self.coef + self.intercept)
 
-def gate_notes(scored: pl.DataFrame, *, gates: dict[str, float]) -> pl.DataFrame:
-    """Drop every (note, system) whose best score is under its system's gate: such a note most
-    likely has no code of that system (many notes have no procedure), and an empty ranking says
-    so; CodiEsp's scorer then leaves the note out instead of counting AP 0."""
-    best = pl.col(SCORE).max().over(NOTE_ID, SYSTEM)
-    return scored.filter(best >= pl.col(SYSTEM).replace_strict(gates, default=0.0, return_dtype=pl.Float64))
+    def to_json(self) -> dict[str, Any]:
+        return {"coef": self.coef.tolist(), "intercept": self.intercept, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> _Logistic:
+        return cls(np.asarray(saved["coef"]), float(saved["intercept"]), np.asarray(saved["mean"]), np.asarray(saved["std"]))
 
 
-def best_gates(scored: pl.DataFrame, *, gold: pl.DataFrame, grid: tuple[float, ...] = GATE_GRID) -> dict[str, float]:
-    """Per system, the gate in ``grid`` with the best MAP over the notes of ``scored``, where a
-    note with gold codes that the gate leaves unranked counts AP 0. (CodiEsp's scorer would
-    leave it out, which rewards gating away hard notes that do have codes: a gate chosen that
-    way dropped 52 of 222 dev notes with procedures.)"""
-    out = {}
-    for system in scored[SYSTEM].unique(maintain_order=True):
-        part = scored.filter(pl.col(SYSTEM) == system)
-        truth: dict[str, set[str]] = {}
-        for note_id, code in gold.filter(pl.col(SYSTEM) == system).select(NOTE_ID, CODE).iter_rows():
-            truth.setdefault(note_id, set()).add(code.lower())
-        notes = part[NOTE_ID].unique().to_list()
-        maps = []
-        for gate in grid:
-            rankings = top_codes(gate_notes(part, gates={system: gate}), score=SCORE).get(system, {})
-            aps = [average_precision(clean_ranking(rankings[n]), truth.get(n, set())) if n in rankings else 0.0
-                   for n in notes if n in rankings or n in truth]
-            maps.append(float(np.mean(aps)) if aps else 0.0)
-        out[system] = grid[int(np.argmax(maps))]
-    return out
+class _Trees:
+    """Boosted trees as ONNX bytes and their onnxruntime session."""
+
+    def __init__(self, onnx: bytes, *, n_features: int | None = None, source: str = "tree model"):
+        self.onnx = onnx
+        self.session = trees_session(onnx, n_features=n_features, source=source)
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        return tree_probability(self.session, x)
 
 
-def ranked(frame: pl.DataFrame) -> pl.DataFrame:
-    """Sort by note, system and descending score, and add ``rank`` (1-based per note and system)."""
-    return frame.sort([NOTE_ID, SYSTEM, SCORE], descending=[False, False, True]).with_columns(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(NOTE_ID, SYSTEM).alias("rank"))
-
-
-def _slug(system: str) -> str:
-    return system.lower().replace("-", "_")
+def fold_ids(note_ids: pl.Series, *, folds: int, seed: int) -> np.ndarray:
+    """[n_notes] fold number of each note: a seeded permutation cut into ``folds`` parts."""
+    order = np.random.default_rng(seed).permutation(len(note_ids))
+    fold = np.empty(len(note_ids), dtype=np.int64)
+    fold[order] = np.arange(len(note_ids)) % folds
+    return fold
 
 
 def f1_thresholds(scored: pl.DataFrame, *, gold: pl.DataFrame) -> dict[str, float]:
@@ -223,8 +209,5 @@ def f1_thresholds(scored: pl.DataFrame, *, gold: pl.DataFrame) -> dict[str, floa
     notes = scored[NOTE_ID].unique().implode()
     for (system,), part in scored.group_by(SYSTEM, maintain_order=True):
         n_gold = gold.filter((pl.col(SYSTEM) == system) & pl.col(NOTE_ID).is_in(notes)).select(NOTE_ID, CODE).unique().height
-        order = part.sort(SCORE, descending=True)
-        tp = np.cumsum(order[LABEL].to_numpy())
-        f1 = 2 * tp / (np.arange(1, len(tp) + 1) + n_gold)
-        out[system] = float(order[SCORE][int(f1.argmax())])
+        out[system] = best_f1_cut(part[SCORE].to_numpy(), part[LABEL].to_numpy(), n_gold=n_gold)
     return out

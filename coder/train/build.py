@@ -1,21 +1,22 @@
 """``coder train`` end to end: PLM-ICD, then (with coders' evidence spans) its ONNX export and the
-candidate stack (evidence lexicon, ontology search, TF-IDF, reranker) in the same model folder."""
+candidate sources and rerankers, all in one model folder whose config lists every component."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
-import polars as pl
-
-from coder.model.folder import CODE_LIST_FILE, ModelConfig
 from coder.errors import UsageError
 from coder.export.onnx import export_bundle
-from coder.model.scorer import STACK_DIR
-from coder.schema import EVIDENCE_SCHEMA
-from coder.train.stacking import Corpus, stack_corpora
+from coder.io.corpus import Corpus
+from coder.model.folder import ModelConfig, finalize, read_config
+from coder.model.load import load_model
+from coder.ontology import load_ontology
+from coder.rerank.score import STACK_PLM_TOP_K
+from coder.schema import TEXT_ES
 from coder.train.plm import TrainingOptions, train
+from coder.train.stacking import add_plm_rerankers, fit_stack
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ def build_model(
     command: str,
     folds: int = 5,
 ) -> ModelConfig:
-    """Train PLM-ICD into ``out``; with ``evidence``, also export it and fit the stack into ``out/stack``.
+    """Train PLM-ICD into ``out``; with ``evidence``, also export it and fit the candidate sources and
+    rerankers into the same folder.
 
-    The stack's rerankers that take PLM-ICD scores are fitted on dev (PLM-ICD has no out-of-fold
-    train scores), so ``evidence`` needs ``dev_notes`` and ``dev_codes``.
+    The rerankers that take PLM-ICD scores are fitted on dev (PLM-ICD has no out-of-fold train
+    scores), so ``evidence`` needs ``dev_notes`` and ``dev_codes``.
     """
     if evidence is not None and (dev_notes is None or dev_codes is None):
         raise UsageError("--evidence needs --dev-notes and --dev-codes: the reranker over PLM-ICD scores is fitted on dev")
@@ -50,19 +52,15 @@ def build_model(
         encoder_path=encoder_path, encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume,
         command=command,
     )
-    if codes_file is not None:  # predict validates the model's codes with the list it was trained with
-        shutil.copyfile(codes_file, out / CODE_LIST_FILE)
     if evidence is None:
         return config
     export_bundle(out, dev_notes=dev_notes, dev_codes=dev_codes)
-    logger.info("fitting the candidate stack into %s", out / STACK_DIR)
-    stack_corpora(
-        train=_corpus(notes, codes, evidence), dev=_corpus(dev_notes, dev_codes, dev_evidence),
-        out_dir=out / STACK_DIR, folds=folds, codes_file=codes_file, plm_model=out,
-    )
-    return config
-
-
-def _corpus(notes: Path, codes: Path, evidence: Path | None) -> Corpus:
-    spans = pl.read_parquet(evidence) if evidence is not None else pl.DataFrame(schema=EVIDENCE_SCHEMA)
-    return Corpus(pl.read_parquet(notes), pl.read_parquet(codes), spans)
+    logger.info("fitting the candidate sources and rerankers into %s", out)
+    ontology = load_ontology(codes_file=codes_file)
+    train_corpus = Corpus.read(notes, codes, evidence, text_columns=[text_column], optional=[TEXT_ES])
+    dev = Corpus.read(dev_notes, dev_codes, dev_evidence, text_columns=[text_column], optional=[TEXT_ES])
+    stack = fit_stack(train=train_corpus, ontology=ontology, folds=folds)
+    plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K).candidates
+    stack = add_plm_rerankers(stack, dev=dev, plm=plm)
+    sources, rerankers = stack.save(out)
+    return finalize(out, dataclasses.replace(read_config(out), sources=sources, rerankers=rerankers))

@@ -1,4 +1,4 @@
-"""Training data: notes and gold codes read from parquet, labels checked against the ontology."""
+"""Training labels: the canonical training codes the ontology knows, and their target matrix."""
 
 from __future__ import annotations
 
@@ -6,63 +6,14 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from coder.model.folder import Label
-from coder.errors import InputFileError
-from coder.schema import CODE, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS
+from coder.schema import CODE, NOTE_ID, SYSTEM
 
 logger = logging.getLogger(__name__)
-
-UNKNOWN = "unknown"
-
-
-def _read(path: Path, columns: Sequence[str]) -> pl.DataFrame:
-    try:
-        frame = pl.read_parquet(path)
-    except (OSError, pl.exceptions.ComputeError) as error:
-        raise InputFileError(f"cannot read {path} as parquet: {type(error).__name__}") from None
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise InputFileError(f"{path} lacks column(s) {missing}; it has {frame.columns}")
-    return frame.select(columns)
-
-
-def read_notes(path: Path, *, text_column: str) -> pl.DataFrame:
-    """note_id + text column, rows with null or blank text or repeated ids dropped (counted in the log)."""
-    frame = _read(path, [NOTE_ID, text_column]).with_columns(pl.col(NOTE_ID).cast(pl.String))
-    kept = frame.filter(pl.col(NOTE_ID).is_not_null() & (pl.col(text_column).str.strip_chars().str.len_chars() > 0))
-    kept = kept.unique(NOTE_ID, keep="first", maintain_order=True)
-    if kept.height < frame.height:
-        logger.warning("%s: dropped %d of %d rows (null id, blank text or repeated id)", path, frame.height - kept.height, frame.height)
-    return kept
-
-
-def read_codes(path: Path) -> pl.DataFrame:
-    """Gold codes (note_id, code, system), systems checked."""
-    frame = _read(path, list(GOLD_SCHEMA)).cast(dict(GOLD_SCHEMA))
-    bad = sorted(set(frame[SYSTEM].unique().to_list()) - set(SYSTEMS))
-    if bad:
-        raise InputFileError(f"{path}: column {SYSTEM!r} has values {bad}; expected one of {list(SYSTEMS)}")
-    return frame
-
-
-def canonical_codes(codes: pl.DataFrame, *, ontology) -> pl.DataFrame:
-    """Gold codes in the ontology's canonical form, with ``known`` = the ontology (or user list) knows them."""
-    pairs = codes.select(CODE, SYSTEM).unique()
-    infos = [ontology.lookup(code, system) for code, system in pairs.iter_rows()]
-    lookup = pairs.with_columns(
-        pl.Series("canonical", [info.canonical or code for info, code in zip(infos, pairs[CODE], strict=True)], dtype=pl.String),
-        pl.Series("known", [info.status != UNKNOWN for info in infos], dtype=pl.Boolean),
-    )
-    return (
-        codes.join(lookup, on=[CODE, SYSTEM], how="left")
-        .select(NOTE_ID, SYSTEM, pl.col("canonical").alias(CODE), "known")
-        .unique(maintain_order=True)
-    )
 
 
 @dataclass(frozen=True)
@@ -96,11 +47,3 @@ def label_matrix(note_ids: Sequence[str], canonical: pl.DataFrame, *, labels: Se
         if note_id in row and (system, code) in column:
             targets[row[note_id], column[system, code]] = 1.0
     return targets
-
-
-def gold_by_system(canonical: pl.DataFrame) -> dict[str, dict[str, set[str]]]:
-    """system -> note id -> canonical gold codes (all of them, known or not: MAP counts every gold code)."""
-    gold: dict[str, dict[str, set[str]]] = {system: {} for system in SYSTEMS}
-    for note_id, system, code in canonical.select(NOTE_ID, SYSTEM, CODE).iter_rows():
-        gold[system].setdefault(note_id, set()).add(code)
-    return gold

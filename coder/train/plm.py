@@ -1,15 +1,18 @@
 """Fine-tune PLM-ICD on CPU: AdamW, warm-up + linear decay, accumulation, clipping, early stopping on dev MAP.
 
 Each time dev MAP improves, the model folder is rewritten complete (weights, thresholds, config,
-card), so the folder is usable whenever training stops. ``checkpoint.pt`` in the folder lets
-``--resume`` continue after an interruption; it is removed when training ends.
+card), so the folder is usable whenever training stops. A checkpoint beside the folder
+(``<out>.checkpoint/``: safetensors and JSON, no pickle) lets ``--resume`` continue after an
+interruption; it is removed when training ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,35 +24,36 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from coder.model.folder import (
-    ONNX_FILES,
-    ModelConfig,
-    read_config,
-    sha256_file,
-    with_file_hashes,
-    write_card,
-    write_config,
-)
-from coder.model.chunking import ChunkedNote, chunk_notes, collate
 from coder.errors import UsageError
-from coder.ontology import load_ontology
+from coder.hashing import file_sha256
+from coder.io.atomic import write_json
+from coder.io.corpus import read_codes, read_notes
+from coder.model.chunking import ChunkedNote, chunk_notes, collate
+from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, finalize, read_config
 from coder.model.plm_icd import PlmIcd, predict_proba, save_torch
+from coder.ontology import Ontology, canonical_codes, load_ontology
 from coder.schema import NOTE_ID
-from coder.train.data import (
-    LabelSet,
-    build_labels,
-    canonical_codes,
-    gold_by_system,
-    label_matrix,
-    read_codes,
-    read_notes,
-)
-from coder.train.evaluate import micro_f1, ranking_metrics
-from coder.train.thresholds import ThresholdTuner
+from coder.train.data import LabelSet, build_labels, label_matrix
+from coder.metrics import gold_sets, matrix_scores
+from coder.train.thresholds import ThresholdTuner, micro_f1
+from coder.validate import truncation_levels
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+def empty_model_folder(out: Path) -> None:
+    """Make ``out`` an empty folder for a new model: a model folder there is replaced; any other
+    non-empty folder is refused (a mistyped ``--out`` must not delete someone's files)."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / CONFIG_FILE).is_file():
+            raise UsageError(f"--out {out} is a non-empty folder that is not a coder model folder; choose another --out")
+        logger.warning("replacing the model in %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where training keeps its checkpoint: beside the model folder, never in it."""
+    return out.with_name(f"{out.name}.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def _split(notes: pl.DataFrame, canonical: pl.DataFrame, *, labels: LabelSet, to
         note_ids=note_ids,
         chunks=chunks,
         targets=label_matrix(note_ids, canonical, labels=labels.labels),
-        gold=gold_by_system(canonical),
+        gold=gold_sets(canonical),
         truncated=sum(c.truncated for c in chunks),
         unprocessable=sum(c.unprocessable for c in chunks),
     )
@@ -150,10 +154,10 @@ class Data:
     dev: Split | None
 
 
-def _load_data(*, notes: Path, codes: Path, dev_notes: Path | None, dev_codes: Path | None, text_column: str, encoder_path: Path, codes_file: Path | None, options: TrainingOptions) -> tuple[Data, dict[str, Any]]:
+def _load_data(*, notes: Path, codes: Path, dev_notes: Path | None, dev_codes: Path | None, text_column: str, encoder_path: Path, codes_file: Path | None, options: TrainingOptions) -> tuple[Data, Ontology]:
     """Read and tokenise the splits; labels are the training codes the ontology knows (or the code list vouches for)."""
     ontology = load_ontology(codes_file=codes_file)
-    train_notes = read_notes(notes, text_column=text_column)
+    train_notes = read_notes(notes, text_columns=[text_column])
     gold = read_codes(codes).filter(pl.col(NOTE_ID).is_in(train_notes[NOTE_ID].to_list()))
     train_canonical = canonical_codes(gold, ontology=ontology)
     labels = build_labels(train_canonical)
@@ -164,13 +168,14 @@ def _load_data(*, notes: Path, codes: Path, dev_notes: Path | None, dev_codes: P
     split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
     dev = None
     if dev_notes is not None and dev_codes is not None:
-        dev_frame = read_notes(dev_notes, text_column=text_column)
+        dev_frame = read_notes(dev_notes, text_columns=[text_column])
         dev = _split(dev_frame, canonical_codes(read_codes(dev_codes), ontology=ontology), name="dev", **split_args)
     data = Data(labels=labels, tokenizer=tokenizer, train=_split(train_notes, train_canonical, name="train", **split_args), dev=dev)
-    return data, dict(ontology.release)
+    return data, ontology
 
 
-def _base_config(out: Path, data: Data, *, ontology_release: dict[str, Any], options: TrainingOptions, text_column: str, encoder_path: Path, encoder_name: str, sources: dict[str, str], command: str) -> ModelConfig:
+def _base_config(out: Path, data: Data, *, ontology: Ontology, options: TrainingOptions, text_column: str, encoder_path: Path,
+                 encoder_name: str, sources: dict[str, str], command: str, code_list: str | None) -> ModelConfig:
     """The config before any epoch: provenance now, thresholds and dev metrics filled in as training goes."""
     splits = {"train": data.train, **({"dev": data.dev} if data.dev else {})}
     provenance = {
@@ -192,40 +197,58 @@ def _base_config(out: Path, data: Data, *, ontology_release: dict[str, Any], opt
         attention_dim=options.attention_dim,
         text_columns={"encoder": text_column},
         encoder={"name": encoder_name, "source": str(encoder_path)},
-        ontology=ontology_release,
+        ontology=dict(ontology.release),
         unknown_codes=data.labels.unknown,
         training=provenance,
         dev_metrics={},
+        truncations=truncation_levels([(label.system, label.code) for label in data.labels.labels], ontology=ontology),
+        code_list=code_list,
     )
+
+
+def _dev_metrics(scores: np.ndarray, dev: Split, *, labels) -> dict[str, dict[str, float]]:
+    """system -> {map, p@5, p@10, notes} of PLM-ICD's dev scores [n_notes, n_labels]."""
+    found = matrix_scores(scores, note_ids=dev.note_ids, labels=[(label.system, label.code) for label in labels], gold=dev.gold)
+    return {system: {"map": s.map, "p@5": s.precision_at[5], "p@10": s.precision_at[10], "notes": float(s.notes)}
+            for system, s in found.items()}
 
 
 def _label_key(labels: LabelSet) -> list[tuple[str, str]]:
     return [dataclasses.astuple(label) for label in labels.labels]
 
 
-def _save_checkpoint(path: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet, state: dict[str, Any]) -> None:
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "labels": _label_key(labels),
-            "state": state,
-        },
-        path,
-    )
+def _save_checkpoint(folder: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet, state: dict[str, Any]) -> None:
+    """Weights, optimiser moments and the RNG state as safetensors; everything else as JSON."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{name}": tensor.contiguous() for name, tensor in model.state_dict().items()}
+    tensors |= {f"optimizer.{index}.{name}": value.contiguous() for index, moments in optimizer_state["state"].items()
+                for name, value in moments.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(tensors, str(folder / "tensors.safetensors"))
+    write_json(folder / "state.json", {"labels": _label_key(labels), "state": state, "scheduler": scheduler.state_dict(),
+                                       "param_groups": optimizer_state["param_groups"]})
 
 
-def _restore(path: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet) -> dict[str, Any]:
+def _restore(folder: Path, *, model: PlmIcd, optimizer, scheduler, labels: LabelSet) -> dict[str, Any]:
     """Load a checkpoint into model, optimiser and scheduler; returns the loop state (epoch, best, history)."""
-    saved = torch.load(path, weights_only=False)  # our own file: optimizer state holds plain Python objects
-    if saved["labels"] != _label_key(labels):
-        raise UsageError(f"--resume: {path} was trained on other labels; start without --resume")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "state.json").read_text())
+    if [tuple(label) for label in saved["labels"]] != _label_key(labels):
+        raise UsageError(f"--resume: {folder} was trained on other labels; start without --resume")
+    tensors = load_file(str(folder / "tensors.safetensors"))
+    model.load_state_dict({name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")})
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            moments.setdefault(int(index), {})[key] = tensor
+    optimizer.load_state_dict({"state": moments, "param_groups": saved["param_groups"]})
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
+    torch.set_rng_state(tensors["torch_rng"])
     state = saved["state"]
     logger.info("resumed after epoch %d (best dev MAP %.4f)", state["epoch"], state["best"])
     return state
@@ -249,18 +272,18 @@ def train(
     """Train PLM-ICD on ``notes``/``codes`` and write a complete model folder to ``out``."""
     if (dev_notes is None) != (dev_codes is None):
         raise UsageError("give both --dev-notes and --dev-codes, or neither")
-    checkpoint_path = out / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
-        raise UsageError(f"--resume: no {CHECKPOINT} in {out}; start without --resume")
+    checkpoint_path = checkpoint_folder(out)
+    if resume and not (checkpoint_path / "state.json").is_file():
+        raise UsageError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
     torch.manual_seed(options.seed)
-    data, release = _load_data(
+    data, ontology = _load_data(
         notes=notes, codes=codes, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
         encoder_path=encoder_path, codes_file=codes_file, options=options,
     )
-    sources = {str(p): sha256_file(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None}
+    sources = {str(p): file_sha256(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None}
     base = _base_config(
-        out, data, ontology_release=release, options=options, text_column=text_column,
-        encoder_path=encoder_path, encoder_name=encoder_name, sources=sources, command=command,
+        out, data, ontology=ontology, options=options, text_column=text_column, encoder_path=encoder_path,
+        encoder_name=encoder_name, sources=sources, command=command, code_list=CODE_LIST_FILE if codes_file else None,
     )
     model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder_path)), n_labels=len(data.labels.labels), attention_dim=options.attention_dim)
     with torch.no_grad():
@@ -272,9 +295,9 @@ def train(
     if resume:
         state = _restore(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, labels=data.labels)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in ONNX_FILES.values():  # exported from an earlier model: their hashes would lie
-            (out / stale).unlink(missing_ok=True)
+        empty_model_folder(out)
+        if codes_file is not None:  # predict validates the model's codes with the list it was trained with
+            shutil.copyfile(codes_file, out / CODE_LIST_FILE)
 
     pad_id = data.tokenizer.pad_token_id
     for epoch in range(state["epoch"], options.epochs):
@@ -283,7 +306,7 @@ def train(
         scores, improved = None, True
         if data.dev is not None:
             scores = predict_proba(model, data.dev.chunks, batch_size=options.eval_batch_size, pad_id=pad_id)
-            record["dev"] = ranking_metrics(scores, note_ids=data.dev.note_ids, labels=data.labels.labels, gold=data.dev.gold)
+            record["dev"] = _dev_metrics(scores, data.dev, labels=data.labels.labels)
             mean_map = float(np.mean([m["map"] for m in record["dev"].values()]))
             improved = mean_map > state["best"]
             state["best"] = max(state["best"], mean_map)
@@ -298,7 +321,7 @@ def train(
             break
         if epoch + 1 < options.epochs:
             _save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, labels=data.labels, state=state)
-    checkpoint_path.unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_path, ignore_errors=True)
     return read_config(out)
 
 
@@ -336,8 +359,8 @@ def _write_folder(out: Path, base: ModelConfig, *, model: PlmIcd, tokenizer, dev
     config = dataclasses.replace(base, training={**base.training, "epochs_run": state["epoch"], "history": state["history"]})
     if dev is not None and dev_scores is not None:
         tuner = ThresholdTuner().fit(dev_scores, dev.targets, systems=config.systems)
-        metrics = ranking_metrics(dev_scores, note_ids=dev.note_ids, labels=config.labels, gold=dev.gold)
-        f1 = micro_f1(tuner.predict(dev_scores), dev.targets, labels=config.labels, gold=dev.gold)
+        metrics = _dev_metrics(dev_scores, dev, labels=config.labels)
+        f1 = micro_f1(tuner.predict(dev_scores), dev.targets, systems=config.systems, gold=dev.gold)
         for system, value in f1.items():
             metrics.setdefault(system, {})["micro_f1_at_threshold"] = value
         config = dataclasses.replace(
@@ -346,7 +369,5 @@ def _write_folder(out: Path, base: ModelConfig, *, model: PlmIcd, tokenizer, dev
             system_thresholds=tuner.system_thresholds_,
             dev_metrics={"epoch": state["epoch"], **metrics},
         )
-    config = with_file_hashes(out, config)
-    write_config(out, config)
-    write_card(out, config)
+    finalize(out, config)
     logger.info("wrote %s (epoch %d)", out, state["epoch"])

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from coder.errors import NotFittedError
-
-
-def _f1(tp: np.ndarray | float, fp: np.ndarray | float, fn: np.ndarray | float) -> np.ndarray:
-    denominator = 2 * np.asarray(tp) + fp + fn
-    return np.where(denominator > 0, 2 * np.asarray(tp) / np.maximum(denominator, 1e-12), 0.0)
+from coder.metrics import f1 as _f1
 
 
 class ThresholdTuner:
@@ -71,3 +67,19 @@ class ThresholdTuner:
         if not hasattr(self, "thresholds_"):
             raise NotFittedError("ThresholdTuner is not fitted: call fit(scores, labels, systems=...) first")
         return scores >= self.thresholds_[None, :]
+
+
+def micro_f1(predicted: np.ndarray, targets: np.ndarray, *, systems: Sequence[str],
+             gold: Mapping[str, Mapping[str, set[str]]]) -> dict[str, float]:
+    """system -> micro-F1 of thresholded predictions, counting every gold code (also those without a label).
+
+    predicted, targets: [n_notes, n_labels] bool / 0-1 over the same notes as ``gold``; ``systems``: per label."""
+    labels = np.asarray(systems)
+    result = {}
+    for system, truth in gold.items():
+        cols = labels == system
+        tp = float((predicted[:, cols] & (targets[:, cols] > 0.5)).sum())
+        fp = float(predicted[:, cols].sum()) - tp
+        n_gold = sum(len(codes) for codes in truth.values())
+        result[system] = float(_f1(tp, fp, n_gold - tp))
+    return result

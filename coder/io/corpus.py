@@ -1,0 +1,76 @@
+"""Labelled corpora: notes, gold codes and (optionally) coders' evidence spans, read with clear errors.
+
+``coder train``, the stacking and export checks and ``coder audit`` read their inputs here, with
+the same file/column errors as ``coder predict`` (``coder.io.read.read_table``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from coder.errors import InputFileError
+from coder.io.read import read_table
+from coder.schema import CODE, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, EVIDENCE_TEXT, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS
+
+logger = logging.getLogger(__name__)
+
+
+def read_notes(path: Path, *, text_columns: Sequence[str], optional: Sequence[str] = ()) -> pl.DataFrame:
+    """note_id and ``text_columns`` (plus the ``optional`` columns the file has) of a notes file;
+    rows with a null id, blank primary text or a repeated id are dropped and counted in a warning."""
+    names = pl.read_parquet_schema(path).keys() if path.is_file() else ()
+    wanted = {NOTE_ID: "id", **dict.fromkeys(text_columns, "text"), **{c: "text" for c in optional if c in names}}
+    frame = read_table(path, columns=wanted, what="notes")
+    primary = pl.col(text_columns[0])
+    kept = frame.filter(pl.col(NOTE_ID).is_not_null() & (primary.str.strip_chars().str.len_chars() > 0))
+    kept = kept.unique(NOTE_ID, keep="first", maintain_order=True)
+    if kept.height < frame.height:
+        logger.warning("%s: %d of %d rows not used (null id, blank text or repeated id)", path, frame.height - kept.height, frame.height)
+    return kept
+
+
+def read_codes(path: Path) -> pl.DataFrame:
+    """Gold codes (GOLD_SCHEMA); every ``system`` value must be one of ``coder.schema.SYSTEMS``."""
+    frame = read_table(path, columns={NOTE_ID: "id", CODE: "code", SYSTEM: "system"}, what="codes")
+    bad = sorted(set(frame[SYSTEM].drop_nulls().unique().to_list()) - set(SYSTEMS))
+    if bad:
+        raise InputFileError(f"{path}: column {SYSTEM!r} has values {bad}; expected one of {list(SYSTEMS)}")
+    return frame.select(GOLD_SCHEMA.names())
+
+
+def read_evidence(path: Path) -> pl.DataFrame:
+    """Coders' evidence spans (EVIDENCE_SCHEMA, CodiEsp-X shape)."""
+    columns = {NOTE_ID: "id", SYSTEM: "system", CODE: "code", EVIDENCE_TEXT: "evidence", EVIDENCE_OFFSETS: "offsets"}
+    return read_table(path, columns=columns, what="evidence")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (may be empty)."""
+
+    notes: pl.DataFrame
+    codes: pl.DataFrame
+    evidence: pl.DataFrame
+
+    @classmethod
+    def read(cls, notes: Path, codes: Path, evidence: Path | None = None, *, text_columns: Sequence[str],
+             optional: Sequence[str] = ()) -> Corpus:
+        """Read the three files; gold codes and spans of notes that are not in ``notes`` are dropped."""
+        frame = read_notes(notes, text_columns=text_columns, optional=optional)
+        spans = read_evidence(evidence) if evidence is not None else pl.DataFrame(schema=EVIDENCE_SCHEMA)
+        return cls(frame, read_codes(codes), spans).subset(frame[NOTE_ID])
+
+    def subset(self, note_ids: pl.Series) -> Corpus:
+        def keep(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.filter(pl.col(NOTE_ID).is_in(note_ids.implode()))
+
+        return Corpus(keep(self.notes), keep(self.codes), keep(self.evidence))
+
+    def text_only(self, column: str) -> Corpus:
+        """The same corpus with only ``column`` as note text (degraded dumps)."""
+        return Corpus(self.notes.select(NOTE_ID, column), self.codes, self.evidence)

@@ -1,0 +1,110 @@
+"""A loaded model folder: every component the pipeline's stages run, checked against the config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from coder.candidates import SOURCES, CandidateSource
+from coder.candidates.features import PLM_ICD
+from coder.errors import ModelBundleError
+from coder.model.folder import (
+    ONNX_FILES, RERANKERS_DIR, ModelConfig, check_versions, component_hashes, default_model_path, model_hash,
+    read_config, verify_folder,
+)
+from coder.model.scorer import PlmIcdScorer, choose_precision, gpu_requested, load_scorer
+from coder.ontology import Ontology, load_ontology
+from coder.rerank.reranker import Reranker
+from coder.rerank.score import Ranking
+from coder.validate import AssignableCodes
+
+logger = logging.getLogger(__name__)
+
+PRIOR_FILE = f"{RERANKERS_DIR}/prior.parquet"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model folder, loaded: build with ``load_model``."""
+
+    folder: Path
+    config: ModelConfig
+    hash: str
+    """sha256 of the config, which lists every file's sha256."""
+    components: dict[str, str]
+    """Component -> hash (``coder.model.folder.component_hashes``): what ``--resume`` compares."""
+    scorer: PlmIcdScorer
+    sources: tuple[CandidateSource, ...]
+    ranking: Ranking
+    gate: AssignableCodes
+    ontology: Ontology
+    code_list: Path | None
+    """The code list in force: ``--codes-file``, else the folder's own, else none."""
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The note columns the model reads: the encoder's first, then the sources' (optional)."""
+        return tuple(dict.fromkeys([self.scorer.text_column, *(source.text_column for source in self.sources)]))
+
+    @property
+    def precision(self) -> str:
+        return self.scorer.precision
+
+    @property
+    def execution_provider(self) -> str:
+        return self.scorer.execution_provider
+
+    def sources_for(self, columns: Sequence[str]) -> tuple[CandidateSource, ...]:
+        """The sources that can run on notes with ``columns``."""
+        return tuple(source for source in self.sources if source.text_column in columns)
+
+    def describe(self, code: str, system: str) -> str:
+        return self.ontology.description(code, system)
+
+
+def load_model(path: Path | None = None, *, device: str = "auto", precision: str = "auto",
+               codes_file: Path | None = None, batch_size: int | None = None) -> Model:
+    """Load and check a model folder (default ``default_model_path()``): no pickle, no unlisted
+    file, every file used matches its sha256, label count against the ONNX output width.
+
+    ``codes_file``: a code list that replaces the folder's own. ``batch_size``: notes per PLM-ICD
+    forward pass (default: what suits the execution provider)."""
+    folder = path or default_model_path()
+    config = read_config(folder)
+    check_versions(config)
+    chosen = choose_precision(folder, config, precision, gpu=gpu_requested(device))
+    own_list = folder / config.code_list if config.code_list else None
+    needed = [name for name in config.files if not name.startswith("onnx/")] + [ONNX_FILES[chosen]]
+    verify_folder(folder, config, needed=needed)
+    code_list = codes_file or own_list
+    ontology = load_ontology(codes_file=code_list)
+    if config.ontology and {k: v for k, v in config.ontology.items() if not k.startswith("code_list")} != {
+            k: v for k, v in ontology.release.items() if not k.startswith("code_list")}:
+        logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
+    scorer = load_scorer(folder, config, precision=chosen, device=device, batch_size=batch_size)
+    sources = tuple(_load_source(folder, spec.kind, spec.folder, spec.name) for spec in config.sources)
+    ranking = Ranking(
+        rerankers={spec.sources: Reranker.load(folder / spec.folder) for spec in config.rerankers},
+        prior=pl.read_parquet(folder / PRIOR_FILE) if config.rerankers else None,
+        label_thresholds=scorer.label_thresholds(),
+    )
+    logger.info("model %s (%s, %d labels, sources: %s, %d rerankers) on %s", config.name, chosen, len(config.labels),
+                ", ".join([PLM_ICD, *(s.name for s in sources)]), len(ranking.rerankers), scorer.execution_provider)
+    return Model(folder=folder, config=config, hash=model_hash(folder), components=component_hashes(config),
+                 scorer=scorer, sources=sources, ranking=ranking,
+                 gate=AssignableCodes(ontology, truncations=config.truncations), ontology=ontology, code_list=code_list)
+
+
+def _load_source(folder: Path, kind: str, relative: str, name: str) -> CandidateSource:
+    if kind not in SOURCES:
+        raise ModelBundleError(f"{folder}: source {name!r} is of kind {kind!r}, which this coder does not know "
+                               f"(known: {', '.join(SOURCES)}); upgrade coder or rebuild the model")
+    source = SOURCES[kind].load(folder / relative)
+    if source.name != name:
+        raise ModelBundleError(f"{folder / relative}: the source saved there is named {source.name!r}, the config says {name!r}")
+    return source
+

@@ -1,0 +1,33 @@
+"""``coder predict``: load the model, open the optional LLM stage, run the batches on an engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coder.engines.local import code_locally
+from coder.errors import UsageError
+from coder.io.read import resolve_inputs
+from coder.llm.vote import LLMStage, llm_settings
+from coder.model.load import load_model
+from coder.run import Engine, PredictOptions, RunSummary, run_batches
+
+if TYPE_CHECKING:
+    from coder.llm.backends import Backend
+
+
+def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, device: str = "auto",
+                  codes_file: Path | None = None, options: PredictOptions = PredictOptions(), engine: Engine | None = None,
+                  llm_backend: Backend | None = None) -> RunSummary:
+    """``coder predict``: load the model (default ``coder.model.folder.default_model_path()``), open the
+    LLM stage when its settings (``options.llm`` over the model config's ``llm`` entry) turn it on,
+    and run the batches. With another ``engine`` (``coder.engines.ray``) the model loaded here only
+    describes the run; the LLM stage runs with the local engine only."""
+    resolve_inputs(source)  # a mistyped path fails before the model loads
+    loaded = load_model(model, device=device, precision=options.precision, codes_file=codes_file)
+    settings = llm_settings(configured=loaded.config.llm, given=options.llm)
+    if settings.enabled and engine is not None:
+        raise UsageError(f"--llm {settings.backend} runs with --engine local only; drop --llm or the other engine")
+    llm = LLMStage(settings, gate=loaded.gate, backend=llm_backend) if settings.enabled else None
+    return run_batches(source, model=loaded, out=out, options=options, engine=engine or code_locally, llm=llm,
+                       model_path=model)
