@@ -283,7 +283,7 @@ def audit_command(
     """Score predictions against coders (CodiEsp MAP, P@k, R@k, F1), write a report or a review sample."""
     import json
 
-    from coder.audit.score import run_audit
+    from coder.auditing.score import run_audit
 
     outcome = run_audit(
         predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,

@@ -23,18 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from coder.audit.metrics import clean_ranking, mean_average_precision
-from coder.candidates.features import LABEL, PLM_ICD, assemble, top_codes, with_labels
+from coder.candidates.features import LABEL, PLM_ICD, assemble, code_prior, with_labels
+from coder.candidates.ontology_search import OntologySearch
+from coder.io.corpus import Corpus
+from coder.metrics import gold_sets, rankings, ranking_scores
 from coder.ontology import load_ontology
-from coder.candidates.ontology_search import OntologySearch, ontology_terms
-from coder.rerank.reranker import SCORE, Reranker, gate_notes, resolve_hierarchy
-from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SYSTEM, SYSTEMS, TEXT
-from coder.train.stacking import (
-    Corpus, choose_cuts, cross_fit, fit_builder, fold_ids, labelled_frame, out_of_fold_sources, predictor_source,
-)
+from coder.rerank.reranker import Reranker
+from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
+from coder.train.stacking import cross_fit, default_sources, fit_sources, labelled_frame, out_of_fold, source_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
@@ -43,19 +41,13 @@ BASE = ("lexicon", "ontology", "tfidf")
 logger = logging.getLogger("accuracy")
 
 
-def ranking_metrics(rankings: dict[str, dict[str, list[str]]], gold: pl.DataFrame) -> dict[str, float]:
-    """MAP (official CodiEsp rules), P@5 (mean over the notes MAP counts) and how many notes
-    were ranked, per system."""
+def ranking_metrics(ranked: dict[str, dict[str, list[str]]], gold: pl.DataFrame) -> dict[str, float]:
+    """MAP (official CodiEsp rules), P@5 (mean over the notes MAP counts) and how many notes were ranked, per system."""
+    truth = gold_sets(gold)
     out = {}
     for system in SYSTEMS:
-        truth: dict[str, set[str]] = {}
-        for note_id, code in gold.filter(pl.col(SYSTEM) == system).select(NOTE_ID, CODE).iter_rows():
-            truth.setdefault(note_id, set()).add(code.lower())
-        ranked = {n: clean_ranking(codes) for n, codes in rankings.get(system, {}).items()}
-        ranked = {n: codes for n, codes in ranked.items() if codes}
-        out[f"MAP {system}"] = mean_average_precision(ranked, truth)
-        out[f"P@5 {system}"] = float(np.mean([len(set(c[:5]) & truth.get(n, set())) / 5 for n, c in ranked.items()]))
-        out[f"notes {system}"] = len(ranked)
+        scores = ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=(5,))
+        out[f"MAP {system}"], out[f"P@5 {system}"], out[f"notes {system}"] = scores.map, scores.precision_at[5], scores.notes
     return out
 
 
@@ -97,17 +89,22 @@ class Ablation:
     """Everything the rows share: corpora, out-of-fold train parts, dev source frames."""
 
     def __init__(self, *, folds: int, plm_scores: Path | None, search_cache: Path | None):
-        self.train, self.dev = Corpus.read(DATA / "train"), Corpus.read(DATA / "dev")
+        read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
+                                  text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
+        self.train, self.dev = read["train"], read["dev"]
         started = time.perf_counter()
+        self.ontology = load_ontology()
         self.search: OntologySearch | None = None  # fitted only when the cache lacks a split
-        self.search_train, self.search_dev = (self._search(split.notes, name, search_cache)
-                                              for split, name in ((self.train, "train"), (self.dev, "dev")))
+        known = {split: {"ontology": self._search(corpus.notes, split, search_cache)} for split, corpus in read.items()}
         logger.info("ontology search ready in %.0f s", time.perf_counter() - started)
+        learners = [source for source in default_sources() if source.learns_from_notes]
         self.parts, self.dev_parts = {}, {}
         for mode, train, dev in (("full", self.train, self.dev), ("text", self.train.text_only(TEXT), self.dev.text_only(TEXT))):
-            self.parts[mode] = out_of_fold_sources(train, search=None, search_candidates=self.search_train, folds=folds)
-            builder = fit_builder(train, search=None)
-            self.dev_parts[mode] = (builder.source_frames(dev.notes, search_candidates=self.search_dev), builder.prior)
+            usable = [s for s in default_sources() if s.text_column in train.notes.columns]
+            self.parts[mode] = out_of_fold(train, sources=usable, ontology=self.ontology, known=known["train"], folds=folds)
+            fitted = fit_sources(learners, train, ontology=self.ontology)
+            ordered = [next((f for f in fitted if f.name == s.name), s) for s in usable]
+            self.dev_parts[mode] = (source_frames(ordered, dev.notes, known=known["dev"]), code_prior(train.codes))
         if plm_scores is not None:  # PLM-ICD reads English text: it runs on both kinds of dump
             for found, _ in self.dev_parts.values():
                 found[PLM_ICD] = pl.read_parquet(plm_scores).select(NOTE_ID, SYSTEM, CODE, PLM_ICD)
@@ -118,7 +115,7 @@ class Ablation:
         if file is not None and file.is_file():
             return pl.read_parquet(file)
         if self.search is None:
-            self.search = OntologySearch().fit(ontology_terms(load_ontology()))
+            self.search = OntologySearch().fit(ontology=self.ontology)
         found = self.search.candidates(notes)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -133,30 +130,14 @@ class Ablation:
         """A source's own score as the ranking, over its own candidates."""
         return self.dev_frame((source,)).filter(pl.col(f"{source}_rank") < 100).with_columns(pl.col(source).alias(SCORE))
 
-    def stacked(self, sources: tuple[str, ...], *, model: str, mode: str = "full", gated: bool = False) -> pl.DataFrame:
-        """Protocol a: reranker fitted on out-of-fold train candidates of ``sources``; with
-        ``gated``, note gates chosen on a held-out fifth of that frame (``choose_cuts``)."""
+    def stacked(self, sources: tuple[str, ...], *, model: str, mode: str = "full") -> pl.DataFrame:
+        """Protocol a: reranker fitted on out-of-fold train candidates of ``sources``."""
         frame = labelled_frame(self.parts[mode], codes=self.train.codes, sources=sources)
-        scored = Reranker(model=model).fit(frame).predict(self.dev_frame(sources, mode=mode))
-        if gated:
-            scored = gate_notes(scored, gates=choose_cuts(frame, reranker=Reranker(model=model), gold=self.train.codes).gates)
-        return scored
+        return Reranker(model=model).fit(frame).predict(self.dev_frame(sources, mode=mode))
 
-    def cross_fitted(self, sources: tuple[str, ...], *, model: str, mode: str = "full", gated: bool = False) -> pl.DataFrame:
-        """Protocol b: sources fitted on train, reranker cross-fitted over 5 dev folds; gates are
-        chosen per fold on the dev notes the fold's reranker was fitted on."""
-        frame = self.dev_frame(sources, mode=mode)
-        if not gated:
-            return cross_fit(frame, reranker=Reranker(model=model))
-        notes = frame[NOTE_ID].unique().sort()
-        fold = dict(zip(notes.to_list(), fold_ids(notes, folds=5, seed=0).tolist()))
-        parts = []
-        for k in range(5):
-            inside = pl.col(NOTE_ID).replace_strict(fold) == k
-            fitted, held = frame.filter(~inside), frame.filter(inside)
-            gates = choose_cuts(fitted, reranker=Reranker(model=model), gold=self.dev.codes).gates
-            parts.append(gate_notes(Reranker(model=model).fit(fitted).predict(held), gates=gates))
-        return pl.concat(parts)
+    def cross_fitted(self, sources: tuple[str, ...], *, model: str, mode: str = "full") -> pl.DataFrame:
+        """Protocol b: sources fitted on train, reranker cross-fitted over 5 dev folds."""
+        return cross_fit(self.dev_frame(sources, mode=mode), reranker=Reranker(model=model))
 
 
 def rows(plm: bool) -> dict[str, tuple[str, dict]]:
@@ -166,17 +147,12 @@ def rows(plm: bool) -> dict[str, tuple[str, dict]]:
         for combo in itertools.combinations(BASE, n):
             out["+".join(combo) + " (logistic)"] = ("stacked", {"sources": combo, "model": "logistic"})
     out["lexicon+ontology+tfidf (hgb) = shipped stack"] = ("stacked", {"sources": BASE, "model": "hgb"})
-    out["lexicon+ontology+tfidf (hgb) + note gates"] = ("stacked", {"sources": BASE, "model": "hgb", "gated": True})
     out["ontology+tfidf (hgb), English-only dump"] = ("stacked", {"sources": ("ontology", "tfidf"), "model": "hgb", "mode": "text"})
-    out["ontology+tfidf (hgb) + note gates, English-only dump"] = (
-        "stacked", {"sources": ("ontology", "tfidf"), "model": "hgb", "mode": "text", "gated": True})
     if plm:
         out["plm_icd alone"] = ("alone", {"source": PLM_ICD})
         out["plm_icd (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": (PLM_ICD,), "model": "hgb"})
         out["lexicon+ontology+tfidf (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": BASE, "model": "hgb"})
         out["lexicon+ontology+tfidf+plm_icd (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": (*BASE, PLM_ICD), "model": "hgb"})
-        out["lexicon+ontology+tfidf+plm_icd (hgb, dev cross-fit) + note gates"] = (
-            "cross_fitted", {"sources": (*BASE, PLM_ICD), "model": "hgb", "gated": True})
         out["ontology+tfidf+plm_icd (hgb, dev cross-fit), English-only dump"] = (
             "cross_fitted", {"sources": ("ontology", "tfidf", PLM_ICD), "model": "hgb", "mode": "text"})
     return out
@@ -211,7 +187,7 @@ def main() -> None:
     for name in chosen:
         how, kwargs = plan[name]
         scored = getattr(ablation, how)(**kwargs)
-        m = ranking_metrics(top_codes(scored, score=SCORE), ablation.dev.codes)
+        m = ranking_metrics(rankings(scored, score=SCORE), ablation.dev.codes)
         lines.append(f"| {name} | {m['MAP ICD-10-CM']:.3f} | {m['MAP ICD-10-PCS']:.3f} | {m['P@5 ICD-10-CM']:.3f} | "
                      f"{m['P@5 ICD-10-PCS']:.3f} | {m['notes ICD-10-CM']} / {m['notes ICD-10-PCS']} | `{command} --rows '{name}'` |")
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
@@ -227,28 +203,25 @@ def main() -> None:
 
 
 def write_plm_scores(model: Path, out: Path) -> None:
-    """Score the dev notes with a PLM-ICD model folder (``coder.model.scorer``) into ``out``."""
-    from coder.model.scorer import load_predictor
+    """PLM-ICD's candidates (top 50 per note and system, as the rerankers read them) for the dev notes into ``out``."""
+    from coder.model.load import load_model
+    from coder.rerank.score import STACK_PLM_TOP_K
 
     notes = pl.read_parquet(DATA / "dev" / "notes.parquet")
-    source = predictor_source(load_predictor(model, device="cpu", rerank=False))  # PLM-ICD alone, not its stack
-    pl.concat([source(notes.slice(i, 16)) for i in range(0, notes.height, 16)]).write_parquet(out)
+    scorer = load_model(model, device="cpu").scorer
+    frames = [scorer.score(notes.slice(i, 16), top_n=STACK_PLM_TOP_K).candidates for i in range(0, notes.height, 16)]
+    pl.concat(frames).write_parquet(out)
 
 
 def final_checks(ablation: Ablation, final: pl.DataFrame) -> str:
-    """Hierarchy rule, calibration and evidence F1 of the shipped stack on dev."""
-    out = []
-    for penalty in (0.5, 0.0):
-        m = ranking_metrics(top_codes(resolve_hierarchy(final, penalty=penalty), score=SCORE), ablation.dev.codes)
-        out.append(f"parent-demotion penalty {penalty}: MAP CM {m['MAP ICD-10-CM']:.3f}, PCS {m['MAP ICD-10-PCS']:.3f}")
+    """Calibration and evidence F1 of the shipped stack on dev."""
     table, ece = calibration(final)
     frame = labelled_frame(ablation.parts["full"], codes=ablation.train.codes, sources=BASE)
-    cuts = choose_cuts(frame, reranker=Reranker(model="hgb"), gold=ablation.train.codes).thresholds
+    cuts = Reranker(model="hgb").fit(frame, gold=ablation.train.codes).thresholds_
     above = final.filter(pl.col(SCORE) >= pl.col(SYSTEM).replace_strict(cuts, return_dtype=pl.Float64))
     f1 = evidence_f1(above, ablation.dev.evidence)
     evidence = "; ".join(f"{s}: F1 {f1[s]:.3f} (P {f1[f'P {s}']:.3f}, R {f1[f'R {s}']:.3f}, cut {cuts[s]:.3f})" for s in SYSTEMS)
-    return ("Hierarchy rule (shipped stack; 1.0 = off, the default): " + "; ".join(out) + "\n\n"
-            f"Calibration of the shipped stack on dev (all candidates), ECE {ece:.4f}:\n\n{table}\n\n"
+    return (f"Calibration of the shipped stack on dev (all candidates), ECE {ece:.4f}:\n\n{table}\n\n"
             f"Evidence F1 on dev (CodiEsp-X style: code equal and spans overlap; cut = F1-best score chosen on a held-out "
             f"fifth of the out-of-fold train frame): {evidence}")
 
@@ -262,14 +235,9 @@ for PLM-ICD scores that have no out-of-fold train version: sources fitted on tra
 scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer (trectools' get_map:
 the mean runs over the notes that have both gold codes of the system and a prediction; 222 of 250 dev
 notes have a procedure code). Runs before 13:38 counted a predicted note without gold codes of the
-system as AP 0, which the official scorer does not: their PCS figures are lower for that reason alone. *+ note gates*: a (note, system) whose best score is under a
-per-system gate gets no codes; gates are chosen on a held-out fifth of the reranker's training
-notes (never on the scored notes) by MAP with unranked notes that have gold codes counted as AP 0
-(runs before 13:10 counted them as CodiEsp's scorer does, left out, and their gates dropped many
-notes that have codes). P@5 is the mean share of gold codes among a note's top 5
-over the notes MAP counts. *English-only dump*: notes with only `text`, so no Spanish lexicon. The gated
-rows gain partly because the official scorer leaves a note without predictions out of the mean even when it
-has gold codes; the shipped model does not gate."""
+system as AP 0, which the official scorer does not: their PCS figures are lower for that reason alone. P@5 is
+the mean share of gold codes among a note's top 5 over the notes MAP counts. *English-only dump*: notes with
+only `text`, so no Spanish lexicon. Earlier runs also had *note gates* rows (dropped 2026-11-30 with the gates)."""
 
 
 def write_results(report: str, command: str) -> None:

@@ -1,9 +1,9 @@
 """Dev MAP and P@5 with and without the generative LLM stage, on a slice of CodiEsp dev notes.
 
 Candidates come from ``--predictions`` (a ``coder predict`` output) when given, otherwise from the
-TF-IDF ridge classifier (``coder.candidates.tfidf``) fitted on train: a gold-free stand-in while the
-PLM-ICD model is not ready. The stage runs once (``local`` backend, SmolLM2-135M-Instruct unless
-``--model``), and its votes are merged at each ``--weights`` value (merging is cheap). The weights are
+TF-IDF ridge classifier (``coder.candidates.tfidf``) fitted on train. The stage (``coder.llm.vote``)
+runs once (``local`` backend, SmolLM2-135M-Instruct unless ``--model``), and its votes are merged at
+each ``--weights`` value (merging is cheap), then ranked as ``coder predict`` ranks (``coder.rank``). The weights are
 compared on the same slice they are measured on: read the table as a sweep, not a held-out result.
 Writes its section of benchmarks/RESULTS.md.
 """
@@ -20,44 +20,35 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from coder.audit.metrics import audit_system
-from coder.llm import LLMSettings, merge_llm_votes, run_llm_stage
+from coder.auditing.score import audit_system
+from coder.io.corpus import Corpus
+from coder.llm.settings import LLMSettings
+from coder.llm.vote import LLMStage, merge_votes
 from coder.ontology import load_ontology
-from coder.schema import CM, CODE, NOTE_ID, PCS, PREDICTION_SCHEMA, SYSTEM, TEXT
+from coder.rank import rank_and_cut
+from coder.schema import CM, NOTE_ID, PCS, SCORE, SOURCE, SYSTEM, TEXT, THRESHOLD
+from coder.validate import AssignableCodes
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "llm"
 
 
-def tfidf_candidates(data: Path, notes: pl.DataFrame, *, ontology, top_k: int) -> pl.DataFrame:
-    """Top ``top_k`` codes per (note, system) from a TF-IDF ridge classifier fitted on train."""
+def tfidf_candidates(data: Path, notes: pl.DataFrame, *, top_k: int) -> pl.DataFrame:
+    """Top ``top_k`` codes per (note, system) from a TF-IDF ridge classifier fitted on train, as scored candidates."""
     from coder.candidates.tfidf import TfidfClassifier
 
-    train = TfidfClassifier(top_k=top_k).fit(
-        pl.read_parquet(data / "train" / "notes.parquet"), pl.read_parquet(data / "train" / "codes.parquet")
-    )
-    scored = train.candidates(notes).rename({"tfidf": "score"})
-    return scored.with_columns(
-        pl.col("score").clip(0.0, 1.0),
-        pl.col("score").rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32).alias("rank"),
-        pl.struct(CODE, SYSTEM).map_elements(lambda row: ontology.description(row[CODE], row[SYSTEM]), pl.String)
-        .alias("description"),
-        pl.lit(False).alias("above_threshold"),
-        pl.lit("tfidf").alias("source"),
-        *[pl.lit(None).alias(name) for name in ("evidence_text", "evidence_start", "evidence_end")],
-    ).select(PREDICTION_SCHEMA.names()).cast(dict(PREDICTION_SCHEMA)).sort(NOTE_ID, SYSTEM, "rank")
+    train = Corpus.read(data / "train" / "notes.parquet", data / "train" / "codes.parquet", text_columns=[TEXT])
+    scored = TfidfClassifier(top_k=top_k).fit(train).candidates(notes).rename({"tfidf": SCORE})
+    return scored.with_columns(pl.col(SCORE).clip(0.0, 1.0), pl.lit(1.0).alias(THRESHOLD), pl.lit("tfidf").alias(SOURCE),
+                               *[pl.lit(None).alias(name) for name in ("evidence_text", "evidence_start", "evidence_end")])
 
 
-def metrics(predictions: pl.DataFrame, gold: pl.DataFrame, *, ontology) -> dict[str, float]:
+def metrics(candidates: pl.DataFrame, gold: pl.DataFrame, *, ontology) -> dict[str, float]:
+    predictions = rank_and_cut(candidates, top_k=50, threshold_only=False, describe=ontology.description)
     out = {}
     for system, label in ((CM, "D"), (PCS, "P")):
-        audit = audit_system(
-            predictions.filter(pl.col(SYSTEM) == system),
-            gold.filter(pl.col(SYSTEM) == system),
-            ks=(5,),
-            is_valid=lambda key, system=system: ontology.is_known(key, system),
-        )
-        out[f"{label} MAP"], out[f"{label} P@5"] = audit.map, audit.precision_at[5]
+        audit = audit_system(predictions.filter(pl.col(SYSTEM) == system), gold.filter(pl.col(SYSTEM) == system), ks=(5,))
+        out[f"{label} MAP"], out[f"{label} P@5"] = audit.ranking.map, audit.ranking.precision_at[5]
     return out
 
 
@@ -90,21 +81,23 @@ def main() -> None:
     notes = pl.read_parquet(args.data / "dev" / "notes.parquet").head(args.notes).select(NOTE_ID, TEXT)
     gold = pl.read_parquet(args.data / "dev" / "codes.parquet").join(notes.select(NOTE_ID), on=NOTE_ID)
     if args.predictions:
-        candidates = pl.read_parquet(args.predictions).join(notes.select(NOTE_ID), on=NOTE_ID)
+        written = pl.read_parquet(args.predictions).join(notes.select(NOTE_ID), on=NOTE_ID)
+        candidates = written.with_columns(pl.when(pl.col("above_threshold")).then(0.0).otherwise(1.0).alias(THRESHOLD))
         source = f"`{args.predictions.name}`"
     else:
-        candidates = tfidf_candidates(args.data, notes, ontology=ontology, top_k=args.top_k)
-        source = f"TF-IDF ridge classifier fitted on train, top {args.top_k} per system (PLM-ICD not ready)"
+        candidates = tfidf_candidates(args.data, notes, top_k=args.top_k)
+        source = f"TF-IDF ridge classifier fitted on train, top {args.top_k} per system"
 
     settings = LLMSettings(backend="local", model=args.model, scope=args.scope)
     start = time.perf_counter()
-    result = run_llm_stage(notes, candidates, settings=settings, ontology=ontology)
+    stage = LLMStage(settings, gate=AssignableCodes(ontology))
+    result = stage.vote(notes, candidates, text_column=TEXT, per_note=50)
     wall = time.perf_counter() - start
-    assert result.available, result.error
+    assert stage.backend is not None and result.error is None, stage.error or result.error
 
     rows = [("candidates only", metrics(candidates, gold, ontology=ontology))]
     for weight in (float(w) for w in args.weights.split(",")):
-        merged = merge_llm_votes(candidates, result.votes, weight=weight)
+        merged = merge_votes(candidates, result.votes, weight=weight)
         rows.append((f"+ LLM votes, weight {weight:g}", metrics(merged, gold, ontology=ontology)))
     columns = list(rows[0][1])
     table = [f"| ranking | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]

@@ -76,17 +76,18 @@ def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict
 
 
 def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
-    """Notes/s of ``Predictor.predict`` alone, fed the same batches the pipeline reads."""
-    from coder.model.scorer import load_predictor
+    """Notes/s of the pipeline's stages alone (``coder.pipeline.code_batch``), fed the batches the run reads."""
+    from coder.model.load import load_model
+    from coder.pipeline import code_batch
 
-    predictor = load_predictor(model, device="cpu")
-    columns = ["note_id", *(c for c in predictor.text_columns if c in pq.ParquetFile(notes).schema_arrow.names)]
+    loaded = load_model(model, device="cpu")
+    columns = ["note_id", *(c for c in loaded.text_columns if c in pq.ParquetFile(notes).schema_arrow.names)]
     total = 0
     seconds = 0.0
     for batch in pq.ParquetFile(notes).iter_batches(batch_size=batch_size, columns=columns):
         frame = pl.from_arrow(batch)
         tick = time.monotonic()
-        predictor.predict(frame, top_k=50)
+        code_batch(loaded, frame, top_k=50)
         seconds += time.monotonic() - tick
         total += frame.height
     return total / seconds

@@ -141,50 +141,35 @@ def _run_predict(notes_path: Path, precision: str = "auto") -> dict[str, float]:
     }
 
 
-def _timed(owner, name: str, totals: dict[str, float], key: str) -> None:
-    """Wrap ``owner.name`` so the seconds spent in it add up in ``totals[key]``."""
-    inner = getattr(owner, name)
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
-
-    object.__setattr__(owner, name, wrapper)  # candidate builders are frozen dataclasses
-
-
 def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
-    """One `Predictor.predict` on all notes (one pipeline batch), its time split by stage."""
-    import coder.model.scorer as predictor_module
-    from coder.pipeline import DEFAULT_BATCH_SIZE
+    """One pipeline batch (``coder.pipeline.code_batch``) on the first notes, its time split by stage
+    (the counts every batch records) and by candidate source."""
+    from coder.model.load import load_model
+    from coder.pipeline import code_batch
+    from coder.run import DEFAULT_BATCH_SIZE
 
     start = time.perf_counter()
-    predictor = predictor_module.load_predictor(model, device="cpu")
+    loaded = load_model(model, device="cpu")
     load_s = time.perf_counter() - start
     notes = pl.read_parquet(notes_path).head(DEFAULT_BATCH_SIZE)
-    totals: dict[str, float] = {}
-    _timed(predictor_module, "chunk_notes", totals, "chunking")
-    _timed(predictor_module, "score_in_batches", totals, "PLM-ICD ONNX scoring")
-    builder = predictor.stack.builder
-    _timed(builder, "build", totals, "stack: candidate building")
-    sources = {"lexicon": builder.lexicon, "ontology search": builder.search, "TF-IDF": builder.classifier}
-    for name, source in sources.items():
-        if source is not None:
-            _timed(source, "candidates", totals, f"stack: {name} candidates")
-    for reranker in predictor.stack.rerankers.values():
-        _timed(reranker, "predict", totals, "stack: reranker")
-    _timed(predictor.stack, "predictions", totals, "stack.predictions")
+    sources: dict[str, float] = {}
+    for source in loaded.sources:
+        inner = source.candidates
+
+        def timed(frame, inner=inner, name=source.name):
+            tick = time.perf_counter()
+            try:
+                return inner(frame)
+            finally:
+                sources[name] = sources.get(name, 0.0) + time.perf_counter() - tick
+
+        source.candidates = timed
     start = time.perf_counter()
-    predictor.predict(notes)
+    counts = code_batch(loaded, notes, top_k=50).counts
     total = time.perf_counter() - start
-    stack = totals.pop("stack.predictions")
-    build = totals.pop("stack: candidate building")
-    totals["stack: assembling features"] = build - sum(v for k, v in totals.items() if k.endswith(" candidates"))
-    totals["stack: the rest (hierarchy, ranking, descriptions)"] = stack - build - totals["stack: reranker"]
-    totals["Predictor: PLM-ICD rows, evidence spans, ontology filter"] = total - stack - totals["chunking"] - totals["PLM-ICD ONNX scoring"]
-    return {"load_s": load_s, "notes": notes.height, "total_s": total, "precision": predictor.precision, **totals}
+    stages = {f"stage {key.removeprefix('seconds.')}": value for key, value in counts.items() if key.startswith("seconds.")}
+    return {"load_s": load_s, "notes": notes.height, "total_s": total, "precision": loaded.precision, **stages,
+            **{f"  source {name}": value for name, value in sources.items()}}
 
 
 def _in_fresh_process(fn, *args):
@@ -238,7 +223,7 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, pred
     stages = {k: v for k, v in split.items() if k not in ("load_s", "notes", "total_s", "precision")}
     lines += [
         "",
-        f"`Predictor.predict` on {split['notes']} dev notes in-process, one call (one pipeline batch), "
+        f"`coder.pipeline.code_batch` on {split['notes']} dev notes in-process, one call (one pipeline batch), "
         f"{split['precision']} model loaded in {split['load_s']:.1f} s: {split['total_s']:.1f} s, "
         f"{split['notes'] / split['total_s']:.2f} notes/s.",
         "",

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from coder.audit.score import ValidCodes, audit_frames, read_predictions, run_audit
+from coder.auditing.score import ValidCodes, audit_frames, read_predictions, run_audit
 from coder.errors import UsageError
 from coder.io.corpus import read_codes
 from coder.io.read import NoteBatch

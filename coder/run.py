@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
-import coder
+from coder.version import __version__
 from coder.errors import UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_json
@@ -242,7 +242,7 @@ def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, 
     )
     model_seconds = sum(value for stage, value in scored.stage_seconds.items() if stage != "llm")
     manifest = {
-        "coder_version": coder.__version__,
+        "coder_version": __version__,
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
         "inputs": [{"path": str(f.path), "rows": f.rows, "sha256": f.sha256} for f in plan.files],

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 
 from coder.candidates.features import ABSENT_RANK, LABEL, assemble, feature_columns, merge_candidates, with_labels
 from coder.metrics import rankings

@@ -14,7 +14,8 @@ from coder import candidates
 from coder.candidates.features import PLM_ICD
 from coder.candidates.tfidf import TfidfClassifier
 from coder.estimator import ParamsMixin, read_state
-from coder.model.folder import finalize, read_config
+from coder.model.folder import read_config
+from coder.model.write import finalize
 from coder.model.load import load_model
 from coder.pipeline import code_batch
 from coder.rerank.reranker import Reranker

@@ -87,3 +87,72 @@ def test_known_errors_exit_with_one_line(files, args, code, message):
     assert result.exit_code == code
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def _run_with_manifest(tmp_path, codes_file):
+    """Predictions of a code that only a code list knows (3E0T3CZ, deleted from ICD-10-PCS) and a
+    manifest beside them saying that list validated the run."""
+    from coder.hashing import file_sha256
+
+    predictions = tmp_path / "pred.parquet"
+    pl.DataFrame([("n1", PCS, "3E0T3CZ", "listed", 0.9, 1, True, "plm_icd", None, None, None),
+                  ("n1", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.5, 2, True, "plm_icd", None, None, None)],
+                 schema=PREDICTION_SCHEMA, orient="row").write_parquet(predictions)
+    manifest = {"model": {"truncations": {}}, "codes_file": {"path": str(codes_file), "sha256": file_sha256(codes_file)}}
+    (tmp_path / "pred.manifest.json").write_text(json.dumps(manifest))
+    gold = tmp_path / "gold.parquet"
+    pl.DataFrame({"note_id": ["n1"], "code": ["0DTJ0ZZ"], "system": [PCS]}).write_parquet(gold)
+    return predictions, gold
+
+
+def test_audit_validates_with_the_code_list_the_run_used(tmp_path):
+    codes_file = tmp_path / "codes.tsv"
+    codes_file.write_text("code\tdescription\tsystem\n3E0T3CZ\tIntroduction of regional anesthetic\tICD-10-PCS\n")
+    predictions, gold = _run_with_manifest(tmp_path, codes_file)
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.stdout)
+    assert audit[PCS]["map"] == pytest.approx(0.5)  # 3E0T3CZ is valid for this run: the gold code sits at rank 2
+    assert audit["valid_codes"]["code_list"] == str(codes_file) and audit["valid_codes"]["origin"] == "the run's manifest"
+    other = tmp_path / "other.tsv"
+    other.write_text("code\tdescription\n")
+    overridden = json.loads(runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json",
+                                                "--codes-file", str(other)]).stdout)
+    assert overridden[PCS]["map"] == pytest.approx(1.0)  # without the list 3E0T3CZ is dropped, as the official scorer would
+    codes_file.write_text("code\tdescription\n")  # the list changed since the run
+    changed = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold)])
+    assert changed.exit_code == 3 and "missing or has changed since; pass that code list with --codes-file" in changed.output
+
+
+def _official_map(predictions: pl.DataFrame, gold: pl.DataFrame, system: str) -> float:
+    """CodiEsp's scorer written out plainly: per note, codes in rank order, lower-cased, repeats dropped;
+    AP over the note's distinct gold codes; mean over the notes both ranked and in the gold."""
+    run = predictions.filter(pl.col("system") == system).sort("note_id", "rank")
+    truth: dict[str, set[str]] = {}
+    for note, code in gold.filter(pl.col("system") == system).select("note_id", "code").iter_rows():
+        truth.setdefault(note, set()).add(code.lower())
+    aps = []
+    for (note,), rows in run.group_by("note_id", maintain_order=True):
+        if note not in truth:
+            continue
+        ranked = list(dict.fromkeys(code.lower() for code in rows["code"]))
+        hits = [k for k, code in enumerate(ranked, start=1) if code in truth[note]]
+        aps.append(sum(i / k for i, k in enumerate(hits, start=1)) / len(truth[note]))
+    return sum(aps) / len(aps)
+
+
+@pytest.mark.slow
+def test_audit_of_the_default_models_predictions_equals_the_official_computation(tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data" / "codiesp" / "dev"
+    notes, out = tmp_path / "notes.parquet", tmp_path / "pred.parquet"
+    pl.read_parquet(data / "notes.parquet").head(40).write_parquet(notes)
+    assert runner.invoke(app, ["predict", str(notes), "--out", str(out), "--quiet"]).exit_code == 0
+    gold = pl.read_parquet(data / "codes.parquet").join(pl.read_parquet(notes).select("note_id"), on="note_id")
+    gold.write_parquet(tmp_path / "gold.parquet")
+    audit = json.loads(runner.invoke(app, ["audit", str(out), "--gold", str(tmp_path / "gold.parquet"), "--json"]).stdout)
+    predictions = pl.read_parquet(out)
+    for system in (CM, PCS):
+        assert audit[system]["map"] == pytest.approx(_official_map(predictions, gold, system), abs=1e-12)
+    assert audit["valid_codes"]["code_list"].endswith("codiesp-minilm/codes.tsv")

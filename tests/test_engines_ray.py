@@ -5,7 +5,6 @@ Ray runs locally with 2 CPUs and a small object store, once for the module.
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace

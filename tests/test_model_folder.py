@@ -11,8 +11,9 @@ import pytest
 from coder.errors import ModelBundleError
 from coder.model.card import render_card
 from coder.model.folder import (
-    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, component_hashes, default_model_path, finalize, model_hash, read_config,
+    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, component_hashes, default_model_path, model_hash, read_config,
 )
+from coder.model.write import finalize
 from coder.model.load import load_model
 
 

@@ -200,3 +200,37 @@ def test_the_local_llm_writes_only_assignable_codes(tmp_path, notes_and_injectio
     assert not {INVENTED, *PREFIXES} & set(predictions[CODE])
     llm = _manifest(out)["llm"]
     assert llm["available"] is True and llm["counts"]["notes"] == 21 and llm["counts"]["prompts"] >= 21
+
+
+def test_the_model_configs_llm_entry_turns_the_stage_on(tmp_path, notes, tiny_model_path):
+    import dataclasses
+    import shutil
+
+    from coder.model.write import finalize
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    finalize(model, dataclasses.replace(read_config(model), llm={"backend": "local", "weight": 0.5, "prompt_candidates": 3}))
+    out = tmp_path / "out.parquet"
+    predict_notes(notes, out=out, model=model, device="cpu", options=PredictOptions(quiet=True), llm_backend=StandInBackend())
+    llm = _manifest(out)["llm"]
+    assert llm["enabled"] and llm["settings"]["prompt_candidates"] == 3 and llm["settings"]["weight"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [(["scope=ontology", "prompt_candidates=30", "timeout_s=2.5", "required=yes"],
+      {"scope": "ontology", "prompt_candidates": 30, "timeout_s": 2.5, "required": True})],
+    ids=["typed"],
+)
+def test_llm_options_are_read_as_their_fields_types(pairs, expected):
+    from coder.llm.settings import parse_settings
+
+    assert parse_settings(pairs) == expected
+
+
+@pytest.mark.parametrize(("pair", "message"), [("colour=red", "KEY one of"), ("retries=two", "retries takes a int")],
+                         ids=["unknown-key", "bad-value"])
+def test_bad_llm_options_are_usage_errors(tmp_path, notes, tiny_model_path, pair, message):
+    result = _predict(notes, tmp_path / "out.parquet", tiny_model_path, "--llm-option", pair)
+    assert result.exit_code == 2 and message in result.stderr

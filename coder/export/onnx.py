@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import polars as pl
 import torch
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
@@ -28,7 +27,8 @@ from coder.export.parity import compare_outputs
 from coder.io.corpus import read_codes, read_notes
 from coder.metrics import gold_sets, matrix_scores
 from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
-from coder.model.folder import ONNX_FILES, ModelConfig, finalize, load_tokenizer, read_config
+from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_config
+from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, load_torch, torch_forward
 from coder.model.session import create_session, onnx_forward
 from coder.ontology import canonical_codes, load_ontology

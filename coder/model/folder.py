@@ -30,7 +30,6 @@ from typing import Any
 
 from coder.errors import ModelBundleError
 from coder.hashing import file_sha256
-from coder.io.atomic import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -221,17 +220,6 @@ def _is_pickle(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(2)
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-
-
-def finalize(folder: Path, config: ModelConfig) -> ModelConfig:
-    """Write the card, then the config with the sha256 of every file of the folder (atomically)."""
-    from coder.model.card import write_card  # the card module renders the config; it does not load models
-
-    write_card(folder, config)
-    files = {name: file_sha256(folder / name) for name in folder_files(folder)}
-    config = dataclasses.replace(config, files=files, versions=library_versions())
-    write_text(folder / CONFIG_FILE, config.to_json())
-    return config
 
 
 def verify_folder(folder: Path, config: ModelConfig, *, needed: Iterable[str]) -> None:

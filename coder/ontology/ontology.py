@@ -20,11 +20,10 @@ from typing import Literal, NamedTuple
 import polars as pl
 
 from coder.errors import CodeFormatError
-from coder.ontology import sources
 from coder.hashing import file_sha256
 from coder.ontology.cache import load_or_build
 from coder.ontology.codelist import CodeList, read_code_list
-from coder.ontology.sources import BILLABLE, PREFIX, is_code_name
+from coder.ontology.sources import BILLABLE, BUILD_VERSION, PREFIX, build_tables, is_code_name, releases, source_files
 from coder.ontology.syntax import check_system, infer_system, normalize, shorter_prefix
 from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, SYSTEMS
 
@@ -186,8 +185,8 @@ class Ontology:
 @functools.lru_cache(maxsize=1)
 def _release_tables() -> tuple[dict[str, dict[str, _Node]], dict[str, dict[str, tuple[str, ...]]], dict[str, str]]:
     started = time.perf_counter()
-    salt = f"{sources.BUILD_VERSION}|{sorted(sources.releases().items())}"
-    tables = load_or_build(name="icd10", sources=sources.source_files(), salt=salt, build=sources.build_tables)
+    salt = f"{BUILD_VERSION}|{sorted(releases().items())}"
+    tables = load_or_build(name="icd10", sources=source_files(), salt=salt, build=build_tables)
     nodes = {
         system: {
             name: _Node(description, parent, status)
@@ -199,7 +198,7 @@ def _release_tables() -> tuple[dict[str, dict[str, _Node]], dict[str, dict[str, 
     }
     notes = {kind: {name: tuple(values) for name, values in by_name.items()} for kind, by_name in tables["cm_notes"].items()}
     logger.info("ontology tables ready in %.2f s", time.perf_counter() - started)
-    return nodes, notes, sources.releases()
+    return nodes, notes, releases()
 
 
 def _with_code_list(nodes: dict[str, dict[str, _Node]], code_list: CodeList) -> dict[str, dict[str, _Node]]:

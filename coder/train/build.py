@@ -10,7 +10,8 @@ from pathlib import Path
 from coder.errors import UsageError
 from coder.export.onnx import export_bundle
 from coder.io.corpus import Corpus
-from coder.model.folder import ModelConfig, finalize, read_config
+from coder.model.folder import ModelConfig, read_config
+from coder.model.write import finalize
 from coder.model.load import load_model
 from coder.ontology import load_ontology
 from coder.rerank.score import STACK_PLM_TOP_K

@@ -29,7 +29,8 @@ from coder.hashing import file_sha256
 from coder.io.atomic import write_json
 from coder.io.corpus import read_codes, read_notes
 from coder.model.chunking import ChunkedNote, chunk_notes, collate
-from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, finalize, read_config
+from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, read_config
+from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, predict_proba, save_torch
 from coder.ontology import Ontology, canonical_codes, load_ontology
 from coder.schema import NOTE_ID

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from coder.audit.review import VERDICT, review_sample, score_review, wilson_interval
+from coder.auditing.review import VERDICT, review_sample, score_review, wilson_interval
 from coder.errors import InputFileError
 from coder.schema import CM, GOLD_SCHEMA, NOTE_ID, PCS, PREDICTION_SCHEMA
 

@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from coder.audit.score import audit_system
+from coder.auditing.score import audit_system
 from coder.schema import CM, GOLD_SCHEMA, PREDICTION_SCHEMA
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-import coder
+from coder.version import __version__
 from coder.schema import SYSTEMS
 
 _W, _H = 420, 280
@@ -183,7 +183,7 @@ def render_report(audit: Mapping[str, Any], *, title: str = "coder audit") -> st
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f'<h1>{escape(title)}</h1><p class="meta">coder {coder.__version__}, {stamp}</p>'
+        f'<h1>{escape(title)}</h1><p class="meta">coder {__version__}, {stamp}</p>'
         + "".join(sections)
         + "</body></html>\n"
     )

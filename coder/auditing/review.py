@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from coder.audit.keys import KEY, code_key
+from coder.auditing.keys import KEY, code_key
 from coder.errors import InputFileError
 from coder.schema import NOTE_ID, SYSTEM
 

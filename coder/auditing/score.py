@@ -16,9 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from coder.audit.keys import KEY, code_key
-from coder.audit.report import render_report
-from coder.audit.review import review_sample, score_review
+from coder.auditing.keys import KEY, code_key
+from coder.auditing.report import render_report
+from coder.auditing.review import review_sample, score_review
 from coder.errors import InputFileError, UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_text

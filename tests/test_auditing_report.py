@@ -5,8 +5,8 @@ import subprocess
 import polars as pl
 import pytest
 
-from coder.audit.score import audit_system
-from coder.audit.report import render_report
+from coder.auditing.score import audit_system
+from coder.auditing.report import render_report
 from coder.schema import CM, GOLD_SCHEMA, PCS, PREDICTION_SCHEMA
 
 CHROMIUM = shutil.which("chromium")
