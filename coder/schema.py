@@ -37,6 +37,7 @@ RANK = "rank"
 ABOVE_THRESHOLD = "above_threshold"
 THRESHOLD = "threshold"  # a candidate's decision threshold (not written)
 SOURCE = "source"
+VALIDITY = "validity"  # where a written code's validity comes from (coder.validate): "release" or "code_list"
 EVIDENCE = ("evidence_text", "evidence_start", "evidence_end")
 EVIDENCE_COLUMNS = pl.Schema({EVIDENCE[0]: pl.String, EVIDENCE[1]: pl.Int32, EVIDENCE[2]: pl.Int32})
 
@@ -52,6 +53,7 @@ PREDICTION_SCHEMA = pl.Schema(
         ABOVE_THRESHOLD: pl.Boolean,
         SOURCE: pl.String,  # "+"-joined stages that proposed the code: plm_icd, lexicon, ontology, llm, ...
         **EVIDENCE_COLUMNS,  # evidence text and character offsets into the text column it was read from
+        VALIDITY: pl.String,  # "release" (an item or truncation of the ICD-10 release) or "code_list" (the code list alone)
     }
 )
 
@@ -64,8 +66,10 @@ QUARANTINE_SCHEMA = pl.Schema(
 class QuarantineReason:
     """Reason codes written to the quarantine file."""
 
+    INVALID_UTF8 = "invalid_utf8"  # the id or the text is not valid UTF-8
+    NULL_NOTE_ID = "null_note_id"
+    BLANK_NOTE_ID = "blank_note_id"  # empty or only spaces (ids are trimmed)
+    DUPLICATE_NOTE_ID = "duplicate_note_id"
     NULL_TEXT = "null_text"
     EMPTY_TEXT = "empty_text"
-    NULL_NOTE_ID = "null_note_id"
-    DUPLICATE_NOTE_ID = "duplicate_note_id"
     UNPROCESSABLE = "unprocessable_text"

@@ -19,7 +19,9 @@ import polars as pl
 
 from coder.ontology import Ontology
 from coder.ontology.sources import PREFIX
-from coder.schema import CODE, SYSTEM
+from coder.schema import CODE, SYSTEM, VALIDITY
+
+RELEASE, CODE_LIST = "release", "code_list"
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,13 +44,19 @@ class AssignableCodes:
                 self._memo[key] = info.status != "unknown"
         return self._memo[key]
 
+    def origin(self, code: str, system: str) -> str:
+        """Where an assignable code's validity comes from: ``release`` or ``code_list`` (the list alone)."""
+        listed = getattr(self.ontology, "listed", frozenset())
+        return CODE_LIST if (system, self.ontology.lookup(code, system).canonical) in listed else RELEASE
+
     def validate(self, candidates: pl.DataFrame) -> pl.DataFrame:
-        """The rows of ``candidates`` (with ``system`` and ``code``) whose code is assignable."""
+        """The rows of ``candidates`` (with ``system`` and ``code``) whose code is assignable, with
+        ``validity`` (``origin``)."""
         pairs = candidates.select(SYSTEM, CODE).unique()
         allowed = pairs.filter(pl.Series([self(code, system) for system, code in pairs.iter_rows()], dtype=pl.Boolean))
-        if allowed.height == pairs.height:
-            return candidates
-        return candidates.join(allowed, on=[SYSTEM, CODE], how="semi", maintain_order="left")
+        origins = allowed.with_columns(pl.Series(VALIDITY, [self.origin(code, system) for system, code in allowed.iter_rows()],
+                                                 dtype=pl.String))
+        return candidates.join(origins, on=[SYSTEM, CODE], how="inner", maintain_order="left")
 
 
 def truncation_levels(codes: Iterable[tuple[str, str]], *, ontology: Ontology) -> dict[str, tuple[int, ...]]:

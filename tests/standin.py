@@ -68,7 +68,7 @@ class StandInModel:
         self.text_columns = (TEXT, TEXT_ES)
         self.ranking = Ranking(rerankers={}, prior=None, label_thresholds=pl.DataFrame(
             {SYSTEM: [CM] * len(CODES), CODE: list(CODES), "threshold": [0.5] * len(CODES)}))
-        self.gate = SimpleNamespace(validate=lambda frame: frame)
+        self.gate = SimpleNamespace(validate=lambda frame: frame.with_columns(pl.lit("release").alias("validity")))
         self.precision, self.execution_provider = "fp32", "CPUExecutionProvider"
         self.hash, self.components = "stand-in-1", {"plm_icd": "1"}
         self.config = SimpleNamespace(name="stand-in", truncations={})

@@ -18,10 +18,10 @@ def files(tmp_path):
     predictions = tmp_path / "pred.parquet"
     pl.DataFrame(
         [
-            ("n1", CM, "R50.9", "Fever, unspecified", 0.8, 1, True, "plm_icd", None, None, None),
-            ("n1", CM, "I10", "Essential hypertension", 0.6, 2, True, "plm_icd", None, None, None),
-            ("n2", PCS, "0DTJ4ZZ", "Resection of Appendix", 0.3, 1, False, "plm_icd", None, None, None),
-            ("n9", CM, "I10", "not audited", 0.9, 1, True, "plm_icd", None, None, None),
+            ("n1", CM, "R50.9", "Fever, unspecified", 0.8, 1, True, "plm_icd", None, None, None, "release"),
+            ("n1", CM, "I10", "Essential hypertension", 0.6, 2, True, "plm_icd", None, None, None, "release"),
+            ("n2", PCS, "0DTJ4ZZ", "Resection of Appendix", 0.3, 1, False, "plm_icd", None, None, None, "release"),
+            ("n9", CM, "I10", "not audited", 0.9, 1, True, "plm_icd", None, None, None, "release"),
         ],
         schema=PREDICTION_SCHEMA,
         orient="row",
@@ -95,8 +95,8 @@ def _run_with_manifest(tmp_path, codes_file):
     from coder.hashing import file_sha256
 
     predictions = tmp_path / "pred.parquet"
-    pl.DataFrame([("n1", PCS, "3E0T3CZ", "listed", 0.9, 1, True, "plm_icd", None, None, None),
-                  ("n1", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.5, 2, True, "plm_icd", None, None, None)],
+    pl.DataFrame([("n1", PCS, "3E0T3CZ", "listed", 0.9, 1, True, "plm_icd", None, None, None, "code_list"),
+                  ("n1", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.5, 2, True, "plm_icd", None, None, None, "release")],
                  schema=PREDICTION_SCHEMA, orient="row").write_parquet(predictions)
     manifest = {"model": {"truncations": {}}, "codes_file": {"path": str(codes_file), "sha256": file_sha256(codes_file)}}
     (tmp_path / "pred.manifest.json").write_text(json.dumps(manifest))

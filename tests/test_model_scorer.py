@@ -41,6 +41,7 @@ def test_predictions_follow_the_schema_with_ranks_per_system(model, notes):
     ranks = frame.group_by(NOTE_ID, SYSTEM).agg(pl.col("rank").sort())["rank"].to_list()
     assert all(r == list(range(1, len(r) + 1)) for r in ranks)
     assert frame["score"].is_between(0, 1).all() and (frame["source"] == "plm_icd").all()
+    assert (frame["validity"] == "release").all()
     assert frame.group_by(NOTE_ID, SYSTEM).agg(pl.col("score").is_sorted(descending=True))["score"].all()
     assert coded.unprocessable == () and {"seconds.score", "seconds.rank"} <= set(coded.counts)
 

@@ -59,6 +59,8 @@ class Ontology:
     release: dict[str, str | None]
     _nodes: dict[str, dict[str, _Node]] = field(repr=False)
     _notes: dict[str, dict[str, tuple[str, ...]]] = field(repr=False)
+    listed: frozenset[tuple[str, str]] = frozenset()
+    """(system, code) of the code list's codes that the release has no item for: valid by the list alone."""
     _memo: dict[tuple, object] = field(default_factory=dict, repr=False)
 
     def lookup(self, code: str, system: str | None = None) -> CodeInfo:
@@ -242,7 +244,9 @@ def _load(codes_file: Path | None, sha256: str | None) -> Ontology:
     code_list = read_code_list(codes_file)
     logger.info("codes file %s: %d codes", codes_file, len(code_list.codes))
     release = {**labels, "code_list": str(codes_file), "code_list_sha256": code_list.sha256}
-    return Ontology(release, _with_code_list(nodes, code_list), notes)
+    listed = frozenset((c.system, c.code) for c in code_list.codes
+                       if c.code not in nodes[c.system] or nodes[c.system][c.code].status == PREFIX)
+    return Ontology(release, _with_code_list(nodes, code_list), notes, listed)
 
 
 def load_ontology(codes_file: Path | None = None) -> Ontology:
