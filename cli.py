@@ -120,15 +120,16 @@ _ModelOption = Annotated[
 ]
 
 
-def _model_rules(model: Path | None, codes_file: Path | None) -> tuple[Path | None, dict]:
-    """(code list, truncation levels) a model folder gives ``coder codes``; ``codes_file`` wins."""
+def _model_rules(model: Path | None, codes_file: Path | None) -> tuple[Path | None, dict | None]:
+    """(code list, truncation levels) a model folder gives ``coder codes``; ``codes_file`` wins.
+    Without a model the levels are None: unknown, so every prefix of real codes stays a prefix."""
     from coder.errors import ModelBundleError
     from coder.model.folder import default_model_path, read_config
 
     try:
         folder = model or default_model_path()
     except ModelBundleError:
-        return codes_file, {}  # no default model here: the release and the code list alone
+        return codes_file, None  # no default model here: the release and the code list alone
     config = read_config(folder)
     own = folder / config.code_list if config.code_list else None
     return codes_file or own, dict(config.truncations)
@@ -140,11 +141,14 @@ def codes_show_command(
     code: Annotated[str, typer.Argument(help="The code in any common spelling (N44.8, n448, 0DT6).")],
     system: _SystemOption = None,
     codes_file: _CodesFileOption = None,
+    model: _ModelOption = None,
 ) -> None:
-    """Show a code's status, canonical form, description, ancestors, inclusion terms and excludes."""
+    """Show a code's status, canonical form, description, ancestors, inclusion terms and excludes.
+    A prefix of real codes is shown as a prefix only at a length the model writes (else unknown)."""
     from coder.ontology.describe import describe_code
 
-    shown = describe_code(code, system=system, codes_file=codes_file)
+    listed, truncations = _model_rules(model, codes_file)
+    shown = describe_code(code, system=system, codes_file=listed, truncations=truncations)
     typer.echo(shown.text)
     raise typer.Exit(code=0 if shown.info.status != "unknown" else 1)
 
@@ -160,7 +164,8 @@ def codes_validate_command(
 ) -> None:
     """Check codes against the ontology: exit 0 if all are known, 1 if any is unknown, 2 on usage errors.
     Each code is also said to be assignable or not: whether coder may write it (release codes, the
-    code list's codes, and truncations at the levels the model's labels use)."""
+    code list's codes, and truncations at the levels the model's labels use); other prefixes of real
+    codes are unknown."""
     from coder.ontology.describe import validate_codes
 
     listed, truncations = _model_rules(model, codes_file)
@@ -204,7 +209,19 @@ class LLMBackend(str, enum.Enum):
     openai = "openai"
 
 
-@app.command("predict")
+class _OneLineCommand(typer.core.TyperCommand):
+    """A command whose option mistakes (a bad number or choice, a missing file or option) are one stderr
+    line and exit 2, like the UsageErrors ``_reported`` reports, instead of click's usage box."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as error:  # click's UsageError, BadParameter, MissingParameter, NoSuchOption
+            typer.echo(f"error: {error.format_message()}", err=True)
+            raise typer.Exit(code=error.exit_code) from None
+
+
+@app.command("predict", cls=_OneLineCommand)
 @_reported
 def predict_command(
     notes: Annotated[str, typer.Argument(help="Notes: a parquet file, a folder of *.parquet files, or a quoted glob.")],

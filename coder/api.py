@@ -20,7 +20,7 @@ import polars as pl
 
 from coder.auditing.score import ValidCodes, audit_frames, read_predictions, run_audit
 from coder.errors import UsageError
-from coder.io.corpus import read_codes
+from coder.io.corpus import check_codes, read_codes
 from coder.io.read import NoteBatch
 from coder.io.screen import RowScreen
 from coder.model.load import Model
@@ -87,8 +87,9 @@ def audit(predictions: str | Path | pl.DataFrame, gold: str | Path | pl.DataFram
     ``model`` for the code list); ``codes_file`` overrides either."""
     if not isinstance(predictions, pl.DataFrame) and not isinstance(gold, pl.DataFrame):
         return run_audit(Path(predictions), gold=Path(gold), codes_file=Path(codes_file) if codes_file else None, ks=ks).results
-    frame = predictions if isinstance(predictions, pl.DataFrame) else read_predictions(Path(predictions))
-    truth = gold if isinstance(gold, pl.DataFrame) else read_codes(Path(gold))
+    frame = check_codes(predictions, "the predictions frame") if isinstance(predictions, pl.DataFrame) \
+        else read_predictions(Path(predictions))
+    truth = check_codes(gold, "the gold frame") if isinstance(gold, pl.DataFrame) else read_codes(Path(gold))
     listed = Path(codes_file) if codes_file else (model.model.code_list if model else None)
     valid = ValidCodes(listed, "--codes-file" if codes_file else "the model" if listed else "none",
                        dict(model.model.config.truncations) if model else {})

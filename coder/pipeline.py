@@ -64,7 +64,8 @@ def code_batch(model: Model, notes: pl.DataFrame, *, top_k: int, threshold_only:
         frames = {source.name: source.candidates(notes) for source in model.sources_for(notes.columns)}
         frames[PLM_ICD] = scored.candidates  # last: its evidence (an attention peak) is the weakest
     with _timed(counts, "rerank"):
-        candidates = rerank(merge_candidates(frames), ranking=model.ranking, sources=tuple(frames))
+        columns = {**{source.name: source.text_column for source in model.sources}, PLM_ICD: model.scorer.text_column}
+        candidates = rerank(merge_candidates(frames, columns=columns), ranking=model.ranking, sources=tuple(frames))
     if llm is not None:
         with _timed(counts, "llm"):
             votes = llm.vote(notes, candidates, text_column=model.scorer.text_column, per_note=top_k)

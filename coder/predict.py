@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from coder.engines.local import code_locally
 from coder.errors import UsageError
-from coder.io.read import resolve_inputs
+from coder.io.outputs import claim_outputs
 from coder.llm.vote import LLMStage, llm_settings
 from coder.model.load import load_model
 from coder.run import Engine, PredictOptions, RunSummary, run_batches
@@ -22,12 +22,14 @@ def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, d
     """``coder predict``: load the model (default ``coder.model.folder.default_model_path()``), open the
     LLM stage when its settings (``options.llm`` over the model config's ``llm`` entry) turn it on,
     and run the batches. With another ``engine`` (``coder.engines.ray``) the model loaded here only
-    describes the run; the LLM stage runs with the local engine only."""
-    resolve_inputs(source)  # a mistyped path fails before the model loads
-    loaded = load_model(model, device=device, precision=options.precision, codes_file=codes_file)
-    settings = llm_settings(configured=loaded.config.llm, given=options.llm)
-    if settings.enabled and engine is not None:
-        raise UsageError(f"--llm {settings.backend} runs with --engine local only; drop --llm or the other engine")
-    llm = LLMStage(settings, gate=loaded.gate, backend=llm_backend) if settings.enabled else None
-    return run_batches(source, model=loaded, out=out, options=options, engine=engine or code_locally, llm=llm,
-                       model_path=model)
+    describes the run; the LLM stage runs with the local engine only. The outputs are checked and
+    locked (``coder.io.outputs.claim_outputs``) before the model loads: a mistyped path, an output
+    that is an input, or a run already writing ``out`` costs seconds."""
+    with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
+        loaded = load_model(model, device=device, precision=options.precision, codes_file=codes_file)
+        settings = llm_settings(configured=loaded.config.llm, given=options.llm)
+        if settings.enabled and engine is not None:
+            raise UsageError(f"--llm {settings.backend} runs with --engine local only; drop --llm or the other engine")
+        llm = LLMStage(settings, gate=loaded.gate, backend=llm_backend) if settings.enabled else None
+        return run_batches(source, model=loaded, outputs=outputs, options=options, engine=engine or code_locally, llm=llm,
+                           model_path=model)

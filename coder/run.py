@@ -22,11 +22,11 @@ from coder.version import __version__
 from coder.errors import UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_json
-from coder.io.manifest import manifest_path
+from coder.io.outputs import RunOutputs
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
 from coder.io.read import InputPlan, NoteBatch, plan_inputs
-from coder.io.screen import RowScreen, quarantine_path, unprocessable
+from coder.io.screen import RowScreen, unprocessable
 from coder.llm.vote import LLMStage, manifest_section, summary_line
 from coder.pipeline import CodedBatch, code_batch
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
@@ -88,6 +88,8 @@ class RunSummary:
     skipped_columns: tuple[str, ...] = ()
     seconds: float = 0.0
     resumed_batches: int = 0
+    recomputed_batches: int = 0
+    """Finished batches of the interrupted run that were missing or damaged, and were coded again."""
     llm: Mapping[str, Any] = field(default_factory=dict)
     """The manifest's ``llm`` section."""
 
@@ -101,8 +103,9 @@ class RunSummary:
             f"{self.codes_written} codes written to {self.out}",
             f"quarantine: {self.quarantine}; manifest: {self.manifest}",
         ]
-        if self.resumed_batches:
-            out.append(f"resumed: {self.resumed_batches} batches were already done")
+        if self.resumed_batches or self.recomputed_batches:
+            again = f", {self.recomputed_batches} damaged ones were coded again" if self.recomputed_batches else ""
+            out.append(f"resumed: {self.resumed_batches} batches were already done{again}")
         if self.skipped_columns:
             out.append(f"input lacks {', '.join(self.skipped_columns)}: those model components were skipped")
         if line := summary_line(self.llm):
@@ -167,9 +170,10 @@ def process_batch(model: Model, batch: NoteBatch, *, screen: RowScreen, top_k: i
 
 def code_and_write(model: Model, batch: NoteBatch, *, screen: RowScreen, parts: PartsFolder, options: PredictOptions,
                    llm: LLMStage | None = None) -> dict[str, Any]:
-    """``process_batch``, then store the batch's parts; return its counts."""
+    """``process_batch``, then store the batch's parts with what it ran on; return its counts."""
     output = process_batch(model, batch, screen=screen, top_k=options.top_k, threshold_only=options.threshold_only, llm=llm)
-    parts.write_batch(batch.index, predictions=output.predictions, quarantine=output.quarantine, counts=output.counts)
+    parts.write_batch(batch.index, predictions=output.predictions, quarantine=output.quarantine, counts=output.counts,
+                      ran_on=f"{model.execution_provider} {model.precision}")
     return output.counts
 
 
@@ -179,7 +183,9 @@ def stage_seconds(counts: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _fingerprint(plan: InputPlan, model: Model, *, options: PredictOptions, llm: LLMStage | None) -> dict[str, Any]:
-    """Everything that must match for ``--resume`` to continue a run rather than mix two."""
+    """Everything that must match for ``--resume`` to continue a run rather than mix two; what the batches
+    run on (execution provider and precision: the Ray engine's workers, not this model) is checked per batch
+    (``PartsFolder.write_batch``)."""
     fingerprint = {
         "inputs": [{"path": str(f.path.resolve()), "sha256": f.sha256} for f in plan.files],
         "model": model.hash,
@@ -189,7 +195,6 @@ def _fingerprint(plan: InputPlan, model: Model, *, options: PredictOptions, llm:
         "batch_size": options.batch_size,
         "top_k": options.top_k,
         "threshold_only": options.threshold_only,
-        "precision": model.precision,
         "code_list_sha256": file_sha256(model.code_list) if model.code_list else None,
     }
     if llm is not None:  # only when on, so runs without the stage resume as before
@@ -205,18 +210,21 @@ def _sum_counts(done: Mapping[int, Mapping[str, Any]]) -> Counter:
     return total
 
 
-def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, options: PredictOptions = PredictOptions(),
-                llm: LLMStage | None = None, model_path: Path | None = None) -> RunSummary:
-    """Code every note of ``source`` with ``model`` and write ``out``, its quarantine and manifest.
+def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine: Engine,
+                options: PredictOptions = PredictOptions(), llm: LLMStage | None = None,
+                model_path: Path | None = None) -> RunSummary:
+    """Code every note of ``source`` with ``model`` and write ``outputs`` (claimed with
+    ``coder.io.outputs.claim_outputs``: checked, and locked for this run).
 
     Input rows = notes coded + rows quarantined, always. ``engine`` codes the batches
     (``coder.engines.local.code_locally`` or ``coder.engines.ray.RayEngine``)."""
     started = datetime.now(UTC)
     clock = time.monotonic()
-    quarantine = options.quarantine or quarantine_path(out)
+    out, quarantine = outputs.predictions, outputs.quarantine
     plan = plan_inputs(source, id_column=options.id_column, text_columns=model.text_columns, primary_column=options.text_column)
     parts = PartsFolder(out)
-    done = parts.start(fingerprint=_fingerprint(plan, model, options=options, llm=llm), resume=options.resume)
+    resumed = parts.start(fingerprint=_fingerprint(plan, model, options=options, llm=llm), resume=options.resume)
+    done = dict(resumed.done)
     resumed_batches = len(done)
     progress = Progress(total=plan.total_rows, quiet=options.quiet)
     scored = engine(plan, model=model, parts=parts, done=done, progress=progress, options=options, llm=llm)
@@ -228,7 +236,7 @@ def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, 
     summary = RunSummary(
         out=out,
         quarantine=quarantine,
-        manifest=manifest_path(out),
+        manifest=outputs.manifest,
         input_rows=totals["input_rows"],
         notes_coded=totals["notes_coded"],
         notes_without_codes=totals["notes_without_codes"],
@@ -238,6 +246,7 @@ def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, 
         skipped_columns=plan.skipped_columns,
         seconds=seconds,
         resumed_batches=resumed_batches,
+        recomputed_batches=len(resumed.recomputed),
         llm=manifest_section(llm, totals),
     )
     model_seconds = sum(value for stage, value in scored.stage_seconds.items() if stage != "llm")
@@ -246,6 +255,7 @@ def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, 
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
         "inputs": [{"path": str(f.path), "rows": f.rows, "sha256": f.sha256} for f in plan.files],
+        "skipped_files": [str(path) for path in plan.skipped_files],
         "id_column": plan.id_column,
         "text_columns": dict(plan.columns),
         "skipped_components": list(plan.skipped_columns),
@@ -268,6 +278,7 @@ def run_batches(source: str | Path, *, model: Model, out: Path, engine: Engine, 
         "timing": {
             "seconds": round(seconds, 3),
             "resumed_batches": resumed_batches,
+            "resume_recomputed_batches": len(resumed.recomputed),
             "notes_this_run": scored.fresh_rows,
             "notes_per_s": round(scored.fresh_rows / seconds, 3) if seconds else None,
             "model_seconds": round(model_seconds, 3),

@@ -39,6 +39,7 @@ THRESHOLD = "threshold"  # a candidate's decision threshold (not written)
 SOURCE = "source"
 VALIDITY = "validity"  # where a written code's validity comes from (coder.validate): "release" or "code_list"
 EVIDENCE = ("evidence_text", "evidence_start", "evidence_end")
+EVIDENCE_IN = "evidence_column"  # the text column the evidence offsets point into
 EVIDENCE_COLUMNS = pl.Schema({EVIDENCE[0]: pl.String, EVIDENCE[1]: pl.Int32, EVIDENCE[2]: pl.Int32})
 
 # Predictions written by `coder predict`: one row per (note, system, code).
@@ -53,6 +54,7 @@ PREDICTION_SCHEMA = pl.Schema(
         ABOVE_THRESHOLD: pl.Boolean,
         SOURCE: pl.String,  # "+"-joined stages that proposed the code: plm_icd, lexicon, ontology, llm, ...
         **EVIDENCE_COLUMNS,  # evidence text and character offsets into the text column it was read from
+        EVIDENCE_IN: pl.String,  # that column (text_es for a Spanish lexicon's span, text for English evidence)
         VALIDITY: pl.String,  # "release" (an item or truncation of the ICD-10 release) or "code_list" (the code list alone)
     }
 )

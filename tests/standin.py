@@ -1,6 +1,7 @@
 """A stand-in for a loaded model (``coder.model.load.Model``) that the real pipeline runs: PLM-ICD's scores
 come from each note's text by a fixed rule, there are no other sources and no rerankers. Tests of the run
-mechanics (batches, parts, resume, engines) use it instead of a trained model."""
+mechanics (batches, parts, resume, engines) use it instead of a trained model; ``write_notes`` writes
+notes whose bytes need not be valid UTF-8, as a damaged dump has them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from coder.model.scorer import FRAME_SCHEMA, Scored
 from coder.rerank.score import Ranking
@@ -80,3 +83,21 @@ class StandInModel:
 
     def describe(self, code: str, system: str) -> str:
         return f"about {code}"
+
+
+def byte_strings(values: list[str | bytes | None]) -> pa.Array:
+    """A parquet string column that holds ``values`` as given: bytes need not be valid UTF-8
+    (``b"\\xff\\xfe"``), which neither polars nor pyarrow would write from Python strings."""
+    raw = [value.encode() if isinstance(value, str) else value for value in values]
+    offsets = [0]
+    for value in raw:
+        offsets.append(offsets[-1] + len(value or b""))
+    validity = pa.array([value is not None for value in raw]).buffers()[1]
+    buffers = [validity, pa.array(offsets, pa.int32()).buffers()[1], pa.py_buffer(b"".join(value or b"" for value in raw))]
+    return pa.Array.from_buffers(pa.string(), len(raw), buffers)
+
+
+def write_notes(path: Path, ids: list, texts: list, **options) -> Path:
+    """A notes parquet (note_id, text) from ``byte_strings`` columns; ``options`` go to ``pq.write_table``."""
+    pq.write_table(pa.table({NOTE_ID: byte_strings(ids), TEXT: byte_strings(texts)}), path, **options)
+    return path

@@ -16,9 +16,9 @@ def _audit() -> dict:
     gold = pl.DataFrame([("n1", "A01", CM), ("n1", "B02", CM), ("n2", "0DTJ0ZZ", PCS)], schema=GOLD_SCHEMA, orient="row")
     predictions = pl.DataFrame(
         [
-            ("n1", CM, "A01", "<script>alert(1)</script>", 0.9, 1, True, "plm_icd", None, None, None, "release"),
-            ("n1", CM, "C03", "other", 0.3, 2, False, "plm_icd", None, None, None, "release"),
-            ("n2", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.6, 1, True, "plm_icd", None, None, None, "release"),
+            ("n1", CM, "A01", "<script>alert(1)</script>", 0.9, 1, True, "plm_icd", None, None, None, None, "release"),
+            ("n1", CM, "C03", "other", 0.3, 2, False, "plm_icd", None, None, None, None, "release"),
+            ("n2", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.6, 1, True, "plm_icd", None, None, None, None, "release"),
         ],
         schema=PREDICTION_SCHEMA,
         orient="row",

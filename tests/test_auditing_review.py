@@ -17,7 +17,7 @@ def test_wilson_interval_known_values(successes, trials, expected):
 
 def _predictions(notes: int = 12) -> pl.DataFrame:
     rows = [
-        (f"n{i:02d}", system, f"{system[-2:]}{rank}", f"about {rank}", 1 / rank, rank, rank <= 2, "plm_icd", "span", 0, 4, "release")
+        (f"n{i:02d}", system, f"{system[-2:]}{rank}", f"about {rank}", 1 / rank, rank, rank <= 2, "plm_icd", "span", 0, 4, "text", "release")
         for i in range(notes)
         for system in (CM, PCS)
         for rank in range(1, 11)

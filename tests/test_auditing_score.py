@@ -22,7 +22,7 @@ def _toy():
         ("n2", "D04", 0.2, 2, False),
     ]
     predictions = pl.DataFrame(
-        [(n, CM, c, f"about {c}", s, r, a, "plm_icd", None, None, None, "release") for n, c, s, r, a in rows],
+        [(n, CM, c, f"about {c}", s, r, a, "plm_icd", None, None, None, None, "release") for n, c, s, r, a in rows],
         schema=PREDICTION_SCHEMA,
         orient="row",
     )

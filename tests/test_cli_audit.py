@@ -18,10 +18,10 @@ def files(tmp_path):
     predictions = tmp_path / "pred.parquet"
     pl.DataFrame(
         [
-            ("n1", CM, "R50.9", "Fever, unspecified", 0.8, 1, True, "plm_icd", None, None, None, "release"),
-            ("n1", CM, "I10", "Essential hypertension", 0.6, 2, True, "plm_icd", None, None, None, "release"),
-            ("n2", PCS, "0DTJ4ZZ", "Resection of Appendix", 0.3, 1, False, "plm_icd", None, None, None, "release"),
-            ("n9", CM, "I10", "not audited", 0.9, 1, True, "plm_icd", None, None, None, "release"),
+            ("n1", CM, "R50.9", "Fever, unspecified", 0.8, 1, True, "plm_icd", None, None, None, None, "release"),
+            ("n1", CM, "I10", "Essential hypertension", 0.6, 2, True, "plm_icd", None, None, None, None, "release"),
+            ("n2", PCS, "0DTJ4ZZ", "Resection of Appendix", 0.3, 1, False, "plm_icd", None, None, None, None, "release"),
+            ("n9", CM, "I10", "not audited", 0.9, 1, True, "plm_icd", None, None, None, None, "release"),
         ],
         schema=PREDICTION_SCHEMA,
         orient="row",
@@ -49,6 +49,7 @@ def test_json_is_keyed_by_system(files):
     assert audit[CM]["map"] == pytest.approx(0.5)
     assert audit[CM]["micro_f1"] == pytest.approx(0.5)
     assert (audit[PCS]["map"], audit[PCS]["notes"]) == (0.0, 1)
+    assert (audit[CM]["predicted_notes_not_in_gold"], audit[PCS]["predicted_notes_not_in_gold"]) == (1, 0)
 
 
 def test_report_and_review_round_trip(files, tmp_path):
@@ -59,6 +60,7 @@ def test_report_and_review_round_trip(files, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "ICD-10-CM: 1 notes, MAP 0.500" in result.stdout
+    assert ", 1 predicted notes not in the gold ignored\nICD-10-PCS:" in result.stdout
     assert report.read_text().startswith("<!DOCTYPE html>")
     sample = pl.read_csv(review)
     assert sample.height == 3  # n1's two CM codes and n2's PCS code; n9 is not audited
@@ -89,14 +91,56 @@ def test_known_errors_exit_with_one_line(files, args, code, message):
     assert "Traceback" not in result.output
 
 
+def _rewrite(path, **columns):
+    """Rewrite a parquet file with ``columns`` replaced (a list of values each)."""
+    frame = pl.read_parquet(path)
+    frame.with_columns(pl.Series(name, values, dtype=frame[name].dtype) for name, values in columns.items()).write_parquet(path)
+
+
+@pytest.mark.parametrize(
+    ("target", "columns", "message"),
+    [
+        ("gold", {"system": ["CM", "CM", "PCS"]},
+         "gold.parquet: column 'system' has unknown values 'CM' (2 rows), 'PCS' (1 row); expected 'ICD-10-CM' or 'ICD-10-PCS'"),
+        ("predictions", {"system": ["icd-10-cm", "icd-10-cm", "pcs", CM]},
+         "pred.parquet: column 'system' has unknown values 'icd-10-cm' (2 rows), 'pcs' (1 row); expected"),
+        ("gold", {"code": ["R50.9", None, None]},
+         "gold.parquet: column 'code' is null in 2 of 3 rows (0-based: 1, 2); every row needs a code"),
+        ("predictions", {"note_id": ["n1", None, "n2", "n9"]},
+         "pred.parquet: column 'note_id' is null in 1 of 4 rows (0-based: 1); every row needs a note_id"),
+        ("predictions", {"code": [None] * 4}, "pred.parquet: column 'code' is null in 4 of 4 rows (0-based: 0, 1, 2, 3)"),
+        ("predictions", {"note_id": ["n7", "n7", "n8", "n9"]},
+         "pred.parquet: no predicted note is in {gold} (3 predicted notes, 2 gold notes, 0 in common)"),
+    ],
+    ids=["gold-system-abbreviated", "predicted-system-spelled-otherwise", "gold-null-code", "predicted-null-note-id",
+         "predicted-null-code", "no-common-note"],
+)
+def test_audit_refuses_what_it_cannot_score(files, target, columns, message):
+    predictions, gold = files
+    _rewrite(gold if target == "gold" else predictions, **columns)
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold)])
+    assert result.exit_code == 3
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: {predictions.parent}/{message.format(gold=gold)}")
+
+
+def test_audit_refuses_an_empty_predictions_file(files):
+    predictions, gold = files
+    pl.read_parquet(predictions).clear().write_parquet(predictions)
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json"])
+    assert result.exit_code == 3
+    assert result.output == (f"error: {predictions}: no predicted note is in {gold} (0 predicted notes, 2 gold notes, "
+                             "0 in common); give the gold codes of the notes that were predicted\n")
+
+
 def _run_with_manifest(tmp_path, codes_file):
     """Predictions of a code that only a code list knows (3E0T3CZ, deleted from ICD-10-PCS) and a
     manifest beside them saying that list validated the run."""
     from coder.hashing import file_sha256
 
     predictions = tmp_path / "pred.parquet"
-    pl.DataFrame([("n1", PCS, "3E0T3CZ", "listed", 0.9, 1, True, "plm_icd", None, None, None, "code_list"),
-                  ("n1", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.5, 2, True, "plm_icd", None, None, None, "release")],
+    pl.DataFrame([("n1", PCS, "3E0T3CZ", "listed", 0.9, 1, True, "plm_icd", None, None, None, None, "code_list"),
+                  ("n1", PCS, "0DTJ0ZZ", "Resection of Appendix", 0.5, 2, True, "plm_icd", None, None, None, None, "release")],
                  schema=PREDICTION_SCHEMA, orient="row").write_parquet(predictions)
     manifest = {"model": {"truncations": {}}, "codes_file": {"path": str(codes_file), "sha256": file_sha256(codes_file)}}
     (tmp_path / "pred.manifest.json").write_text(json.dumps(manifest))

@@ -100,11 +100,48 @@ def test_validate_with_a_codes_file(tmp_path: Path, tiny_model_path: Path) -> No
     assert json.loads(result.stdout)[0]["status"] == "billable" and json.loads(result.stdout)[0]["assignable"]
 
 
-def test_a_prefix_is_assignable_only_at_a_level_the_models_labels_use(tiny_model_path: Path) -> None:
-    shipped = json.loads(_run("validate", "--json", "0DT6", "0DT60", "BW21Z").stdout)
-    assert [(row["status"], row["assignable"]) for row in shipped] == [("prefix", True), ("prefix", False), ("prefix", False)]
-    full_codes = json.loads(_run("validate", "--json", "--model", str(tiny_model_path), "0DT6").stdout)
-    assert (full_codes[0]["status"], full_codes[0]["assignable"]) == ("prefix", False)
+def test_a_prefix_is_a_code_only_at_a_level_the_models_labels_use(tiny_model_path: Path) -> None:
+    shipped = _run("validate", "--json", "0DT6", "S00.32X")
+    assert shipped.exit_code == 0
+    assert [(row["status"], row["assignable"]) for row in json.loads(shipped.stdout)] == [("prefix", True), ("prefix", True)]
+    full_codes = _run("validate", "--json", "--model", str(tiny_model_path), "0DT6")
+    assert full_codes.exit_code == 1
+    assert json.loads(full_codes.stdout)[0] == {
+        "input": "0DT6", "system": "ICD-10-PCS", "canonical": "0DT6", "status": "unknown",
+        "description": "a prefix of real codes at a length the model does not use (none)", "assignable": False}
+
+
+@pytest.mark.parametrize("code", ["B", "0", "X", "BW21Z", "0DT60", "10E0XZ", "W19.X"],
+                         ids=["section-B", "section-0", "section-X", "5-characters", "5-axes", "6-characters", "cm-5"])
+def test_other_prefixes_of_real_codes_are_unknown(code: str) -> None:
+    result = _run("validate", "--json", code)
+    assert result.exit_code == 1
+    row = json.loads(result.stdout)[0]
+    assert (row["status"], row["assignable"]) == ("unknown", False)
+    levels = "5, 6" if row["system"] == "ICD-10-CM" else "4"  # the shipped model's levels
+    assert row["description"] == f"a prefix of real codes at a length the model does not use ({levels})"
+
+
+def test_show_judges_a_prefix_by_the_model() -> None:
+    result = _run("show", "B")
+    assert result.exit_code == 1
+    assert result.output == "B (ICD-10-PCS, inferred): unknown\n  a prefix of real codes at a length the model does not use (4)\n"
+
+
+def test_without_a_model_every_prefix_stays_a_prefix(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODER_MODEL", str(tmp_path / "absent"))
+    result = _run("validate", "--json", "B", "0DT60")
+    assert [(row["status"], row["assignable"]) for row in json.loads(result.stdout)] == [("prefix", False)] * 2
+    assert result.exit_code == 0
+
+
+def test_a_listed_code_without_its_7th_character_is_valid_and_assignable(tmp_path: Path, tiny_model_path: Path) -> None:
+    codes_file = tmp_path / "codes.tsv"
+    codes_file.write_text("code\tdescription\nT81.4XX\tInfection following a procedure\n")
+    result = _run("validate", "--json", "--model", str(tiny_model_path), "--codes-file", str(codes_file), "T81.4XX")
+    assert result.exit_code == 0
+    row = json.loads(result.stdout)[0]
+    assert (row["status"], row["assignable"]) == ("valid", True)
 
 
 def test_a_missing_codes_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -28,15 +28,17 @@ from coder.engines.ray import (
     predict_notes_ray,
     read_batch,
 )
+from coder.io.outputs import claim_outputs
 from coder.io.read import iter_batches, plan_inputs
 from coder.run import PredictOptions
-from coder.schema import NOTE_ID, PREDICTION_SCHEMA, TEXT
-from standin import StandInModel
+from coder.schema import NOTE_ID, TEXT
+from standin import StandInModel, write_notes
 
 
 def run_batches(source, *, out, options, engine=code_locally, model=None):
     """A run with a stand-in model on the driver (it only describes the run when Ray codes the batches)."""
-    return coder.run.run_batches(source, model=model or StandInModel(), out=out, options=options, engine=engine)
+    with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
+        return coder.run.run_batches(source, model=model or StandInModel(), outputs=outputs, options=options, engine=engine)
 
 runner = CliRunner()
 StandIn = StandInModel
@@ -55,7 +57,8 @@ def ray_session():
 
 @pytest.fixture
 def dump(tmp_path):
-    """Two files, several row groups, and every kind of bad row: null and blank text, null id, duplicate ids."""
+    """Two files, several row groups, and every kind of bad row: null and blank text, null id, duplicate ids (one
+    only once trimmed), an id and a text that are not valid UTF-8."""
     folder = tmp_path / "dump"
     folder.mkdir()
     first = {
@@ -63,8 +66,8 @@ def dump(tmp_path):
         TEXT: ["fever", "cough and fever", "x", "  ", "~", "again", "pain", None, "rash", "dyspnoea"],
     }
     pl.DataFrame(first).write_parquet(folder / "1.parquet", row_group_size=3)
-    second = {NOTE_ID: ["a", "e", "f", "g", "k", "l"], TEXT: ["dup", "chest pain", None, "cough", "dup", "headache"]}
-    pl.DataFrame(second).write_parquet(folder / "2.parquet", row_group_size=4)
+    write_notes(folder / "2.parquet", ["a", "e", "f", "g", "k", "l", " l ", b"\xff", "m"],
+                ["dup", "chest pain", None, "cough", "dup", "headache", "again", "x", b"\xfe"], row_group_size=4)
     return folder
 
 
@@ -106,9 +109,10 @@ def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dum
     _assert_same_outputs(local_run, out)
     quarantine = pl.read_parquet(out.with_name("out.quarantine.parquet"))
     assert quarantine.filter(pl.col("reason") == "duplicate_note_id").select(NOTE_ID, "row").rows() == [
-        ("b", 5), ("a", 0), ("k", 4)
+        ("b", 5), ("a", 0), ("k", 4), ("l", 6)
     ]
-    assert summary.input_rows == 16 == summary.notes_coded + sum(summary.quarantined.values())
+    assert quarantine.filter(pl.col("reason") == "invalid_utf8").select(NOTE_ID, "row").rows() == [(None, 7), ("m", 8)]
+    assert summary.input_rows == 19 == summary.notes_coded + sum(summary.quarantined.values())
     assert not out.with_name("out.parquet.parts").exists()
 
 
@@ -143,7 +147,7 @@ def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
     summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == 5
     _assert_same_outputs(local_run, out)
-    assert _outputs(out)[2]["timing"]["notes_this_run"] == 6
+    assert _outputs(out)[2]["timing"]["notes_this_run"] == 9
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64], ids=["1", "2", "3", "5", "64"])
@@ -156,14 +160,15 @@ def test_read_batch_gives_the_local_readers_batches(dump, batch_size):
         got = read_batch(plan, PendingBatch.from_item(job.to_item()))
         assert (got.index, got.file.resolve(), got.first_row) == (expected.index, expected.file.resolve(), expected.first_row)
         assert_frame_equal(got.frame, expected.frame)
+        assert got.invalid_utf8 == expected.invalid_utf8
 
 
 def test_plan_batches_marks_ids_of_earlier_batches_and_skips_done_ones(dump):
     plan = plan_inputs(dump, text_columns=StandIn().text_columns)
     batches, pending = plan_batches(plan, batch_size=2, done={0: {}, 1: {}})
-    assert batches == 8
+    assert batches == 10
     assert [(p.index, p.seen) for p in pending] == [
-        (2, ("b",)), (3, ()), (4, ()), (5, ("a",)), (6, ()), (7, ("k",))
+        (2, ("b",)), (3, ()), (4, ()), (5, ("a",)), (6, ()), (7, ("k",)), (8, ("l",)), (9, ())
     ]
 
 
@@ -264,13 +269,18 @@ def test_actor_resources_follow_the_cluster(cluster, options, pending, expected)
     assert actor_resources(fake_ray, options, pending=pending) == expected
 
 
-def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path):
-    pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
+def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path, dump, local_run):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = _ray_out(tmp_path)
+    monkeypatch.setattr("coder.run.write_json", killed)  # killed after the last batch, before the manifest
+    with pytest.raises(KeyboardInterrupt):
+        run_batches(dump, out=out, options=OPTIONS)
+    monkeypatch.undo()
     monkeypatch.setattr("coder.engines.ray._connected", None)  # any use of a cluster would fail
-    out = tmp_path / "out.parquet"
-    summary = run_batches(tmp_path / "empty.parquet", out=out, options=OPTIONS,
-                          engine=RayEngine(load=StandIn))
-    assert summary.input_rows == 0
-    predictions, quarantine, manifest = _outputs(out)
-    assert predictions.schema == PREDICTION_SCHEMA and quarantine.is_empty()
-    assert manifest["engine"] == {"name": "ray"}
+    resume = PredictOptions(batch_size=2, quiet=True, resume=True)
+    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
+    assert summary.resumed_batches == 10
+    _assert_same_outputs(local_run, out)
+    assert _outputs(out)[2]["engine"] == {"name": "ray"}

@@ -1,12 +1,14 @@
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from coder.errors import InputFileError
+from coder.errors import InputFileError, UsageError
 from coder.io.read import iter_batches, plan_inputs, resolve_inputs
 from coder.schema import NOTE_ID, TEXT, TEXT_ES
+from standin import write_notes
 
 
 def _notes(path: Path, n: int, *, start: int = 0) -> Path:
@@ -18,19 +20,38 @@ def test_resolve_inputs_file_directory_and_glob(tmp_path):
     a = _notes(tmp_path / "a.parquet", 2)
     b = _notes(tmp_path / "b.parquet", 2)
     (tmp_path / "readme.txt").write_text("not a note")
-    assert resolve_inputs(a) == [a]
-    assert resolve_inputs(tmp_path) == [a, b]
-    assert resolve_inputs(str(tmp_path / "*.parquet")) == [a, b]
+    assert resolve_inputs(a).files == (a,)
+    assert resolve_inputs(tmp_path).files == (a, b)
+    assert resolve_inputs(tmp_path).skipped == (tmp_path / "readme.txt",)
+    assert resolve_inputs(str(tmp_path / "*.parquet")).files == (a, b)
+
+
+def test_resolve_inputs_gives_absolute_paths(tmp_path, monkeypatch):
+    _notes(tmp_path / "a.parquet", 1)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_inputs("a.parquet").files == resolve_inputs(".").files == (tmp_path / "a.parquet",)
 
 
 @pytest.mark.parametrize(
     ("name", "match"),
-    [("missing.parquet", "no such file"), ("nothing-*.parquet", "no file matches")],
-    ids=["missing-path", "empty-glob"],
+    [("missing.parquet", "no such file"), ("nothing-*.parquet", "no file matches"),
+     ("empty", "no input notes: the folder holds no"), ("only-hidden", r"no \*.parquet file \(2 other files, none read\)")],
+    ids=["missing-path", "empty-glob", "empty-folder", "only-skipped-files"],
 )
 def test_resolve_inputs_refuses_missing(tmp_path, name, match):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only-hidden").mkdir()
+    _notes(tmp_path / "only-hidden" / ".notes.parquet", 1)
+    (tmp_path / "only-hidden" / "notes.csv").write_text("note_id,text\n")
     with pytest.raises(InputFileError, match=match):
         resolve_inputs(tmp_path / name)
+
+
+def test_files_without_rows_are_no_notes(tmp_path):
+    _notes(tmp_path / "a.parquet", 0)
+    _notes(tmp_path / "b.parquet", 0)
+    with pytest.raises(InputFileError, match="no input notes: 2 parquet files, all without rows"):
+        plan_inputs(tmp_path, text_columns=(TEXT,))
 
 
 def _write_bad(path: Path, kind: str) -> Path:
@@ -45,6 +66,8 @@ def _write_bad(path: Path, kind: str) -> Path:
         pl.DataFrame({NOTE_ID: [1], TEXT: ["fever"]}).write_parquet(path)
     elif kind == "numeric-text":
         pl.DataFrame({NOTE_ID: ["n1"], TEXT: [3.5]}).write_parquet(path)
+    elif kind == "repeated-column":
+        pq.write_table(pa.Table.from_arrays([pa.array(["n1"]), pa.array(["a"]), pa.array(["b"])], names=[NOTE_ID, TEXT, TEXT]), path)
     return path
 
 
@@ -56,6 +79,7 @@ def _write_bad(path: Path, kind: str) -> Path:
         ("missing-text", r"bad\.parquet: missing text column 'text'"),
         ("numeric-id", r"bad\.parquet: id column 'note_id' is int64, expected a string"),
         ("numeric-text", r"bad\.parquet: text column 'text' is double, expected a string"),
+        ("repeated-column", r"bad\.parquet: the notes have 2 columns named 'text'; rename them"),
     ],
     ids=lambda v: v if not v.startswith("bad") else None,
 )
@@ -87,9 +111,24 @@ def test_iter_batches_renames_columns_and_numbers_batches_across_files(tmp_path)
     assert batches[0].frame.columns == [NOTE_ID, TEXT]
 
 
-def test_empty_directory_plans_no_rows(tmp_path):
-    plan = plan_inputs(tmp_path, text_columns=(TEXT,))
-    assert plan.files == () and plan.total_rows == 0
+def test_the_id_and_the_text_must_be_different_columns(tmp_path):
+    path = _notes(tmp_path / "a.parquet", 1)
+    with pytest.raises(UsageError, match="the id column and the text column are both 'text'"):
+        plan_inputs(path, id_column=TEXT, text_columns=(TEXT,))
+
+
+def test_a_column_read_as_the_id_or_the_main_text_is_no_secondary_text(tmp_path):
+    path = tmp_path / "a.parquet"
+    pl.DataFrame({NOTE_ID: ["n1"], TEXT: ["x"], TEXT_ES: ["y"]}).write_parquet(path)
+    plan = plan_inputs(path, text_columns=(TEXT, TEXT_ES), primary_column=TEXT_ES)
+    assert (plan.columns, plan.skipped_columns) == ({TEXT_ES: TEXT}, (TEXT_ES,))
+
+
+def test_values_that_are_not_utf8_read_as_null_and_mark_their_rows(tmp_path):
+    path = write_notes(tmp_path / "a.parquet", ["n0", b"n\xff", "n2", "n3"], ["ok", "ok", b"\xc3(", None], row_group_size=2)
+    batches = list(iter_batches(plan_inputs(path, text_columns=(TEXT,)), batch_size=2))
+    assert [b.frame.rows() for b in batches] == [[("n0", "ok"), (None, "ok")], [("n2", None), ("n3", None)]]
+    assert [b.invalid_utf8 for b in batches] == [frozenset({1}), frozenset({0})]
 
 
 def test_corruption_inside_a_file_names_the_file_and_row(tmp_path):

@@ -31,6 +31,21 @@ def test_each_bad_row_gets_its_reason_and_row_number():
     ]
 
 
+def test_ids_are_trimmed_and_bad_utf8_blank_ids_come_first():
+    batch = _batch([" n1", "n1", "n1 ", "", "  ", None, "n2"], ["a", "b", "c", "d", "e", "f", None])
+    batch = NoteBatch(index=0, file=batch.file, first_row=0, frame=batch.frame, invalid_utf8=frozenset({5, 6}))
+    good, bad = RowScreen().split(batch, text_column=TEXT)
+    assert good.get_column(NOTE_ID).to_list() == ["n1"]
+    assert bad.select(NOTE_ID, "reason").rows() == [
+        ("n1", QuarantineReason.DUPLICATE_NOTE_ID),
+        ("n1", QuarantineReason.DUPLICATE_NOTE_ID),
+        ("", QuarantineReason.BLANK_NOTE_ID),
+        ("", QuarantineReason.BLANK_NOTE_ID),
+        (None, QuarantineReason.INVALID_UTF8),
+        ("n2", QuarantineReason.INVALID_UTF8),
+    ]
+
+
 def test_duplicates_are_caught_across_batches_and_files():
     screen = RowScreen()
     screen.split(_batch(["a", "b"], ["x", ""]), text_column=TEXT)

@@ -9,6 +9,7 @@ import pytest
 from coder.errors import OntologyError, UsageError
 from coder.ontology import CodeInfo, Ontology, load_ontology
 from coder.schema import CM, PCS
+from coder.validate import AssignableCodes
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +213,40 @@ def test_code_list_errors_name_the_row(tmp_path: Path, text: str, message: str) 
 def test_missing_code_list(tmp_path: Path) -> None:
     with pytest.raises(OntologyError, match="cannot read codes file"):
         load_ontology(tmp_path / "absent.tsv")
+
+
+def test_code_list_entries_follow_the_releases_format(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    codes_file = _write(
+        tmp_path / "format.tsv",
+        "code\tdescription\n"
+        "T81.4XX\tInfection following a procedure\n"  # T81 codes carry a 7th character (A, D, S)
+        "W19.XXXZ\tUnspecified fall, made-up encounter\n"
+        "N44.8XXA\tA 7th character where N44 has none\n"
+        "N44.X\tA placeholder where N44 codes have digits\n"
+        "0DT6\tResection of Stomach\n"  # a PCS code has 7 characters
+        "W19.XXXA\tUnspecified fall, initial encounter\n"
+        "R51\tHeadache\n"
+        "U99.12\tA made-up local code\n",
+    )
+    with caplog.at_level("INFO", logger="coder.ontology.codelist"):
+        ontology = load_ontology(codes_file)
+    statuses = {code: ontology.lookup(code).status for code in ("T81.4XX", "W19.XXXZ", "N44.8XXA", "N44.X", "0DT6",
+                                                                 "W19.XXXA", "R51", "U99.12")}
+    assert statuses == {"T81.4XX": "valid", "W19.XXXZ": "billable", "N44.8XXA": "billable", "N44.X": "billable",
+                        "0DT6": "valid", "W19.XXXA": "billable", "R51": "billable", "U99.12": "billable"}
+    assert AssignableCodes(ontology)("T81.4XX", CM) and AssignableCodes(ontology)("0DT6", PCS)  # the list vouches for them
+    assert [record.getMessage().removeprefix(f"codes file {codes_file} ") for record in caplog.records] == [
+        ("line 2: T81.4XX lacks its 7th character (A, D, S: every T81.4 code has one); has a placeholder X as "
+         "character 5, where T81.4 codes have 0, 1, 2, 3, 4, 9: valid, not billable"),
+        "line 3: W19.XXXZ has a 7th character Z that W19 codes do not take (A, D, S)",
+        ("line 4: N44.8XXA has a 7th character, which no N44 code of the release has; has a placeholder X as character 5, "
+         "after N44.8, which has no codes below it"),
+        "line 5: N44.X has a placeholder X as character 4, where N44 codes have 0, 1, 2, 8",
+        "line 6: 0DT6 lacks characters 5-7 (ICD-10-PCS codes have 7): valid, not billable",
+    ]
+
+
+def test_seventh_characters(ontology: Ontology) -> None:
+    assert ontology.seventh_characters("T81.40XA") == ontology.seventh_characters("T81") == ("A", "D", "S")
+    assert ontology.seventh_characters("R40.211") == ("0", "1", "2", "3", "4")
+    assert ontology.seventh_characters("N44.8") == ontology.seventh_characters("0DT6") == ()

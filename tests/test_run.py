@@ -2,15 +2,20 @@
 tested in test_model_scorer and through the CLI in test_cli_predict."""
 
 import json
+import logging
+
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import coder.run
 from coder.engines.local import code_locally
-from coder.errors import UsageError
+from coder.errors import InputFileError, UsageError
+from coder.io.outputs import claim_outputs
 from coder.run import PredictOptions
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
-from standin import StandInModel
+from standin import StandInModel, write_notes
 
 
 def StandIn(fail_at_call: int | None = None) -> StandInModel:
@@ -18,7 +23,8 @@ def StandIn(fail_at_call: int | None = None) -> StandInModel:
 
 
 def run_batches(source, *, model, out, options):
-    return coder.run.run_batches(source, model=model, out=out, options=options, engine=code_locally)
+    with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
+        return coder.run.run_batches(source, model=model, outputs=outputs, options=options, engine=code_locally)
 
 
 @pytest.fixture
@@ -74,12 +80,11 @@ def test_top_k_is_passed_to_the_model(tmp_path, dump):
     assert pl.read_parquet(tmp_path / "out.parquet").get_column("rank").max() == 1
 
 
-def test_empty_input_writes_empty_outputs_with_the_schema(tmp_path):
+def test_a_dump_without_notes_is_refused_and_writes_nothing(tmp_path):
     pl.DataFrame(schema={NOTE_ID: pl.String, TEXT: pl.String}).write_parquet(tmp_path / "empty.parquet")
-    summary = run_batches(tmp_path / "empty.parquet", model=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(quiet=True))
-    assert summary.input_rows == 0
-    assert pl.read_parquet(tmp_path / "out.parquet").schema == PREDICTION_SCHEMA
-    assert pl.read_parquet(tmp_path / "out.quarantine.parquet").schema == QUARANTINE_SCHEMA
+    with pytest.raises(InputFileError, match="no input notes"):
+        run_batches(tmp_path / "empty.parquet", model=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.parquet"]  # no parts, no lock, no output
 
 
 def test_resume_after_interruption_neither_repeats_nor_loses_notes(tmp_path, dump):
@@ -121,3 +126,109 @@ def test_resume_refuses_changed_inputs(tmp_path, dump):
 def test_bad_options_are_refused(top_k, batch_size):
     with pytest.raises(UsageError, match="at least 1"):
         PredictOptions(top_k=top_k, batch_size=batch_size)
+
+
+def _interrupted(dump, out):
+    """A run killed at its third batch: batches 0 (two notes coded) and 1 (two rows quarantined) are done."""
+    with pytest.raises(KeyboardInterrupt):
+        run_batches(dump, model=StandIn(fail_at_call=2), out=out, options=PredictOptions(batch_size=2, quiet=True))
+    return out.with_name(f"{out.name}.parts")
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "batch"),
+    [
+        ("predictions-000000.parquet", None, 0),
+        ("predictions-000000.parquet", b"", 0),
+        ("predictions-000000.parquet", b"PAR1 not a parquet file PAR1", 0),
+        ("predictions-000000.parquet", "predictions-000001.parquet", 0),  # a readable part with other rows
+        ("quarantine-000001.parquet", None, 1),
+        ("done-000000.json", b"{", 0),
+        ("done-000001.json", b"", 1),
+    ],
+    ids=["part-missing", "part-empty", "part-corrupt", "part-short", "quarantine-missing", "marker-corrupt", "marker-empty"],
+)
+def test_resume_codes_a_lost_or_damaged_batch_again(tmp_path, dump, caplog, name, damage, batch):
+    fresh = run_batches(dump, model=StandIn(), out=tmp_path / "fresh.parquet", options=PredictOptions(batch_size=2, quiet=True))
+    out = tmp_path / "out.parquet"
+    parts = _interrupted(dump, out)
+    target = parts / name
+    if damage is None:
+        target.unlink()
+    elif isinstance(damage, str):
+        target.write_bytes((parts / damage).read_bytes())
+    else:
+        target.write_bytes(damage)
+    with caplog.at_level(logging.WARNING):
+        summary = run_batches(dump, model=StandIn(), out=out, options=PredictOptions(batch_size=2, resume=True, quiet=True))
+    assert f"finished batch {batch} is damaged" in caplog.text
+    assert (summary.resumed_batches, summary.recomputed_batches) == (1, 1)
+    assert json.loads((tmp_path / "out.manifest.json").read_text())["timing"]["resume_recomputed_batches"] == 1
+    assert summary.input_rows == fresh.input_rows and summary.quarantined == fresh.quarantined
+    assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "fresh.parquet"))
+    assert pl.read_parquet(tmp_path / "out.quarantine.parquet").equals(pl.read_parquet(tmp_path / "fresh.quarantine.parquet"))
+
+
+def test_resume_refuses_batches_that_ran_on_another_device(tmp_path, dump):
+    out = tmp_path / "out.parquet"
+    _interrupted(dump, out)
+    gpu = StandIn()
+    gpu.execution_provider, gpu.precision = "CUDAExecutionProvider", "fp16"
+    with pytest.raises(UsageError, match="ran on CPUExecutionProvider fp32, this run on CUDAExecutionProvider fp16"):
+        run_batches(dump, model=gpu, out=out, options=PredictOptions(batch_size=2, resume=True, quiet=True))
+    assert not out.exists()
+
+
+def test_a_value_that_is_not_utf8_quarantines_its_row_and_the_rest_is_coded(tmp_path):
+    notes = write_notes(tmp_path / "notes.parquet", ["a", b"\xff\xfe", "c", "d"], ["fever", "cough", b"bad \xff", "rash"])
+    out = tmp_path / "out.parquet"
+    summary = run_batches(notes, model=StandIn(), out=out, options=PredictOptions(quiet=True))
+    assert pl.read_parquet(tmp_path / "out.quarantine.parquet").select(NOTE_ID, "row", "reason").rows() == [
+        (None, 1, QuarantineReason.INVALID_UTF8), ("c", 2, QuarantineReason.INVALID_UTF8)]
+    assert sorted(pl.read_parquet(out).get_column(NOTE_ID).unique()) == ["a", "d"]
+    assert summary.notes_coded == 2 and summary.quarantined == {QuarantineReason.INVALID_UTF8: 2}
+
+
+def test_ids_are_trimmed_before_the_duplicate_rule_and_blank_ids_are_quarantined(tmp_path):
+    notes = tmp_path / "notes.parquet"
+    pl.DataFrame({NOTE_ID: [" n1", "n1", "n1 ", "", "  ", "n2\t"], TEXT: ["fever"] * 6}).write_parquet(notes)
+    out = tmp_path / "out.parquet"
+    run_batches(notes, model=StandIn(), out=out, options=PredictOptions(quiet=True))
+    assert sorted(pl.read_parquet(out).get_column(NOTE_ID).unique()) == ["n1", "n2"]
+    assert pl.read_parquet(tmp_path / "out.quarantine.parquet").select(NOTE_ID, "row", "reason").rows() == [
+        ("n1", 1, QuarantineReason.DUPLICATE_NOTE_ID), ("n1", 2, QuarantineReason.DUPLICATE_NOTE_ID),
+        ("", 3, QuarantineReason.BLANK_NOTE_ID), ("", 4, QuarantineReason.BLANK_NOTE_ID)]
+
+
+@pytest.mark.parametrize("encoding", ["arrow-dictionary", "polars-categorical"])
+def test_dictionary_encoded_strings_are_read_as_strings(tmp_path, encoding):
+    notes = tmp_path / "notes.parquet"
+    ids, texts = ["a", "b", "c"], ["fever", "cough", "fever"]
+    if encoding == "arrow-dictionary":  # what pandas writes for a category column
+        pq.write_table(pa.table({NOTE_ID: pa.array(ids).dictionary_encode(), TEXT: pa.array(texts).dictionary_encode()}), notes)
+    else:
+        pl.DataFrame({NOTE_ID: ids, TEXT: texts}, schema={NOTE_ID: pl.Categorical, TEXT: pl.Categorical}).write_parquet(notes)
+    summary = run_batches(notes, model=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(quiet=True))
+    assert summary.notes_coded == 3
+    assert pl.read_parquet(tmp_path / "out.parquet").schema == PREDICTION_SCHEMA
+
+
+def test_a_partitioned_folder_is_read_recursively_and_skipped_files_are_recorded(tmp_path, monkeypatch, caplog):
+    dump = tmp_path / "dump"
+    for folder in ("site=A", "site=B", "_temporary"):
+        (dump / folder).mkdir(parents=True)
+    pl.DataFrame({NOTE_ID: ["a1", "a2"], TEXT: ["fever", "cough"]}).write_parquet(dump / "site=A" / "part-0.parquet")
+    pl.DataFrame({NOTE_ID: ["b1"], TEXT: ["rash"]}).write_parquet(dump / "site=B" / "part-0.PARQUET")
+    for hidden in (".partial.parquet", "_temporary/part-9.parquet"):
+        pl.DataFrame({NOTE_ID: ["x"], TEXT: ["not read"]}).write_parquet(dump / hidden)
+    (dump / "_SUCCESS").touch()
+    (dump / "README.txt").write_text("not notes")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        summary = run_batches("dump", model=StandIn(), out=tmp_path / "out.parquet", options=PredictOptions(quiet=True))
+    assert summary.input_rows == 3
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert [f["path"] for f in manifest["inputs"]] == [str(dump / "site=A" / "part-0.parquet"), str(dump / "site=B" / "part-0.PARQUET")]
+    skipped = [dump / ".partial.parquet", dump / "README.txt", dump / "_SUCCESS", dump / "_temporary"]
+    assert manifest["skipped_files"] == sorted(map(str, skipped))
+    assert "4 files not read" in caplog.text

@@ -4,11 +4,14 @@ The valid code list for MAP is the one the predictions were made with: ``coder a
 run's manifest beside the predictions and validates with its code list (``--codes-file``
 overrides). Codes are compared by a key (upper-cased, dots and spaces removed), so "N44.8",
 "n448" and "N448" match; an ICD-10 dot only ever sits after the third character.
+
+An audit refuses what it cannot score rather than print a MAP of 0: rows with a null note id,
+system or code or an unknown system (``coder.io.corpus.check_codes``), and predictions that share
+no note with the gold. Predicted notes outside the gold are ignored and counted.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +25,12 @@ from coder.auditing.review import review_sample, score_review
 from coder.errors import InputFileError, UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_text
-from coder.io.corpus import read_codes
+from coder.io.corpus import check_codes, read_codes
 from coder.io.manifest import manifest_path, read_manifest
 from coder.io.read import read_table
 from coder.metrics import RankingScores, prf, ranking_scores
 from coder.schema import ABOVE_THRESHOLD, CODE, DESCRIPTION, EVIDENCE, NOTE_ID, RANK, SCORE, SOURCE, SYSTEM, SYSTEMS
 from coder.validate import AssignableCodes
-
-log = logging.getLogger(__name__)
 
 _GOLD = "is_gold"
 _POS = "position"
@@ -191,10 +192,12 @@ class AuditOutcome:
 
 
 def read_predictions(path: Path) -> pl.DataFrame:
-    """The columns of a predictions parquet that an audit reads, checked like every input."""
-    return read_table(path, columns={NOTE_ID: "id", SYSTEM: "system", CODE: "code"}, what="predictions",
-                      typed={RANK: "integer", SCORE: "number", ABOVE_THRESHOLD: "boolean"},
-                      optional=[DESCRIPTION, SOURCE, *EVIDENCE])
+    """The columns of a predictions parquet that an audit reads, checked like every input and its rows
+    like gold codes (``check_codes``)."""
+    frame = read_table(path, columns={NOTE_ID: "id", SYSTEM: "system", CODE: "code"}, what="predictions",
+                       typed={RANK: "integer", SCORE: "number", ABOVE_THRESHOLD: "boolean"},
+                       optional=[DESCRIPTION, SOURCE, *EVIDENCE])
+    return check_codes(frame, path)
 
 
 @dataclass(frozen=True)
@@ -258,34 +261,40 @@ def _ontology_helpers(gate: AssignableCodes, system: str) -> dict[str, Callable]
 
 
 def audit_frames(
-    predictions: pl.DataFrame, gold: pl.DataFrame, *, ks: Sequence[int], gate: AssignableCodes | None = None
+    predictions: pl.DataFrame, gold: pl.DataFrame, *, ks: Sequence[int], gate: AssignableCodes | None = None,
+    sources: tuple[str, str] = ("the predictions", "the gold codes"),
 ) -> dict[str, Any]:
-    """Per system: every metric, over the notes that appear in ``gold`` (other predicted notes are
-    ignored); ``gate`` decides which codes are valid for MAP (default: every code)."""
-    audited = gold.get_column(NOTE_ID).unique().implode()
-    predictions = predictions.filter(pl.col(NOTE_ID).is_in(audited))
+    """Per system: every metric, over the notes that appear in ``gold``; predicted notes that are not
+    in ``gold`` are ignored and counted (``predicted_notes_not_in_gold``). ``gate`` decides which
+    codes are valid for MAP (default: every code).
+
+    InputFileError, naming ``sources`` (predictions, gold), when no predicted note is in ``gold``
+    (an empty file, another night's notes): every metric would be 0 and say nothing."""
+    audited = gold.get_column(NOTE_ID).unique()
+    predicted = predictions.get_column(NOTE_ID).unique()
+    if not predicted.is_in(audited.implode()).any():
+        raise InputFileError(f"{sources[0]}: no predicted note is in {sources[1]} ({predicted.len()} predicted notes, "
+                             f"{audited.len()} gold notes, 0 in common); give the gold codes of the notes that were predicted")
+    in_gold = pl.col(NOTE_ID).is_in(audited.implode())
     present = set(gold.get_column(SYSTEM)) | set(predictions.get_column(SYSTEM))
-    if present - set(SYSTEMS):
-        log.warning("ignoring rows of unknown systems: %s", ", ".join(sorted(map(str, present - set(SYSTEMS)))))
     results = {}
     for system in (s for s in SYSTEMS if s in present):
         helpers = _ontology_helpers(gate, system) if gate is not None else {}
-        audit = audit_system(
-            predictions.filter(pl.col(SYSTEM) == system), gold.filter(pl.col(SYSTEM) == system), ks=ks, **helpers
-        )
-        results[system] = audit.as_dict()
+        rows = predictions.filter(pl.col(SYSTEM) == system)
+        audit = audit_system(rows.filter(in_gold), gold.filter(pl.col(SYSTEM) == system), ks=ks, **helpers)
+        results[system] = audit.as_dict() | {"predicted_notes_not_in_gold": rows.filter(~in_gold)[NOTE_ID].n_unique()}
     return results
 
 
 def _summary_lines(results: dict[str, Any]) -> tuple[str, ...]:
     lines = []
-    for system, result in results.items():
+    for system in (s for s in SYSTEMS if s in results):
+        result = results[system]
         at_k = " ".join(f"{key.upper()} {value:.3f}" for key, value in result.items() if key[:2] in ("p@", "r@"))
-        if not isinstance(result, dict) or "map" not in result:
-            continue
         lines.append(
             f"{system}: {result['notes']} notes, MAP {result['map']:.3f} (over all {result['gold_notes']} gold notes: "
-            f"{result['map_all_notes']:.3f}), {at_k}, micro F1 {result['micro_f1']:.3f}, macro F1 {result['macro_f1']:.3f}"
+            f"{result['map_all_notes']:.3f}), {at_k}, micro F1 {result['micro_f1']:.3f}, macro F1 {result['macro_f1']:.3f}, "
+            f"{result['predicted_notes_not_in_gold']} predicted notes not in the gold ignored"
         )
     return tuple(lines)
 
@@ -335,7 +344,7 @@ def run_audit(
     lines: list[str] = []
     if truth is not None:
         valid = valid_codes(predictions, manifest, codes_file=codes_file)
-        results = audit_frames(frame, truth, ks=ks, gate=valid.gate())
+        results = audit_frames(frame, truth, ks=ks, gate=valid.gate(), sources=(str(predictions), str(gold)))
         lines += [*_summary_lines(results), valid.line()]
         results["valid_codes"] = valid.as_dict()
     if manifest and manifest.get("llm") is not None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from coder.schema import CODE, EVIDENCE, EVIDENCE_COLUMNS, KEY, NOTE_ID, SOURCE, SYSTEM
+from coder.schema import CODE, EVIDENCE, EVIDENCE_COLUMNS, EVIDENCE_IN, KEY, NOTE_ID, SOURCE, SYSTEM
 
 LABEL = "label"
 ABSENT_RANK = 100
@@ -26,12 +26,14 @@ def code_prior(codes: pl.DataFrame) -> pl.DataFrame:
     return codes.group_by(SYSTEM, CODE).agg(pl.col(NOTE_ID).n_unique().cast(pl.Int64).alias(PRIOR))
 
 
-def merge_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str, str] | None = None) -> pl.DataFrame:
     """Outer-join the sources' frames (given in evidence priority) on (note_id, system, code).
 
     Each source's score column is named after it; ``<source>_rank`` (1 = best in its note and
     system) is added where a source lacks one; the evidence columns come from the first source
-    that has evidence for the row; ``source`` joins the names of the sources that proposed it."""
+    that has evidence for the row, and with ``columns`` (source -> the text column it reads)
+    ``evidence_column`` names the column its offsets point into; ``source`` joins the names of the
+    sources that proposed the row."""
     if not frames:
         raise ValueError("merge_candidates needs at least one source")
     merged: pl.DataFrame | None = None
@@ -41,18 +43,19 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
             frame = frame.with_columns(
                 pl.col(name).rank("ordinal", descending=True).over(SYSTEM, NOTE_ID).cast(pl.Int32).alias(f"{name}_rank"))
         if EVIDENCE[0] in frame.columns:
-            frame = frame.rename({c: f"{c}:{name}" for c in EVIDENCE})
+            where = pl.when(pl.col(EVIDENCE[1]).is_not_null()).then(pl.lit((columns or {}).get(name)))
+            frame = frame.with_columns(where.alias(EVIDENCE_IN)).rename({c: f"{c}:{name}" for c in (*EVIDENCE, EVIDENCE_IN)})
             with_evidence.append(name)
         merged = frame if merged is None else merged.join(frame, on=list(KEY), how="full", coalesce=True)
     assert merged is not None
     evidence = [
         pl.coalesce([pl.col(f"{c}:{name}") for name in with_evidence]).alias(c) if with_evidence
         else pl.lit(None, dtype=dtype).alias(c)
-        for c, dtype in EVIDENCE_COLUMNS.items()
+        for c, dtype in {**EVIDENCE_COLUMNS, EVIDENCE_IN: pl.String}.items()
     ]
     proposed = [pl.when(pl.col(f"{name}_rank").is_not_null()).then(pl.lit(name)) for name in frames]
     return merged.with_columns(*evidence, pl.concat_str(proposed, separator="+", ignore_nulls=True).alias(SOURCE)).drop(
-        [f"{c}:{name}" for c in EVIDENCE for name in with_evidence])
+        [f"{c}:{name}" for c in (*EVIDENCE, EVIDENCE_IN) for name in with_evidence])
 
 
 def add_features(frame: pl.DataFrame, *, prior: pl.DataFrame, sources: tuple[str, ...]) -> pl.DataFrame:
@@ -109,10 +112,10 @@ def extensions(frame: pl.DataFrame) -> pl.DataFrame:
     return codes.join(prefixes, on=[NOTE_ID, SYSTEM, "_bare"], suffix="_child").drop("_bare")
 
 
-def assemble(frames: Mapping[str, pl.DataFrame], *, prior: pl.DataFrame) -> pl.DataFrame:
-    """Merge source frames (in evidence priority) and add features: the one path from sources to
-    the reranker's input, at fitting and at prediction."""
-    return add_features(merge_candidates(frames), prior=prior, sources=tuple(frames))
+def assemble(frames: Mapping[str, pl.DataFrame], *, prior: pl.DataFrame, columns: Mapping[str, str] | None = None) -> pl.DataFrame:
+    """Merge source frames (in evidence priority; ``columns``: see ``merge_candidates``) and add
+    features: the one path from sources to the reranker's input, at fitting and at prediction."""
+    return add_features(merge_candidates(frames, columns=columns), prior=prior, sources=tuple(frames))
 
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:

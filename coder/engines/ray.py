@@ -31,19 +31,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coder.errors import CoderError, MissingDependencyError, UsageError, WorkerError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
-from coder.io.read import InputPlan, NoteBatch, iter_batches
-from coder.io.screen import RowScreen
+from coder.io.read import InputPlan, NoteBatch, iter_batches, note_batch
+from coder.io.screen import RowScreen, note_ids
 from coder.llm.vote import LLMStage
 from coder.predict import predict_notes
 from coder.run import PredictOptions, RunSummary, Scored, code_and_write, stage_seconds
-from coder.schema import NOTE_ID
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -117,19 +115,21 @@ def plan_batches(plan: InputPlan, *, batch_size: int, done: Mapping[int, Any]) -
 
     It reads with the local engine's reader, so the batches are the local engine's, and records
     for each batch the ids met in earlier batches: a worker that screens one batch then applies
-    the run-wide duplicate rule (the first occurrence in input order is coded) on its own.
+    the run-wide duplicate rule (the first occurrence in input order is coded) on its own, with the
+    ids as the screen compares them (``coder.io.screen.note_ids``: trimmed; one that is not valid
+    UTF-8 reads as null).
     """
     met: set[str] = set()
     pending: list[PendingBatch] = []
     batches = 0
     for batch in iter_batches(replace(plan, columns={}), batch_size=batch_size):
         batches += 1
-        ids = set(batch.frame.get_column(NOTE_ID).drop_nulls())
+        ids = set(note_ids(batch.frame).drop_nulls())
         if batch.index not in done:
             pending.append(
                 PendingBatch(
                     index=batch.index,
-                    file=batch.file.resolve(),
+                    file=batch.file,
                     first_row=batch.first_row,
                     rows=batch.frame.height,
                     seen=tuple(sorted(ids & met)),
@@ -140,17 +140,17 @@ def plan_batches(plan: InputPlan, *, batch_size: int, done: Mapping[int, Any]) -
 
 
 def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
-    """The batch's rows as the local reader gives them; only the row groups that hold them are read."""
-    renames = {plan.id_column: NOTE_ID, **plan.columns}
+    """The batch's rows as the local reader gives them (``coder.io.read.note_batch``); only the row groups
+    that hold them are read."""
     parquet = pq.ParquetFile(pending.file)
     metadata = parquet.metadata
     starts = list(accumulate((metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), initial=0))
     end = pending.first_row + pending.rows
     groups = [g for g in range(metadata.num_row_groups) if starts[g] < end and starts[g + 1] > pending.first_row]
-    table = parquet.read_row_groups(groups, columns=list(renames))
+    table = parquet.read_row_groups(groups, columns=list(plan.renames))
     offset = pending.first_row - starts[groups[0]] if groups else 0
-    frame = pl.from_arrow(table.slice(offset, pending.rows)).rename(renames).cast(pl.String)
-    return NoteBatch(index=pending.index, file=pending.file, first_row=pending.first_row, frame=frame)
+    return note_batch(table.slice(offset, pending.rows), plan=plan, index=pending.index, file=pending.file,
+                      first_row=pending.first_row)
 
 
 _RESULT_SCHEMA = pa.schema(
@@ -285,8 +285,6 @@ class RayEngine:
     ) -> Iterator[dict[str, Any]]:
         """One result row per pending batch, in the order they finish."""
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts notes
-        # Workers do not share the driver's working directory: give them the parts folder's absolute path.
-        parts = PartsFolder(parts.path.resolve().with_suffix(""))
         items = ray.data.from_items([p.to_item() for p in pending], override_num_blocks=len(pending))
         with warnings.catch_warnings():
             # Ray Data 2.60 takes max_restarts and max_task_retries only as ray_remote_args, which it

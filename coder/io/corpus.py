@@ -1,5 +1,9 @@
 """Labelled corpora: notes, gold codes and (optionally) coders' evidence spans, read with clear errors.
 
+Code rows (gold codes, evidence spans, and the predictions an audit reads) are all-or-nothing: a
+null note id, system or code, or a system not spelled as in ``coder.schema.SYSTEMS``, stops the
+command with the file, the column and the rows (``check_codes``).
+
 ``coder train``, the stacking and export checks and ``coder audit`` read their inputs here, with
 the same file/column errors as ``coder predict`` (``coder.io.read.read_table``).
 """
@@ -34,19 +38,35 @@ def read_notes(path: Path, *, text_columns: Sequence[str], optional: Sequence[st
     return kept
 
 
+def check_codes(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """``frame`` (rows of ``path`` with note_id, system and code) if every row has all three and a
+    system of ``coder.schema.SYSTEMS``; else InputFileError naming the file, the column and the rows.
+    Such rows are refused, not dropped: training would learn without them and an audit would score
+    them 0 (``CM`` or ``pcs`` matches no gold system) without a word."""
+    for column in (NOTE_ID, SYSTEM, CODE):
+        rows = frame.get_column(column).is_null().arg_true()
+        if rows.len():
+            first = ", ".join(map(str, rows.head(5))) + (", ..." if rows.len() > 5 else "")
+            raise InputFileError(f"{path}: column {column!r} is null in {rows.len()} of {frame.height} rows "
+                                 f"(0-based: {first}); every row needs a {column}")
+    unknown = frame.filter(~pl.col(SYSTEM).is_in(SYSTEMS)).group_by(SYSTEM).len().sort(SYSTEM)
+    if unknown.height:
+        found = ", ".join(f"{value!r} ({count} row{'s' * (count > 1)})" for value, count in unknown.iter_rows())
+        raise InputFileError(f"{path}: column {SYSTEM!r} has unknown values {found}; expected "
+                             f"{' or '.join(map(repr, SYSTEMS))}, spelled exactly so")
+    return frame
+
+
 def read_codes(path: Path) -> pl.DataFrame:
-    """Gold codes (GOLD_SCHEMA); every ``system`` value must be one of ``coder.schema.SYSTEMS``."""
+    """Gold codes (GOLD_SCHEMA), checked by ``check_codes``: ``coder train`` and ``coder audit`` read them here."""
     frame = read_table(path, columns={NOTE_ID: "id", CODE: "code", SYSTEM: "system"}, what="codes")
-    bad = sorted(set(frame[SYSTEM].drop_nulls().unique().to_list()) - set(SYSTEMS))
-    if bad:
-        raise InputFileError(f"{path}: column {SYSTEM!r} has values {bad}; expected one of {list(SYSTEMS)}")
-    return frame.select(GOLD_SCHEMA.names())
+    return check_codes(frame, path).select(GOLD_SCHEMA.names())
 
 
 def read_evidence(path: Path) -> pl.DataFrame:
-    """Coders' evidence spans (EVIDENCE_SCHEMA, CodiEsp-X shape)."""
+    """Coders' evidence spans (EVIDENCE_SCHEMA, CodiEsp-X shape), checked by ``check_codes``."""
     columns = {NOTE_ID: "id", SYSTEM: "system", CODE: "code", EVIDENCE_TEXT: "evidence", EVIDENCE_OFFSETS: "offsets"}
-    return read_table(path, columns=columns, what="evidence")
+    return check_codes(read_table(path, columns=columns, what="evidence"), path)
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,34 @@
 """Find the input parquet files, check their columns, and stream their notes in batches.
 
 Files are checked before any work starts, so a bad file stops the run with one error that
-names it (and the column at fault) instead of failing half-way through a night.
+names it (and the column at fault) instead of failing half-way through a night. A bad value
+is a bad row, not a bad file: a value that is not valid UTF-8 reads as null and its row is
+marked (``NoteBatch.invalid_utf8``), for the screen to quarantine.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from coder.errors import InputFileError
+from coder.errors import InputFileError, UsageError
 from coder.hashing import file_sha256
 from coder.schema import NOTE_ID
 
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = frozenset("*?[")
+_NOT_READ = (".", "_")
+"""Prefixes of the names a folder read skips, as pyarrow and polars skip them (``_SUCCESS``, ``.part.tmp``)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,17 @@ class InputPlan:
     """Input column -> model text column, primary first."""
     skipped_columns: tuple[str, ...]
     """Optional model text columns that the input lacks (the model skips that component)."""
+    skipped_files: tuple[Path, ...] = ()
+    """Files of the input folder that are not read: not parquet, or hidden."""
 
     @property
     def total_rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    @property
+    def renames(self) -> dict[str, str]:
+        """Input column -> column of ``NoteBatch.frame``."""
+        return {self.id_column: NOTE_ID, **self.columns}
 
 
 @dataclass(frozen=True)
@@ -60,19 +73,46 @@ class NoteBatch:
     first_row: int
     """0-based row number, within ``file``, of the batch's first row."""
     frame: pl.DataFrame
+    invalid_utf8: frozenset[int] = frozenset()
+    """Rows (0-based in ``frame``) whose id or text was not valid UTF-8: those values read as null."""
 
 
-def resolve_inputs(source: str | Path) -> list[Path]:
-    """A parquet file, a directory of ``*.parquet`` files, or a glob -> the files, sorted."""
+@dataclass(frozen=True)
+class Dump:
+    """What a source names: the parquet files to read (absolute, sorted) and the files it skips."""
+
+    files: tuple[Path, ...]
+    skipped: tuple[Path, ...] = ()
+
+
+def _walk(folder: Path) -> Dump:
+    """Every ``*.parquet`` file under ``folder`` (any case, partitions such as ``site=A/part-0.parquet`` too);
+    a file or folder whose name starts with '.' or '_' is skipped, as pyarrow and polars skip it."""
+    files, skipped = [], []
+    for root, folders, names in os.walk(folder):
+        skipped += [Path(root, name) for name in folders if name.startswith(_NOT_READ)]
+        folders[:] = [name for name in folders if not name.startswith(_NOT_READ)]
+        for name in names:
+            read = name.lower().endswith(".parquet") and not name.startswith(_NOT_READ)
+            (files if read else skipped).append(Path(root, name))
+    return Dump(tuple(sorted(files)), tuple(sorted(skipped)))
+
+
+def resolve_inputs(source: str | Path) -> Dump:
+    """A parquet file, a folder (read recursively, ``_walk``), or a glob -> its files; none is an error."""
     path = Path(source)
     if path.is_dir():
-        return sorted(p for p in path.glob("*.parquet") if p.is_file())
+        dump = _walk(path.absolute())
+        if not dump.files:
+            others = f" ({len(dump.skipped)} other files, none read)" if dump.skipped else ""
+            raise InputFileError(f"{source}: no input notes: the folder holds no *.parquet file{others}")
+        return dump
     if path.exists():
-        return [path]
+        return Dump((path.absolute(),))
     if _GLOB_CHARS & set(str(source)):
-        matches = sorted(Path(p) for p in glob.glob(str(source)) if Path(p).is_file())
+        matches = sorted(Path(p).absolute() for p in glob.glob(str(source)) if Path(p).is_file())
         if matches:
-            return matches
+            return Dump(tuple(matches))
         raise InputFileError(f"{source}: no file matches this pattern; check the path")
     raise InputFileError(f"{source}: no such file or directory")
 
@@ -87,6 +127,9 @@ def _open(path: Path) -> pq.ParquetFile:
 
 
 def _is_text(kind: pa.DataType) -> bool:
+    """Strings in any arrow layout, dictionary-encoded ones (pandas category, polars Categorical) included."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
@@ -96,6 +139,8 @@ def _check_column(path: Path, schema: pa.Schema, column: str, role: str, *, what
     if column not in schema.names:
         hint = f"; name it with --{role}-column" if what == "notes" and role in ("id", "text") else ""
         raise InputFileError(f"{path}: missing {role} column {column!r} in the {what} (columns: {', '.join(schema.names)}){hint}")
+    if len(found := schema.get_all_field_indices(column)) > 1:
+        raise InputFileError(f"{path}: the {what} have {len(found)} columns named {column!r}; rename them so that each name is unique")
     kind = schema.field(column).type
     if not accepts(kind):
         expected = "a string" if accepts is _is_text else f"an {role}" if role[0] in "aeiou" else f"a {role}"
@@ -113,20 +158,28 @@ def plan_inputs(
 
     ``text_columns`` are the model's columns, primary first; ``primary_column`` names the input
     column to read as the primary text when it is not called the same. A secondary column is
-    used only if every file has it; otherwise it is skipped and reported.
+    used only if every file has it and it is not read as the id or the primary text; otherwise it is
+    skipped and reported. No notes (every file empty) is an error: a dump is what the user pointed at.
     """
     primary, *secondary = text_columns
-    parquet_files = [(path, _open(path)) for path in resolve_inputs(source)]
-    if not parquet_files:
-        log.warning("%s: no parquet files; writing an empty output", source)
+    text_column = primary_column or primary
+    if id_column == text_column:
+        raise UsageError(f"the id column and the text column are both {id_column!r}; name them with --id-column and --text-column")
+    dump = resolve_inputs(source)
+    if dump.skipped:
+        shown = ", ".join(str(path) for path in dump.skipped[:10]) + (f" and {len(dump.skipped) - 10} more" if len(dump.skipped) > 10 else "")
+        log.warning("%s: %d files not read (not *.parquet, or named .* or _*): %s", source, len(dump.skipped), shown)
+    parquet_files = [(path, _open(path)) for path in dump.files]
+    if not sum(p.metadata.num_rows for _, p in parquet_files):
+        raise InputFileError(f"{source}: no input notes: {len(parquet_files)} parquet files, all without rows")
     for path, parquet in parquet_files:
         schema = parquet.schema_arrow
         _check_column(path, schema, id_column, "id")
-        _check_column(path, schema, primary_column or primary, "text")
-    columns = {primary_column or primary: primary}
+        _check_column(path, schema, text_column, "text")
+    columns = {text_column: primary}
     skipped = []
     for column in secondary:
-        if parquet_files and all(column in p.schema_arrow.names for _, p in parquet_files):
+        if column not in (id_column, text_column) and all(column in p.schema_arrow.names for _, p in parquet_files):
             for path, parquet in parquet_files:
                 _check_column(path, parquet.schema_arrow, column, "text")
             columns[column] = column
@@ -134,7 +187,7 @@ def plan_inputs(
             log.warning("input lacks optional text column %r: the model skips that component", column)
             skipped.append(column)
     files = tuple(InputFile(path=path, rows=p.metadata.num_rows, sha256=file_sha256(path)) for path, p in parquet_files)
-    return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=tuple(skipped))
+    return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=tuple(skipped), skipped_files=dump.skipped)
 
 
 _KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind),
@@ -153,22 +206,57 @@ def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapp
     for column, kind in (typed or {}).items():
         _check_column(path, schema, column, kind, what=what, accepts=_KINDS[kind])
     try:
-        return pl.read_parquet(path, columns=[*columns, *(typed or {}), *(c for c in optional if c in schema.names)])
+        frame = pl.read_parquet(path, columns=[*columns, *(typed or {}), *(c for c in optional if c in schema.names)])
     except (OSError, pl.exceptions.PolarsError) as error:
         raise InputFileError(f"{path}: unreadable {what} parquet ({type(error).__name__}); is the file truncated?") from None
+    return frame.cast(dict.fromkeys(columns, pl.String))  # dictionary-encoded strings read as Categorical
+
+
+def _utf8(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:
+    """``values`` as large strings, and the rows whose value is not valid UTF-8, nulled.
+
+    Arrow does not check UTF-8 when it reads parquet and polars panics on a bad value, so every
+    column is validated; only a column that fails is searched value by value."""
+    values = values.cast(pa.large_string())
+    try:
+        values.validate(full=True)
+        return values, []
+    except pa.ArrowInvalid:
+        raw = values.cast(pa.large_binary()).combine_chunks()
+        bad = [value is not None and not _decodes(value) for value in raw.to_pylist()]
+        fixed = pc.if_else(pa.array(bad), pa.scalar(None, raw.type), raw).cast(pa.large_string())
+        return pa.chunked_array([fixed]), [row for row, invalid in enumerate(bad) if invalid]
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def note_batch(table: pa.Table, *, plan: InputPlan, index: int, file: Path, first_row: int) -> NoteBatch:
+    """Rows of ``file`` read by arrow -> a NoteBatch of string columns, renamed: the one conversion of
+    both engines and of the Ray engine's id pass (``coder.engines.ray.plan_batches``)."""
+    columns, invalid = {}, set()
+    for column, name in plan.renames.items():
+        columns[name], rows = _utf8(table.column(column))
+        invalid.update(rows)
+    frame = pl.from_arrow(pa.table(columns)).cast(pl.String)
+    return NoteBatch(index=index, file=file, first_row=first_row, frame=frame, invalid_utf8=frozenset(invalid))
 
 
 def iter_batches(plan: InputPlan, *, batch_size: int) -> Iterator[NoteBatch]:
     """Stream the notes: only one batch of each file is in memory at a time."""
-    renames = {plan.id_column: NOTE_ID, **plan.columns}
     index = 0
     for file in plan.files:
         first_row = 0
         try:
-            batches = _open(file.path).iter_batches(batch_size=batch_size, columns=list(renames))
+            batches = _open(file.path).iter_batches(batch_size=batch_size, columns=list(plan.renames))
             for record_batch in batches:
-                frame = pl.from_arrow(record_batch).rename(renames).cast(pl.String)
-                yield NoteBatch(index=index, file=file.path, first_row=first_row, frame=frame)
+                table = pa.Table.from_batches([record_batch])
+                yield note_batch(table, plan=plan, index=index, file=file.path, first_row=first_row)
                 index += 1
                 first_row += record_batch.num_rows
         except (pa.ArrowException, OSError) as error:

@@ -1,16 +1,23 @@
-"""What `coder codes show` and `coder codes validate` print: lookups rendered for people or JSON."""
+"""What `coder codes show` and `coder codes validate` print: lookups rendered for people or JSON.
+
+Both judge codes by the model in force (its truncation levels, ``coder.validate``): a prefix of
+real codes is a code to people only at a length the model writes (CodiEsp's 4-character PCS
+codes); other prefixes (``B``, ``0DT60``) are ``unknown`` here. ``Ontology.lookup`` itself keeps
+every prefix known, since training learns from them. Without a model every prefix stays ``prefix``.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from coder.errors import CodeFormatError, UsageError
 from coder.ontology.ontology import UNKNOWN, CodeInfo, Ontology, load_ontology
+from coder.ontology.sources import PREFIX
 from coder.ontology.syntax import infer_system, normalize
 from coder.schema import CM
 from coder.validate import AssignableCodes
@@ -59,10 +66,13 @@ class Validation:
         return "no --system given, inferred per code: " + ", ".join(f"{system} {n}" for system, n in counts.items())
 
 
-def describe_code(code: str, *, system: str | None = None, codes_file: Path | None = None) -> Shown:
-    """Status, canonical form, description, ancestors, children count, inclusion terms and excludes."""
+def describe_code(code: str, *, system: str | None = None, codes_file: Path | None = None,
+                  truncations: Mapping[str, tuple[int, ...]] | None = None) -> Shown:
+    """Status, canonical form, description, ancestors, children count, inclusion terms and excludes;
+    ``truncations``: the model's levels (None: no model)."""
     ontology = load_ontology(codes_file)
-    info = ontology.lookup(code, system)
+    gate = AssignableCodes(ontology, truncations=truncations or {})
+    info = _as_used(ontology.lookup(code, system), gate, levels_known=truncations is not None)
     lines = [f"{info.canonical or info.input} ({_system_label(info)}): {info.status}", f"  {_description(info)}"]
     if info.canonical is not None and info.status != UNKNOWN:
         lines += _details(ontology, info.canonical, info.system or "")
@@ -78,16 +88,24 @@ def validate_codes(
     stdin: TextIO | None = None,
 ) -> Validation:
     """Look up every code; ``-`` stands for one code a line read from ``stdin``. A code is
-    assignable under ``codes_file`` and the ``truncations`` of a model (``coder.validate``).
-    UsageError when there is no code at all."""
+    assignable under ``codes_file`` and the ``truncations`` of a model (``coder.validate``; None:
+    no model). UsageError when there is no code at all."""
     inputs = list(_expand_stdin(codes, stdin))
     if not inputs:
         raise UsageError("no codes to validate: give codes as arguments, or '-' and one code a line on stdin")
     ontology = load_ontology(codes_file)
     gate = AssignableCodes(ontology, truncations=truncations or {})
-    results = tuple(ontology.lookup(code, system) for code in inputs)
+    results = tuple(_as_used(ontology.lookup(code, system), gate, levels_known=truncations is not None) for code in inputs)
     return Validation(results=results, assignable=tuple(
         info.canonical is not None and info.system is not None and gate(info.canonical, info.system) for info in results))
+
+
+def _as_used(info: CodeInfo, gate: AssignableCodes, *, levels_known: bool) -> CodeInfo:
+    """``info``, or ``unknown`` for a prefix of real codes that ``gate`` does not let the model write."""
+    if not levels_known or info.status != PREFIX or gate(info.canonical, info.system):
+        return info
+    levels = ", ".join(map(str, gate.truncations.get(info.system, ()))) or "none"
+    return replace(info, status=UNKNOWN, description=f"a prefix of real codes at a length the model does not use ({levels})")
 
 
 def _expand_stdin(codes: Iterable[str], stdin: TextIO | None) -> Iterable[str]:
@@ -106,7 +124,7 @@ def _system_label(info: CodeInfo) -> str:
 
 
 def _description(info: CodeInfo) -> str:
-    if info.status != UNKNOWN:
+    if info.status != UNKNOWN or info.description:
         return info.description
     if info.canonical is not None:
         return "not in the ontology (nor a prefix of its codes); a --codes-file can add it"

@@ -1,8 +1,9 @@
 """The loaded ontology: O(1) lookups of status, description and hierarchy for CM and PCS codes.
 
 Status of a code in its system:
-- ``billable``: a leaf of the release (or a code from the user code list);
-- ``valid``: a real item with children (a category such as ``R51`` in FY2026);
+- ``billable``: a leaf of the release (or a complete code from the user code list);
+- ``valid``: a real item with children (a category such as ``R51`` in FY2026), or a listed code
+  that lacks characters the release's format requires (``T81.4XX``: no 7th character);
 - ``prefix``: not an item, but a proper prefix of items (PCS ``0DT6``, CM ``W19.XXX``);
 - ``unknown``: anything else, unreadable strings included.
 """
@@ -22,8 +23,8 @@ import polars as pl
 from coder.errors import CodeFormatError
 from coder.hashing import file_sha256
 from coder.ontology.cache import load_or_build
-from coder.ontology.codelist import CodeList, read_code_list
-from coder.ontology.sources import BILLABLE, BUILD_VERSION, PREFIX, build_tables, is_code_name, releases, source_files
+from coder.ontology.codelist import CodeList, check_format, read_code_list
+from coder.ontology.sources import BILLABLE, BUILD_VERSION, PREFIX, VALID, build_tables, is_code_name, releases, source_files
 from coder.ontology.syntax import check_system, infer_system, normalize, shorter_prefix
 from coder.schema import CM, CODE, NOTE_ID, PCS, SYSTEM, SYSTEMS
 
@@ -134,6 +135,13 @@ class Ontology:
             for kind in EXCLUDES
         }
 
+    def seventh_characters(self, canonical: str) -> tuple[str, ...]:
+        """The 7th characters that the codes of a CM item take (its or its nearest ancestor's
+        sevenChrDef: ``("A", "D", "S")`` for ``T81.40``); () where none applies, for PCS and unknown codes."""
+        name, defined = self._name(canonical, CM), self._notes["seventh_characters"]
+        chain = (name, *self.ancestors(name, CM)) if name else ()
+        return next((defined[item] for item in chain if item in defined), ())
+
     def codes(self, system: str, *, billable_only: bool = False) -> Sequence[str]:
         """Every code of ``system`` in release order (user-listed codes that are new come last):
         billable and valid ones, or only billable; never prefixes, CM chapters or blocks."""
@@ -203,18 +211,21 @@ def _release_tables() -> tuple[dict[str, dict[str, _Node]], dict[str, dict[str, 
     return nodes, notes, releases()
 
 
-def _with_code_list(nodes: dict[str, dict[str, _Node]], code_list: CodeList) -> dict[str, dict[str, _Node]]:
-    """A copy of ``nodes`` where every listed code is billable with the list's description; a
-    code new to the release hangs under its nearest known ancestor (missing prefixes are added)."""
+def _with_code_list(nodes: dict[str, dict[str, _Node]], code_list: CodeList,
+                    incomplete: frozenset[tuple[str, str]]) -> dict[str, dict[str, _Node]]:
+    """A copy of ``nodes`` where every listed code is billable (``valid`` if ``incomplete``) with the
+    list's description; a code new to the release hangs under its nearest known ancestor (missing
+    prefixes are added)."""
     out = {system: dict(by_name) for system, by_name in nodes.items()}
     for listed in code_list.codes:
         table = out[listed.system]
         existing = table.get(listed.code)
+        status = VALID if (listed.system, listed.code) in incomplete else BILLABLE
         if existing is not None and existing.status != PREFIX:
-            table[listed.code] = existing._replace(description=listed.description, status=BILLABLE)
+            table[listed.code] = existing._replace(description=listed.description, status=status)
         else:
             parent = _attach(table, listed.code, listed.system, listed.description)
-            table[listed.code] = _Node(listed.description, parent or "", BILLABLE)
+            table[listed.code] = _Node(listed.description, parent or "", status)
     return out
 
 
@@ -246,7 +257,7 @@ def _load(codes_file: Path | None, sha256: str | None) -> Ontology:
     release = {**labels, "code_list": str(codes_file), "code_list_sha256": code_list.sha256}
     listed = frozenset((c.system, c.code) for c in code_list.codes
                        if c.code not in nodes[c.system] or nodes[c.system][c.code].status == PREFIX)
-    return Ontology(release, _with_code_list(nodes, code_list), notes, listed)
+    return Ontology(release, _with_code_list(nodes, code_list, check_format(code_list, _load(None, None))), notes, listed)
 
 
 def load_ontology(codes_file: Path | None = None) -> Ontology:

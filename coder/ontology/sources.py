@@ -24,7 +24,7 @@ from coder.ontology.syntax import PCS_SECTIONS, shorter_prefix
 from coder.schema import CM, PCS
 
 # Bump when the tables' layout or content rules change: old caches are then rebuilt.
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 
 BILLABLE = "billable"
 VALID = "valid"
@@ -64,7 +64,8 @@ def releases() -> dict[str, str]:
 
 
 def build_tables() -> dict[str, Any]:
-    """Both systems' node tables plus the CM notes (inclusion terms, excludes1/2)."""
+    """Both systems' node tables plus the CM notes (inclusion terms, excludes1/2, and the 7th
+    characters an item's sevenChrDef gives its codes, ``T81`` -> A, D, S)."""
     cm_table, cm_notes = _cm_tables()
     return {CM: cm_table, PCS: _pcs_table(source_files()[2]), "cm_notes": cm_notes}
 
@@ -91,7 +92,7 @@ def _cm_tables() -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]
     shared = {name for name, count in Counter(names).items() if count > 1}
     seen: set[str] = set()
     table = _empty_table()
-    notes: dict[str, dict[str, list[str]]] = {"inclusion_terms": {}, "excludes1": {}, "excludes2": {}}
+    notes: dict[str, dict[str, list[str]]] = {"inclusion_terms": {}, "excludes1": {}, "excludes2": {}, "seventh_characters": {}}
     for name in names:
         is_shadowed_block = name in shared and name not in seen
         seen.add(name)
@@ -107,6 +108,7 @@ def _cm_tables() -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]
             ("inclusion_terms", icd.get_inclusion_term),
             ("excludes1", icd.get_excludes1),
             ("excludes2", icd.get_excludes2),
+            ("seventh_characters", lambda item, **kw: list(icd.get_seven_chr_def(item, **kw))),
         ):
             if values := getter(name, prioritize_blocks=is_shadowed_block):
                 notes[field][key] = values
