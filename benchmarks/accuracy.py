@@ -1,53 +1,58 @@
-"""Dev ablation of the candidate sources and the stacked reranker (CodiEsp MAP and P@5).
+"""Dev ablation on CodiEsp: each candidate source alone and added one at a time, on every kind of dump.
 
-Every source is fitted on train only; rerankers learn from out-of-fold train candidates
-(protocol a: dev never seen). With ``--plm-scores`` (a parquet of PLM-ICD dev scores:
-note_id, system, code, plm_icd), rows with that source use protocol b: sources fitted on train,
-each dev note scored by a reranker cross-fitted on the other dev folds. Also reports calibration
-of the final stack on dev, and CodiEsp-X-style evidence F1 (see ``evidence_f1``). Prints the
-tables and adds a dated run to this benchmark's section of benchmarks/RESULTS.md.
+Every source is the product's (``coder.train.stacking.default_sources``) fitted on train only; the
+word aligners that project the Spanish spans onto English see train and the unlabelled background
+notes, never dev. Rows without PLM-ICD: rerankers fitted on out-of-fold train candidates (5 folds),
+dev never seen. Rows with PLM-ICD (``--plm-model``): its dev scores, rerankers cross-fitted over 5 dev
+folds (each dev note scored by a reranker fitted on the other four; PLM-ICD's epoch was chosen on
+dev). Columns: CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a
+prediction), recall@50 of the dev gold codes never seen in train, and each source's own time per
+note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text columns (English
+against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
+this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-model models/NAME | --plm-scores dev_scores.parquet] [--rows 'NAME;...']
-                                  [--search-cache DIR] [--no-write]
+    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--no-write]
+
+CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
 
-from coder.candidates.features import LABEL, PLM_ICD, assemble, code_prior, with_labels
-from coder.candidates.ontology_search import OntologySearch
-from coder.io.corpus import Corpus
+from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior, with_labels
+from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, ranking_scores
 from coder.ontology import load_ontology
 from coder.rerank.reranker import Reranker
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
+from coder.train.projection import fit_aligners, project_spans
 from coder.train.stacking import cross_fit, default_sources, fit_sources, labelled_frame, out_of_fold, source_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
 BEGIN, END = "<!-- accuracy: begin -->", "<!-- accuracy: end -->"
-BASE = ("lexicon", "ontology", "tfidf")
 logger = logging.getLogger("accuracy")
 
 
-def ranking_metrics(ranked: dict[str, dict[str, list[str]]], gold: pl.DataFrame) -> dict[str, float]:
-    """MAP (official CodiEsp rules), P@5 (mean over the notes MAP counts) and how many notes were ranked, per system."""
-    truth = gold_sets(gold)
-    out = {}
+def metrics(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> dict[str, float]:
+    """MAP and P@5 per system, and recall@50 of the gold (note, code) pairs whose code train never had."""
+    truth, ranked = gold_sets(gold), rankings(scored, score=SCORE)
+    out: dict[str, float] = {}
     for system in SYSTEMS:
-        scores = ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=(5,))
-        out[f"MAP {system}"], out[f"P@5 {system}"], out[f"notes {system}"] = scores.map, scores.precision_at[5], scores.notes
+        found = ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=(5,))
+        out[f"MAP {system}"], out[f"P@5 {system}"] = found.map, found.precision_at[5]
+        pairs = [(note, code) for note, codes in truth.get(system, {}).items() for code in codes if (system, code) in unseen]
+        top = {note: set(codes[:50]) for note, codes in ranked.get(system, {}).items()}
+        out[f"R@50 unseen {system}"] = sum(code in top.get(note, ()) for note, code in pairs) / max(len(pairs), 1)
     return out
 
 
@@ -56,7 +61,8 @@ def evidence_f1(predicted: pl.DataFrame, evidence: pl.DataFrame) -> dict[str, fl
     the note has that gold code and one of its gold evidence spans (any piece of a discontinuous
     span) overlaps [start, end); a gold (note, code, span) is found when some true positive
     overlaps it. Precision = true positives / predictions, recall = found / gold spans."""
-    pieces = evidence.with_row_index("span").with_columns(pl.col(EVIDENCE_OFFSETS).str.split(";")).explode(EVIDENCE_OFFSETS)
+    pieces = evidence.filter(pl.col(EVIDENCE_OFFSETS).is_not_null()).with_row_index("span").with_columns(
+        pl.col(EVIDENCE_OFFSETS).str.split(";")).explode(EVIDENCE_OFFSETS)
     pieces = pieces.with_columns(pl.col(EVIDENCE_OFFSETS).str.split(" ").list.eval(pl.element().cast(pl.Int64)).alias("o")).select(
         NOTE_ID, SYSTEM, CODE, "span", pl.col("o").list.get(0).alias("g_start"), pl.col("o").list.get(1).alias("g_end"))
     pred = predicted.select(NOTE_ID, SYSTEM, CODE, "evidence_start", "evidence_end").with_row_index("pred")
@@ -65,7 +71,7 @@ def evidence_f1(predicted: pl.DataFrame, evidence: pl.DataFrame) -> dict[str, fl
     out = {}
     for system in SYSTEMS:
         n_pred = pred.filter(pl.col(SYSTEM) == system).height
-        n_gold = evidence.filter(pl.col(SYSTEM) == system).height
+        n_gold = pieces.filter(pl.col(SYSTEM) == system)["span"].n_unique()
         tp = hits.filter(pl.col(SYSTEM) == system)["pred"].n_unique()
         found = hits.filter(pl.col(SYSTEM) == system)["span"].n_unique()
         p, r = tp / max(n_pred, 1), found / max(n_gold, 1)
@@ -74,170 +80,141 @@ def evidence_f1(predicted: pl.DataFrame, evidence: pl.DataFrame) -> dict[str, fl
     return out
 
 
-def calibration(scored: pl.DataFrame, *, bins: int = 10) -> tuple[str, float]:
-    """Markdown table of mean score vs observed gold rate per score bin, and the expected
-    calibration error (bin-size-weighted mean |observed - predicted|)."""
-    binned = scored.with_columns((pl.col(SCORE) * bins).floor().clip(0, bins - 1).alias("bin")).group_by("bin").agg(
-        pl.len().alias("n"), pl.col(SCORE).mean().alias("mean_score"), pl.col(LABEL).mean().alias("gold_rate")).sort("bin")
-    ece = float((binned["n"] * (binned["gold_rate"] - binned["mean_score"]).abs()).sum() / binned["n"].sum())
-    lines = ["| score bin | candidates | mean score | gold rate |", "|---|---:|---:|---:|"]
-    lines += [f"| {b / bins:.1f}-{(b + 1) / bins:.1f} | {n:,} | {m:.3f} | {g:.3f} |" for b, n, m, g in binned.iter_rows()]
-    return "\n".join(lines), ece
-
-
 class Ablation:
-    """Everything the rows share: corpora, out-of-fold train parts, dev source frames."""
+    """What the rows share: corpora, projected spans, out-of-fold train parts and dev frames per dump kind."""
 
-    def __init__(self, *, folds: int, plm_scores: Path | None, search_cache: Path | None):
+    DUMPS = {"full": (TEXT, TEXT_ES), "English-only": (TEXT,)}
+
+    def __init__(self, *, folds: int, plm_model: Path | None):
         read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
                                   text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
-        self.train, self.dev = read["train"], read["dev"]
+        background = read_notes(DATA / "background" / "notes.parquet", text_columns=[TEXT], optional=[TEXT_ES])
         started = time.perf_counter()
-        self.ontology = load_ontology()
-        self.search: OntologySearch | None = None  # fitted only when the cache lacks a split
-        known = {split: {"ontology": self._search(corpus.notes, split, search_cache)} for split, corpus in read.items()}
-        logger.info("ontology search ready in %.0f s", time.perf_counter() - started)
-        learners = [source for source in default_sources() if source.learns_from_notes]
+        sentences, words = fit_aligners(pl.concat([read["train"].notes, background.select(read["train"].notes.columns)]))
+        self.projected = {name: project_spans(c.notes, c.spans(TEXT_ES), sentences, words) for name, c in read.items()}
+        self.train = read["train"].with_spans(self.projected["train"], column=TEXT)
+        self.dev = read["dev"]
+        logger.info("spans projected onto English in %.0f s", time.perf_counter() - started)
+        self.unseen = {(s, c) for s, c in self.dev.codes.select(SYSTEM, CODE).iter_rows()} - \
+            {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
+        self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
+        fitted = fit_sources(default_sources(), self.train, ontology=self.ontology)
+        self.order = [s.name for s in fitted]
+        self.columns = {**{s.name: s.text_column for s in fitted}, PLM_ICD: TEXT}
+        self.ms_per_note, dev_found = {}, {}
+        for source in fitted:  # each source's dev candidates once, timed
+            tick = time.perf_counter()
+            dev_found[source.name] = source.candidates(self.dev.notes.select(NOTE_ID, source.text_column))
+            self.ms_per_note[source.name] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
+        known = source_frames([s for s in fitted if not s.learns_from_notes], self.train.notes)
         self.parts, self.dev_parts = {}, {}
-        for mode, train, dev in (("full", self.train, self.dev), ("text", self.train.text_only(TEXT), self.dev.text_only(TEXT))):
-            usable = [s for s in default_sources() if s.text_column in train.notes.columns]
-            self.parts[mode] = out_of_fold(train, sources=usable, ontology=self.ontology, known=known["train"], folds=folds)
-            fitted = fit_sources(learners, train, ontology=self.ontology)
-            ordered = [next((f for f in fitted if f.name == s.name), s) for s in usable]
-            self.dev_parts[mode] = (source_frames(ordered, dev.notes, known=known["dev"]), code_prior(train.codes))
-        if plm_scores is not None:  # PLM-ICD reads English text: it runs on both kinds of dump
-            for found, _ in self.dev_parts.values():
-                found[PLM_ICD] = pl.read_parquet(plm_scores).select(NOTE_ID, SYSTEM, CODE, PLM_ICD)
+        for dump, columns in self.DUMPS.items():
+            usable = [s for s in fitted if s.text_column in columns]
+            train = Corpus(self.train.notes.select(NOTE_ID, *columns), self.train.codes, self.train.evidence)
+            self.parts[dump] = out_of_fold(train, sources=usable, ontology=self.ontology, known=known, folds=folds)
+            self.dev_parts[dump] = {s.name: dev_found[s.name] for s in usable}
+        if plm_model is not None:
+            from coder.model.load import load_model
+            from coder.rerank.score import STACK_PLM_TOP_K
 
-    def _search(self, notes: pl.DataFrame, split: str, cache: Path | None) -> pl.DataFrame:
-        """Search candidates of a split, read from ``cache`` when there (they depend on no training data)."""
-        file = cache / f"search_{split}.parquet" if cache else None
-        if file is not None and file.is_file():
-            return pl.read_parquet(file)
-        if self.search is None:
-            self.search = OntologySearch().fit(ontology=self.ontology)
-        found = self.search.candidates(notes)
-        if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            found.write_parquet(file)
-        return found
+            scorer = load_model(plm_model, device="cpu").scorer
+            tick = time.perf_counter()
+            plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K).candidates
+            self.ms_per_note[PLM_ICD] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
+            for found in self.dev_parts.values():
+                found[PLM_ICD] = plm
+        self.prior = code_prior(self.train.codes)
 
-    def dev_frame(self, sources: tuple[str, ...], *, mode: str = "full") -> pl.DataFrame:
-        found, prior = self.dev_parts[mode]
-        return with_labels(assemble({n: found[n] for n in sources}, prior=prior), self.dev.codes)
+    def dev_frame(self, sources: tuple[str, ...], dump: str) -> pl.DataFrame:
+        frames = {n: self.dev_parts[dump][n] for n in sources}
+        return with_labels(assemble(frames, prior=self.prior, columns=self.columns), self.dev.codes)
 
     def alone(self, source: str) -> pl.DataFrame:
         """A source's own score as the ranking, over its own candidates."""
-        return self.dev_frame((source,)).filter(pl.col(f"{source}_rank") < 100).with_columns(pl.col(source).alias(SCORE))
+        dump = next(d for d in self.DUMPS if source in self.dev_parts[d])
+        frame = self.dev_frame((source,), dump)
+        return frame.filter(pl.col(f"{source}_rank") < ABSENT_RANK).with_columns(pl.col(source).alias(SCORE))
 
-    def stacked(self, sources: tuple[str, ...], *, model: str, mode: str = "full") -> pl.DataFrame:
-        """Protocol a: reranker fitted on out-of-fold train candidates of ``sources``."""
-        frame = labelled_frame(self.parts[mode], codes=self.train.codes, sources=sources)
-        return Reranker(model=model).fit(frame).predict(self.dev_frame(sources, mode=mode))
-
-    def cross_fitted(self, sources: tuple[str, ...], *, model: str, mode: str = "full") -> pl.DataFrame:
-        """Protocol b: sources fitted on train, reranker cross-fitted over 5 dev folds."""
-        return cross_fit(self.dev_frame(sources, mode=mode), reranker=Reranker(model=model))
+    def reranked(self, sources: tuple[str, ...], dump: str) -> pl.DataFrame:
+        """Without PLM-ICD: a reranker fitted on out-of-fold train candidates. With it: cross-fitted on dev."""
+        if PLM_ICD in sources:
+            return cross_fit(self.dev_frame(sources, dump), reranker=Reranker())
+        frame = labelled_frame(self.parts[dump], codes=self.train.codes, sources=sources)
+        return Reranker().fit(frame).predict(self.dev_frame(sources, dump))
 
 
-def rows(plm: bool) -> dict[str, tuple[str, dict]]:
-    """Row name -> (how it is computed, arguments)."""
-    out: dict[str, tuple[str, dict]] = {f"{s} alone": ("alone", {"source": s}) for s in BASE}
-    for n in (1, 2, 3):
-        for combo in itertools.combinations(BASE, n):
-            out["+".join(combo) + " (logistic)"] = ("stacked", {"sources": combo, "model": "logistic"})
-    out["lexicon+ontology+tfidf (hgb) = shipped stack"] = ("stacked", {"sources": BASE, "model": "hgb"})
-    out["ontology+tfidf (hgb), English-only dump"] = ("stacked", {"sources": ("ontology", "tfidf"), "model": "hgb", "mode": "text"})
-    if plm:
-        out["plm_icd alone"] = ("alone", {"source": PLM_ICD})
-        out["plm_icd (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": (PLM_ICD,), "model": "hgb"})
-        out["lexicon+ontology+tfidf (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": BASE, "model": "hgb"})
-        out["lexicon+ontology+tfidf+plm_icd (hgb, dev cross-fit)"] = ("cross_fitted", {"sources": (*BASE, PLM_ICD), "model": "hgb"})
-        out["ontology+tfidf+plm_icd (hgb, dev cross-fit), English-only dump"] = (
-            "cross_fitted", {"sources": ("ontology", "tfidf", PLM_ICD), "model": "hgb", "mode": "text"})
-    return out
+def plan(ablation: Ablation) -> list[tuple[str, str, dict]]:
+    """(row name, Ablation method, arguments), in reading order."""
+    rows = [(f"{name} alone", "alone", {"source": name}) for name in [*ablation.order, *([PLM_ICD] if PLM_ICD in
+                                                                                          ablation.dev_parts["full"] else [])]]
+    for dump in ablation.DUMPS:
+        names = [n for n in ablation.order if n in ablation.dev_parts[dump]]
+        for k in range(1, len(names) + 1):
+            rows.append((f"{dump}: {'+'.join(names[:k])} (reranked, out-of-fold train)", "reranked",
+                         {"sources": tuple(names[:k]), "dump": dump}))
+        if PLM_ICD in ablation.dev_parts[dump]:
+            rows.append((f"{dump}: {'+'.join(names)}+plm_icd (reranked, dev cross-fit)", "reranked",
+                         {"sources": (*names, PLM_ICD), "dump": dump}))
+    spanless = tuple(n for n in ablation.order if n in ablation.dev_parts["English-only"] and not n.startswith("lexicon"))
+    if PLM_ICD in ablation.dev_parts["full"]:
+        rows.append((f"notes and codes only (English, no spans): {'+'.join(spanless)}+plm_icd (reranked, dev cross-fit)",
+                     "reranked", {"sources": (*spanless, PLM_ICD), "dump": "English-only"}))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plm-scores", type=Path, help="parquet of PLM-ICD dev scores: note_id, system, code, plm_icd")
-    parser.add_argument("--plm-model", type=Path, help="PLM-ICD model folder: its dev scores (top 50 per note and system) "
-                        "are written to --plm-scores (default: plm_dev_scores.parquet in the temp folder) and used")
-    parser.add_argument("--rows", help="';'-separated row names to run (default: all)")
+    parser.add_argument("--plm-model", type=Path, help="model folder whose PLM-ICD dev scores join the rows")
     parser.add_argument("--folds", type=int, default=5, help="out-of-fold folds on train")
-    parser.add_argument("--search-cache", type=Path, help="folder for ontology search candidates (reused when present)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
-    if args.plm_model is not None:
-        args.plm_scores = args.plm_scores or Path(tempfile.gettempdir()) / "plm_dev_scores.parquet"  # not in the clone
-        write_plm_scores(args.plm_model, args.plm_scores)
-    ablation = Ablation(folds=args.folds, plm_scores=args.plm_scores, search_cache=args.search_cache)
-    plan = rows(args.plm_scores is not None)
-    chosen = args.rows.split(";") if args.rows else list(plan)
-    unknown = [name for name in chosen if name not in plan]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; rows are {list(plan)}")
-    command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else
-                                                 " --plm-scores PLM_DEV.parquet" if args.plm_scores else "")
-    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | notes ranked CM / PCS | reproduce |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    final = None
-    for name in chosen:
-        how, kwargs = plan[name]
-        scored = getattr(ablation, how)(**kwargs)
-        m = ranking_metrics(rankings(scored, score=SCORE), ablation.dev.codes)
-        lines.append(f"| {name} | {m['MAP ICD-10-CM']:.3f} | {m['MAP ICD-10-PCS']:.3f} | {m['P@5 ICD-10-CM']:.3f} | "
-                     f"{m['P@5 ICD-10-PCS']:.3f} | {m['notes ICD-10-CM']} / {m['notes ICD-10-PCS']} | `{command} --rows '{name}'` |")
+    ablation = Ablation(folds=args.folds, plm_model=args.plm_model)
+    command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "")
+    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    scored = {}
+    for name, how, kwargs in plan(ablation):
+        scored[name] = getattr(ablation, how)(**kwargs)
+        m = metrics(scored[name], ablation.dev.codes, ablation.unseen)
+        ms = ablation.ms_per_note.get(kwargs.get("source"), None)
+        lines.append(f"| {name} | " + " | ".join(f"{m[f'{k} {s}']:.3f}" for k in ("MAP", "P@5", "R@50 unseen") for s in SYSTEMS)
+                     + f" | {f'{ms:.1f}' if ms is not None else ''} |")
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
-        if name.endswith("= shipped stack"):
-            final = scored
-    report = "\n".join(lines)
-    if final is not None:
-        report += "\n\n" + final_checks(ablation, final)
+    report = "\n".join(lines) + "\n\n" + evidence_lines(ablation, scored)
     report += f"\n\nWall time {time.perf_counter() - started:.0f} s."
     print(report)
     if not args.no_write:
         write_results(report, command)
 
 
-def write_plm_scores(model: Path, out: Path) -> None:
-    """PLM-ICD's candidates (top 50 per note and system, as the rerankers read them) for the dev notes into ``out``."""
-    from coder.model.load import load_model
-    from coder.rerank.score import STACK_PLM_TOP_K
-
-    notes = pl.read_parquet(DATA / "dev" / "notes.parquet")
-    scorer = load_model(model, device="cpu").scorer
-    frames = [scorer.score(notes.slice(i, 16), top_n=STACK_PLM_TOP_K).candidates for i in range(0, notes.height, 16)]
-    pl.concat(frames).write_parquet(out)
-
-
-def final_checks(ablation: Ablation, final: pl.DataFrame) -> str:
-    """Calibration and evidence F1 of the shipped stack on dev."""
-    table, ece = calibration(final)
-    frame = labelled_frame(ablation.parts["full"], codes=ablation.train.codes, sources=BASE)
-    cuts = Reranker(model="hgb").fit(frame, gold=ablation.train.codes).thresholds_
-    above = final.filter(pl.col(SCORE) >= pl.col(SYSTEM).replace_strict(cuts, return_dtype=pl.Float64))
-    f1 = evidence_f1(above, ablation.dev.evidence)
-    evidence = "; ".join(f"{s}: F1 {f1[s]:.3f} (P {f1[f'P {s}']:.3f}, R {f1[f'R {s}']:.3f}, cut {cuts[s]:.3f})" for s in SYSTEMS)
-    return (f"Calibration of the shipped stack on dev (all candidates), ECE {ece:.4f}:\n\n{table}\n\n"
-            f"Evidence F1 on dev (CodiEsp-X style: code equal and spans overlap; cut = F1-best score chosen on a held-out "
-            f"fifth of the out-of-fold train frame): {evidence}")
+def evidence_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
+    """Evidence F1 of the last full and English-only rows, on their evidence columns."""
+    out = []
+    for dump, column, gold in (("full", TEXT_ES, ablation.dev.spans(TEXT_ES)), ("English-only", TEXT, ablation.projected["dev"])):
+        name = [n for n in scored if n.startswith(f"{dump}:")][-1]
+        frame = scored[name]
+        cuts = {system: 0.5 for system in SYSTEMS}  # the evidence of the codes the model is at least even about
+        above = frame.filter(pl.col(SCORE) >= pl.col(SYSTEM).replace_strict(cuts, return_dtype=pl.Float64))
+        if "evidence_column" in above.columns:
+            above = above.filter(pl.col("evidence_column") == column)
+        f1 = evidence_f1(above, gold)
+        out.append(f"- {name}, evidence into `{column}`: " + "; ".join(
+            f"{s}: F1 {f1[s]:.3f} (P {f1[f'P {s}']:.3f}, R {f1[f'R {s}']:.3f})" for s in SYSTEMS))
+    return "Evidence F1 on dev (CodiEsp-X style: code equal and spans overlap; codes scored at least 0.5):\n" + "\n".join(out)
 
 
 TITLE = "## Accuracy ablation (CodiEsp dev)"
-NOTES = """How to read these tables. Every source is fitted on train only. *alone*: the source's own
-score ranks its own candidates. *(logistic)* / *(hgb)*: protocol a, a reranker fitted on
-out-of-fold train candidates (5 folds: lexicon and TF-IDF classifier fitted on 4 folds score the
-fifth; the ontology search learns nothing from notes), dev never seen. *dev cross-fit*: protocol b,
-for PLM-ICD scores that have no out-of-fold train version: sources fitted on train, each dev note
-scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer (trectools' get_map:
-the mean runs over the notes that have both gold codes of the system and a prediction; 222 of 250 dev
-notes have a procedure code). Runs before 13:38 counted a predicted note without gold codes of the
-system as AP 0, which the official scorer does not: their PCS figures are lower for that reason alone. P@5 is
-the mean share of gold codes among a note's top 5 over the notes MAP counts. *English-only dump*: notes with
-only `text`, so no Spanish lexicon. Earlier runs also had *note gates* rows (dropped 2026-11-30 with the gates)."""
+NOTES = """How to read these tables. Every source is fitted on train only (the word aligners that project the
+Spanish spans onto English on train + background notes). *alone*: the source's own score ranks its own
+candidates. *(reranked, out-of-fold train)*: a reranker fitted on out-of-fold train candidates (5 folds),
+dev never seen. *(reranked, dev cross-fit)*: for PLM-ICD scores, which have no out-of-fold train version:
+each dev note scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer
+(trectools' get_map: the mean runs over the notes that have both gold codes of the system and a
+prediction). P@5 over the notes MAP counts. R@50 unseen: share of the dev gold (note, code) pairs whose
+code never occurs in train that the ranking's top 50 holds. ms/note: the source's own candidates on the
+250 dev notes, this machine, this run. *full*: `text` and `text_es`; *English-only*: `text` alone."""
 
 
 def write_results(report: str, command: str) -> None:

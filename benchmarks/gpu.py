@@ -35,6 +35,7 @@ import polars as pl
 from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
 from coder.model.chunking import chunk_notes, score_in_batches
 from coder.export.onnx import dev_maps
+from coder.io.corpus import Corpus
 from coder.model.session import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
@@ -123,8 +124,8 @@ def main() -> None:
     probe = chunks[:64]
     diff = float(np.max(np.abs(score_in_batches(cpu32, probe, batch_size=16, **kwargs)[0]
                                - score_in_batches(gpu16, probe, batch_size=16, **kwargs)[0])))
-    maps = dev_maps(args.model, config, {"CPU fp32": cpu32, "GPU fp16": gpu16}, dev_notes=DEV / "notes.parquet",
-                    dev_codes=DEV / "codes.parquet", batch_size=16)
+    dev = Corpus.read(DEV / "notes.parquet", DEV / "codes.parquet", text_columns=[config.text_columns["encoder"]])
+    maps = dev_maps(args.model, config, {"CPU fp32": cpu32, "GPU fp16": gpu16}, dev=dev, batch_size=16)
     section = _section(rows, maps=maps, diff=diff, notes=len(chunks), n_chunks=n_chunks, chunking_s=chunking_s,
                        command=shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]]))
     add_run("gpu", title="## PLM-ICD on a GPU (benchmarks/gpu.py)", section=section)

@@ -20,7 +20,7 @@ from coder.model.load import load_model
 from coder.pipeline import code_batch
 from coder.rerank.reranker import Reranker
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
-from coder.train.stacking import add_plm_rerankers, fit_stack
+from coder.train.stacking import add_plm_rerankers, dev_frames, fit_stack
 
 
 class KeywordSource(ParamsMixin):
@@ -66,7 +66,8 @@ def test_a_new_source_flows_from_training_to_the_output(monkeypatch, tiny_model_
     sources = [KeywordSource(), TfidfClassifier(min_df=1, top_k=3)]
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
     plm = load_model(folder, device="cpu").scorer.score(tiny_corpus.notes, top_n=50).candidates
-    stack = add_plm_rerankers(stack, dev=tiny_corpus, plm=plm, reranker=Reranker(model="logistic"))
+    frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
+    stack = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     specs, rerankers = stack.save(folder)
     finalize(folder, dataclasses.replace(read_config(folder), sources=specs, rerankers=rerankers))
 

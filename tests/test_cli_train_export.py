@@ -52,16 +52,6 @@ def test_train_refuses_an_out_folder_that_is_not_a_model(tiny_model_path, tmp_pa
     assert (tmp_path / "mine" / "thesis.txt").is_file()
 
 
-def test_train_refuses_dev_notes_without_dev_codes(tiny_model_path, tmp_path):
-    data = tiny_model_path.parent / "data"
-    result = runner.invoke(app, [
-        "train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
-        "--dev-notes", str(data / "notes.parquet"), "--out", str(tmp_path / "m"),
-    ])
-    assert result.exit_code == 2
-    assert "give both --dev-notes and --dev-codes" in result.output
-
-
 def test_export_of_a_folder_without_config_is_a_bundle_error(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path)])
     assert result.exit_code == 5

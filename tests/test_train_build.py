@@ -1,4 +1,4 @@
-"""`coder train --evidence`: PLM-ICD, ONNX and the candidate stack in one model folder."""
+"""`coder train`: the whole model (PLM-ICD, ONNX, candidate sources, rerankers, dev figures, card) in one folder."""
 
 from __future__ import annotations
 
@@ -10,47 +10,61 @@ from cli import app
 from coder.model.folder import read_config
 from coder.model.load import load_model
 from coder.pipeline import code_batch
-from coder.train.build import build_model
+from coder.train.build import Inputs, build_model
 from coder.train.plm import TrainingOptions
 
 runner = CliRunner()
 
 
-def test_evidence_without_dev_is_a_usage_error(tiny_model_path, tmp_path):
-    data = tiny_model_path.parent / "data"
-    evidence = tmp_path / "evidence.parquet"
-    pl.DataFrame({"note_id": ["n"], "system": ["ICD-10-CM"], "code": ["R51"], "evidence_es": ["x"], "offsets_es": ["0 1"]}).write_parquet(evidence)
-    result = runner.invoke(app, [
-        "train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
-        "--evidence", str(evidence), "--out", str(tmp_path / "m"),
-    ])
-    assert result.exit_code == 2
-    assert "--evidence needs --dev-notes and --dev-codes" in result.output
+def _write(tmp_path, frames: dict[str, pl.DataFrame]):
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = tmp_path / f"{name}.parquet"
+        frame.write_parquet(paths[name])
+    return paths
+
+
+def _build(tmp_path, tiny_model_path, inputs: Inputs):
+    out = tmp_path / "model"
+    build_model(inputs=inputs, out=out, text_column="text", encoder_path=tiny_model_path.parent / "encoder",
+                encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=False, command="test", folds=2)
+    return out
 
 
 @pytest.mark.slow
-def test_one_command_builds_a_reranked_model(tiny_model_path, tiny_codiesp, tmp_path):
-    notes, codes, evidence = tiny_codiesp
-    paths = {name: tmp_path / f"{name}.parquet" for name in ("notes", "codes", "evidence")}
-    for name, frame in zip(paths, (notes, codes, evidence), strict=True):
-        frame.write_parquet(paths[name])
-    out = tmp_path / "model"
-    build_model(
-        notes=paths["notes"], codes=paths["codes"], out=out, dev_notes=paths["notes"], dev_codes=paths["codes"],
-        evidence=paths["evidence"], dev_evidence=None, text_column="text",
-        encoder_path=tiny_model_path.parent / "encoder", encoder_name="tiny", codes_file=None,
-        options=TrainingOptions(epochs=1), resume=False, command="test", folds=2,
-    )
+def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_path, tiny_codiesp, tmp_path):
+    notes, codes, _ = tiny_codiesp
+    paths = _write(tmp_path, {"notes": notes.select("note_id", "text"), "codes": codes})
+    out = _build(tmp_path, tiny_model_path, Inputs(notes=paths["notes"], codes=paths["codes"]))
     config = read_config(out)
-    assert [s.name for s in config.sources] == ["lexicon", "ontology", "tfidf"]
-    assert {r.sources for r in config.rerankers} == {
-        ("lexicon", "ontology", "tfidf"), ("ontology", "tfidf"), ("lexicon", "ontology", "tfidf", "plm_icd"),
-        ("ontology", "tfidf", "plm_icd")}
+    assert {s.name for s in config.sources} >= {"ontology", "tfidf"} and "lexicon" not in {s.name for s in config.sources}
+    assert config.rerankers and "held-out fifth" in config.training["dev"]
+    assert [row["ranking"] for row in config.evaluation["rows"]][-1].startswith("whole model")
+    predictions = code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=20).predictions
+    assert set("+".join(predictions["source"]).split("+")) - {"plm_icd"}
+    unseen = predictions.join(codes, on=["code", "system"], how="anti")
+    assert unseen.height > 0  # codes never seen in training reach the output
+
+
+@pytest.mark.slow
+def test_spans_and_a_second_language_add_the_evidence_lexicon(tiny_model_path, tiny_codiesp, tmp_path):
+    notes, codes, evidence = tiny_codiesp
+    paths = _write(tmp_path, {"notes": notes, "codes": codes, "evidence": evidence})
+    out = _build(tmp_path, tiny_model_path, Inputs(notes=paths["notes"], codes=paths["codes"], evidence=paths["evidence"],
+                                                   dev_notes=paths["notes"], dev_codes=paths["codes"]))
+    config = read_config(out)
+    assert "lexicon" in {s.name for s in config.sources} and config.training["dev"] == "dev files"
     assert not [f for f in out.rglob("*") if f.suffix in (".pkl", ".joblib", ".pt")]
     model = load_model(out, device="cpu")
-    assert model.text_columns == ("text", "text_es")
+    assert model.text_columns[:2] == ("text", "text_es")
     predictions = code_batch(model, notes, top_k=5).predictions
     assert predictions["source"].str.contains("lexicon").any()
-    assert predictions.group_by("note_id", "system").agg(pl.col("rank").max())["rank"].max() <= 5
     english = code_batch(model, notes.select("note_id", "text"), top_k=5).predictions
     assert not english["source"].str.contains("lexicon").any() and english.height
+
+
+def test_dev_notes_without_dev_codes_is_a_usage_error(tiny_model_path, tmp_path):
+    data = tiny_model_path.parent / "data"
+    result = runner.invoke(app, ["train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
+                                 "--dev-notes", str(data / "notes.parquet"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "give both --dev-notes and --dev-codes" in result.output

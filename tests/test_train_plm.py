@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import polars as pl
 import pytest
 
 from coder.errors import UsageError
+from coder.io.corpus import Corpus
 from coder.train import plm as trainer
 from coder.train.plm import TrainingOptions, checkpoint_folder, train
 
@@ -13,13 +13,10 @@ OPTIONS = TrainingOptions(epochs=2, batch_size=4, accumulation=1, chunk_len=16, 
 @pytest.fixture
 def inputs(tiny_model_path, tmp_path):
     data = tiny_model_path.parent / "data"
-    notes, codes = tmp_path / "notes.parquet", tmp_path / "codes.parquet"
-    pl.read_parquet(data / "notes.parquet").head(8).write_parquet(notes)
-    pl.read_parquet(data / "codes.parquet").write_parquet(codes)
-    return {
-        "notes": notes, "codes": codes, "dev_notes": notes, "dev_codes": codes,
-        "encoder_path": tiny_model_path.parent / "encoder", "encoder_name": "tiny", "options": OPTIONS,
-    }
+    corpus = Corpus.read(data / "notes.parquet", data / "codes.parquet", text_columns=["text"])
+    corpus = corpus.subset(corpus.notes["note_id"].head(8))
+    return {"train": corpus, "dev": corpus, "encoder_path": tiny_model_path.parent / "encoder", "encoder_name": "tiny",
+            "options": OPTIONS}
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(inputs, tmp_path, monkeypatch):
@@ -47,3 +44,24 @@ def test_an_interrupted_run_resumes_to_the_same_result(inputs, tmp_path, monkeyp
 def test_resume_without_a_checkpoint_is_refused(inputs, tmp_path):
     with pytest.raises(UsageError, match="no checkpoint at"):
         train(out=tmp_path / "nothing", resume=True, **inputs)
+
+
+def test_label_attention_starts_from_the_code_descriptions(inputs):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from coder.model.plm_icd import PlmIcd
+    from coder.ontology import load_ontology
+    from coder.train.data import Label, LabelSet
+
+    encoder = inputs["encoder_path"]
+    model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder)), n_labels=3, attention_dim=8)
+    norm = model.head.label_weights.norm(dim=1).mean()
+    # I10 and I10 again (one description, one start), then appendicitis
+    labels = LabelSet(labels=(Label("ICD-10-CM", "I10"), Label("ICD-10-CM", "I10"), Label("ICD-10-CM", "K35.80")), unknown=())
+    trainer._describe_labels(model, labels, tokenizer=AutoTokenizer.from_pretrained(str(encoder)), ontology=load_ontology())
+    weights, queries = model.head.label_weights, model.head.label_queries.weight
+    assert torch.allclose(weights.norm(dim=1), norm.expand(3), rtol=1e-4)  # the random start's scale, kept
+    assert torch.equal(weights[0], weights[1]) and torch.equal(queries[0], queries[1])
+    assert not torch.allclose(weights[0], weights[2])
+    assert model.training

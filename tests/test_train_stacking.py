@@ -11,7 +11,9 @@ from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.rerank.reranker import Reranker, fold_ids
-from coder.train.stacking import add_plm_rerankers, cross_fit, fit_stack, labelled_frame, out_of_fold, source_frames
+from coder.train.stacking import (
+    add_plm_rerankers, cross_fit, dev_frames, fit_stack, labelled_frame, out_of_fold, source_frames,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def test_sources_the_corpus_cannot_fit_are_left_out(tiny_corpus, tiny_ontology, 
 def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources):
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
     plm = pl.DataFrame({"note_id": tiny_corpus.notes["note_id"], "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9})
-    with_plm = add_plm_rerankers(stack, dev=tiny_corpus, plm=plm, reranker=Reranker(model="logistic"))
+    frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
+    with_plm = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     assert ("lexicon", "ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     assert ("ontology", "tfidf", PLM_ICD) in with_plm.rerankers

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 import polars as pl
 
 from coder.candidates.lexicon import EvidenceLexicon
+from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 
@@ -53,6 +54,7 @@ class CandidateSource(Protocol):
 
 SOURCES: dict[str, type[CandidateSource]] = {
     "evidence_lexicon": EvidenceLexicon,
+    "mined_lexicon": MinedLexicon,
     "ontology_search": OntologySearch,
     "tfidf": TfidfClassifier,
 }

@@ -16,8 +16,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
+from coder.candidates.words import SENTENCE_END, WORD, fold, folded, language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
 
@@ -38,22 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_WORD = re.compile(r"\w+")
-_SENTENCE_END = re.compile(r"[.;:!?\n]")
-_STOPWORDS = frozenset("de la el los las del en y con por a al un una unos unas para que se o e lo su sus".split())
-_NEGATION_CUES = ("no", "sin", "niega", "niegan", "descarta", "descartan", "descartandose", "descartado",
-                  "descartada", "descartar", "negativo", "negativa", "ausencia", "ni")
 EXACT, TOKEN_SET = "exact", "set"
-
-
-def fold(word: str) -> str:
-    """Lower case, accents removed, a trailing plural ``-s``/``-es`` stripped."""
-    word = "".join(ch for ch in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(ch))
-    if len(word) > 4 and word.endswith("es"):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s"):
-        return word[:-1]
-    return word
 
 
 @dataclass(frozen=True)
@@ -66,11 +50,11 @@ class Tokens:
     sentences: list[int]
 
     @classmethod
-    def of(cls, text: str) -> Tokens:
-        boundaries = [m.start() for m in _SENTENCE_END.finditer(text)]
+    def of(cls, text: str, *, plural_es: bool = True) -> Tokens:
+        boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
         words, starts, ends, sentences = [], [], [], []
-        for m in _WORD.finditer(text):
-            words.append(fold(m.group()))
+        for m in WORD.finditer(text):
+            words.append(fold(m.group(), plural_es=plural_es))
             starts.append(m.start())
             ends.append(m.end())
             sentences.append(bisect.bisect_left(boundaries, m.start()))
@@ -88,9 +72,6 @@ class Match:
     fuzzy: bool
 
 
-NEGATION_CUES = frozenset(fold(cue) for cue in _NEGATION_CUES)
-
-
 class EvidenceLexicon(ParamsMixin):
     """Codes proposed by training evidence phrases found in a note's Spanish text.
 
@@ -98,6 +79,7 @@ class EvidenceLexicon(ParamsMixin):
     ----------
     name: the score column (``<name>``, ``<name>_*`` features) and the ``source`` label.
     text_column: the notes column that is read; evidence offsets point into it.
+    language: the notes' language (``coder.candidates.words.LANGUAGES``): stopwords, negation cues, plural rule.
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
     fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 (the
@@ -114,6 +96,7 @@ class EvidenceLexicon(ParamsMixin):
         *,
         name: str = "lexicon",
         text_column: str = TEXT_ES,
+        language: str = "es",
         max_tokens: int = 10,
         smoothing: float = 1.0,
         fuzzy_min_ratio: float = 100.0,
@@ -122,6 +105,7 @@ class EvidenceLexicon(ParamsMixin):
     ):
         self.name = name
         self.text_column = text_column
+        self.language = language
         self.max_tokens = max_tokens
         self.smoothing = smoothing
         self.fuzzy_min_ratio = fuzzy_min_ratio
@@ -131,8 +115,8 @@ class EvidenceLexicon(ParamsMixin):
     # --- fitting -------------------------------------------------------------------------------
 
     def can_fit(self, corpus: Corpus) -> bool:
-        """Fitting needs coders' evidence spans and the notes' text they point into."""
-        return corpus.evidence.height > 0 and self.text_column in corpus.notes.columns
+        """Fitting needs evidence spans into ``text_column`` (coders' spans, or spans projected there)."""
+        return self.text_column in corpus.notes.columns and corpus.spans(self.text_column).height > 0
 
     def fit(self, corpus: Corpus, *, ontology: Any = None) -> EvidenceLexicon:
         """Learn phrases from the corpus's evidence (EVIDENCE_SCHEMA) and their reliability on its notes.
@@ -140,16 +124,16 @@ class EvidenceLexicon(ParamsMixin):
         The gold codes of a note are the codes of its evidence rows (CodiEsp-X gives a span for
         every gold code).
         """
-        notes, evidence = corpus.notes, corpus.evidence
+        notes, evidence = corpus.notes, corpus.spans(self.text_column)
         phrase_codes: dict[tuple[str, ...], Counter] = defaultdict(Counter)
         for system, code, span in evidence.select(SYSTEM, CODE, EVIDENCE_TEXT).iter_rows():
-            words = tuple(Tokens.of(span or "").words)
+            words = tuple(self._tokens(span or "").words)
             if 0 < len(words) <= self.max_tokens:
                 phrase_codes[words][(system, code)] += 1
         keys: list[tuple[str, tuple[str, ...]]] = []
         codes: list[list[tuple[str, str]]] = []
         for words, counter in phrase_codes.items():
-            for kind, key_words in ((EXACT, words), (TOKEN_SET, _content_set(words))):
+            for kind, key_words in ((EXACT, words), (TOKEN_SET, self._content_set(words))):
                 if kind == TOKEN_SET and len(key_words) < 2:
                     continue
                 keys.append((kind, key_words))
@@ -206,7 +190,7 @@ class EvidenceLexicon(ParamsMixin):
 
     def matches(self, text: str) -> Iterator[Match]:
         """Every phrase occurrence in ``text``: contiguous phrases, then same-sentence token sets."""
-        tokens = Tokens.of(text)
+        tokens = self._tokens(text)
         words, fuzzy = self._corrected(tokens.words)
         n = len(words)
         for i in range(n):
@@ -217,11 +201,18 @@ class EvidenceLexicon(ParamsMixin):
                     yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated, any(fuzzy[i : i + length]))
         yield from self._set_matches(tokens, words, fuzzy)
 
+    def _tokens(self, text: str) -> Tokens:
+        return Tokens.of(text, plural_es=language(self.language).plural_es)
+
     def _negated(self, words: list[str], sentences: list[int], i: int) -> bool:
-        return any(
-            words[j] in NEGATION_CUES and sentences[j] == sentences[i]
-            for j in range(max(0, i - self.negation_window), i)
-        )
+        words_of = language(self.language)
+        cues = folded(words_of.negation_cues, plural_es=words_of.plural_es)
+        return any(words[j] in cues and sentences[j] == sentences[i] for j in range(max(0, i - self.negation_window), i))
+
+    def _content_set(self, words: tuple[str, ...]) -> tuple[str, ...]:
+        """The distinct content words of a phrase, sorted: the key of an any-order match."""
+        stopwords = language(self.language).stopwords
+        return tuple(sorted({w for w in words if w not in stopwords and len(w) > 2}))
 
     def _set_matches(self, tokens: Tokens, words: list[str], fuzzy: list[bool]) -> Iterator[Match]:
         by_sentence: dict[int, dict[str, int]] = defaultdict(dict)
@@ -315,8 +306,3 @@ class EvidenceLexicon(ParamsMixin):
         self.present_ = np.asarray(state["present"], dtype=np.int64)
         self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
         return self
-
-
-def _content_set(words: tuple[str, ...]) -> tuple[str, ...]:
-    """The distinct content words of a phrase, sorted: the key of an any-order match."""
-    return tuple(sorted({w for w in words if w not in _STOPWORDS and len(w) > 2}))

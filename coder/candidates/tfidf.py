@@ -39,7 +39,7 @@ class TfidfClassifier(ParamsMixin):
     name: the score column written by ``candidates`` (the candidate source's name).
     text_column: the notes column that is read.
     top_k: candidates kept per (note, system).
-    min_df: a word n-gram must occur in this many training notes.
+    min_df: a word n-gram must occur in this many training notes (at most a tenth of them: tiny corpora keep their words).
     alpha: ridge penalty (on l2-normalised TF-IDF rows).
     """
 
@@ -58,7 +58,8 @@ class TfidfClassifier(ParamsMixin):
     def fit(self, corpus: Corpus, *, ontology: Any = None) -> TfidfClassifier:
         """Learn from the corpus's notes (note_id, text column) and gold codes (GOLD_SCHEMA)."""
         notes, codes = corpus.notes, corpus.codes
-        counter = CountVectorizer(ngram_range=(1, 2), min_df=self.min_df, strip_accents="unicode", lowercase=True)
+        min_df = max(1, min(self.min_df, notes.height // 10))
+        counter = CountVectorizer(ngram_range=(1, 2), min_df=min_df, strip_accents="unicode", lowercase=True)
         counts = counter.fit_transform(notes[self.text_column].fill_null("").to_list())
         self.vocabulary_ = {term: int(i) for term, i in counter.vocabulary_.items()}
         df = np.bincount(counts.indices, minlength=counts.shape[1])

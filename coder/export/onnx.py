@@ -24,7 +24,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AttentionInterface, PreTrainedModel
 
 from coder.export.parity import compare_outputs
-from coder.io.corpus import read_codes, read_notes
+from coder.io.corpus import Corpus
 from coder.metrics import gold_sets, matrix_scores
 from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_config
@@ -139,12 +139,12 @@ def _parity_batch(tokenizer, config: ModelConfig, texts: list[str] | None) -> Ba
     return next(batches(notes, batch_size=len(texts), pad_id=tokenizer.pad_token_id))
 
 
-def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev_notes: Path, dev_codes: Path, batch_size: int) -> dict[str, dict[str, float]]:
+def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev: Corpus, batch_size: int) -> dict[str, dict[str, float]]:
     """Dev MAP per system for each forward function (name -> forward)."""
     column = config.text_columns["encoder"]
-    notes = read_notes(dev_notes, text_columns=[column])
+    notes = dev.notes
     ontology = load_ontology(codes_file=folder / config.code_list if config.code_list else None)
-    gold = gold_sets(canonical_codes(read_codes(dev_codes), ontology=ontology))
+    gold = gold_sets(canonical_codes(dev.codes, ontology=ontology))
     tokenizer = load_tokenizer(folder)
     chunks = chunk_notes(notes[column].to_list(), tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     maps = {}
@@ -160,8 +160,7 @@ def dev_maps(folder: Path, config: ModelConfig, forwards: dict[str, Any], *, dev
 def export_bundle(
     folder: Path,
     *,
-    dev_notes: Path | None = None,
-    dev_codes: Path | None = None,
+    dev: Corpus | None = None,
     tolerance: float = FP32_TOLERANCE,
     fp16: bool = True,
     batch_size: int = 8,
@@ -171,7 +170,7 @@ def export_bundle(
     model = load_torch(folder, config)
     tokenizer = load_tokenizer(folder)
     column = config.text_columns["encoder"]
-    texts = read_notes(dev_notes, text_columns=[column])[column].head(8).to_list() if dev_notes else None
+    texts = dev.notes[column].head(8).to_list() if dev is not None else None
     example = _parity_batch(tokenizer, config, texts)
     if example.input_ids.shape[0] < 2 or example.input_ids.shape[1] < 2:
         example = _parity_batch(tokenizer, config, None)  # dynamic axes need >= 2 notes and chunks to trace
@@ -185,8 +184,9 @@ def export_bundle(
 
     int8 = folder / ONNX_FILES["int8"]
     quantize_int8(fp32, int8)
-    if dev_notes is not None and dev_codes is not None:
-        maps = dev_maps(folder, config, {"fp32": onnx_forward(fp32_session), "int8": onnx_forward(create_session(int8, device="cpu"))}, dev_notes=dev_notes, dev_codes=dev_codes, batch_size=batch_size)
+    if dev is not None:
+        forwards = {"fp32": onnx_forward(fp32_session), "int8": onnx_forward(create_session(int8, device="cpu"))}
+        maps = dev_maps(folder, config, forwards, dev=dev, batch_size=batch_size)
         drop = {s: round(maps["fp32"][s] - maps["int8"].get(s, 0.0), 4) for s in maps["fp32"]}
         kept = all(d <= INT8_MAX_MAP_DROP for d in drop.values())
         onnx_info["fp32"]["dev_map"] = maps["fp32"]

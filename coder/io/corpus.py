@@ -19,7 +19,7 @@ import polars as pl
 
 from coder.errors import InputFileError
 from coder.io.read import read_table
-from coder.schema import CODE, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, EVIDENCE_TEXT, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS
+from coder.schema import CODE, EVIDENCE_IN, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, EVIDENCE_TEXT, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS, TEXT_ES
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,37 @@ def read_evidence(path: Path) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Corpus:
-    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (may be empty)."""
+    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (may be empty).
+
+    Each evidence row says in ``evidence_column`` which text column its offsets point into (rows
+    without it point into ``text_es``, as CodiEsp-X's do); projection adds spans into another."""
 
     notes: pl.DataFrame
     codes: pl.DataFrame
     evidence: pl.DataFrame
 
+    def __post_init__(self) -> None:
+        if EVIDENCE_IN not in self.evidence.columns:
+            object.__setattr__(self, "evidence", self.evidence.with_columns(pl.lit(TEXT_ES, dtype=pl.String).alias(EVIDENCE_IN)))
+
     @classmethod
     def read(cls, notes: Path, codes: Path, evidence: Path | None = None, *, text_columns: Sequence[str],
-             optional: Sequence[str] = ()) -> Corpus:
-        """Read the three files; gold codes and spans of notes that are not in ``notes`` are dropped."""
+             optional: Sequence[str] = (), evidence_column: str = TEXT_ES) -> Corpus:
+        """Read the three files (the spans' offsets point into ``evidence_column``); gold codes and
+        spans of notes that are not in ``notes`` are dropped."""
         frame = read_notes(notes, text_columns=text_columns, optional=optional)
         spans = read_evidence(evidence) if evidence is not None else pl.DataFrame(schema=EVIDENCE_SCHEMA)
+        spans = spans.with_columns(pl.lit(evidence_column, dtype=pl.String).alias(EVIDENCE_IN))
         return cls(frame, read_codes(codes), spans).subset(frame[NOTE_ID])
+
+    def spans(self, column: str) -> pl.DataFrame:
+        """The evidence spans whose offsets point into ``column`` (EVIDENCE_SCHEMA)."""
+        return self.evidence.filter(pl.col(EVIDENCE_IN) == column).select(EVIDENCE_SCHEMA.names())
+
+    def with_spans(self, spans: pl.DataFrame, *, column: str) -> Corpus:
+        """This corpus with ``spans`` (EVIDENCE_SCHEMA, offsets into ``column``) added to its evidence."""
+        added = spans.select(EVIDENCE_SCHEMA.names()).with_columns(pl.lit(column, dtype=pl.String).alias(EVIDENCE_IN))
+        return Corpus(self.notes, self.codes, pl.concat([self.evidence, added]))
 
     def subset(self, note_ids: pl.Series) -> Corpus:
         def keep(frame: pl.DataFrame) -> pl.DataFrame:

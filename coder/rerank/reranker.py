@@ -105,6 +105,8 @@ class Reranker(ParamsMixin):
             return _Logistic(fitted.coef_[0], float(fitted.intercept_[0]), mean, std)
         with threadpool_limits(limits=self.n_threads):
             fitted = self._estimator().fit(x, y)
+        if all(predictor.nodes["is_leaf"][0] for (predictor,) in fitted._predictors):  # no tree ever split
+            return float(fitted.predict_proba(x[:1])[0, 1])
         return _Trees(trees_to_onnx(fitted, n_features=x.shape[1]).SerializeToString())
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:

@@ -1,5 +1,11 @@
-"""``coder train`` end to end: PLM-ICD, then (with coders' evidence spans) its ONNX export and the
-candidate sources and rerankers, all in one model folder whose config lists every component."""
+"""``coder train`` end to end: the whole model from notes and codes, in one model folder.
+
+PLM-ICD, its ONNX export, every candidate source the data allows (evidence spans and a second
+language improve the model when given; they are never required), the rerankers with their
+calibrated scores and cuts, the honest dev figures, and the card. Without dev notes a seeded
+fifth of the training notes is held out as dev: PLM-ICD's early stopping, its thresholds and the
+rerankers over its scores need notes it was not fitted on.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +13,94 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from coder.errors import UsageError
+import polars as pl
+
 from coder.export.onnx import export_bundle
-from coder.io.corpus import Corpus
+from coder.hashing import file_sha256
+from coder.io.corpus import Corpus, read_notes
 from coder.model.folder import ModelConfig, read_config
-from coder.model.write import finalize
 from coder.model.load import load_model
+from coder.model.write import finalize
 from coder.ontology import load_ontology
+from coder.rerank.reranker import Reranker, fold_ids
 from coder.rerank.score import STACK_PLM_TOP_K
-from coder.schema import TEXT_ES
+from coder.schema import NOTE_ID, TEXT_ES
+from coder.train.evaluation import evaluate_stack
 from coder.train.plm import TrainingOptions, train
-from coder.train.stacking import add_plm_rerankers, fit_stack
+from coder.train.projection import project_corpus
+from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stack
 
 logger = logging.getLogger(__name__)
 
+DEV_FRACTION = 5  # without dev notes, one fold in five of the training notes is held out
+SECOND_TEXT = (TEXT_ES,)  # other text columns the notes may hold (a second language), read when present
 
-def build_model(
-    *,
-    notes: Path,
-    codes: Path,
-    out: Path,
-    dev_notes: Path | None,
-    dev_codes: Path | None,
-    evidence: Path | None,
-    dev_evidence: Path | None,
-    text_column: str,
-    encoder_path: Path,
-    encoder_name: str,
-    codes_file: Path | None,
-    options: TrainingOptions,
-    resume: bool,
-    command: str,
-    folds: int = 5,
-) -> ModelConfig:
-    """Train PLM-ICD into ``out``; with ``evidence``, also export it and fit the candidate sources and
-    rerankers into the same folder.
 
-    The rerankers that take PLM-ICD scores are fitted on dev (PLM-ICD has no out-of-fold train
-    scores), so ``evidence`` needs ``dev_notes`` and ``dev_codes``.
-    """
-    if evidence is not None and (dev_notes is None or dev_codes is None):
-        raise UsageError("--evidence needs --dev-notes and --dev-codes: the reranker over PLM-ICD scores is fitted on dev")
-    config = train(
-        notes=notes, codes=codes, out=out, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
-        encoder_path=encoder_path, encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume,
-        command=command,
-    )
-    if evidence is None:
-        return config
-    export_bundle(out, dev_notes=dev_notes, dev_codes=dev_codes)
-    logger.info("fitting the candidate sources and rerankers into %s", out)
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The files ``coder train`` reads (the ``--*`` options); dev and evidence files are optional."""
+
+    notes: Path
+    codes: Path
+    evidence: Path | None = None
+    dev_notes: Path | None = None
+    dev_codes: Path | None = None
+    dev_evidence: Path | None = None
+    unlabelled: Path | None = None
+    """Notes without codes for unsupervised steps (word alignment of a second language)."""
+    evidence_column: str = TEXT_ES
+    """The notes column the evidence offsets point into."""
+
+    def sha256(self) -> dict[str, str]:
+        return {str(path): file_sha256(path) for path in dataclasses.astuple(self) if isinstance(path, Path)}
+
+
+def read_corpora(inputs: Inputs, *, text_column: str, seed: int) -> tuple[Corpus, Corpus, str]:
+    """(train, dev, how dev was made): the dev files, or a held-out fifth of train."""
+    columns = {"text_columns": [text_column], "optional": [c for c in SECOND_TEXT if c != text_column],
+               "evidence_column": inputs.evidence_column}
+    train_corpus = Corpus.read(inputs.notes, inputs.codes, inputs.evidence, **columns)
+    if inputs.dev_notes is not None and inputs.dev_codes is not None:
+        return train_corpus, Corpus.read(inputs.dev_notes, inputs.dev_codes, inputs.dev_evidence, **columns), "dev files"
+    held = fold_ids(train_corpus.notes[NOTE_ID], folds=DEV_FRACTION, seed=seed) == 0
+    ids = train_corpus.notes[NOTE_ID]
+    logger.info("no dev notes given: holding out %d of %d training notes as dev", int(held.sum()), ids.len())
+    return (train_corpus.subset(ids.filter(~held)), train_corpus.subset(ids.filter(held)),
+            f"a held-out fifth of the training notes (seed {seed})")
+
+
+def with_projected_spans(corpus: Corpus, *, text_column: str, unlabelled: pl.DataFrame | None) -> Corpus:
+    """``corpus`` with its second-language spans projected onto ``text_column`` when it has spans
+    there and none into ``text_column`` (``coder.train.projection``: aligners fitted on the parallel
+    training and unlabelled notes)."""
+    second = [c for c in SECOND_TEXT if c != text_column and c in corpus.notes.columns and corpus.spans(c).height]
+    if not second or corpus.spans(text_column).height:
+        return corpus
+    logger.info("projecting %d evidence spans from %s onto %s", corpus.spans(second[0]).height, second[0], text_column)
+    return corpus.with_spans(project_corpus(corpus.notes, corpus.spans(second[0]), unlabelled=unlabelled), column=text_column)
+
+
+def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Path, encoder_name: str,
+                codes_file: Path | None, options: TrainingOptions, resume: bool, command: str, folds: int = 5,
+                language: str = "en") -> ModelConfig:
+    """Train PLM-ICD into ``out``, export it, and fit the candidate sources and rerankers beside it."""
+    train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
+    unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
+    train_corpus = with_projected_spans(train_corpus, text_column=text_column, unlabelled=unlabelled)
+    config = train(train=train_corpus, dev=dev, out=out, text_column=text_column, encoder_path=encoder_path,
+                   encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume, command=command,
+                   sources=inputs.sha256())
+    export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
-    train_corpus = Corpus.read(notes, codes, evidence, text_columns=[text_column], optional=[TEXT_ES])
-    dev = Corpus.read(dev_notes, dev_codes, dev_evidence, text_columns=[text_column], optional=[TEXT_ES])
-    stack = fit_stack(train=train_corpus, ontology=ontology, folds=folds)
+    sources = default_sources(text_column=text_column, language=language)
+    logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
+    stack = fit_stack(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K).candidates
-    stack = add_plm_rerankers(stack, dev=dev, plm=plm)
-    sources, rerankers = stack.save(out)
-    return finalize(out, dataclasses.replace(read_config(out), sources=sources, rerankers=rerankers))
+    frames = dev_frames(stack, dev=dev, plm=plm, degraded_column=text_column)
+    stack = add_plm_rerankers(stack, frames=frames, gold=dev.codes)
+    source_specs, reranker_specs = stack.save(out)
+    config = read_config(out)
+    evaluation = evaluate_stack(frames, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin, degraded_column=text_column)
+    training = {**config.training, "dev": dev_origin, "folds": folds}
+    return finalize(out, dataclasses.replace(config, sources=source_specs, rerankers=reranker_specs, evaluation=evaluation,
+                                             training=training))

@@ -25,9 +25,8 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from coder.errors import UsageError
-from coder.hashing import file_sha256
 from coder.io.atomic import write_json
-from coder.io.corpus import read_codes, read_notes
+from coder.io.corpus import Corpus
 from coder.model.chunking import ChunkedNote, chunk_notes, collate
 from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, read_config
 from coder.model.write import finalize
@@ -75,6 +74,7 @@ class TrainingOptions:
     max_chunks: int = 24
     attention_dim: int = 256
     eval_batch_size: int = 8
+    label_init: str = "descriptions"  # or "random": how the label-wise attention starts (see _describe_labels)
 
 
 @dataclass(frozen=True)
@@ -155,24 +155,18 @@ class Data:
     dev: Split | None
 
 
-def _load_data(*, notes: Path, codes: Path, dev_notes: Path | None, dev_codes: Path | None, text_column: str, encoder_path: Path, codes_file: Path | None, options: TrainingOptions) -> tuple[Data, Ontology]:
-    """Read and tokenise the splits; labels are the training codes the ontology knows (or the code list vouches for)."""
-    ontology = load_ontology(codes_file=codes_file)
-    train_notes = read_notes(notes, text_columns=[text_column])
-    gold = read_codes(codes).filter(pl.col(NOTE_ID).is_in(train_notes[NOTE_ID].to_list()))
-    train_canonical = canonical_codes(gold, ontology=ontology)
+def _load_data(train: Corpus, dev: Corpus | None, *, text_column: str, encoder_path: Path, ontology: Ontology,
+               options: TrainingOptions) -> Data:
+    """Tokenise the splits; labels are the training codes the ontology knows (or the code list vouches for)."""
+    train_canonical = canonical_codes(train.codes, ontology=ontology)
     labels = build_labels(train_canonical)
     if not labels.labels:
-        raise UsageError(f"{codes} gives no code the ontology knows for the notes in {notes}")
+        raise UsageError("the training codes hold no code the ontology knows (pass --codes-file to vouch for others)")
     logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in _count_systems(labels).items()))
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
     split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
-    dev = None
-    if dev_notes is not None and dev_codes is not None:
-        dev_frame = read_notes(dev_notes, text_columns=[text_column])
-        dev = _split(dev_frame, canonical_codes(read_codes(dev_codes), ontology=ontology), name="dev", **split_args)
-    data = Data(labels=labels, tokenizer=tokenizer, train=_split(train_notes, train_canonical, name="train", **split_args), dev=dev)
-    return data, ontology
+    return Data(labels=labels, tokenizer=tokenizer, train=_split(train.notes, train_canonical, name="train", **split_args),
+                dev=_split(dev.notes, canonical_codes(dev.codes, ontology=ontology), name="dev", **split_args) if dev else None)
 
 
 def _base_config(out: Path, data: Data, *, ontology: Ontology, options: TrainingOptions, text_column: str, encoder_path: Path,
@@ -257,11 +251,9 @@ def _restore(folder: Path, *, model: PlmIcd, optimizer, scheduler, labels: Label
 
 def train(
     *,
-    notes: Path,
-    codes: Path,
+    train: Corpus,
     out: Path,
-    dev_notes: Path | None = None,
-    dev_codes: Path | None = None,
+    dev: Corpus | None = None,
     text_column: str = "text",
     encoder_path: Path,
     encoder_name: str,
@@ -269,26 +261,25 @@ def train(
     options: TrainingOptions = TrainingOptions(),
     resume: bool = False,
     command: str = "",
+    sources: dict[str, str] | None = None,
 ) -> ModelConfig:
-    """Train PLM-ICD on ``notes``/``codes`` and write a complete model folder to ``out``."""
-    if (dev_notes is None) != (dev_codes is None):
-        raise UsageError("give both --dev-notes and --dev-codes, or neither")
+    """Train PLM-ICD on the ``train`` corpus (early stopping and thresholds on ``dev``) and write a
+    complete model folder to ``out``. ``sources``: the input files and their sha256, for provenance."""
     checkpoint_path = checkpoint_folder(out)
     if resume and not (checkpoint_path / "state.json").is_file():
         raise UsageError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
     torch.manual_seed(options.seed)
-    data, ontology = _load_data(
-        notes=notes, codes=codes, dev_notes=dev_notes, dev_codes=dev_codes, text_column=text_column,
-        encoder_path=encoder_path, codes_file=codes_file, options=options,
-    )
-    sources = {str(p): file_sha256(p) for p in (notes, codes, dev_notes, dev_codes) if p is not None}
+    ontology = load_ontology(codes_file=codes_file)
+    data = _load_data(train, dev, text_column=text_column, encoder_path=encoder_path, ontology=ontology, options=options)
     base = _base_config(
         out, data, ontology=ontology, options=options, text_column=text_column, encoder_path=encoder_path,
-        encoder_name=encoder_name, sources=sources, command=command, code_list=CODE_LIST_FILE if codes_file else None,
+        encoder_name=encoder_name, sources=sources or {}, command=command, code_list=CODE_LIST_FILE if codes_file else None,
     )
     model = PlmIcd(encoder=AutoModel.from_pretrained(str(encoder_path)), n_labels=len(data.labels.labels), attention_dim=options.attention_dim)
     with torch.no_grad():
         model.head.label_bias.copy_(_prior_bias(data.train.targets))
+    if options.label_init == "descriptions" and not resume:
+        _describe_labels(model, data.labels, tokenizer=data.tokenizer, ontology=ontology)
     optimizer = _optimizer(model, options)
     total = math.ceil(len(_epoch_batches(data.train, options=options, epoch=0)) / options.accumulation) * options.epochs
     scheduler = _schedule(optimizer, total=total, warmup=max(1, int(options.warmup * total)))
@@ -324,6 +315,28 @@ def train(
             _save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, labels=data.labels, state=state)
     shutil.rmtree(checkpoint_path, ignore_errors=True)
     return read_config(out)
+
+
+def _describe_labels(model: PlmIcd, labels: LabelSet, *, tokenizer, ontology: Ontology, batch_size: int = 64) -> None:
+    """Start each label's query (U) and output vector (O) from its code description, mean-pooled by
+    the encoder, at the norm of the random start: a label attends to, and scores, the tokens that
+    read like its description before it has seen an example, which helps the rare labels most."""
+    texts = [ontology.description(label.code, label.system) or label.code for label in labels.labels]
+    model.eval()
+    pooled = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            states = model.encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled.append((states * mask).sum(1) / mask.sum(1))
+        descriptions = torch.cat(pooled)  # [labels, hidden]
+        head = model.head
+        for weight, direction in ((head.label_weights, descriptions),
+                                  (head.label_queries.weight, torch.tanh(head.project(descriptions)))):
+            norm = weight.norm(dim=1, keepdim=True).mean()
+            weight.copy_(direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-6) * norm)
+    model.train()
 
 
 def _count_systems(labels: LabelSet) -> dict[str, int]:

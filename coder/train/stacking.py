@@ -24,6 +24,7 @@ import polars as pl
 from coder.candidates import CandidateSource, kind_of
 from coder.candidates.features import PLM_ICD, assemble, code_prior, with_labels
 from coder.candidates.lexicon import EvidenceLexicon
+from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.io.atomic import write_parquet
@@ -40,10 +41,22 @@ SourceFrames = dict[str, pl.DataFrame]
 """Source name -> its candidate frame, in evidence priority."""
 
 
-def default_sources() -> list[CandidateSource]:
-    """The sources ``coder train`` fits when the data allows (unfitted, in evidence priority)."""
-    return [EvidenceLexicon(name="lexicon", text_column=TEXT_ES), OntologySearch(name="ontology", text_column=TEXT),
-            TfidfClassifier(name="tfidf", text_column=TEXT)]
+def default_sources(*, text_column: str = TEXT, language: str = "en") -> list[CandidateSource]:
+    """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
+    are left out when fitting): the lexicons of coders' spans (the second language's, then the main
+    text's, own or projected), the lexicons mined from notes and codes, the ontology search, the
+    TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its language (the
+    ontology's descriptions are English: other languages mine without them)."""
+    second = [column for column in (TEXT_ES,) if column != text_column]
+    return [
+        *(EvidenceLexicon(name=f"lexicon_{c.removeprefix('text_')}", text_column=c, language="es") for c in second),
+        EvidenceLexicon(name="lexicon", text_column=text_column, language=language),
+        MinedLexicon(name="mined", text_column=text_column, language=language, descriptions=language == "en"),
+        *(MinedLexicon(name=f"mined_{c.removeprefix('text_')}", text_column=c, language="es", descriptions=False)
+          for c in second),
+        OntologySearch(name="ontology", text_column=text_column),
+        TfidfClassifier(name="tfidf", text_column=text_column),
+    ]
 
 
 def fresh(source: CandidateSource) -> CandidateSource:
@@ -147,16 +160,23 @@ def fit_stack(*, train: Corpus, ontology: Ontology, sources: Sequence[CandidateS
     return Stack(tuple(fitted), rerankers, code_prior(train.codes))
 
 
-def add_plm_rerankers(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, reranker: Reranker | None = None,
-                      degraded_column: str | None = TEXT) -> Stack:
-    """Rerankers for the stack's sources plus PLM-ICD (``plm``: its dev candidate frame), which
-    has no out-of-fold train version: fitted on dev candidates built by the train-fitted sources.
-    Report such a stack's dev figures with ``cross_fit``, never with this reranker."""
-    reranker = reranker or Reranker()
-    rerankers = dict(stack.rerankers)
+def dev_frames(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, degraded_column: str | None = TEXT
+               ) -> dict[tuple[str, ...], pl.DataFrame]:
+    """Labelled dev candidate frames with PLM-ICD's (``plm``: its dev candidate frame), per set of
+    sources a dump allows: every column, and only ``degraded_column``. The sources were fitted on
+    train; PLM-ICD has no out-of-fold train scores, so its rerankers learn from these."""
+    out = {}
     for notes in [dev.notes] + ([dev.notes.select(NOTE_ID, degraded_column)] if degraded_column else []):
         frames = source_frames(stack.sources, notes)
         frames[PLM_ICD] = plm.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
-        frame = with_labels(assemble(frames, prior=stack.prior), dev.codes)
-        rerankers[tuple(frames)] = Reranker(**reranker.get_params()).fit(frame, gold=dev.codes)
-    return Stack(stack.sources, rerankers, stack.prior)
+        out[tuple(frames)] = with_labels(assemble(frames, prior=stack.prior), dev.codes)
+    return out
+
+
+def add_plm_rerankers(stack: Stack, *, frames: dict[tuple[str, ...], pl.DataFrame], gold: pl.DataFrame,
+                      reranker: Reranker | None = None) -> Stack:
+    """Rerankers for the stack's sources plus PLM-ICD, fitted on the dev ``frames`` (``dev_frames``).
+    Report such a stack's dev figures with ``cross_fit``, never with these rerankers."""
+    reranker = reranker or Reranker()
+    fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold) for sources, frame in frames.items()}
+    return Stack(stack.sources, {**stack.rerankers, **fitted}, stack.prior)

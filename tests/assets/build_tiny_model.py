@@ -79,6 +79,7 @@ def build_encoder(folder: Path) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from coder.export.onnx import export_bundle
+    from coder.io.corpus import Corpus
     from coder.train.plm import TrainingOptions, train
 
     shutil.rmtree(ROOT, ignore_errors=True)
@@ -89,12 +90,10 @@ def main() -> None:
     notes.write_parquet(data / "notes.parquet")
     codes.write_parquet(data / "codes.parquet")
     options = TrainingOptions(epochs=3, batch_size=4, accumulation=1, head_lr=1e-2, encoder_lr=1e-3, chunk_len=16, max_chunks=4, attention_dim=16, seed=SEED)
-    train(
-        notes=data / "notes.parquet", codes=data / "codes.parquet", dev_notes=data / "notes.parquet",
-        dev_codes=data / "codes.parquet", out=ROOT / "bundle", encoder_path=ROOT / "encoder",
-        encoder_name="tiny-random-bert", options=options, command="python tests/assets/build_tiny_model.py",
-    )
-    export_bundle(ROOT / "bundle", dev_notes=data / "notes.parquet", dev_codes=data / "codes.parquet")
+    corpus = Corpus.read(data / "notes.parquet", data / "codes.parquet", text_columns=["text"])
+    train(train=corpus, dev=corpus, out=ROOT / "bundle", encoder_path=ROOT / "encoder", encoder_name="tiny-random-bert",
+          options=options, command="python tests/assets/build_tiny_model.py")
+    export_bundle(ROOT / "bundle", dev=corpus)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""MinedLexicon on synthetic notes: links from notes and codes alone, offsets, the negation flag, persistence."""
+
+import polars as pl
+
+from coder.candidates.mined import MinedLexicon
+from coder.io.corpus import Corpus
+from coder.schema import EVIDENCE_SCHEMA
+
+NOTES = pl.DataFrame({"note_id": [f"n{i}" for i in range(6)], "text": [
+    "Patient with acute pancreatitis.\nCT of the abdomen.", "Known acute pancreatitis. Fever.",
+    "Fever and cough.", "Fractured left femur after a fall.", "Cough. CT of the abdomen.", "Acute pancreatitis again."]})
+CODES = pl.DataFrame({"note_id": ["n0", "n1", "n5", "n0", "n4", "n3", "n1", "n2"],
+                      "code": ["K85.9", "K85.9", "K85.9", "BW20", "BW20", "S72.92", "R50.9", "R50.9"],
+                      "system": ["ICD-10-CM"] * 3 + ["ICD-10-PCS"] * 2 + ["ICD-10-CM"] * 3})
+TERMS = {"K85.9": "Acute pancreatitis, unspecified", "BW20": "Computerized Tomography (CT Scan) of Abdomen",
+         "S72.92": "Unspecified fracture of left femur", "R50.9": "Fever, unspecified"}
+
+
+class Terms:
+    """The two ontology calls the lexicon makes, answered from TERMS."""
+
+    def description(self, code, system):
+        return TERMS[code]
+
+    def inclusion_terms(self, code):
+        return ()
+
+
+def fitted(**params) -> MinedLexicon:
+    corpus = Corpus(NOTES, CODES, pl.DataFrame(schema=EVIDENCE_SCHEMA))
+    return MinedLexicon(min_llr=0.0, max_tokens=6, **params).fit(corpus, ontology=Terms())
+
+
+def _one(text: str) -> pl.DataFrame:
+    return pl.DataFrame({"note_id": ["x"], "text": [text]})
+
+
+def test_proposes_codes_with_offsets_into_the_text():
+    text = "Admitted for acute pancreatitis; no fever."
+    found = fitted().candidates(_one(text))
+    row = found.filter(pl.col("code") == "K85.9").row(0, named=True)
+    assert text[row["evidence_start"]:row["evidence_end"]] == row["evidence_text"]
+    assert "pancreatitis" in row["evidence_text"].lower() and not row["mined_negated"]
+    fever = found.filter(pl.col("code") == "R50.9").row(0, named=True)
+    assert fever["mined_negated"] and fever["evidence_text"] == "fever"
+    assert fitted(negated_weight=0.0).candidates(_one(text)).filter(pl.col("code") == "R50.9")["mined"].item() == 0.0
+
+
+def test_description_link_for_a_code_seen_once():
+    assert "S72.92" in fitted().candidates(_one("Fracture of the left femur."))["code"].to_list()
+    assert fitted(min_overlap=2.0).candidates(_one("fracture")).is_empty()
+    assert fitted(descriptions=False).candidates(_one("Fracture of the left femur.")).is_empty()  # seen once: no link
+
+
+def test_the_name_prefixes_every_column():
+    found = fitted(name="mined_es").candidates(_one("acute pancreatitis"))
+    assert {"mined_es", "mined_es_support", "mined_es_negated"} <= set(found.columns)
+
+
+def test_save_load_round_trip(tmp_path):
+    lexicon = fitted()
+    lexicon.save(tmp_path)
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".npz"}
+    notes = NOTES.with_columns(pl.col("note_id") + "_new")
+    assert MinedLexicon.load(tmp_path).candidates(notes).equals(lexicon.candidates(notes))
