@@ -192,7 +192,8 @@ def _base_config(out: Path, data: Data, *, ontology: Ontology, options: Training
         attention_dim=options.attention_dim,
         text_columns={"encoder": text_column},
         encoder={"name": encoder_name, "source": str(encoder_path)},
-        ontology=dict(ontology.release),
+        # the folder's own copy of the code list, not the path it was trained from (folders travel)
+        ontology={**ontology.release, "code_list": code_list} if code_list else dict(ontology.release),
         unknown_codes=data.labels.unknown,
         training=provenance,
         dev_metrics={},
