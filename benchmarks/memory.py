@@ -14,7 +14,7 @@ process). Run with ``nice``: it keeps the CPU busy for minutes.
 The `coder` console script imports the package from this checkout; put another checkout first on
 PYTHONPATH to measure it with the same harness (e.g. a `git worktree` of an older commit).
 
-Prints a markdown table for benchmarks/RESULTS.md.
+Prints a markdown table and appends the run to this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,13 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+
+from results import add_run  # benchmarks/results.py: scripts run from this folder
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "benchmarks" / "data" / "background_200.parquet"
@@ -105,26 +110,36 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    print(f"model: {args.model}, batch size {args.batch_size}, {os.cpu_count()} CPUs, "
-          f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}, "
-          f"load average at start {os.getloadavg()[0]:.1f}")
-    print("\n| notes | wall s | pipeline notes/s | peak RSS MiB | codes written | load average at end |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"`{shlex.join(['python', 'benchmarks/memory.py', *sys.argv[1:]])}` on {platform.machine()} ({os.cpu_count()} CPUs): "
+        f"model {args.model}, batch size {args.batch_size}, "
+        f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}, "
+        f"load average at start {os.getloadavg()[0]:.1f}.",
+        "",
+        "| notes | wall s | pipeline notes/s | peak RSS MiB | codes written | load average at end |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(lines), flush=True)
     for n in (int(s) for s in args.sizes.split(",")):
         notes = synthesise(n, args.workdir / f"background-{n}-{args.chars or 'full'}.parquet", chars=args.chars)
         run = run_predict(notes, args.workdir / f"pred-{n}.parquet", model=args.model, batch_size=args.batch_size)
         timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
-        print(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
-              f"| {counts['codes_written']:,} | {run['load']:.1f} |", flush=True)
+        lines.append(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
+                     f"| {counts['codes_written']:,} | {run['load']:.1f} |")
+        print(lines[-1], flush=True)
 
     if args.overhead_notes:
         notes = synthesise(args.overhead_notes, args.workdir / f"background-{args.overhead_notes}-full.parquet")
         alone = model_only(notes, model=args.model, batch_size=args.batch_size)
         run = run_predict(notes, args.workdir / "pred-overhead.parquet", model=args.model, batch_size=args.batch_size)
         end_to_end = run["manifest"]["timing"]["notes_per_s"]
-        print(f"\noverhead on {args.overhead_notes:,} notes: model alone {alone:.2f} notes/s, "
-              f"end to end {end_to_end:.2f} notes/s ({end_to_end / alone:.0%} of model-only; "
-              f"excludes process start and model load: {run['seconds']:.1f} s wall in all)")
+        lines += ["", f"Overhead on {args.overhead_notes:,} notes: model alone {alone:.2f} notes/s, "
+                      f"end to end {end_to_end:.2f} notes/s ({end_to_end / alone:.0%} of model-only; "
+                      f"excludes process start and model load: {run['seconds']:.1f} s wall in all)."]
+        print(lines[-1])
+    add_run("memory", title="## `coder predict`: peak memory against dump size (benchmarks/memory.py)",
+            section="\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
