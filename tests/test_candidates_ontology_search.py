@@ -167,3 +167,20 @@ def test_threads_do_not_change_candidates(search, monkeypatch, threads):
     expected = search.candidates(NOTES)
     monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", threads)
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
+
+
+
+def test_features_in_more_terms_than_max_postings_are_left_out(cache, tmp_path):
+    terms = pl.concat([TERMS, pl.DataFrame([(CM, "I15.9", "Secondary hypertension")], schema=TERMS_SCHEMA, orient="row")])
+    full = OntologySearch(char_ngrams=None, max_postings=None).index(terms)
+    pruned = OntologySearch(char_ngrams=None, max_postings=1).index(terms)
+    common = full.vectorizer_.vocabulary_["hypertension"]  # in two terms
+    postings = np.diff(full.term_matrix_.indptr)
+    assert postings[common] == 2 and np.diff(pruned.term_matrix_.indptr)[common] == 0
+    assert (np.delete(np.diff(pruned.term_matrix_.indptr), common) == np.delete(postings, common)).all()
+    # a search saved before the parameter existed keeps every feature
+    full.save(tmp_path / "old")
+    state = json.loads((tmp_path / "old" / "search.json").read_text())
+    del state["max_postings"]
+    (tmp_path / "old" / "search.json").write_text(json.dumps(state))
+    assert OntologySearch.load(tmp_path / "old").max_postings is None

@@ -82,16 +82,20 @@ class OntologySearch(ParamsMixin):
     name: the score column written by ``candidates`` (the candidate source's name).
     top_k: candidates kept per (note, system).
     char_ngrams: character n-gram lengths inside words; None uses words only.
+    max_postings: a feature (word or character n-gram) found in more terms than this is left out of
+        the term matrix; None keeps all. Such features (``tion``, ``of``) carry little weight but most
+        of the sparse product's work (the index logs the share left out; README "Speed and memory").
     """
 
     learns_from_notes = False
 
     def __init__(self, *, name: str = "ontology", text_column: str = TEXT, top_k: int = 30,
-                 char_ngrams: tuple[int, int] | None = (4, 5)):
+                 char_ngrams: tuple[int, int] | None = (4, 5), max_postings: int | None = 20_000):
         self.text_column = text_column
         self.name = name
         self.top_k = top_k
         self.char_ngrams = char_ngrams
+        self.max_postings = max_postings
 
     def _vectorizer(self, vocabularies: Sequence[list[str] | None] = (None, None)) -> FeatureUnion | TfidfVectorizer:
         """The unfitted vectorizer, or with ``vocabularies`` (words, chars) one whose parts only need their idf."""
@@ -117,7 +121,15 @@ class OntologySearch(ParamsMixin):
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
         # [n_features, n_terms], float32 CSR: a sentence-times-terms product is ~10x faster this way round
-        self.term_matrix_ = _unit_rows(self.vectorizer_.transform(texts)).T.tocsr().astype(np.float32)
+        matrix = _unit_rows(self.vectorizer_.transform(texts)).T.tocsr().astype(np.float32)
+        if self.max_postings is not None:
+            keep = np.diff(matrix.indptr) <= self.max_postings
+            kept = (sparse.diags(keep.astype(np.float32)) @ matrix).tocsr()
+            kept.eliminate_zeros()
+            logger.info("ontology search: %d features found in more than %d terms left out (%.0f%% of the term matrix)",
+                        (~keep).sum(), self.max_postings, 100 * (1 - kept.nnz / max(matrix.nnz, 1)))
+            matrix = kept
+        self.term_matrix_ = matrix
         logger.info("ontology search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
 
@@ -252,6 +264,7 @@ class OntologySearch(ParamsMixin):
         params = read_state(path, "search.json", what="ontology search", also=("terms.parquet",))
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
+        params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
         self = cls(**params)
         terms_file = path / "terms.parquet"
         terms = pl.read_parquet(terms_file)
@@ -273,7 +286,8 @@ class OntologySearch(ParamsMixin):
 
     def _index_salt(self) -> str:
         """What the fitted index depends on besides the terms."""
-        return json.dumps({"index": INDEX_VERSION, "char_ngrams": self.char_ngrams, "sklearn": sklearn.__version__,
+        return json.dumps({"index": INDEX_VERSION, "char_ngrams": self.char_ngrams, "max_postings": self.max_postings,
+                           "sklearn": sklearn.__version__,
                            "scipy": scipy.__version__, "numpy": np.__version__})
 
     def _index_arrays(self, key: str) -> dict[str, np.ndarray]:
