@@ -5,7 +5,8 @@ from polars.testing import assert_frame_equal
 import pytest
 
 from coder.errors import ModelBundleError, NotFittedError
-from coder.candidates.lexicon import EvidenceLexicon, Tokens, fold
+from coder.candidates.lexicon import EvidenceLexicon
+from coder.candidates.words import Tokens, fold
 from coder.schema import CM, PCS
 
 

@@ -13,7 +13,6 @@ dumps that lack that column.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 from collections import Counter, defaultdict
@@ -28,7 +27,7 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
-from coder.candidates.words import SENTENCE_END, WORD, fold, folded, language
+from coder.candidates.words import Tokens, folded, language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
 
@@ -38,27 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXACT, TOKEN_SET = "exact", "set"
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """A text cut into folded words with character offsets and the sentence each word is in."""
-
-    words: list[str]
-    starts: list[int]
-    ends: list[int]
-    sentences: list[int]
-
-    @classmethod
-    def of(cls, text: str, *, plural_es: bool = True) -> Tokens:
-        boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
-        words, starts, ends, sentences = [], [], [], []
-        for m in WORD.finditer(text):
-            words.append(fold(m.group(), plural_es=plural_es))
-            starts.append(m.start())
-            ends.append(m.end())
-            sentences.append(bisect.bisect_left(boundaries, m.start()))
-        return cls(words, starts, ends, sentences)
 
 
 @dataclass(frozen=True)

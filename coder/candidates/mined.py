@@ -25,10 +25,10 @@ between) is flagged and scores ``negated_weight`` times its link. Words are ``\\
 (``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
 depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
 
-Measured on CodiEsp (English ``text``, fitted on train, dev unseen): MAP 0.474 CM / 0.407 PCS alone,
-0.501 / 0.471 reranked with the TF-IDF classifier; without descriptions 0.393 / 0.385; the maximum
-over a code's matches beats noisy-or (0.374 / 0.385); suppressing negated matches lowered MAP in
-every form tried (coders code some negated findings), so negation is a reranker feature.
+On CodiEsp (English ``text``, fitted on train, dev unseen) it reaches MAP 0.469 CM / 0.408 PCS alone
+(``python benchmarks/accuracy.py``). Description links, ``combine="max"`` and keeping negated matches
+(negation is a reranker feature: coders code some negated findings) were chosen over their
+alternatives in development runs whose scripts are not in the repository.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import polars as pl
 from scipy import sparse
 from scipy.special import xlogy
 
-from coder.candidates.words import SENTENCE_END, WORD, fold, folded, language
+from coder.candidates.words import WORD, Tokens, fold, folded, language
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_atomically, write_text
@@ -64,15 +64,12 @@ STATISTICS = ("llr", "pmi")
 Describe = Callable[[str, str], "str | Sequence[str]"]
 
 
-def tokenize(text: str, *, plural_es: bool) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Folded words, their start and end offsets, and the sentence and clause (also ended by a
-    comma or parenthesis) each word is in."""
-    found = list(WORD.finditer(text))
-    starts = np.array([m.start() for m in found], dtype=np.int64)
-    ends = np.array([m.end() for m in found], dtype=np.int64)
-    sentences, clauses = (np.array([bisect.bisect_left(cuts, s) for s in starts.tolist()], dtype=np.int64)
-                          for cuts in ([m.start() for m in p.finditer(text)] for p in (SENTENCE_END, _CLAUSE_END)))
-    return [fold(m.group(), plural_es=plural_es) for m in found], starts, ends, sentences, clauses
+def tokenize(text: str, *, plural_es: bool) -> tuple[Tokens, np.ndarray]:
+    """The text's words (``Tokens``) and the clause (a sentence also ended by a comma or
+    parenthesis) each word is in."""
+    tokens = Tokens.of(text, plural_es=plural_es)
+    cuts = [m.start() for m in _CLAUSE_END.finditer(text)]
+    return tokens, np.array([bisect.bisect_left(cuts, start) for start in tokens.starts], dtype=np.int64)
 
 
 class MinedLexicon(ParamsMixin):
@@ -149,7 +146,8 @@ class MinedLexicon(ParamsMixin):
 
     def occurrences(self, text: str) -> Iterator[tuple[tuple[str, ...], int, int, bool]]:
         """(phrase words, start, end, negated) of every admissible n-gram of ``text``."""
-        words, starts, ends, sentences, clauses = tokenize(text, plural_es=language(self.language).plural_es)
+        tokens, clauses = tokenize(text, plural_es=language(self.language).plural_es)
+        words, sentences = tokens.words, tokens.sentences
         stop = self._folded(language(self.language).stopwords)
         negated = self._negated(words, clauses)
         for i in range(len(words)):
@@ -159,7 +157,7 @@ class MinedLexicon(ParamsMixin):
                 if sentences[j] != sentences[i]:
                     break
                 if words[j] not in stop:
-                    yield tuple(words[i : j + 1]), int(starts[i]), int(ends[j]), bool(negated[i])
+                    yield tuple(words[i : j + 1]), tokens.starts[i], tokens.ends[j], bool(negated[i])
 
     def _negated(self, words: list[str], clauses: np.ndarray) -> np.ndarray:
         """[n_words] whether a negation cue reaches the word (see the module docstring)."""

@@ -7,6 +7,7 @@ lists and the plural rule are all it needs to know of a language. A new language
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import unicodedata
@@ -76,3 +77,24 @@ def fold(word: str, *, plural_es: bool = True) -> str:
 def folded(words: tuple[str, ...], *, plural_es: bool) -> frozenset[str]:
     """The folded forms of a word list (cached: the lists are read for every note)."""
     return frozenset(fold(word, plural_es=plural_es) for word in words)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A text cut into folded words with character offsets and the sentence each word is in."""
+
+    words: list[str]
+    starts: list[int]
+    ends: list[int]
+    sentences: list[int]
+
+    @classmethod
+    def of(cls, text: str, *, plural_es: bool = True) -> Tokens:
+        boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
+        words, starts, ends, sentences = [], [], [], []
+        for m in WORD.finditer(text):
+            words.append(fold(m.group(), plural_es=plural_es))
+            starts.append(m.start())
+            ends.append(m.end())
+            sentences.append(bisect.bisect_left(boundaries, m.start()))
+        return cls(words, starts, ends, sentences)
