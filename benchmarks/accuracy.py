@@ -30,7 +30,7 @@ import polars as pl
 
 from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior, with_labels
 from coder.io.corpus import Corpus, read_notes
-from coder.metrics import gold_sets, rankings, ranking_scores
+from coder.metrics import gold_sets, rankings, system_scores
 from coder.ontology import load_ontology
 from coder.rerank.reranker import Reranker
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
@@ -47,8 +47,7 @@ def metrics(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str
     """MAP and P@5 per system, and recall@50 of the gold (note, code) pairs whose code train never had."""
     truth, ranked = gold_sets(gold), rankings(scored, score=SCORE)
     out: dict[str, float] = {}
-    for system in SYSTEMS:
-        found = ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=(5,))
+    for system, found in system_scores(ranked, truth).items():
         out[f"MAP {system}"], out[f"P@5 {system}"] = found.map, found.precision_at[5]
         pairs = [(note, code) for note, codes in truth.get(system, {}).items() for code in codes if (system, code) in unseen]
         top = {note: set(codes[:50]) for note, codes in ranked.get(system, {}).items()}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from coder.schema import CODE, NOTE_ID, SYSTEM
+from coder.schema import CODE, NOTE_ID, SYSTEM, SYSTEMS
 
 RANK_LIMIT = 1000  # the official scorer reads at most 1,000 codes per note
 
@@ -153,6 +153,13 @@ def gold_sets(codes: pl.DataFrame) -> dict[str, dict[str, set[str]]]:
     for note_id, code, system in codes.select(NOTE_ID, CODE, SYSTEM).iter_rows():
         out.setdefault(system, {}).setdefault(note_id, set()).add(code)
     return out
+
+
+def system_scores(ranked: Mapping[str, Rankings], truth: Mapping[str, GoldSets], *,
+                  ks: Sequence[int] = (5,)) -> dict[str, RankingScores]:
+    """Per system of ``SYSTEMS``, the ranking metrics of its rankings (``rankings``) against its gold
+    sets (``gold_sets``); a system absent from either side is scored on empty mappings."""
+    return {system: ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=ks) for system in SYSTEMS}
 
 
 def matrix_scores(scores: np.ndarray, *, note_ids: Sequence[str], labels: Sequence[tuple[str, str]],

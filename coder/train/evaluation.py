@@ -12,9 +12,9 @@ from typing import Any
 import polars as pl
 
 from coder.candidates.features import ABSENT_RANK, LABEL
-from coder.metrics import gold_sets, rankings, ranking_scores
+from coder.metrics import gold_sets, rankings, system_scores
 from coder.rerank.reranker import Reranker
-from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM, SYSTEMS
+from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM
 from coder.train.stacking import cross_fit
 
 PROTOCOL = ("CodiEsp's MAP (mean over the dev notes with gold codes of the system and a prediction) and P@5, from "
@@ -24,10 +24,8 @@ PROTOCOL = ("CodiEsp's MAP (mean over the dev notes with gold codes of the syste
 
 def row(name: str, scored: pl.DataFrame, gold: pl.DataFrame) -> dict[str, Any]:
     """One evaluation row: MAP and P@5 per system of ``scored`` (candidates with ``score``)."""
-    truth, ranked = gold_sets(gold), rankings(scored, score=SCORE)
     out: dict[str, Any] = {"ranking": name}
-    for system in SYSTEMS:
-        found = ranking_scores(ranked.get(system, {}), truth.get(system, {}), ks=(5,))
+    for system, found in system_scores(rankings(scored, score=SCORE), gold_sets(gold)).items():
         short = system.removeprefix("ICD-10-")
         out[f"MAP {short}"], out[f"P@5 {short}"] = round(found.map, 4), round(found.precision_at[5], 4)
     return out
