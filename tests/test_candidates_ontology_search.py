@@ -150,15 +150,32 @@ def test_unwritable_cache_only_warns(search, tmp_path, monkeypatch, caplog):
     assert "cannot write search index" in caplog.text
 
 
-def test_blocks_and_groups_do_not_change_candidates(search, monkeypatch):
+@pytest.mark.parametrize("top_k", [1, 2, 10])
+def test_bounds_blocks_and_groups_do_not_change_candidates(monkeypatch, top_k):
+    search = OntologySearch(top_k=top_k).index(TERMS)
+    monkeypatch.setattr("coder.candidates.ontology_search.EXACT_FIRST", 10**6)  # every code scored exactly
     expected = search.candidates(NOTES)
-    monkeypatch.setattr("coder.candidates.ontology_search.SENTENCE_BLOCK", 2)  # notes a and c span several blocks
+    monkeypatch.setattr("coder.candidates.ontology_search.EXACT_FIRST", 1)  # top_k codes, more while bounds allow
+    monkeypatch.setattr("coder.candidates.ontology_search.SIMILARITY_BUDGET", 1)  # one term at a time
     monkeypatch.setattr("coder.candidates.ontology_search.TEXT_BUDGET", 10)  # one note per vectorizer call
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
-    # at 2 sentences a block, note a's evidence lies in blocks before its last, which are recomputed
-    evidence = dict(expected.filter(pl.col("note_id") == "a").select("code", "evidence_text").iter_rows())
-    assert evidence == {"I10": " high blood pressure", "J45.909": " Asthma, uncomplicated",
-                        "0DTJ": "Appendix resection was done"}
+    if top_k == 2:
+        evidence = dict(expected.filter(pl.col("note_id") == "a").select("code", "evidence_text").iter_rows())
+        assert evidence == {"I10": " high blood pressure", "J45.909": " Asthma, uncomplicated",
+                            "0DTJ": "Appendix resection was done"}
+
+
+def test_scores_are_the_best_cosine_of_any_term_with_any_sentence():
+    search = OntologySearch(top_k=10).index(TERMS)
+    found = search.candidates(NOTES)
+    for note_id, _, _, sentences in search._sentence_vectors(NOTES):
+        cosines = (sentences @ search.term_matrix_).toarray().max(axis=0)  # every sentence against every term
+        best = {}
+        for (system, code), cosine in zip(search.terms_.select("system", "code").iter_rows(), cosines):
+            best[system, code] = max(best.get((system, code), 0.0), float(cosine))
+        rows = found.filter(pl.col("note_id") == note_id)
+        assert {(s, c): v for s, c, v in rows.select("system", "code", "ontology").iter_rows()} == {
+            key: value for key, value in best.items() if value > 0}
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5], ids=["one-thread", "two-threads", "more-threads-than-notes"])

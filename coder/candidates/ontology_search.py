@@ -48,13 +48,16 @@ TERMS_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, TERM: pl.String})
 _SENTENCE = re.compile(r"[^\n.;]+")
 PCS_PREFIX_LENGTH = 4  # CodiEsp often cuts PCS codes to their first 4 axes
 INDEX_VERSION = 1  # bump when the cached index's layout or the way it is fitted changes
-# Sentences per sparse product: bounds the [block, n_terms] similarities (~50 MB dense at 64 x 201k,
-# as much again sparse); 99% of CodiEsp notes have fewer sentences.
-SENTENCE_BLOCK = 64
-_NONE = np.iinfo(np.int64).max  # "no such row" in a minimum over rows
+# Codes of a system first scored exactly, as a multiple of top_k (grown 4x while the bounds of the
+# codes left out allow one of them into the top k); on CodiEsp dev ~100 of a system's ~100k codes
+# have a bound above the k-th score.
+EXACT_FIRST = 4
+# Sentence-by-term similarities held at once (64 MB of float32).
+SIMILARITY_BUDGET = 16_000_000
+_NONE = np.iinfo(np.int64).max  # "no such sentence" in a minimum over terms
 # Characters of note text vectorised in one call: one call per note cost more than the product.
 TEXT_BUDGET = 200_000
-# Threads for candidates(); each holds one block of similarities (~100 MB at 64 sentences).
+# Threads for candidates(); each holds at most SIMILARITY_BUDGET similarities.
 SEARCH_THREADS = min(4, len(os.sched_getaffinity(0)))
 
 
@@ -129,9 +132,17 @@ class OntologySearch(ParamsMixin):
             logger.info("ontology search: %d features found in more than %d terms left out (%.0f%% of the term matrix)",
                         (~keep).sum(), self.max_postings, 100 * (1 - kept.nnz / max(matrix.nnz, 1)))
             matrix = kept
-        self.term_matrix_ = matrix
+        self._set_matrix(matrix)
         logger.info("ontology search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
+
+    def _set_matrix(self, matrix: sparse.csr_matrix) -> None:
+        """The term matrix [n_features, n_terms] (bounds: a note's features against every term) and
+        its transpose ``by_term_`` (exact scores: a few terms against a note's sentences; 0.3 s, so
+        derived on load rather than cached)."""
+        self.term_matrix_ = matrix
+        self.by_term_ = matrix.T.tocsr()
+        self.by_term_.sort_indices()
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
         """``terms_`` grouped by code, so per-code maxima are one np.maximum.reduceat over ``code_starts_``."""
@@ -139,6 +150,7 @@ class OntologySearch(ParamsMixin):
         ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
         self.codes_ = codes.drop("code_index")
         self.code_starts_ = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
+        self.code_ends_ = np.append(self.code_starts_[1:], ordered.height)
         self.terms_ = ordered.select(SYSTEM, CODE, TERM)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
@@ -161,22 +173,61 @@ class OntologySearch(ParamsMixin):
         codes = self.codes_[CODE].to_numpy()
         systems = self.codes_[SYSTEM].to_numpy()
         by_system = {system: np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)}
-        code_ends = np.append(self.code_starts_[1:], self.terms_.height)
         found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]] = []  # note id, text, top codes, scores, evidence
         for note_id, text, spans, sentences in self._sentence_vectors(notes):
-            block_best = []  # per block of sentences: [n_terms] best cosine of each term
-            for start in range(0, sentences.shape[0], SENTENCE_BLOCK):
-                sims = self._similarities(sentences, start)
-                block_best.append(sims.max(axis=0))
-            per_code = np.maximum.reduceat(np.maximum.reduce(block_best), self.code_starts_)
+            # Weights are >= 0, so a term's cosine with the elementwise maximum of the note's
+            # sentence vectors bounds its cosine with each sentence: one sparse row against the
+            # terms, where every sentence against every term cost ~4x more.
+            peak = sentences.max(axis=0).tocsr()
+            bounds = np.maximum.reduceat(self.term_matrix_[peak.indices].T @ peak.data, self.code_starts_)
+            by_feature = sentences.T.tocsr()  # [n_features, n_sentences]
             for idx in by_system.values():
-                top = idx[np.argpartition(-per_code[idx], min(self.top_k, len(idx) - 1))[: self.top_k]]
-                top = top[np.argsort(-per_code[top])]
-                top = top[per_code[top] > 0]
-                evidence = self._evidence(sentences, sims, block_best, starts=self.code_starts_[top], ends=code_ends[top],
-                                          best=per_code[top])
-                found.append((note_id, text, top, per_code[top], spans[evidence]))
+                top, scores, sentence = self._top_codes(by_feature, bounds, idx)
+                found.append((note_id, text, top, scores, spans[sentence]))
         return self._frame(found, codes=codes, systems=systems)
+
+    def _top_codes(self, by_feature: sparse.csr_matrix, bounds: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``top_k`` codes of ``idx`` with a score > 0, best first, with their scores and
+        evidence sentences. Codes are scored exactly in decreasing order of their ``bounds``, more
+        of them while a code left out could still reach the k-th score: the same codes and scores
+        as scoring all of them."""
+        size = min(EXACT_FIRST * self.top_k, len(idx))
+        while True:
+            if size < len(idx):
+                order = np.argpartition(-bounds[idx], size)
+                chosen, rest = idx[order[:size]], bounds[idx[order[size]]]
+            else:
+                chosen, rest = idx, 0.0
+            scores, sentence = self._exact(by_feature, chosen)
+            k = min(self.top_k, len(chosen))
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k] if k else 0.0
+            # a bound is a sum in another order than the score it bounds: allow for rounding
+            if rest <= 0 or rest * (1 + 1e-5) < kth:
+                break
+            size = min(4 * size, len(idx))
+        top = np.argpartition(-scores, min(self.top_k, len(chosen) - 1))[: self.top_k]
+        top = top[np.argsort(-scores[top])]
+        top = top[scores[top] > 0]
+        return chosen[top], scores[top], sentence[top]
+
+    def _exact(self, by_feature: sparse.csr_matrix, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per code of ``codes``: the best cosine between one of its terms and a sentence, and the
+        first sentence where a term reaches it. Similarities are held ``SIMILARITY_BUDGET`` at a time."""
+        starts = self.code_starts_[codes]
+        lengths = self.code_ends_[codes] - starts
+        firsts = np.cumsum(lengths) - lengths  # where each code's terms begin in ``terms``
+        terms = np.arange(lengths.sum()) + np.repeat(starts - firsts, lengths)
+        term_best = np.empty(len(terms), dtype=np.float32)
+        term_first = np.empty(len(terms), dtype=np.int64)
+        block = max(1, SIMILARITY_BUDGET // max(by_feature.shape[1], 1))
+        for start in range(0, len(terms), block):
+            sims = (self.by_term_[terms[start : start + block]] @ by_feature).toarray()  # [terms, sentences]
+            first = sims.argmax(axis=1)
+            term_first[start : start + len(sims)] = first
+            term_best[start : start + len(sims)] = sims[np.arange(len(sims)), first]
+        best = np.maximum.reduceat(term_best, firsts)
+        reaches = term_best == np.repeat(best, lengths)
+        return best, np.minimum.reduceat(np.where(reaches, term_first, _NONE), firsts)
 
     def _sentence_vectors(self, notes: pl.DataFrame) -> Iterator[tuple[str, str, np.ndarray, sparse.csr_matrix]]:
         """Per note with sentences: id, text, sentence spans [n_sentences, 2] and unit sentence
@@ -205,30 +256,6 @@ class OntologySearch(ParamsMixin):
         for note_id, text, spans in group:
             yield note_id, text, spans, vectors[offset : offset + len(spans)]
             offset += len(spans)
-
-    def _similarities(self, sentences: sparse.csr_matrix, start: int) -> np.ndarray:
-        """[block, n_terms] cosine of sentences ``start:start + SENTENCE_BLOCK`` with every term."""
-        return (sentences[start : start + SENTENCE_BLOCK] @ self.term_matrix_).toarray()
-
-    def _evidence(self, sentences: sparse.csr_matrix, last: np.ndarray, block_best: list[np.ndarray], *,
-                  starts: np.ndarray, ends: np.ndarray, best: np.ndarray) -> np.ndarray:
-        """Per code (its terms ``starts[i]:ends[i]``, its score ``best[i]``), the first sentence
-        where one of its terms reaches that score: the first maximum of the code's [n_sentences,
-        n_terms] similarities in row order. ``last`` holds the last block's similarities; the
-        block of a code's sentence is found from ``block_best`` and recomputed when it is another."""
-        sentence = np.zeros(len(starts), dtype=np.int64)
-        if not len(starts):
-            return sentence
-        lengths = ends - starts
-        firsts = np.cumsum(lengths) - lengths  # where each code's terms begin in ``terms``
-        terms = np.arange(lengths.sum()) + np.repeat(starts - firsts, lengths)
-        target = np.repeat(best, lengths)
-        block = np.minimum.reduceat(_first_row(np.stack([b[terms] for b in block_best]) == target), firsts)
-        for b in np.unique(block).tolist():
-            sims = last if b == len(block_best) - 1 else self._similarities(sentences, b * SENTENCE_BLOCK)
-            row = np.minimum.reduceat(_first_row(sims[:, terms] == target), firsts)
-            sentence[block == b] = b * SENTENCE_BLOCK + row[block == b]
-        return sentence
 
     def _frame(self, found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]], *, codes: np.ndarray,
                systems: np.ndarray) -> pl.DataFrame:
@@ -280,7 +307,8 @@ class OntologySearch(ParamsMixin):
             write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
         else:
             self._order_terms(terms)
-            self.vectorizer_, self.term_matrix_ = index
+            self.vectorizer_, matrix = index
+            self._set_matrix(matrix)
             logger.info("ontology search: %d terms for %d codes, index from %s", self.terms_.height, self.codes_.height, file)
         return self
 
@@ -333,11 +361,6 @@ def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
 def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVectorizer]:
     return [part for _, part in vectorizer.transformer_list] if isinstance(vectorizer, FeatureUnion) else [vectorizer]
 
-
-
-def _first_row(mask: np.ndarray) -> np.ndarray:
-    """[n_columns] the first True row of each column of ``mask`` [n_rows, n_columns], or ``_NONE``."""
-    return np.where(mask.any(axis=0), mask.argmax(axis=0), _NONE)
 
 
 def _unit_rows(matrix: sparse.spmatrix) -> sparse.csr_matrix:
