@@ -30,9 +30,11 @@ def test_fold(word, folded):
 
 def test_tokens_keep_offsets_and_sentences():
     tokens = Tokens.of("Dolor, fiebre. Tos")
-    assert tokens.words == ["dolor", "fiebre", "tos"]
-    assert (tokens.starts, tokens.ends) == ([0, 7, 15], [5, 13, 18])
-    assert tokens.sentences == [0, 0, 1]
+    assert tokens.words == ("dolor", "fiebre", "tos")
+    assert (tokens.starts, tokens.ends) == ((0, 7, 15), (5, 13, 18))
+    assert tokens.sentences == (0, 0, 1)
+    assert Tokens.of("Dolor, fiebre. Tos") is tokens  # kept for the other lexicon sources of the batch
+    assert Tokens.of("Dolor, fiebre. Tos", plural_es=False) is not tokens
 
 
 def test_exact_match_gives_code_reliability_and_offsets(lexicon):

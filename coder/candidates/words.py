@@ -17,6 +17,8 @@ from coder.errors import UsageError
 
 WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"[.;:!?\n]")
+# Texts whose tokens are kept: two text columns of a default 256-note batch (~25 MB).
+TOKENS_KEPT = 512
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ def language(name: str) -> Language:
 
 def fold(word: str, *, plural_es: bool = True) -> str:
     """Lower case, accents removed, a trailing plural ``-s`` (and, with ``plural_es``, ``-es``) stripped."""
-    word = "".join(ch for ch in unicodedata.normalize("NFD", word.lower()) if not unicodedata.combining(ch))
+    word = word.lower()
+    if not word.isascii():  # most words are; decomposing them was half of tokenizing
+        word = "".join(ch for ch in unicodedata.normalize("NFD", word) if not unicodedata.combining(ch))
     if plural_es and len(word) > 4 and word.endswith("es"):
         return word[:-2]
     if len(word) > 3 and word.endswith("s") and not (not plural_es and word.endswith("ss")):
@@ -83,13 +87,16 @@ def folded(words: tuple[str, ...], *, plural_es: bool) -> frozenset[str]:
 class Tokens:
     """A text cut into folded words with character offsets and the sentence each word is in."""
 
-    words: list[str]
-    starts: list[int]
-    ends: list[int]
-    sentences: list[int]
+    words: tuple[str, ...]
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    sentences: tuple[int, ...]
 
-    @classmethod
-    def of(cls, text: str, *, plural_es: bool = True) -> Tokens:
+    @staticmethod
+    @functools.lru_cache(maxsize=TOKENS_KEPT)
+    def of(text: str, *, plural_es: bool = True) -> Tokens:
+        """The tokens of ``text``; the same text read by two lexicon sources of a batch (the
+        evidence and the mined lexicon of a column) is tokenized once."""
         boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
         words, starts, ends, sentences = [], [], [], []
         for m in WORD.finditer(text):
@@ -97,4 +104,4 @@ class Tokens:
             starts.append(m.start())
             ends.append(m.end())
             sentences.append(bisect.bisect_left(boundaries, m.start()))
-        return cls(words, starts, ends, sentences)
+        return Tokens(tuple(words), tuple(starts), tuple(ends), tuple(sentences))
