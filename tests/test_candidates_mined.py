@@ -63,3 +63,20 @@ def test_save_load_round_trip(tmp_path):
     assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".npz"}
     notes = NOTES.with_columns(pl.col("note_id") + "_new")
     assert MinedLexicon.load(tmp_path).candidates(notes).equals(lexicon.candidates(notes))
+
+
+def test_best_mention_mentions_and_combination_per_note_and_code():
+    text = "No fever. Fever. Fever."
+    notes = pl.DataFrame({"note_id": ["x", "empty", "y"], "text": [text, "", "acute pancreatitis"]})
+    lexicon = fitted(negated_weight=0.5)
+    found = lexicon.candidates(notes)
+    fever = found.filter((pl.col("note_id") == "x") & (pl.col("code") == "R50.9")).row(0, named=True)
+    # the negated first mention scores half: the best is the first affirmed one, after "No fever."
+    assert (fever["mined_negated"], fever["evidence_start"], fever["mined_mentions"]) == (False, 10, 3)
+    assert found.filter(pl.col("note_id") == "empty").is_empty()
+    assert found["note_id"].unique(maintain_order=True).to_list() == ["x", "y"]  # notes in input order
+    noisy = fitted(negated_weight=0.5, combine="noisy_or").candidates(notes)
+    single = lexicon.candidates(pl.DataFrame({"note_id": ["z"], "text": ["Fever"]}))["mined"].item()
+    expected = 1.0 - (1.0 - 0.5 * single) * (1.0 - single) ** 2
+    assert abs(noisy.filter((pl.col("note_id") == "x") & (pl.col("code") == "R50.9"))["mined"].item() - expected) < 1e-12
+    assert lexicon.candidates(notes.head(0)).is_empty() and lexicon.candidates(notes.head(0)).columns == found.columns

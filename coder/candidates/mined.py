@@ -271,6 +271,7 @@ class MinedLexicon(ParamsMixin):
 
     def _index(self) -> None:
         self.phrase_index_ = {p: i for i, p in enumerate(self.phrases_)}
+        self.phrase_length_ = np.array([len(p) for p in self.phrases_], dtype=np.int64)
         self.link_ptr_ = np.searchsorted(self.link_phrase_, np.arange(len(self.phrases_) + 1))
         prior = self.smoothing * self.description_prior * self.link_coverage_
         reliability = (self.link_support_ + prior) / (self.present_[self.link_phrase_] + self.smoothing)
@@ -289,33 +290,56 @@ class MinedLexicon(ParamsMixin):
         """
         if not hasattr(self, "link_score_"):
             raise NotFittedError("MinedLexicon is not fitted: call fit(corpus) or MinedLexicon.load(path)")
-        rows = []
-        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
-            text = text or ""
-            best: dict[int, tuple] = {}
-            miss: dict[int, float] = defaultdict(lambda: 1.0)
-            mentions: dict[int, int] = defaultdict(int)
-            for phrase, start, end, negated in self.occurrences(text):
-                i = self.phrase_index_.get(phrase)
-                if i is None:
-                    continue
-                factor = self.negated_weight if negated else 1.0
-                for link in range(self.link_ptr_[i], self.link_ptr_[i + 1]):
-                    label, score = int(self.link_code_[link]), float(self.link_score_[link]) * factor
-                    miss[label] *= 1.0 - score
-                    mentions[label] += 1
-                    if label not in best or (score, not negated) > best[label][:2]:
-                        best[label] = (score, not negated, link, len(phrase), start, end)
-            for label, (score, affirmed, link, n_tokens, start, end) in best.items():
-                support = int(self.link_support_[link])
-                rows.append((note_id, *self.labels_[label], score if self.combine == "max" else 1.0 - miss[label], support,
-                             int(self.present_[self.link_phrase_[link]]), support / max(int(self.carried_[label]), 1),
-                             float(self.link_overlap_[link]), float(self.link_coverage_[link]), mentions[label], n_tokens,
-                             not affirmed, text[start:end], start, end))
-        frame = pl.DataFrame(rows, schema=self._schema(), orient="row")
+        texts = [text or "" for text in notes[self.text_column].to_list()]
+        note, phrase, start, end, negated = self._hits(texts)
+        # every (occurrence, link of its phrase), in text order: note-major, then occurrence, then link
+        counts = self.link_ptr_[phrase + 1] - self.link_ptr_[phrase]
+        occurrence = np.repeat(np.arange(len(phrase)), counts)
+        link = np.arange(counts.sum()) + np.repeat(self.link_ptr_[phrase] - (np.cumsum(counts) - counts), counts)
+        label, note = self.link_code_[link], note[occurrence]  # per link from here on
+        score = self.link_score_[link] * np.where(negated[occurrence], self.negated_weight, 1.0)
+        # per (note, code): its mentions in text order, and the best one (highest score, affirmed
+        # before negated, then the first)
+        by_code = np.lexsort((label, note))  # stable: text order within a group
+        changed = (np.diff(note[by_code]) != 0) | (np.diff(label[by_code]) != 0)
+        group = np.flatnonzero(np.r_[len(by_code) > 0, changed])  # where each (note, code) begins in by_code
+        mentions = np.diff(np.r_[group, len(by_code)])
+        first = by_code[group]
+        best = np.lexsort((np.arange(len(link)), negated[occurrence], -score, label, note))[group]
+        if self.combine == "noisy_or":
+            combined = 1.0 - np.multiply.reduceat((1.0 - score)[by_code], group) if len(group) else score[:0]
+        else:
+            combined = score[best]
+        rows = np.argsort(first)  # codes of a note in the order they were first mentioned
+        best, combined, mentions = best[rows], combined[rows], mentions[rows]
+        label, hit, best_link = label[best], occurrence[best], link[best]
+        support = self.link_support_[best_link]
+        labels = [self.labels_[code] for code in label.tolist()]
+        frame = pl.DataFrame({
+            NOTE_ID: notes[NOTE_ID].gather(note[best]), SYSTEM: [system for system, _ in labels],
+            CODE: [code for _, code in labels], self.name: combined, f"{self.name}_support": support,
+            f"{self.name}_present": self.present_[self.link_phrase_[best_link]],
+            f"{self.name}_share": support / np.maximum(self.carried_[label], 1),
+            f"{self.name}_overlap": self.link_overlap_[best_link], f"{self.name}_coverage": self.link_coverage_[best_link],
+            f"{self.name}_mentions": mentions, f"{self.name}_tokens": self.phrase_length_[phrase[hit]],
+            f"{self.name}_negated": negated[hit],
+            "evidence_text": [texts[n][a:b] for n, a, b in zip(note[best].tolist(), start[hit].tolist(), end[hit].tolist())],
+            "evidence_start": start[hit], "evidence_end": end[hit],
+        }, schema=self._schema())
         if self.top_k is None:
             return frame
         return frame.filter(pl.col(self.name).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM) <= self.top_k)
+
+    def _hits(self, texts: list[str]) -> tuple[np.ndarray, ...]:
+        """(note, phrase, start, end, negated) of every occurrence of a known phrase in ``texts``, in text order."""
+        columns: tuple[list, ...] = ([], [], [], [], [])
+        for n, text in enumerate(texts):
+            for words, start, end, negated in self.occurrences(text):
+                phrase = self.phrase_index_.get(words)
+                if phrase is not None:
+                    for column, value in zip(columns, (n, phrase, start, end, negated)):
+                        column.append(value)
+        return (*(np.array(column, dtype=np.int64) for column in columns[:4]), np.array(columns[4], dtype=bool))
 
     def _schema(self) -> pl.Schema:
         name = self.name
