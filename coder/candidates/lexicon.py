@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
+from coder.candidates.mentions import group_mentions
 from coder.candidates.words import Tokens, folded, language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
@@ -129,6 +130,7 @@ class EvidenceLexicon(ParamsMixin):
                 carried[key] += np.array([c in gold[note_id] for c in codes[key]], dtype=np.int64)
         self.present_ = present
         self.carried_ = carried
+        self._links()
         logger.info("lexicon: %d phrases (%d keys) from %d evidence rows", len(phrase_codes), len(keys), evidence.height)
         return self
 
@@ -170,29 +172,35 @@ class EvidenceLexicon(ParamsMixin):
         """Every phrase occurrence in ``text``: contiguous phrases, then same-sentence token sets."""
         tokens = self._tokens(text)
         words, fuzzy = self._corrected(tokens.words)
+        negated = self._negated(words, tokens.sentences)
         n = len(words)
         for i in range(n):
-            negated = self._negated(words, tokens.sentences, i)
             for length in range(1, min(self.max_tokens, n - i) + 1):
                 key = self.exact_index_.get(tuple(words[i : i + length]))
                 if key is not None:
-                    yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated, any(fuzzy[i : i + length]))
-        yield from self._set_matches(tokens, words, fuzzy)
+                    yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated[i], any(fuzzy[i : i + length]))
+        yield from self._set_matches(tokens, words, fuzzy, negated)
 
     def _tokens(self, text: str) -> Tokens:
         return Tokens.of(text, plural_es=language(self.language).plural_es)
 
-    def _negated(self, words: list[str], sentences: list[int], i: int) -> bool:
+    def _negated(self, words: list[str], sentences: Sequence[int]) -> list[bool]:
+        """Per word: whether a negation cue precedes it within ``negation_window`` words of its sentence."""
         words_of = language(self.language)
         cues = folded(words_of.negation_cues, plural_es=words_of.plural_es)
-        return any(words[j] in cues and sentences[j] == sentences[i] for j in range(max(0, i - self.negation_window), i))
+        out, last = [], -1  # the last cue so far; an earlier one is farther and in the same or an earlier sentence
+        for i, word in enumerate(words):
+            out.append(last >= 0 and i - last <= self.negation_window and sentences[last] == sentences[i])
+            if word in cues:
+                last = i
+        return out
 
     def _content_set(self, words: tuple[str, ...]) -> tuple[str, ...]:
         """The distinct content words of a phrase, sorted: the key of an any-order match."""
         stopwords = language(self.language).stopwords
         return tuple(sorted({w for w in words if w not in stopwords and len(w) > 2}))
 
-    def _set_matches(self, tokens: Tokens, words: list[str], fuzzy: list[bool]) -> Iterator[Match]:
+    def _set_matches(self, tokens: Tokens, words: list[str], fuzzy: list[bool], negated: list[bool]) -> Iterator[Match]:
         by_sentence: dict[int, dict[str, int]] = defaultdict(dict)
         for i, (word, sentence) in enumerate(zip(words, tokens.sentences)):
             by_sentence[sentence].setdefault(word, i)
@@ -206,14 +214,28 @@ class EvidenceLexicon(ParamsMixin):
                     seen.add(key)
                     positions = [first[w] for w in key_words]
                     lo, hi = min(positions), max(positions)
-                    yield Match(key, tokens.starts[lo], tokens.ends[hi], self._negated(words, tokens.sentences, lo),
+                    yield Match(key, tokens.starts[lo], tokens.ends[hi], negated[lo],
                                 any(fuzzy[p] for p in positions))
 
     # --- candidates ----------------------------------------------------------------------------
 
-    def reliability(self, key: int) -> np.ndarray:
-        """[n_codes of key] share of training notes with the phrase that carried each code (smoothed)."""
-        return self.carried_[key] / (self.present_[key] + self.smoothing)
+    def _links(self) -> None:
+        """Flat tables of every (key, code) link, in key order: the code (an index into ``labels_``),
+        its reliability (the share of training notes with the phrase that carried the code,
+        smoothed), the notes that carried it and its share of the key's carried codes."""
+        self.labels_ = list(dict.fromkeys(sc for codes in self.key_codes_ for sc in codes))
+        index = {sc: i for i, sc in enumerate(self.labels_)}
+        self.link_ptr_ = np.cumsum([0, *(len(codes) for codes in self.key_codes_)])
+        self.link_label_ = np.array([index[sc] for codes in self.key_codes_ for sc in codes], dtype=np.int64)
+        self.link_carried_ = np.concatenate([np.zeros(0, dtype=np.int64), *self.carried_])
+        present = np.repeat(self.present_, np.diff(self.link_ptr_))
+        self.link_reliability_ = self.link_carried_ / (present + self.smoothing)
+        totals = np.repeat([max(int(c.sum()), 1) for c in self.carried_], np.diff(self.link_ptr_)).astype(np.int64)
+        self.link_share_ = self.link_carried_ / totals
+        self.key_tokens_ = np.array([len(words) for _, words in self.keys_], dtype=np.int64)
+        self.key_is_set_ = np.array([kind == TOKEN_SET for kind, _ in self.keys_], dtype=bool)
+
+    # --- candidates ----------------------------------------------------------------------------
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """One row per (note, system, code) proposed, with match features and the best evidence span.
@@ -225,28 +247,34 @@ class EvidenceLexicon(ParamsMixin):
         evidence_text/start/end (offsets into ``text_column``).
         """
         self._check_fitted()
-        rows = []
-        for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
-            text = text or ""
-            best: dict[tuple[str, str], tuple] = {}
-            miss: dict[tuple[str, str], float] = defaultdict(lambda: 1.0)
-            mentions: Counter = Counter()
-            for m in self.matches(text):
-                rel = self.reliability(m.key)
-                total = max(int(self.carried_[m.key].sum()), 1)
-                for (system, code), r, carried in zip(self.key_codes_[m.key], rel, self.carried_[m.key]):
-                    sc = (system, code)
-                    miss[sc] *= 1.0 - r
-                    mentions[sc] += 1
-                    row = (r, int(carried), int(self.present_[m.key]), carried / total, len(self.keys_[m.key][1]),
-                           self.keys_[m.key][0] == TOKEN_SET, m.fuzzy, m.negated, m.start, m.end)
-                    if sc not in best or row[:2] > best[sc][:2]:
-                        best[sc] = row
-            for (system, code), row in best.items():
-                r, support, present, share, n_tokens, is_set, is_fuzzy, negated, start, end = row
-                rows.append((note_id, system, code, float(r), 1.0 - miss[(system, code)], support, present, float(share),
-                             mentions[(system, code)], n_tokens, is_set, is_fuzzy, negated, text[start:end], start, end))
-        return pl.DataFrame(rows, schema=self._schema(), orient="row")
+        texts = [text or "" for text in notes[self.text_column].to_list()]
+        found = [(n, m) for n, text in enumerate(texts) for m in self.matches(text)]
+        note = np.array([n for n, _ in found], dtype=np.int64)
+        match = [m for _, m in found]
+        key = np.array([m.key for m in match], dtype=np.int64)
+        # every (match, code of its key), in text order
+        counts = self.link_ptr_[key + 1] - self.link_ptr_[key]
+        mention = np.repeat(np.arange(len(key)), counts)
+        link = np.arange(counts.sum()) + np.repeat(self.link_ptr_[key] - (np.cumsum(counts) - counts), counts)
+        reliability, carried = self.link_reliability_[link], self.link_carried_[link]
+        mentions = group_mentions(note[mention], self.link_label_[link], prefer=(reliability, carried))
+        best = mentions.best
+        hit, best_link = mention[best], link[best]
+        labels = [self.labels_[label] for label in self.link_label_[best_link].tolist()]
+        matched = [match[i] for i in hit.tolist()]
+        start = np.array([m.start for m in matched], dtype=np.int64)
+        end = np.array([m.end for m in matched], dtype=np.int64)
+        name = self.name
+        return pl.DataFrame({
+            NOTE_ID: notes[NOTE_ID].gather(note[hit]), SYSTEM: [system for system, _ in labels],
+            CODE: [code for _, code in labels], name: reliability[best], f"{name}_noisy_or": mentions.noisy_or(reliability),
+            f"{name}_support": carried[best], f"{name}_present": self.present_[key[hit]],
+            f"{name}_share": self.link_share_[best_link], f"{name}_mentions": mentions.count,
+            f"{name}_tokens": self.key_tokens_[key[hit]], f"{name}_set": self.key_is_set_[key[hit]],
+            f"{name}_fuzzy": [m.fuzzy for m in matched], f"{name}_negated": [m.negated for m in matched],
+            "evidence_text": [texts[n][m.start : m.end] for n, m in zip(note[hit].tolist(), matched)],
+            "evidence_start": start, "evidence_end": end,
+        }, schema=self._schema())
 
     def _schema(self) -> pl.Schema:
         name = self.name
@@ -283,4 +311,5 @@ class EvidenceLexicon(ParamsMixin):
         self.key_codes_ = [[tuple(sc) for sc in codes] for codes in state["codes"]]
         self.present_ = np.asarray(state["present"], dtype=np.int64)
         self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
+        self._links()
         return self

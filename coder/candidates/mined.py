@@ -46,6 +46,7 @@ import polars as pl
 from scipy import sparse
 from scipy.special import xlogy
 
+from coder.candidates.mentions import group_mentions
 from coder.candidates.words import WORD, Tokens, fold, folded, language
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
@@ -298,20 +299,9 @@ class MinedLexicon(ParamsMixin):
         link = np.arange(counts.sum()) + np.repeat(self.link_ptr_[phrase] - (np.cumsum(counts) - counts), counts)
         label, note = self.link_code_[link], note[occurrence]  # per link from here on
         score = self.link_score_[link] * np.where(negated[occurrence], self.negated_weight, 1.0)
-        # per (note, code): its mentions in text order, and the best one (highest score, affirmed
-        # before negated, then the first)
-        by_code = np.lexsort((label, note))  # stable: text order within a group
-        changed = (np.diff(note[by_code]) != 0) | (np.diff(label[by_code]) != 0)
-        group = np.flatnonzero(np.r_[len(by_code) > 0, changed])  # where each (note, code) begins in by_code
-        mentions = np.diff(np.r_[group, len(by_code)])
-        first = by_code[group]
-        best = np.lexsort((np.arange(len(link)), negated[occurrence], -score, label, note))[group]
-        if self.combine == "noisy_or":
-            combined = 1.0 - np.multiply.reduceat((1.0 - score)[by_code], group) if len(group) else score[:0]
-        else:
-            combined = score[best]
-        rows = np.argsort(first)  # codes of a note in the order they were first mentioned
-        best, combined, mentions = best[rows], combined[rows], mentions[rows]
+        mentions = group_mentions(note, label, prefer=(score, ~negated[occurrence]))
+        best = mentions.best
+        combined = mentions.noisy_or(score) if self.combine == "noisy_or" else score[best]
         label, hit, best_link = label[best], occurrence[best], link[best]
         support = self.link_support_[best_link]
         labels = [self.labels_[code] for code in label.tolist()]
@@ -321,7 +311,7 @@ class MinedLexicon(ParamsMixin):
             f"{self.name}_present": self.present_[self.link_phrase_[best_link]],
             f"{self.name}_share": support / np.maximum(self.carried_[label], 1),
             f"{self.name}_overlap": self.link_overlap_[best_link], f"{self.name}_coverage": self.link_coverage_[best_link],
-            f"{self.name}_mentions": mentions, f"{self.name}_tokens": self.phrase_length_[phrase[hit]],
+            f"{self.name}_mentions": mentions.count, f"{self.name}_tokens": self.phrase_length_[phrase[hit]],
             f"{self.name}_negated": negated[hit],
             "evidence_text": [texts[n][a:b] for n, a, b in zip(note[best].tolist(), start[hit].tolist(), end[hit].tolist())],
             "evidence_start": start[hit], "evidence_end": end[hit],
