@@ -201,3 +201,10 @@ def test_features_in_more_terms_than_max_postings_are_left_out(cache, tmp_path):
     del state["max_postings"]
     (tmp_path / "old" / "search.json").write_text(json.dumps(state))
     assert OntologySearch.load(tmp_path / "old").max_postings is None
+
+
+def test_equal_scores_at_the_cut_keep_the_code_listed_first():
+    terms = pl.DataFrame([(CM, "B", "Chronic cough"), (CM, "A", "Chronic cough"), (CM, "C", "Acute cough")],
+                         schema=TERMS_SCHEMA, orient="row")
+    found = OntologySearch(top_k=1).index(terms).candidates(pl.DataFrame({"note_id": ["a"], "text": ["Chronic cough."]}))
+    assert found["code"].to_list() == ["B"]

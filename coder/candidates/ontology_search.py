@@ -190,7 +190,7 @@ class OntologySearch(ParamsMixin):
         """The ``top_k`` codes of ``idx`` with a score > 0, best first, with their scores and
         evidence sentences. Codes are scored exactly in decreasing order of their ``bounds``, more
         of them while a code left out could still reach the k-th score: the same codes and scores
-        as scoring all of them."""
+        as scoring all of them, equal scores in ontology order."""
         size = min(EXACT_FIRST * self.top_k, len(idx))
         while True:
             if size < len(idx):
@@ -205,8 +205,7 @@ class OntologySearch(ParamsMixin):
             if rest <= 0 or rest * (1 + 1e-5) < kth:
                 break
             size = min(4 * size, len(idx))
-        top = np.argpartition(-scores, min(self.top_k, len(chosen) - 1))[: self.top_k]
-        top = top[np.argsort(-scores[top])]
+        top = np.lexsort((chosen, -scores))[: self.top_k]  # equal scores: the code listed first in the ontology
         top = top[scores[top] > 0]
         return chosen[top], scores[top], sentence[top]
 
