@@ -3,7 +3,9 @@
 The only candidate source for codes never seen in training. Descriptions are English, so the
 search reads the English ``text`` column. Each sentence and each term become TF-IDF vectors
 (word 1-2-grams plus character n-grams inside words, which catch inflections and compounds);
-a code scores the best cosine between any of its terms and any sentence of the note.
+a code scores the best cosine between any of its terms and any sentence of the note. Only the
+codes that can reach a note's top k are scored exactly: a term's cosine with the elementwise
+maximum of the note's sentence vectors bounds its cosine with each sentence (``_top_codes``).
 
 Fitting the index on the ~201k terms of the shipped model takes ~17 s and ~900 MB at its peak, so
 ``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
@@ -49,8 +51,7 @@ _SENTENCE = re.compile(r"[^\n.;]+")
 PCS_PREFIX_LENGTH = 4  # CodiEsp often cuts PCS codes to their first 4 axes
 INDEX_VERSION = 1  # bump when the cached index's layout or the way it is fitted changes
 # Codes of a system first scored exactly, as a multiple of top_k (grown 4x while the bounds of the
-# codes left out allow one of them into the top k); on CodiEsp dev ~100 of a system's ~100k codes
-# have a bound above the k-th score.
+# codes left out allow one of them into the top k).
 EXACT_FIRST = 4
 # Sentence-by-term similarities held at once (64 MB of float32).
 SIMILARITY_BUDGET = 16_000_000
