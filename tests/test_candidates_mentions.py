@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from coder.candidates.mentions import group_mentions
+from coder.candidates.mentions import expand_links, group_mentions
 
 
 def test_groups_in_first_mention_order_with_the_best_and_the_first_of_equals():
@@ -22,3 +22,9 @@ def test_no_mentions():
     empty = np.zeros(0, dtype=np.int64)
     mentions = group_mentions(empty, empty, prefer=(np.zeros(0),))
     assert mentions.best.size == mentions.count.size == mentions.noisy_or(np.zeros(0)).size == 0
+
+
+def test_expand_links_lists_each_keys_links_in_order():
+    ptr = np.array([0, 2, 2, 5])  # key 0: links 0-1, key 1: none, key 2: links 2-4
+    owner, link = expand_links(ptr, np.array([2, 1, 0, 2]))
+    assert owner.tolist() == [0, 0, 0, 2, 2, 3, 3, 3] and link.tolist() == [2, 3, 4, 0, 1, 2, 3, 4]

@@ -27,7 +27,7 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
-from coder.candidates.mentions import group_mentions
+from coder.candidates.mentions import expand_links, group_mentions
 from coder.candidates.words import Tokens, folded, language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
@@ -217,8 +217,6 @@ class EvidenceLexicon(ParamsMixin):
                     yield Match(key, tokens.starts[lo], tokens.ends[hi], negated[lo],
                                 any(fuzzy[p] for p in positions))
 
-    # --- candidates ----------------------------------------------------------------------------
-
     def _links(self) -> None:
         """Flat tables of every (key, code) link, in key order: the code (an index into ``labels_``),
         its reliability (the share of training notes with the phrase that carried the code,
@@ -253,9 +251,7 @@ class EvidenceLexicon(ParamsMixin):
         match = [m for _, m in found]
         key = np.array([m.key for m in match], dtype=np.int64)
         # every (match, code of its key), in text order
-        counts = self.link_ptr_[key + 1] - self.link_ptr_[key]
-        mention = np.repeat(np.arange(len(key)), counts)
-        link = np.arange(counts.sum()) + np.repeat(self.link_ptr_[key] - (np.cumsum(counts) - counts), counts)
+        mention, link = expand_links(self.link_ptr_, key)
         reliability, carried = self.link_reliability_[link], self.link_carried_[link]
         mentions = group_mentions(note[mention], self.link_label_[link], prefer=(reliability, carried))
         best = mentions.best

@@ -1,7 +1,7 @@
 """Mentions of codes in notes, grouped per (note, code): what the two lexicon sources report per code.
 
-A lexicon finds phrases in a note; each phrase proposes codes, so one code may be mentioned many
-times. A source's row per (note, code) holds its best mention (whose evidence span it reports),
+A lexicon finds phrases in a note; each phrase links to codes (``expand_links``), so one code may
+be mentioned many times. A source's row per (note, code) holds its best mention (whose evidence span it reports),
 how many mentions there were, and their noisy-or. Both lexicons group the mentions of a whole
 batch at once with two stable sorts instead of a Python loop per mention.
 """
@@ -34,6 +34,14 @@ class Mentions:
         if not len(self.starts):
             return score[:0]
         return (1.0 - np.multiply.reduceat((1.0 - score)[self.by_group], self.starts))[self.order]
+
+
+def expand_links(ptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every link of each found key, in order: (the position in ``keys`` it came from, the link),
+    where key ``k``'s links are ``ptr[k]:ptr[k + 1]`` (a lexicon's phrase -> code table)."""
+    counts = ptr[keys + 1] - ptr[keys]
+    owner = np.repeat(np.arange(len(keys)), counts)
+    return owner, np.arange(counts.sum()) + np.repeat(ptr[keys] - (np.cumsum(counts) - counts), counts)
 
 
 def group_mentions(note: np.ndarray, code: np.ndarray, *, prefer: Sequence[np.ndarray]) -> Mentions:

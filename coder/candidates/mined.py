@@ -46,7 +46,7 @@ import polars as pl
 from scipy import sparse
 from scipy.special import xlogy
 
-from coder.candidates.mentions import group_mentions
+from coder.candidates.mentions import expand_links, group_mentions
 from coder.candidates.words import WORD, Tokens, fold, folded, language
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
@@ -294,9 +294,7 @@ class MinedLexicon(ParamsMixin):
         texts = [text or "" for text in notes[self.text_column].to_list()]
         note, phrase, start, end, negated = self._hits(texts)
         # every (occurrence, link of its phrase), in text order: note-major, then occurrence, then link
-        counts = self.link_ptr_[phrase + 1] - self.link_ptr_[phrase]
-        occurrence = np.repeat(np.arange(len(phrase)), counts)
-        link = np.arange(counts.sum()) + np.repeat(self.link_ptr_[phrase] - (np.cumsum(counts) - counts), counts)
+        occurrence, link = expand_links(self.link_ptr_, phrase)
         label, note = self.link_code_[link], note[occurrence]  # per link from here on
         score = self.link_score_[link] * np.where(negated[occurrence], self.negated_weight, 1.0)
         mentions = group_mentions(note, label, prefer=(score, ~negated[occurrence]))
