@@ -178,7 +178,7 @@ class OntologySearch(ParamsMixin):
         for note_id, text, spans, sentences in self._sentence_vectors(notes):
             # Weights are >= 0, so a term's cosine with the elementwise maximum of the note's
             # sentence vectors bounds its cosine with each sentence: one sparse row against the
-            # terms, where every sentence against every term cost ~4x more.
+            # terms instead of every sentence against every term.
             peak = sentences.max(axis=0).tocsr()
             bounds = np.maximum.reduceat(self.term_matrix_[peak.indices].T @ peak.data, self.code_starts_)
             by_feature = sentences.T.tocsr()  # [n_features, n_sentences]
