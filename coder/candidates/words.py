@@ -17,7 +17,7 @@ from coder.errors import UsageError
 
 WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"[.;:!?\n]")
-# Texts whose tokens are kept: two text columns of a default 256-note batch (~25 MB).
+# Texts whose tokens are kept: both text columns of a default 256-note batch.
 TOKENS_KEPT = 512
 
 
@@ -68,7 +68,7 @@ def language(name: str) -> Language:
 def fold(word: str, *, plural_es: bool = True) -> str:
     """Lower case, accents removed, a trailing plural ``-s`` (and, with ``plural_es``, ``-es``) stripped."""
     word = word.lower()
-    if not word.isascii():  # most words are; decomposing them was half of tokenizing
+    if not word.isascii():  # most words are, and Unicode decomposition is the costly step
         word = "".join(ch for ch in unicodedata.normalize("NFD", word) if not unicodedata.combining(ch))
     if plural_es and len(word) > 4 and word.endswith("es"):
         return word[:-2]
