@@ -36,6 +36,14 @@ NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 TOP = 12
 
 
+def note_feeds(model: Path, texts: list[str]) -> list[dict]:
+    """The model's inputs for ``texts``, as `coder predict` batches them on CPU."""
+    config, tokenizer = read_config(model), load_tokenizer(model)
+    chunks = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
+    return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+            for b in batches(chunks, batch_size=BATCH_NOTES[CPU_PROVIDER], pad_id=tokenizer.pad_token_id)]
+
+
 def profile(path: Path, feeds: list[dict], *, disabled: list[str], notes: int) -> tuple[float, Counter]:
     """Notes/s of one timed pass over ``feeds`` (after a warm-up) and kernel microseconds per op type."""
     options = ort.SessionOptions()
@@ -62,18 +70,15 @@ def main() -> None:
     parser.add_argument("--precision", default="int8", choices=sorted(ONNX_FILES))
     parser.add_argument("--notes", type=int, default=48)
     args = parser.parse_args()
-    config, tokenizer = read_config(args.model), load_tokenizer(args.model)
     texts = pl.read_parquet(NOTES)["text"].head(args.notes).to_list()
-    chunks = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
-    feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
-             for b in batches(chunks, batch_size=BATCH_NOTES[CPU_PROVIDER], pad_id=tokenizer.pad_token_id)]
+    feeds = note_feeds(args.model, texts)
     path = args.model / ONNX_FILES[args.precision]
-    runs = {"all fusions": profile(path, feeds, disabled=[], notes=len(chunks)),
+    runs = {"all fusions": profile(path, feeds, disabled=[], notes=len(texts)),
             f"{', '.join(CPU_DISABLED_FUSIONS)} off (coder's CPU sessions)":
-                profile(path, feeds, disabled=list(CPU_DISABLED_FUSIONS), notes=len(chunks))}
+                profile(path, feeds, disabled=list(CPU_DISABLED_FUSIONS), notes=len(texts))}
     command = shlex.join(["python", "benchmarks/onnx_profile.py", *sys.argv[1:]])
     lines = [f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"`{command}`: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, {len(chunks)} notes, "
+             f"`{command}`: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, {len(texts)} notes, "
              f"{physical_cores()} threads.", ""]
     for name, (rate, by_op) in runs.items():
         total = sum(by_op.values())
