@@ -12,7 +12,9 @@ that read text_es are skipped) and on the CodiEsp dev notes (text_es too: the fu
 with the int8 and, when exported, the fp32 PLM-ICD, each audited against the dev codes (in-sample for
 the rerankers over PLM-ICD's scores, which were fitted on dev: compare the two, not with held-out
 figures); one pipeline batch on the dev notes is then split in-process by stage and by candidate
-source. The ratios the speed goals are set in close the table.
+source. The ratios the speed goals are set in close the table, with why they stand where they do:
+what the end-to-end goals leave the stages other than PLM-ICD, the int8 model's kernel time by kind
+(onnxruntime's profiler), and onnxruntime's int8 kernels alone at the encoder's own matmul shapes.
 The run is appended to this script's section of benchmarks/RESULTS.md (history kept).
 CodiEsp background notes: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0.
 """
