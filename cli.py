@@ -15,6 +15,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from coder.languages import LANGUAGES
 from coder.errors import CoderError
 
 F = TypeVar("F", bound=Callable)
@@ -54,6 +55,18 @@ def _main(
     )
 
 
+class _OneLineCommand(typer.core.TyperCommand):
+    """A command whose option mistakes (a bad number or choice, a missing file or option) are one stderr
+    line and exit 2, like the UsageErrors ``_reported`` reports, instead of click's usage box."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as error:  # click's UsageError, BadParameter, MissingParameter, NoSuchOption
+            typer.echo(f"error: {error.format_message()}", err=True)
+            raise typer.Exit(code=error.exit_code) from None
+
+
 # --- commands are added below, one function each -------------------------------------------------
 
 
@@ -62,7 +75,12 @@ class LabelInit(str, enum.Enum):
     random = "random"
 
 
-@app.command("train")
+# The languages the lexicons know (coder.languages.LANGUAGES): a choice, so that a typo fails
+# when the command starts, not after PLM-ICD's training.
+TextLanguage = enum.Enum("TextLanguage", {name: name for name in sorted(LANGUAGES)}, type=str)
+
+
+@app.command("train", cls=_OneLineCommand)
 @_reported
 def train_command(
     notes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="Training notes parquet (note_id + text column).")],
@@ -86,7 +104,7 @@ def train_command(
     dev_evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev evidence spans (same shape as --evidence); optional.")] = None,
     unlabelled_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Optional: notes without codes (note_id, text[, text_es]) for the unsupervised steps (word alignment of a second language).")] = None,
     evidence_column: Annotated[str, typer.Option(help="The notes column the --evidence offsets point into (text_es: CodiEsp-X's Spanish spans, which are also projected onto the main text).")] = "text_es",
-    language: Annotated[str, typer.Option(help="Language of the main text column: en or es (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = "en",
+    language: Annotated[TextLanguage, typer.Option(help="Language of the main text column (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = TextLanguage.en,
     label_init: Annotated[LabelInit, typer.Option(help="How PLM-ICD's label-wise attention starts: from each code's description (encoded by the encoder) or at random, as in PLM-ICD.")] = LabelInit.descriptions,
 ) -> None:
     """Build the whole model from notes and codes: PLM-ICD and its ONNX export, every candidate source the data
@@ -114,7 +132,7 @@ def train_command(
                     dev_evidence=dev_evidence, unlabelled=unlabelled_notes, evidence_column=evidence_column)
     config = build_model(inputs=inputs, out=out, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
                          codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
-                         language=language)
+                         language=language.value)
     figures = "; ".join(f"{row['ranking']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("MAP"))
                         for row in config.evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
     typer.echo(f"wrote {out} ({len(config.labels)} labels, {len(config.sources)} candidate sources); dev: {figures}")
@@ -222,18 +240,6 @@ class LLMBackend(str, enum.Enum):
     none = "none"
     local = "local"
     openai = "openai"
-
-
-class _OneLineCommand(typer.core.TyperCommand):
-    """A command whose option mistakes (a bad number or choice, a missing file or option) are one stderr
-    line and exit 2, like the UsageErrors ``_reported`` reports, instead of click's usage box."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except typer.TyperException as error:  # click's UsageError, BadParameter, MissingParameter, NoSuchOption
-            typer.echo(f"error: {error.format_message()}", err=True)
-            raise typer.Exit(code=error.exit_code) from None
 
 
 @app.command("predict", cls=_OneLineCommand)

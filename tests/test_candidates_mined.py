@@ -80,3 +80,18 @@ def test_best_mention_mentions_and_combination_per_note_and_code():
     expected = 1.0 - (1.0 - 0.5 * single) * (1.0 - single) ** 2
     assert abs(noisy.filter((pl.col("note_id") == "x") & (pl.col("code") == "R50.9"))["mined"].item() - expected) < 1e-12
     assert lexicon.candidates(notes.head(0)).is_empty() and lexicon.candidates(notes.head(0)).columns == found.columns
+
+
+def test_german_notes_have_their_own_negation_words():
+    notes = pl.DataFrame({"note_id": [f"d{i}" for i in range(4)], "text": [
+        "Patient mit akuter Pankreatitis. Fieber.", "Fieber und Husten.", "Akute Pankreatitis erneut.", "Husten seit Tagen."]})
+    codes = pl.DataFrame({"note_id": ["d0", "d0", "d1", "d2"], "code": ["K85.9", "R50.9", "R50.9", "K85.9"],
+                          "system": ["ICD-10-CM"] * 4})
+    german = MinedLexicon(min_llr=0.0, max_tokens=6, language="de", descriptions=False).fit(
+        Corpus(notes, codes, pl.DataFrame(schema=EVIDENCE_SCHEMA)))
+
+    def negated(text: str) -> bool:
+        return german.candidates(_one(text)).filter(pl.col("code") == "R50.9")["mined_negated"].item()
+
+    assert negated("Kein Fieber, akute Pankreatitis.") and negated("Fieber wird verneint.")
+    assert not negated("Fieber seit gestern.") and not negated("Kein Husten, aber Fieber.")

@@ -56,3 +56,14 @@ def test_export_of_a_folder_without_config_is_a_bundle_error(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path)])
     assert result.exit_code == 5
     assert "coder_model.json is missing" in result.output
+
+
+def test_train_refuses_an_unknown_language_before_training(tiny_model_path, tmp_path):
+    data = tiny_model_path.parent / "data"
+    result = runner.invoke(app, [
+        "train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
+        "--encoder", str(tiny_model_path.parent / "encoder"), "--out", str(tmp_path / "model"), "--language", "fr",
+    ])
+    assert result.exit_code == 2 and "'fr' is not one of 'de', 'en', 'es'" in result.output
+    assert not (tmp_path / "model").exists()
+

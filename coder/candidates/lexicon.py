@@ -28,7 +28,8 @@ from rapidfuzz import fuzz, process
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.candidates.mentions import expand_links, group_mentions
-from coder.candidates.words import Tokens, folded, language
+from coder.candidates.words import Tokens, folded
+from coder.languages import language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
 
@@ -58,7 +59,7 @@ class EvidenceLexicon(ParamsMixin):
     ----------
     name: the score column (``<name>``, ``<name>_*`` features) and the ``source`` label.
     text_column: the notes column that is read; evidence offsets point into it.
-    language: the notes' language (``coder.candidates.words.LANGUAGES``): stopwords, negation cues, plural rule.
+    language: the notes' language (``coder.languages.LANGUAGES``): stopwords, negation cues, plural rule.
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
     fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 (the

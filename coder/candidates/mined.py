@@ -47,7 +47,8 @@ from scipy import sparse
 from scipy.special import xlogy
 
 from coder.candidates.mentions import expand_links, group_mentions
-from coder.candidates.words import WORD, Tokens, fold, folded, language
+from coder.candidates.words import WORD, Tokens, fold, folded
+from coder.languages import language
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_atomically, write_text
@@ -80,7 +81,7 @@ class MinedLexicon(ParamsMixin):
     ----------
     name: the score column (``<name>``, ``<name>_*`` features) and the ``source`` label.
     text_column: the notes column that is read; evidence offsets point into it.
-    language: the notes' language (``coder.candidates.words.LANGUAGES``).
+    language: the notes' language (``coder.languages.LANGUAGES``).
     descriptions: whether the ontology's (English) descriptions and inclusion terms make links and
         scale scores (off for notes in another language).
     max_tokens: longest phrase, in words (1-2 words scored as 1-6 did on CodiEsp, and fit 3x faster).

@@ -1,9 +1,5 @@
-"""Words of a note for the lexicon sources: folding, and the few word lists that depend on the language.
-
-A lexicon matches folded words (lower case, accents removed, a plural ending stripped), so these
-lists and the plural rule are all it needs to know of a language. A new language is one entry in
-``LANGUAGES``.
-"""
+"""Words of a note for the lexicon sources: folding (lower case, accents removed, a plural ending
+stripped) and tokens with offsets. What depends on the language is in ``coder.languages``."""
 
 from __future__ import annotations
 
@@ -13,56 +9,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from coder.errors import UsageError
 
 WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"[.;:!?\n]")
 # Texts whose tokens are kept: both text columns of a default 256-note batch.
 TOKENS_KEPT = 512
-
-
-@dataclass(frozen=True)
-class Language:
-    """What a lexicon knows of a language."""
-
-    stopwords: frozenset[str]
-    """Function words: a phrase does not start or end with one, and token-set keys leave them out."""
-    negation_cues: tuple[str, ...]
-    """Words that negate what follows them in their clause ("no", "sin", "denies")."""
-    negation_after: tuple[str, ...]
-    """Words that negate what precedes them ("... negative", "... excluded")."""
-    negation_stop: tuple[str, ...]
-    """Words that end a negation's reach ("but", "except")."""
-    plural_es: bool
-    """Whether a trailing ``-es`` is a plural ending to strip (Spanish) besides ``-s``."""
-
-
-LANGUAGES: dict[str, Language] = {
-    "es": Language(
-        stopwords=frozenset("de la el los las del en y con por a al un una unos unas para que se o e lo su sus".split()),
-        negation_cues=("no", "sin", "niega", "niegan", "descarta", "descartan", "descartandose", "descartado",
-                       "descartada", "descartar", "negativo", "negativa", "ausencia", "ni"),
-        negation_after=("negativo", "negativa", "descartado", "descartada", "ausente"),
-        negation_stop=("pero", "excepto", "salvo", "aunque", "que"),
-        plural_es=True,
-    ),
-    "en": Language(
-        stopwords=frozenset(
-            "a an the of in on at to for with and or by from as is was were be been are this that these those his her "
-            "its their he she it which who whom there than then into after before during under over also all any".split()),
-        negation_cues=("no", "not", "denies", "denied", "deny", "without", "negative", "ruled", "excluded", "absence",
-                       "absent", "nor", "neither", "never"),
-        negation_after=("negative", "excluded", "ruled", "absent"),
-        negation_stop=("but", "except", "apart", "however", "although", "aside", "which", "who", "presenting", "showing"),
-        plural_es=False,
-    ),
-}
-
-
-def language(name: str) -> Language:
-    if name not in LANGUAGES:
-        raise UsageError(f"language must be one of {sorted(LANGUAGES)}, got {name!r}")
-    return LANGUAGES[name]
 
 
 def fold(word: str, *, plural_es: bool = True) -> str:

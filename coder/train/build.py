@@ -18,6 +18,7 @@ import polars as pl
 from coder.export.onnx import export_bundle
 from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
+from coder.languages import language as check_language
 from coder.model.folder import ModelConfig, read_config
 from coder.model.load import load_model
 from coder.model.write import finalize
@@ -84,6 +85,7 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
                 codes_file: Path | None, options: TrainingOptions, resume: bool, command: str, folds: int = 5,
                 language: str = "en") -> ModelConfig:
     """Train PLM-ICD into ``out``, export it, and fit the candidate sources and rerankers beside it."""
+    check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
     train_corpus = with_projected_spans(train_corpus, text_column=text_column, unlabelled=unlabelled)

@@ -35,7 +35,8 @@ import numpy as np
 import polars as pl
 from scipy.special import log_ndtr
 
-from coder.candidates.words import LANGUAGES, WORD, fold
+from coder.candidates.words import WORD, fold
+from coder.languages import LANGUAGES
 from coder.estimator import ParamsMixin
 from coder.schema import CODE, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, NOTE_ID, SYSTEM, TEXT, TEXT_ES
 
