@@ -6,16 +6,20 @@ includes starting a local Ray and each actor's model load. Run with ``nice``:
 
     nice /work/venv/bin/python benchmarks/ray_engine.py --model tests/assets/tiny_model/bundle --notes 2000
 
-Prints a markdown table for benchmarks/RESULTS.md.
+Prints a markdown table and adds the run to this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -23,6 +27,7 @@ from polars.testing import assert_frame_equal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import CODER, synthesise  # noqa: E402  (the sibling benchmark's dump and command)
+from results import add_run  # noqa: E402
 
 
 def run(engine: str, *, notes: Path, model: Path, work: Path, batch_size: int) -> tuple[float, Path]:
@@ -55,8 +60,13 @@ def main() -> None:
         )
     local, ray = (pl.read_parquet(outputs[e]) for e in ("local", "ray"))
     assert_frame_equal(ray, local, check_exact=False, abs_tol=1e-6, rel_tol=0)
-    print("\n".join(rows))
-    print(f"\nidentical output: {local.height} prediction rows (scores within 1e-6)")
+    command = shlex.join(["python", "benchmarks/ray_engine.py", *sys.argv[1:]])
+    section = "\n".join([
+        f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"`{command}` on {platform.machine()} ({os.cpu_count()} CPUs); load average {os.getloadavg()[0]:.1f} at the end.",
+        "", *rows, "", f"Identical output: {local.height} prediction rows (scores within 1e-6).", ""])
+    add_run("ray-engine", title="## `coder predict --engine ray` against `--engine local` (benchmarks/ray_engine.py)", section=section)
+    print(section)
 
 
 if __name__ == "__main__":
