@@ -27,7 +27,8 @@ import polars as pl
 
 from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
 from coder.model.chunking import batches, chunk_notes
-from coder.model.session import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER, physical_cores
+from coder.cpus import compute_threads
+from coder.model.session import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
 
@@ -47,7 +48,7 @@ def note_feeds(model: Path, texts: list[str]) -> list[dict]:
 def profile(path: Path, feeds: list[dict], *, disabled: list[str], notes: int) -> tuple[float, Counter]:
     """Notes/s of one timed pass over ``feeds`` (after a warm-up) and kernel microseconds per op type."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = physical_cores()
+    options.intra_op_num_threads = compute_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
@@ -79,7 +80,7 @@ def main() -> None:
     command = shlex.join(["python", "benchmarks/onnx_profile.py", *sys.argv[1:]])
     lines = [f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"`{command}`: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}, {len(texts)} notes, "
-             f"{physical_cores()} threads.", ""]
+             f"{compute_threads()} threads.", ""]
     for name, (rate, by_op) in runs.items():
         total = sum(by_op.values())
         lines += [f"**{name}**: {rate:.1f} notes/s; kernel time by operator type:", "",

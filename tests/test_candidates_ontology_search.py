@@ -178,11 +178,14 @@ def test_scores_are_the_best_cosine_of_any_term_with_any_sentence():
             key: value for key, value in best.items() if value > 0}
 
 
-@pytest.mark.parametrize("threads", [1, 2, 5], ids=["one-thread", "two-threads", "more-threads-than-notes"])
-def test_threads_do_not_change_candidates(search, monkeypatch, threads):
+@pytest.mark.parametrize(("threads", "omp"), [(1, None), (2, None), (5, None), (4, "1")],
+                         ids=["one-thread", "two-threads", "more-threads-than-notes", "omp-num-threads-1"])
+def test_threads_do_not_change_candidates(search, monkeypatch, threads, omp):
     monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", 1)
     expected = search.candidates(NOTES)
     monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", threads)
+    if omp is not None:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
 
 

@@ -32,6 +32,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
+from coder.cpus import capped, logical_cpus
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
@@ -58,8 +59,8 @@ SIMILARITY_BUDGET = 16_000_000
 _NONE = np.iinfo(np.int64).max  # "no such sentence" in a minimum over terms
 # Characters of note text vectorised in one call: one call per note cost more than the product.
 TEXT_BUDGET = 200_000
-# Threads for candidates(); each holds at most SIMILARITY_BUDGET similarities.
-SEARCH_THREADS = min(4, len(os.sched_getaffinity(0)))
+# Most threads for candidates() (fewer on fewer CPUs); each holds at most SIMILARITY_BUDGET similarities.
+SEARCH_THREADS = 4
 
 
 def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) -> pl.DataFrame:
@@ -158,17 +159,18 @@ class OntologySearch(ParamsMixin):
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
         evidence_text/start/end (the best sentence, offsets into ``text_column``).
 
-        Notes are split across up to ``SEARCH_THREADS`` threads (scipy's sparse products release
-        the GIL: 1.7x on 2 cores); each note's rows do not depend on the others, so the output is
-        the same as in one thread."""
+        Notes are split across up to ``SEARCH_THREADS`` threads, no more than the process's CPUs
+        (``coder.cpus``; scipy's sparse products release the GIL: 1.7x on 2 cores); each note's rows
+        do not depend on the others, so the output is the same as in one thread."""
         if not hasattr(self, "term_matrix_"):
             raise NotFittedError("OntologySearch is not fitted: call fit(ontology=...) or OntologySearch.load(path)")
-        threads = min(SEARCH_THREADS, notes.height)
+        workers = capped(min(SEARCH_THREADS, logical_cpus()))
+        threads = min(workers, notes.height)
         if threads < 2:
             return self._candidates(notes)
         size = -(-notes.height // threads)
         parts = [notes.slice(start, size) for start in range(0, notes.height, size)]
-        return pl.concat(_pool(os.getpid(), SEARCH_THREADS).map(self._candidates, parts))
+        return pl.concat(_pool(os.getpid(), workers).map(self._candidates, parts))
 
     def _candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         codes = self.codes_[CODE].to_numpy()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from coder.cpus import compute_threads
 from coder.model.chunking import Batch
 from coder.errors import UsageError
 
@@ -42,24 +42,6 @@ def gpu_present() -> bool:
     return True
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads share a core's matmul units)."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            siblings = cores = None
-            for line in handle:
-                if line.startswith("siblings") and siblings is None:
-                    siblings = int(line.split(":")[1])
-                elif line.startswith("cpu cores") and cores is None:
-                    cores = int(line.split(":")[1])
-        if siblings and cores:
-            return max(1, logical * cores // siblings)
-    except (OSError, ValueError):
-        pass
-    return max(1, logical)
-
-
 def providers_for(device: str) -> list[str]:
     """Providers to ask for, best first, for ``device`` in auto/cpu/cuda."""
     if device not in DEVICES:
@@ -76,7 +58,7 @@ def create_session(path: Path, *, device: str = "auto", providers: Sequence[str]
     """An inference session on the best provider for ``device`` (or on ``providers``, tried in
     order); logs the provider used."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = physical_cores()
+    options.intra_op_num_threads = compute_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = list(providers) if providers else providers_for(device)
     # CPU only: the fused SkipLayerNormalization kernel ran ~4x slower than the LayerNormalization +
