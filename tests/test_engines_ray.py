@@ -19,15 +19,8 @@ from coder.errors import MissingDependencyError, ModelBundleError, UsageError, W
 import coder.run
 import standin
 from coder.engines.local import code_locally
-from coder.engines.ray import (
-    PendingBatch,
-    RayEngine,
-    RayOptions,
-    actor_resources,
-    plan_batches,
-    predict_notes_ray,
-    read_batch,
-)
+from coder.engines.batches import PendingBatch, plan_batches, read_batch
+from coder.engines.ray import RayEngine, RayOptions, actor_resources, predict_notes_ray
 from coder.io.outputs import claim_outputs
 from coder.io.read import iter_batches, plan_inputs
 from coder.run import PredictOptions

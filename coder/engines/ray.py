@@ -18,30 +18,24 @@ same paths (a shared filesystem).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from itertools import accumulate
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from coder.errors import CoderError, MissingDependencyError, UsageError, WorkerError
+from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model, plan_batches
+from coder.errors import MissingDependencyError, UsageError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
-from coder.io.read import InputPlan, NoteBatch, iter_batches, note_batch
-from coder.io.screen import RowScreen, note_ids
+from coder.io.read import InputPlan
 from coder.llm.vote import LLMStage
 from coder.predict import predict_notes
-from coder.run import PredictOptions, RunSummary, Scored, code_and_write, stage_seconds
+from coder.run import PredictOptions, RunSummary, Scored
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -90,115 +84,6 @@ class RayOptions:
             )
 
 
-@dataclass(frozen=True)
-class PendingBatch:
-    """One batch still to score: where its rows are, and which of its ids earlier batches hold."""
-
-    index: int
-    file: Path
-    """Absolute: workers do not share the driver's working directory."""
-    first_row: int
-    rows: int
-    seen: tuple[str, ...]
-
-    def to_item(self) -> dict[str, Any]:
-        """A row of plain columns for Ray Data; the ids travel as JSON, so an empty list keeps its type."""
-        return {**asdict(self), "file": str(self.file), "seen": json.dumps(self.seen)}
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> PendingBatch:
-        return cls(**{**item, "file": Path(item["file"]), "seen": tuple(json.loads(item["seen"]))})
-
-
-def plan_batches(plan: InputPlan, *, batch_size: int, done: Mapping[int, Any]) -> tuple[int, list[PendingBatch]]:
-    """First pass, over the id column only: (batches in the run, the batches not in ``done``).
-
-    It reads with the local engine's reader, so the batches are the local engine's, and records
-    for each batch the ids met in earlier batches: a worker that screens one batch then applies
-    the run-wide duplicate rule (the first occurrence in input order is coded) on its own, with the
-    ids as the screen compares them (``coder.io.screen.note_ids``: trimmed; one that is not valid
-    UTF-8 reads as null).
-    """
-    met: set[str] = set()
-    pending: list[PendingBatch] = []
-    batches = 0
-    for batch in iter_batches(replace(plan, columns={}), batch_size=batch_size):
-        batches += 1
-        ids = set(note_ids(batch.frame).drop_nulls())
-        if batch.index not in done:
-            pending.append(
-                PendingBatch(
-                    index=batch.index,
-                    file=batch.file,
-                    first_row=batch.first_row,
-                    rows=batch.frame.height,
-                    seen=tuple(sorted(ids & met)),
-                )
-            )
-        met |= ids
-    return batches, pending
-
-
-def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
-    """The batch's rows as the local reader gives them (``coder.io.read.note_batch``); only the row groups
-    that hold them are read."""
-    parquet = pq.ParquetFile(pending.file)
-    metadata = parquet.metadata
-    starts = list(accumulate((metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), initial=0))
-    end = pending.first_row + pending.rows
-    groups = [g for g in range(metadata.num_row_groups) if starts[g] < end and starts[g + 1] > pending.first_row]
-    table = parquet.read_row_groups(groups, columns=list(plan.renames))
-    offset = pending.first_row - starts[groups[0]] if groups else 0
-    return note_batch(table.slice(offset, pending.rows), plan=plan, index=pending.index, file=pending.file,
-                      first_row=pending.first_row)
-
-
-_RESULT_SCHEMA = pa.schema(
-    {"index": pa.int64(), "counts": pa.string(), "execution_provider": pa.string(), "precision": pa.string(),
-     "error": pa.string(), "exit_code": pa.int64()}
-)
-
-
-class BatchCoder:
-    """A Ray actor: loads the model once, then reads, screens, codes and writes whole batches.
-
-    A CoderError comes back as a result row, not raised: Ray would wrap it in an error that
-    keeps neither its class nor its exit code.
-    """
-
-    def __init__(self, *, load: Callable[[], Model], plan: InputPlan, parts: PartsFolder, options: PredictOptions) -> None:
-        self._plan = plan
-        self._parts = parts
-        self._options = options
-        self._model: Model | None = None
-        self._load_error: CoderError | None = None
-        try:
-            self._model = load()
-        except CoderError as error:
-            self._load_error = error
-
-    def __call__(self, items: pa.Table) -> pa.Table:
-        """Rows of ``PendingBatch.to_item()`` -> one row per batch in ``_RESULT_SCHEMA``."""
-        rows = []
-        for item in items.to_pylist():
-            pending = PendingBatch.from_item(item)
-            try:
-                rows.append(self._code(pending))
-            except CoderError as error:
-                message = f"{type(error).__name__} on a Ray worker: {error}"
-                rows.append({"index": pending.index, "error": message, "exit_code": error.exit_code})
-        return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
-
-    def _code(self, pending: PendingBatch) -> dict[str, Any]:
-        if self._load_error is not None:
-            raise self._load_error
-        model = self._model
-        batch = read_batch(self._plan, pending)
-        counts = code_and_write(model, batch, screen=RowScreen(seen=pending.seen), parts=self._parts, options=self._options)
-        return {"index": batch.index, "counts": json.dumps(counts), "execution_provider": model.execution_provider,
-                "precision": model.precision}
-
-
 @contextmanager
 def _connected(ray: ModuleType, address: str | None) -> Iterator[str]:
     """Join the cluster (or start a local Ray) for the run; a session the caller opened is left open."""
@@ -244,10 +129,8 @@ class RayEngine:
         if llm is not None:
             raise UsageError("the LLM stage runs with --engine local only")
         batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
-        rows = {p.index: p.rows for p in pending}
-        progress.update(plan.total_rows - sum(rows.values()))
-        seconds: Counter = Counter()
-        providers, precisions = set(), set()
+        tally = Tally(done=done, rows={p.index: p.rows for p in pending}, progress=progress)
+        progress.update(plan.total_rows - sum(tally.rows.values()))
         engine: dict[str, Any] = {"name": "ray"}
         if pending:  # else an empty dump, or a finished run resumed: no cluster needed
             ray = import_ray()
@@ -257,21 +140,8 @@ class RayEngine:
                 log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
                 for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):
-                    if row["error"]:
-                        raise WorkerError(row["error"], exit_code=row["exit_code"])
-                    done[row["index"]] = json.loads(row["counts"])
-                    seconds.update(stage_seconds(done[row["index"]]))
-                    providers.add(row["execution_provider"])
-                    precisions.add(row["precision"])
-                    progress.update(rows[row["index"]])
-        return Scored(
-            batches=batches,
-            fresh_rows=sum(rows.values()),
-            stage_seconds=dict(seconds),
-            execution_provider=",".join(sorted(providers)) or model.execution_provider,
-            precision=",".join(sorted(precisions)) or model.precision,
-            engine=engine,
-        )
+                    tally.add(row)
+        return tally.scored(batches=batches, model=model, engine=engine)
 
     def _scored(
         self,
@@ -294,19 +164,13 @@ class RayEngine:
                 BatchCoder,
                 batch_size=1,
                 batch_format="pyarrow",
-                fn_constructor_kwargs={"load": self.load, "plan": plan, "parts": parts, "options": options},
+                fn_constructor_kwargs={"load": self.load, "plan": plan, "parts": parts, "options": options,
+                                       "where": "Ray worker"},
                 **resources,
                 max_restarts=self.ray.max_restarts,
                 max_task_retries=self.ray.max_restarts,
             )
         return results.iter_rows()
-
-
-def load_actor_model(model: Path, *, device: str, precision: str, codes_file: Path | None) -> Model:
-    """What each actor loads: the model with the code list the driver resolved."""
-    from coder.model.load import load_model
-
-    return load_model(model, device=device, precision=precision, codes_file=codes_file)
 
 
 def predict_notes_ray(
@@ -328,6 +192,6 @@ def predict_notes_ray(
 
     model_path = (model or default_model_path()).resolve()
     codes = codes_file.resolve() if codes_file else None
-    engine = RayEngine(load=functools.partial(load_actor_model, model_path, device=device, precision=options.precision,
+    engine = RayEngine(load=functools.partial(load_worker_model, model_path, device=device, precision=options.precision,
                                               codes_file=codes), ray=ray)
     return predict_notes(source, out=out, model=model_path, device="cpu", codes_file=codes, options=options, engine=engine)

@@ -238,7 +238,7 @@ def _decodes(value: bytes) -> bool:
 
 def note_batch(table: pa.Table, *, plan: InputPlan, index: int, file: Path, first_row: int) -> NoteBatch:
     """Rows of ``file`` read by arrow -> a NoteBatch of string columns, renamed: the one conversion of
-    both engines and of the Ray engine's id pass (``coder.engines.ray.plan_batches``)."""
+    both engines and of the Ray engine's id pass (``coder.engines.batches.plan_batches``)."""
     columns, invalid = {}, set()
     for column, name in plan.renames.items():
         columns[name], rows = _utf8(table.column(column))
