@@ -21,15 +21,15 @@ def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, d
                   llm_backend: Backend | None = None) -> RunSummary:
     """``coder predict``: load the model (default ``coder.model.folder.default_model_path()``), open the
     LLM stage when its settings (``options.llm`` over the model config's ``llm`` entry) turn it on,
-    and run the batches. With another ``engine`` (``coder.engines.ray``) the model loaded here only
-    describes the run; the LLM stage runs with the local engine only. The outputs are checked and
+    and run the batches. With another ``engine`` (``coder.engines.processes``, ``coder.engines.ray``) the model loaded here only
+    describes the run; the LLM stage runs in one process only. The outputs are checked and
     locked (``coder.io.outputs.claim_outputs``) before the model loads: a mistyped path, an output
     that is an input, or a run already writing ``out`` costs seconds."""
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
         loaded = load_model(model, device=device, precision=options.precision, codes_file=codes_file)
         settings = llm_settings(configured=loaded.config.llm, given=options.llm)
         if settings.enabled and engine is not None:
-            raise UsageError(f"--llm {settings.backend} runs with --engine local only; drop --llm or the other engine")
+            raise UsageError(f"--llm {settings.backend} runs in one process (--engine local, --workers 1); drop --llm or the other engine")
         llm = LLMStage(settings, gate=loaded.gate, backend=llm_backend) if settings.enabled else None
         return run_batches(source, model=loaded, outputs=outputs, options=options, engine=engine or code_locally, llm=llm,
                            model_path=model)

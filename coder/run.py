@@ -1,6 +1,6 @@
 """A `coder predict` run: plan the inputs, have an engine code every batch, combine the parts, write the manifest.
 
-``run_batches`` does the bookkeeping; an engine (``coder.engines.local`` or ``coder.engines.ray``)
+``run_batches`` does the bookkeeping; an engine (``coder.engines.local``, ``coder.engines.processes`` or ``coder.engines.ray``)
 reads, screens, codes (``coder.pipeline.code_batch``) and writes each batch with
 ``code_and_write``. ``coder.predict.predict_notes`` loads the model and starts a run.
 """
@@ -217,7 +217,7 @@ def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine
     ``coder.io.outputs.claim_outputs``: checked, and locked for this run).
 
     Input rows = notes coded + rows quarantined, always. ``engine`` codes the batches
-    (``coder.engines.local.code_locally`` or ``coder.engines.ray.RayEngine``)."""
+    (``coder.engines.local.code_locally``, ``coder.engines.processes.ProcessesEngine`` or ``coder.engines.ray.RayEngine``)."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     out, quarantine = outputs.predictions, outputs.quarantine
