@@ -51,7 +51,7 @@ BACKGROUND = ROOT / "data" / "codiesp" / "background" / "notes.parquet"
 DEV_NOTES = ROOT / "data" / "codiesp" / "dev" / "notes.parquet"
 MODES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
 THREADS = 2  # the machine's cores; the peak matmul uses the same number
-REPEATS = 5  # the model-only notes repeated for the end-to-end rows with worker processes: 4 batches of 256
+REPEATS = 15  # the model-only notes repeated for the end-to-end rows with worker processes: 12 batches of 256
 BATCH_NOTES = PROVIDER_BATCH_NOTES[CPU_PROVIDER]  # notes a forward pass `coder predict` runs on CPU
 PEAK_N = 4096
 
