@@ -150,6 +150,16 @@ class Tally:
     providers: set[str] = field(default_factory=set)
     precisions: set[str] = field(default_factory=set)
 
+    @classmethod
+    def start(cls, plan: InputPlan, *, batch_size: int, done: dict[int, dict[str, Any]],
+              progress: Progress) -> tuple[int, list[PendingBatch], Tally]:
+        """The run's batch count, its pending batches (``plan_batches``), and their tally; the rows of
+        the batches already done count as progress."""
+        batches, pending = plan_batches(plan, batch_size=batch_size, done=done)
+        tally = cls(done=done, rows={p.index: p.rows for p in pending}, progress=progress)
+        progress.update(plan.total_rows - sum(tally.rows.values()))
+        return batches, pending, tally
+
     def add(self, row: Mapping[str, Any]) -> None:
         """Record a batch's result row; a worker's CoderError ends the run with its message and exit code."""
         if row.get("error"):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coder.cpus import compute_threads
-from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model, plan_batches
+from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model
 from coder.errors import UsageError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
@@ -69,9 +69,7 @@ class ProcessesEngine:
                  progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
         if llm is not None:
             raise UsageError("the LLM stage runs in one process: drop --llm or --workers")
-        batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
-        tally = Tally(done=done, rows={p.index: p.rows for p in pending}, progress=progress)
-        progress.update(plan.total_rows - sum(tally.rows.values()))
+        batches, pending, tally = Tally.start(plan, batch_size=options.batch_size, done=done, progress=progress)
         workers = max(1, min(self.workers, len(pending)))
         threads = max(1, compute_threads() // workers)
         engine = {"name": "processes", "workers": workers, "threads_per_worker": threads}

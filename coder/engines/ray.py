@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model, plan_batches
+from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model
 from coder.errors import MissingDependencyError, UsageError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
@@ -128,9 +128,7 @@ class RayEngine:
                  progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
         if llm is not None:
             raise UsageError("the LLM stage runs with --engine local only")
-        batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
-        tally = Tally(done=done, rows={p.index: p.rows for p in pending}, progress=progress)
-        progress.update(plan.total_rows - sum(tally.rows.values()))
+        batches, pending, tally = Tally.start(plan, batch_size=options.batch_size, done=done, progress=progress)
         engine: dict[str, Any] = {"name": "ray"}
         if pending:  # else an empty dump, or a finished run resumed: no cluster needed
             ray = import_ray()
