@@ -147,3 +147,23 @@ def run_vote(notes, candidates, *, settings, gate, backend=None, per_note=50):
     section = manifest_section(stage, votes.batch_counts())
     return SimpleNamespace(available=section["available"], error=stage.error, votes=votes.votes, counts=votes.counts,
                            new_tokens=votes.new_tokens, section=section, requests=None)
+
+
+@pytest.fixture
+def dump(tmp_path):
+    """A dump of two files with every kind of bad row (``engine_cases.write_dump``)."""
+    from engine_cases import write_dump
+
+    return write_dump(tmp_path / "dump")
+
+
+@pytest.fixture
+def local_run(tmp_path, dump):
+    """``dump`` coded by the local engine with the stand-in model, in batches of 2: what other engines must write."""
+    from engine_cases import OPTIONS, run_batches
+
+    out = tmp_path / "local" / "out.parquet"
+    out.parent.mkdir()
+    run_batches(dump, out=out, options=OPTIONS)
+    return out
+

@@ -1,29 +1,22 @@
 """The processes engine (`coder predict --workers N`) writes exactly what the local engine writes."""
 
 import functools
-import json
 
-import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from cli import app
 from coder.engines.processes import ProcessesEngine
 from coder.errors import ModelBundleError, UsageError, WorkerError
 from coder.run import PredictOptions
-from test_engines_ray import OPTIONS, BrokenBundle, StandIn, _outputs, dump, local_run, run_batches  # noqa: F401  (fixtures)
+from engine_cases import OPTIONS, BrokenBundle, assert_same_outputs, run_batches
+from standin import StandInModel as StandIn
 
 runner = CliRunner()
 
 
 def _assert_same_outputs(local, out, *, workers: int) -> None:
-    local_predictions, local_quarantine, local_manifest = _outputs(local)
-    predictions, quarantine, manifest = _outputs(out)
-    assert_frame_equal(predictions, local_predictions, check_exact=False, abs_tol=1e-6, rel_tol=0)
-    assert_frame_equal(quarantine, local_quarantine)
-    assert manifest["counts"] == local_manifest["counts"]
-    assert manifest["engine"]["name"] == "processes" and manifest["engine"]["workers"] == workers
+    assert assert_same_outputs(local, out, engine="processes")["engine"]["workers"] == workers
 
 
 def _out(tmp_path):
@@ -70,8 +63,8 @@ def test_cli_workers_write_what_the_local_engine_writes(tmp_path, dump, tiny_mod
         result = runner.invoke(app, ["predict", str(dump), "--out", str(outs[workers]), "--model", str(tiny_model_path),
                                      "--workers", workers, "--batch-size", "3", "--device", "cpu", "--quiet"])
         assert result.exit_code == 0, result.output
-    _assert_same_outputs(outs["1"], outs["2"], workers=2)
-    assert json.loads(outs["2"].with_name("out.manifest.json").read_text())["engine"]["threads_per_worker"] >= 1
+    engine = assert_same_outputs(outs["1"], outs["2"], engine="processes")["engine"]
+    assert engine["workers"] == 2 and engine["threads_per_worker"] >= 1
 
 
 def test_cli_workers_with_ray_is_a_usage_error(tmp_path, dump):

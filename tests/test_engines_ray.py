@@ -4,7 +4,6 @@ Ray runs locally with 2 CPUs and a small object store, once for the module.
 """
 
 import functools
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,22 +15,15 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
-import coder.run
+import engine_cases
 import standin
-from coder.engines.local import code_locally
 from coder.engines.batches import PendingBatch, plan_batches, read_batch
 from coder.engines.ray import RayEngine, RayOptions, actor_resources, predict_notes_ray
-from coder.io.outputs import claim_outputs
 from coder.io.read import iter_batches, plan_inputs
 from coder.run import PredictOptions
-from coder.schema import NOTE_ID, TEXT
-from standin import StandInModel, write_notes
-
-
-def run_batches(source, *, out, options, engine=code_locally, model=None):
-    """A run with a stand-in model on the driver (it only describes the run when Ray codes the batches)."""
-    with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
-        return coder.run.run_batches(source, model=model or StandInModel(), outputs=outputs, options=options, engine=engine)
+from coder.schema import NOTE_ID
+from engine_cases import OPTIONS, BrokenBundle, assert_same_outputs, run_batches, run_outputs
+from standin import StandInModel
 
 runner = CliRunner()
 StandIn = StandInModel
@@ -43,50 +35,12 @@ def ray_session():
     # The stand-ins live in test modules, which Ray's workers cannot import: ship them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.cloudpickle.register_pickle_by_value(standin)
+    ray.cloudpickle.register_pickle_by_value(engine_cases)
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
     yield ray
     ray.shutdown()
 
 
-@pytest.fixture
-def dump(tmp_path):
-    """Two files, several row groups, and every kind of bad row: null and blank text, null id, duplicate ids (one
-    only once trimmed), an id and a text that are not valid UTF-8."""
-    folder = tmp_path / "dump"
-    folder.mkdir()
-    first = {
-        NOTE_ID: ["a", "b", None, "c", "d", "b", "h", "i", "j", "k"],
-        TEXT: ["fever", "cough and fever", "x", "  ", "~", "again", "pain", None, "rash", "dyspnoea"],
-    }
-    pl.DataFrame(first).write_parquet(folder / "1.parquet", row_group_size=3)
-    write_notes(folder / "2.parquet", ["a", "e", "f", "g", "k", "l", " l ", b"\xff", "m"],
-                ["dup", "chest pain", None, "cough", "dup", "headache", "again", "x", b"\xfe"], row_group_size=4)
-    return folder
-
-
-def _outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    manifest = json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())
-    return pl.read_parquet(out), pl.read_parquet(out.with_name(f"{out.stem}.quarantine.parquet")), manifest
-
-
-def _assert_same_outputs(local: Path, ray: Path) -> None:
-    local_predictions, local_quarantine, local_manifest = _outputs(local)
-    ray_predictions, ray_quarantine, ray_manifest = _outputs(ray)
-    assert_frame_equal(ray_predictions, local_predictions, check_exact=False, abs_tol=1e-6, rel_tol=0)
-    assert_frame_equal(ray_quarantine, local_quarantine)
-    assert ray_manifest["counts"] == local_manifest["counts"]
-    assert ray_manifest["engine"]["name"] == "ray"
-
-
-@pytest.fixture
-def local_run(tmp_path, dump):
-    out = tmp_path / "local" / "out.parquet"
-    out.parent.mkdir()
-    run_batches(dump, out=out, options=PredictOptions(batch_size=2, quiet=True))
-    return out
-
-
-OPTIONS = PredictOptions(batch_size=2, quiet=True)
 ONE_ACTOR = RayOptions(actors=1)
 
 
@@ -99,7 +53,7 @@ def _ray_out(tmp_path: Path) -> Path:
 def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dump, local_run):
     out = _ray_out(tmp_path)
     summary = run_batches(dump, out=out, options=OPTIONS, engine=RayEngine(load=StandIn))
-    _assert_same_outputs(local_run, out)
+    assert_same_outputs(local_run, out, engine="ray")
     quarantine = pl.read_parquet(out.with_name("out.quarantine.parquet"))
     assert quarantine.filter(pl.col("reason") == "duplicate_note_id").select(NOTE_ID, "row").rows() == [
         ("b", 5), ("a", 0), ("k", 4), ("l", 6)
@@ -115,7 +69,7 @@ def test_a_killed_worker_loses_and_repeats_no_note(ray_session, tmp_path, dump, 
     out = _ray_out(tmp_path)
     run_batches(dump, out=out, options=OPTIONS, engine=executor)
     assert marker.exists()  # the worker did die once
-    _assert_same_outputs(local_run, out)
+    assert_same_outputs(local_run, out, engine="ray")
 
 
 def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_run):
@@ -129,7 +83,7 @@ def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_ru
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
     summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == done_before
-    _assert_same_outputs(local_run, out)
+    assert_same_outputs(local_run, out, engine="ray")
 
 
 def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
@@ -139,8 +93,8 @@ def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
     summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == 5
-    _assert_same_outputs(local_run, out)
-    assert _outputs(out)[2]["timing"]["notes_this_run"] == 9
+    assert_same_outputs(local_run, out, engine="ray")
+    assert run_outputs(out)[2]["timing"]["notes_this_run"] == 9
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64], ids=["1", "2", "3", "5", "64"])
@@ -212,15 +166,10 @@ def test_cli_ray_engine_writes_what_the_local_engine_writes(ray_session, tmp_pat
                 "--batch-size", "3", "--device", "cpu", "--quiet"]
         result = runner.invoke(app, ["predict", *args])
         assert result.exit_code == 0, result.output
-    _assert_same_outputs(outs["local"], outs["ray"])
-    manifest = _outputs(outs["ray"])[2]
+    assert_same_outputs(outs["local"], outs["ray"], engine="ray")
+    manifest = run_outputs(outs["ray"])[2]
     assert manifest["model"]["execution_provider"] == "CPUExecutionProvider"
     assert manifest["engine"]["actors"] == 2
-
-
-class BrokenBundle(StandIn):
-    def __init__(self):
-        raise ModelBundleError("model folder lacks coder_model.json")
 
 
 class BadLabels(StandIn):
@@ -275,5 +224,5 @@ def test_nothing_to_score_needs_no_cluster(monkeypatch, tmp_path, dump, local_ru
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
     summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
     assert summary.resumed_batches == 10
-    _assert_same_outputs(local_run, out)
-    assert _outputs(out)[2]["engine"] == {"name": "ray"}
+    assert_same_outputs(local_run, out, engine="ray")
+    assert run_outputs(out)[2]["engine"] == {"name": "ray"}
