@@ -9,7 +9,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-
 WORD = re.compile(r"\w+")
 SENTENCE_END = re.compile(r"[.;:!?\n]")
 # Texts whose tokens are kept: both text columns of a default 256-note batch.

@@ -5,6 +5,7 @@ that loads the model once and then reads, screens, codes and writes whole batche
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -182,3 +183,15 @@ def load_worker_model(model: Path, *, device: str, precision: str, codes_file: P
     from coder.model.load import load_model
 
     return load_model(model, device=device, precision=precision, codes_file=codes_file)
+
+
+def worker_load(model: Path | None, *, device: str, precision: str,
+                codes_file: Path | None) -> tuple[Path, Path | None, Callable[[], Model]]:
+    """(model folder, code list, what each worker calls to load the model): the paths absolute, as
+    workers do not share the driver's working directory, the model the default one when not given."""
+    from coder.model.folder import default_model_path
+
+    model_path = (model or default_model_path()).resolve()
+    codes = codes_file.resolve() if codes_file else None
+    return model_path, codes, functools.partial(load_worker_model, model_path, device=device, precision=precision,
+                                                codes_file=codes)

@@ -12,7 +12,6 @@ crosses into them. Each holds a model (about 1.5 GB for the shipped one), and th
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coder.cpus import compute_threads
-from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model
+from coder.engines.batches import BatchCoder, PendingBatch, Tally, worker_load
 from coder.errors import UsageError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
@@ -88,10 +87,6 @@ class ProcessesEngine:
 def predict_notes_processes(source: str | Path, *, out: Path, workers: int, model: Path | None = None, device: str = "auto",
                             codes_file: Path | None = None, options: PredictOptions = PredictOptions()) -> RunSummary:
     """``coder predict --workers N``: ``coder.predict.predict_notes`` with the batches coded in worker processes."""
-    from coder.model.folder import default_model_path
-
-    model_path = (model or default_model_path()).resolve()
-    codes = codes_file.resolve() if codes_file else None
-    engine = ProcessesEngine(load=functools.partial(load_worker_model, model_path, device=device, precision=options.precision,
-                                                    codes_file=codes), workers=workers)
+    model_path, codes, load = worker_load(model, device=device, precision=options.precision, codes_file=codes_file)
+    engine = ProcessesEngine(load=load, workers=workers)
     return predict_notes(source, out=out, model=model_path, device=device, codes_file=codes, options=options, engine=engine)

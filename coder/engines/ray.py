@@ -17,7 +17,6 @@ same paths (a shared filesystem).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import warnings
@@ -28,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from coder.engines.batches import BatchCoder, PendingBatch, Tally, load_worker_model
+from coder.engines.batches import BatchCoder, PendingBatch, Tally, worker_load
 from coder.errors import MissingDependencyError, UsageError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
@@ -186,10 +185,6 @@ def predict_notes_ray(
     The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
     """
     import_ray()  # a missing Ray fails before the model and the ontology load
-    from coder.model.folder import default_model_path
-
-    model_path = (model or default_model_path()).resolve()
-    codes = codes_file.resolve() if codes_file else None
-    engine = RayEngine(load=functools.partial(load_worker_model, model_path, device=device, precision=options.precision,
-                                              codes_file=codes), ray=ray)
+    model_path, codes, load = worker_load(model, device=device, precision=options.precision, codes_file=codes_file)
+    engine = RayEngine(load=load, ray=ray)
     return predict_notes(source, out=out, model=model_path, device="cpu", codes_file=codes, options=options, engine=engine)
