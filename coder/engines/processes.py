@@ -86,7 +86,9 @@ class ProcessesEngine:
 
 def predict_notes_processes(source: str | Path, *, out: Path, workers: int, model: Path | None = None, device: str = "auto",
                             codes_file: Path | None = None, options: PredictOptions = PredictOptions()) -> RunSummary:
-    """``coder predict --workers N``: ``coder.predict.predict_notes`` with the batches coded in worker processes."""
+    """``coder predict --workers N``: ``coder.predict.predict_notes`` with the batches coded in worker processes.
+
+    The workers load the model with ``device``; the driver loads it on CPU only to describe the run."""
     model_path, codes, load = worker_load(model, device=device, precision=options.precision, codes_file=codes_file)
     engine = ProcessesEngine(load=load, workers=workers)
-    return predict_notes(source, out=out, model=model_path, device=device, codes_file=codes, options=options, engine=engine)
+    return predict_notes(source, out=out, model=model_path, device="cpu", codes_file=codes, options=options, engine=engine)
