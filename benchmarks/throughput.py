@@ -63,11 +63,12 @@ PEAK_N = 4096
 # achieved rate is of the encoder's matmuls only; every chunk is counted at its full 128 tokens.
 # int8 does the same work in int8 arithmetic (VNNI), so its share of the fp32 peak may pass 100%.
 ENCODER_LAYERS, HIDDEN, INTERMEDIATE, CHUNK_TOKENS = 6, 384, 1536, 128
-CHUNK_GFLOP = ENCODER_LAYERS * (8 * CHUNK_TOKENS * HIDDEN**2 + 4 * CHUNK_TOKENS * HIDDEN * INTERMEDIATE
-                                + 4 * CHUNK_TOKENS**2 * HIDDEN) / 1e9
 # The encoder's matmuls against weights, which int8 quantisation covers: (K, N, per layer): Q, K, V
 # and output projections, then the feed-forward pair. Attention's own products stay fp32.
 ENCODER_MATMULS = ((HIDDEN, HIDDEN, 4), (HIDDEN, INTERMEDIATE, 1), (INTERMEDIATE, HIDDEN, 1))
+WEIGHT_GFLOP = ENCODER_LAYERS * sum(count * 2 * CHUNK_TOKENS * k * n for k, n, count in ENCODER_MATMULS) / 1e9
+ATTENTION_GFLOP = ENCODER_LAYERS * 4 * CHUNK_TOKENS**2 * HIDDEN / 1e9
+CHUNK_GFLOP = WEIGHT_GFLOP + ATTENTION_GFLOP
 # Operator types of onnxruntime's int8 matmul kernels in a dynamically quantised model (the
 # activation's quantisation included), and of attention, for the int8 model's kernel-time split.
 INT8_MATMUL_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear", "MatMulInteger")
@@ -144,7 +145,8 @@ def _best_seconds(node, inputs: dict, initializers: list, output, repeats: int =
     from onnx import helper, numpy_helper
 
     graph = helper.make_graph([node], "one_node",
-                              [helper.make_tensor_value_info(name, _onnx_type(a), list(a.shape)) for name, a in inputs.items()],
+                              [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+                               for name, a in inputs.items()],
                               [output], [numpy_helper.from_array(a, name) for name, a in initializers])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     options = ort.SessionOptions()
@@ -158,12 +160,6 @@ def _best_seconds(node, inputs: dict, initializers: list, output, repeats: int =
         session.run(None, inputs)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def _onnx_type(array) -> int:
-    from onnx import helper
-
-    return helper.np_dtype_to_tensor_dtype(array.dtype)
 
 
 def _int8_matmul_seconds(m: int, k: int, n: int, *, dynamic: bool, repeats: int = 5) -> float:
@@ -318,8 +314,7 @@ def _why_int8(run: dict[str, float], *, int8_peak: float, shapes: dict[str, floa
     kernels' own rate at the encoder's shapes, and the share each would allow (the other kernels'
     time as measured, the profiler's shares applied to the run's time)."""
     seconds, work = run["seconds"], run["chunks"] * CHUNK_GFLOP
-    attention_gflop = ENCODER_LAYERS * 4 * CHUNK_TOKENS**2 * HIDDEN / 1e9
-    int8_work = run["chunks"] * (CHUNK_GFLOP - attention_gflop + head_gflop)  # the encoder's and the head's products
+    int8_work = run["chunks"] * (WEIGHT_GFLOP + head_gflop)  # the encoder's and the head's products
     rest = seconds * (1 - kernels["int8 matmuls"])
 
     def share(rate: float) -> float:
