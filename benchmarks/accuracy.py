@@ -4,8 +4,8 @@ Every source is the product's (``coder.train.stacking.default_sources``) fitted 
 word aligners that project the Spanish spans onto English see train and the unlabelled background
 notes, never dev. Rows without PLM-ICD: rerankers fitted on out-of-fold train candidates (5 folds),
 dev never seen. Rows with PLM-ICD (``--plm-model``): its dev scores, rerankers cross-fitted over 5 dev
-folds (each dev note scored by a reranker fitted on the other four; PLM-ICD's epoch was chosen on
-dev). Columns: CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a
+folds (each dev note scored by a reranker fitted on the other four and on the out-of-fold train
+candidates, where PLM-ICD's features are missing; PLM-ICD's epoch was chosen on dev). Columns: CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a
 prediction), recall@50 of the dev gold codes never seen in train, and each source's own time per
 note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text columns (English
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
@@ -135,11 +135,12 @@ class Ablation:
         return frame.filter(pl.col(f"{source}_rank") < ABSENT_RANK).with_columns(pl.col(source).alias(SCORE))
 
     def reranked(self, sources: tuple[str, ...], dump: str) -> pl.DataFrame:
-        """Without PLM-ICD: a reranker fitted on out-of-fold train candidates. With it: cross-fitted on dev."""
+        """Without PLM-ICD: a reranker fitted on out-of-fold train candidates. With it: cross-fitted on dev,
+        each fold's reranker also fitted on the out-of-fold train candidates (PLM-ICD's features missing)."""
+        train = labelled_frame(self.parts[dump], codes=self.train.codes, sources=[n for n in sources if n != PLM_ICD])
         if PLM_ICD in sources:
-            return cross_fit(self.dev_frame(sources, dump), reranker=Reranker())
-        frame = labelled_frame(self.parts[dump], codes=self.train.codes, sources=sources)
-        return Reranker().fit(frame).predict(self.dev_frame(sources, dump))
+            return cross_fit(self.dev_frame(sources, dump), reranker=Reranker(), extra_rows=train)
+        return Reranker().fit(train).predict(self.dev_frame(sources, dump))
 
 
 def plan(ablation: Ablation) -> list[tuple[str, str, dict]]:
@@ -209,7 +210,8 @@ NOTES = """How to read these tables. Every source is fitted on train only (the w
 Spanish spans onto English on train + background notes). *alone*: the source's own score ranks its own
 candidates. *(reranked, out-of-fold train)*: a reranker fitted on out-of-fold train candidates (5 folds),
 dev never seen. *(reranked, dev cross-fit)*: for PLM-ICD scores, which have no out-of-fold train version:
-each dev note scored by a reranker fitted on the other 4 dev folds. MAP follows CodiEsp's scorer
+each dev note scored by a reranker fitted on the other 4 dev folds and on the out-of-fold train candidates
+(PLM-ICD's features missing there; runs before 2026-12-01 fitted on the 4 dev folds alone). MAP follows CodiEsp's scorer
 (trectools' get_map: the mean runs over the notes that have both gold codes of the system and a
 prediction). P@5 over the notes MAP counts. R@50 unseen: share of the dev gold (note, code) pairs whose
 code never occurs in train that the ranking's top 50 holds. ms/note: the source's own candidates on the

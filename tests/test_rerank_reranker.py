@@ -59,6 +59,21 @@ def test_thresholds_are_chosen_on_notes_the_scoring_model_did_not_see():
     assert set(reranker.thresholds_) == {CM, PCS} and all(0 < t < 1 for t in reranker.thresholds_.values())
 
 
+@pytest.mark.parametrize("model", ["hgb", "logistic"], ids=["trees", "logistic"])
+def test_extra_rows_lacking_a_feature_are_learned_from_but_never_cut_on(model):
+    """Out-of-fold training candidates have no PLM-ICD score: missing there, learned from all the same."""
+    frame = _frame(n_notes=10, seed=0).with_columns(pl.col("lexicon").alias("plm_icd"))
+    extra = _frame(n_notes=40, seed=2).with_columns(pl.col("note_id") + "x")  # no plm_icd column
+    gold = frame.filter(pl.col("label") == 1).select("note_id", "code", "system")
+    reranker = Reranker(model=model, max_iter=30).fit(frame, gold=gold, extra_rows=extra)
+    assert reranker.features_ == ["lexicon", "tfidf", "plm_icd"]
+    scored = reranker.predict(_frame(seed=1).with_columns(pl.col("lexicon").alias("plm_icd")))
+    assert scored["score"].is_finite().all() and np.corrcoef(scored["score"], scored["lexicon"])[0, 1] > 0.8
+    alone = Reranker(model=model, max_iter=30).fit(frame, gold=gold)
+    assert not np.allclose(scored["score"], alone.predict(scored.drop("score"))["score"])  # the extra rows count
+    assert set(reranker.thresholds_) == {CM, PCS}  # cuts on frame's notes only: gold lacks extra's notes
+
+
 def test_tampered_tree_file_is_refused(tmp_path):
     Reranker(max_iter=5).fit(_frame()).save(tmp_path)
     (tmp_path / "icd_10_cm.onnx").write_bytes(b"not the model")

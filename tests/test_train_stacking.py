@@ -12,7 +12,7 @@ from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.train.stacking import (
-    add_plm_rerankers, cross_fit, dev_frames, fit_stack, labelled_frame, out_of_fold, source_frames,
+    add_plm_rerankers, cross_fit, dev_frames, fit_stack, labelled_frame, out_of_fold, source_frames, without_plm,
 )
 
 
@@ -71,3 +71,9 @@ def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources
     with_plm = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     assert ("lexicon", "ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     assert ("ontology", "tfidf", PLM_ICD) in with_plm.rerankers
+    # they also learn from the out-of-fold train frame of the same sources, where PLM-ICD is missing
+    assert set(stack.out_of_fold) == set(stack.rerankers)
+    extra = without_plm(stack, ("ontology", "tfidf", PLM_ICD))
+    assert extra is stack.out_of_fold[("ontology", "tfidf")] and PLM_ICD not in extra.columns
+    scored = cross_fit(frames[("ontology", "tfidf", PLM_ICD)], reranker=Reranker(model="logistic"), folds=2, extra_rows=extra)
+    assert scored.height == frames[("ontology", "tfidf", PLM_ICD)].height and scored["score"].is_finite().all()

@@ -75,18 +75,24 @@ class Reranker(ParamsMixin):
             return LogisticRegression(C=1.0 / self.l2, max_iter=self.max_iter)
         raise UsageError(f"reranker model must be one of {MODELS}, got {self.model!r}")
 
-    def fit(self, frame: pl.DataFrame, *, gold: pl.DataFrame | None = None, features: list[str] | None = None) -> Reranker:
+    def fit(self, frame: pl.DataFrame, *, gold: pl.DataFrame | None = None, features: list[str] | None = None,
+            extra_rows: pl.DataFrame | None = None) -> Reranker:
         """Fit on a labelled candidate frame (``label`` column, see ``candidates.features.with_labels``);
         ``features`` defaults to every feature column of the frame. With ``gold`` (GOLD_SCHEMA:
         every gold code, also those no source proposed), also choose each system's threshold: the
-        F1-best cut of a reranker fitted on four fifths of the notes, on the other fifth."""
+        F1-best cut of a reranker fitted on four fifths of the notes, on the other fifth.
+        ``extra_rows``: more labelled candidates (of other notes) to learn from, never to choose cuts
+        on; features they lack are missing values (e.g. out-of-fold training candidates, which
+        have no PLM-ICD scores: PLM-ICD was fitted on those notes)."""
         self.features_ = features or feature_columns(frame)
-        self.models_ = {system: self._fit_system(part, system) for (system,), part in frame.group_by(SYSTEM, maintain_order=True)}
+        rows = frame if extra_rows is None else pl.concat([extra_rows, frame], how="diagonal_relaxed")
+        self.models_ = {system: self._fit_system(part, system) for (system,), part in rows.group_by(SYSTEM, maintain_order=True)}
         self.thresholds_: dict[str, float] = {}
         if gold is not None:
             notes = frame[NOTE_ID].unique().sort()
             held = notes.filter(fold_ids(notes, folds=5, seed=self.cut_seed) == 0).implode()
-            part = Reranker(**self.get_params()).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)), features=self.features_)
+            part = Reranker(**self.get_params()).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)), features=self.features_,
+                                                     extra_rows=extra_rows)
             self.thresholds_ = f1_thresholds(part.predict(frame.filter(pl.col(NOTE_ID).is_in(held))), gold=gold)
         return self
 
@@ -98,10 +104,10 @@ class Reranker(ParamsMixin):
         if len(np.unique(y)) < 2:  # nothing to learn: every candidate gets the one observed rate
             return float(y.mean())
         logger.info("reranker %s: %d candidates, %d positive, %d features", system, len(y), int(y.sum()), x.shape[1])
-        if self.model == "logistic":
-            mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+        if self.model == "logistic":  # a missing value counts as the feature's mean (trees learn where it goes)
+            mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0) + 1e-9
             with threadpool_limits(limits=self.n_threads):
-                fitted = self._estimator().fit((x - mean) / std, y)
+                fitted = self._estimator().fit(np.nan_to_num((x - mean) / std), y)
             return _Logistic(fitted.coef_[0], float(fitted.intercept_[0]), mean, std)
         with threadpool_limits(limits=self.n_threads):
             fitted = self._estimator().fit(x, y)
@@ -110,7 +116,7 @@ class Reranker(ParamsMixin):
         return _Trees(trees_to_onnx(fitted, n_features=x.shape[1]).SerializeToString())
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
-        """[n_candidates, n_features] float64 matrix."""
+        """[n_candidates, n_features] float64 matrix (null: NaN)."""
         return frame.select(pl.col(c).cast(pl.Float64) for c in self.features_).to_numpy()
 
     def predict(self, frame: pl.DataFrame) -> pl.DataFrame:

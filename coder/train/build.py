@@ -102,7 +102,7 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     stack = add_plm_rerankers(stack, frames=frames, gold=dev.codes)
     source_specs, reranker_specs = stack.save(out)
     config = read_config(out)
-    evaluation = evaluate_stack(frames, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin, degraded_column=text_column)
+    evaluation = evaluate_stack(stack, frames, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin, degraded_column=text_column)
     training = {**config.training, "dev": dev_origin, "folds": folds}
     return finalize(out, dataclasses.replace(config, sources=source_specs, rerankers=reranker_specs, evaluation=evaluation,
                                              training=training))

@@ -2,7 +2,8 @@
 
 Each comes from components that never saw the scored dev note: sources fitted on train, and the
 rerankers over PLM-ICD's scores cross-fitted over five dev folds (each dev note scored by a
-reranker fitted on the other four). PLM-ICD's best epoch and thresholds were chosen on dev.
+reranker fitted on the other four and on the out-of-fold train candidates). PLM-ICD's best
+epoch and thresholds were chosen on dev.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from coder.candidates.features import ABSENT_RANK, LABEL
 from coder.metrics import gold_sets, rankings, system_scores
 from coder.rerank.reranker import Reranker
 from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM
-from coder.train.stacking import cross_fit
+from coder.train.stacking import Stack, cross_fit, without_plm
 
 PROTOCOL = ("CodiEsp's MAP (mean over the dev notes with gold codes of the system and a prediction) and P@5, from "
             "components that never saw the scored dev note: sources fitted on train; rerankers over PLM-ICD's "
-            "scores cross-fitted over 5 dev folds. Dev: {dev_origin}.")
+            "scores cross-fitted over 5 dev folds (each also fitted on the out-of-fold train candidates, "
+            "PLM-ICD's scores missing there). Dev: {dev_origin}.")
 
 
 def row(name: str, scored: pl.DataFrame, gold: pl.DataFrame) -> dict[str, Any]:
@@ -31,15 +33,16 @@ def row(name: str, scored: pl.DataFrame, gold: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def evaluate_stack(frames: dict[tuple[str, ...], pl.DataFrame], *, gold: pl.DataFrame, reranker: Reranker,
+def evaluate_stack(stack: Stack, frames: dict[tuple[str, ...], pl.DataFrame], *, gold: pl.DataFrame, reranker: Reranker,
                    dev_origin: str, degraded_column: str) -> dict[str, Any]:
     """Rows: each source alone (its own score over its own candidates), then the whole model on each
-    kind of dump (``frames``: labelled dev frames per source set, ``stacking.dev_frames``)."""
+    kind of dump (``frames``: labelled dev frames per source set, ``stacking.dev_frames``; ``stack``:
+    the fitted stack, whose out-of-fold train frames the rerankers also learn from)."""
     full = max(frames, key=len)
     rows = [row(f"{name} alone", frames[full].filter(pl.col(f"{name}_rank") < ABSENT_RANK).with_columns(pl.col(name).alias(SCORE)), gold)
             for name in full]
     for sources, frame in sorted(frames.items(), key=lambda item: -len(item[0])):
-        scored = cross_fit(frame, reranker=reranker).select(NOTE_ID, SYSTEM, CODE, SCORE, LABEL)
+        scored = cross_fit(frame, reranker=reranker, extra_rows=without_plm(stack, sources)).select(NOTE_ID, SYSTEM, CODE, SCORE, LABEL)
         dump = "every text column" if sources == full else f"a dump with only `{degraded_column}`"
         rows.append(row(f"whole model on {dump}: {' + '.join(sources)}, reranked", scored, gold))
     return {"rows": rows, "protocol": PROTOCOL.format(dev_origin=dev_origin)}

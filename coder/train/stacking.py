@@ -6,8 +6,10 @@ the training frame is built out of fold: train is cut into K folds, each source 
 notes is fitted on K-1 folds and scores the held-out fold; a source that learns only from the
 ontology is fitted once. The shipped sources are then refitted on all of train.
 
-PLM-ICD scores have no out-of-fold version on train (the model was fitted on all of it). For
-that source, ``cross_fit`` scores each dev note with a reranker fitted on the other dev folds
+PLM-ICD scores have no out-of-fold version on train (the model was fitted on all of it). The
+rerankers that read them learn from the dev candidates and, with PLM-ICD's features missing,
+from the out-of-fold train candidates of the same sources (more notes for everything but
+PLM-ICD). ``cross_fit`` scores each dev note with such a reranker fitted on the other dev folds
 (sources fitted on train only), which is an honest dev figure; the shipped reranker is then
 fitted on all dev candidates.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +112,16 @@ def labelled_frame(parts: list[tuple[SourceFrames, pl.DataFrame]], *, codes: pl.
     return with_labels(pl.concat(frames, how="diagonal_relaxed"), codes)
 
 
-def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: int = 0) -> pl.DataFrame:
-    """``frame`` (labelled) with ``score`` from rerankers that never saw the scored note."""
+def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: int = 0,
+              extra_rows: pl.DataFrame | None = None) -> pl.DataFrame:
+    """``frame`` (labelled) with ``score`` from rerankers that never saw the scored note, each also
+    fitted on ``extra_rows`` (labelled candidates of other notes, see ``Reranker.fit``)."""
     notes = frame[NOTE_ID].unique().sort()
     fold_of = dict(zip(notes.to_list(), fold_ids(notes, folds=folds, seed=seed).tolist()))
     frame = frame.with_columns(pl.col(NOTE_ID).replace_strict(fold_of).alias("_fold"))
     parts = []
     for k in range(folds):
-        model = Reranker(**reranker.get_params()).fit(frame.filter(pl.col("_fold") != k).drop("_fold"))
+        model = Reranker(**reranker.get_params()).fit(frame.filter(pl.col("_fold") != k).drop("_fold"), extra_rows=extra_rows)
         parts.append(model.predict(frame.filter(pl.col("_fold") == k).drop("_fold")))
     return pl.concat(parts).sort(list(KEY))
 
@@ -128,6 +133,8 @@ class Stack:
     sources: tuple[CandidateSource, ...]
     rerankers: dict[tuple[str, ...], Reranker]
     prior: pl.DataFrame
+    out_of_fold: dict[tuple[str, ...], pl.DataFrame]
+    """The labelled out-of-fold train frame each of ``rerankers`` was fitted on (not saved)."""
 
     def save(self, folder: Path) -> tuple[tuple[SourceSpec, ...], tuple[RerankerSpec, ...]]:
         """Write ``sources/<name>/``, ``rerankers/<a+b>/`` and ``rerankers/prior.parquet`` into a
@@ -151,13 +158,14 @@ def fit_stack(*, train: Corpus, ontology: Ontology, sources: Sequence[CandidateS
     reranker = reranker or Reranker()
     fitted = fit_sources(sources or default_sources(), train, ontology=ontology)
     known = source_frames([source for source in fitted if not source.learns_from_notes], train.notes)
-    rerankers = {}
+    rerankers, frames = {}, {}
     for corpus in [train] + ([train.text_only(degraded_column)] if degraded_column else []):
         usable = [source for source in fitted if source.text_column in corpus.notes.columns]
         parts = out_of_fold(corpus, sources=usable, ontology=ontology, known=known, folds=folds, seed=seed)
-        frame = labelled_frame(parts, codes=corpus.codes)
-        rerankers[tuple(s.name for s in usable)] = Reranker(**reranker.get_params()).fit(frame, gold=corpus.codes)
-    return Stack(tuple(fitted), rerankers, code_prior(train.codes))
+        names = tuple(s.name for s in usable)
+        frames[names] = labelled_frame(parts, codes=corpus.codes)
+        rerankers[names] = Reranker(**reranker.get_params()).fit(frames[names], gold=corpus.codes)
+    return Stack(tuple(fitted), rerankers, code_prior(train.codes), frames)
 
 
 def dev_frames(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, degraded_column: str | None = TEXT
@@ -173,10 +181,18 @@ def dev_frames(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, degraded_column:
     return out
 
 
+def without_plm(stack: Stack, sources: tuple[str, ...]) -> pl.DataFrame | None:
+    """The stack's out-of-fold train frame of ``sources`` less PLM-ICD: the extra rows of their
+    reranker with PLM-ICD (``Reranker.fit``), or None when the stack has none."""
+    return stack.out_of_fold.get(tuple(name for name in sources if name != PLM_ICD))
+
+
 def add_plm_rerankers(stack: Stack, *, frames: dict[tuple[str, ...], pl.DataFrame], gold: pl.DataFrame,
                       reranker: Reranker | None = None) -> Stack:
-    """Rerankers for the stack's sources plus PLM-ICD, fitted on the dev ``frames`` (``dev_frames``).
-    Report such a stack's dev figures with ``cross_fit``, never with these rerankers."""
+    """Rerankers for the stack's sources plus PLM-ICD, fitted on the dev ``frames`` (``dev_frames``)
+    and the out-of-fold train frame of the same sources. Report such a stack's dev figures with
+    ``cross_fit`` (same extra rows), never with these rerankers."""
     reranker = reranker or Reranker()
-    fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold) for sources, frame in frames.items()}
-    return Stack(stack.sources, {**stack.rerankers, **fitted}, stack.prior)
+    fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold, extra_rows=without_plm(stack, sources))
+              for sources, frame in frames.items()}
+    return dataclasses.replace(stack, rerankers={**stack.rerankers, **fitted})
