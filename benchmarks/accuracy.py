@@ -5,8 +5,8 @@ word aligners that project the Spanish spans onto English see train and the unla
 notes, never dev. Rows without PLM-ICD: rerankers fitted on out-of-fold train candidates (5 folds),
 dev never seen. Rows with PLM-ICD (``--plm-model``): its dev scores, rerankers cross-fitted over 5 dev
 folds (each dev note scored by a reranker fitted on the other four and on the out-of-fold train
-candidates, where PLM-ICD's features are missing; PLM-ICD's epoch was chosen on dev). Columns: CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a
-prediction), recall@50 of the dev gold codes never seen in train, and each source's own time per
+candidates, where PLM-ICD's features are missing; PLM-ICD's epoch was chosen on dev). Columns:
+CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a prediction), recall@50 of the dev gold codes never seen in train, and each source's own time per
 note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text columns (English
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
 this benchmark's section of benchmarks/RESULTS.md.
@@ -211,8 +211,8 @@ Spanish spans onto English on train + background notes). *alone*: the source's o
 candidates. *(reranked, out-of-fold train)*: a reranker fitted on out-of-fold train candidates (5 folds),
 dev never seen. *(reranked, dev cross-fit)*: for PLM-ICD scores, which have no out-of-fold train version:
 each dev note scored by a reranker fitted on the other 4 dev folds and on the out-of-fold train candidates
-(PLM-ICD's features missing there; runs before 2026-12-01 fitted on the 4 dev folds alone). MAP follows CodiEsp's scorer
-(trectools' get_map: the mean runs over the notes that have both gold codes of the system and a
+(PLM-ICD's features missing there; runs before 2026-12-01 fitted on the 4 dev folds alone). MAP follows
+CodiEsp's scorer (trectools' get_map: the mean runs over the notes that have both gold codes of the system and a
 prediction). P@5 over the notes MAP counts. R@50 unseen: share of the dev gold (note, code) pairs whose
 code never occurs in train that the ranking's top 50 holds. ms/note: the source's own candidates on the
 250 dev notes, this machine, this run. *full*: `text` and `text_es`; *English-only*: `text` alone."""

@@ -42,7 +42,8 @@ def evaluate_stack(stack: Stack, frames: dict[tuple[str, ...], pl.DataFrame], *,
     rows = [row(f"{name} alone", frames[full].filter(pl.col(f"{name}_rank") < ABSENT_RANK).with_columns(pl.col(name).alias(SCORE)), gold)
             for name in full]
     for sources, frame in sorted(frames.items(), key=lambda item: -len(item[0])):
-        scored = cross_fit(frame, reranker=reranker, extra_rows=without_plm(stack, sources)).select(NOTE_ID, SYSTEM, CODE, SCORE, LABEL)
+        scored = cross_fit(frame, reranker=reranker, extra_rows=without_plm(stack, sources))
+        scored = scored.select(NOTE_ID, SYSTEM, CODE, SCORE, LABEL)
         dump = "every text column" if sources == full else f"a dump with only `{degraded_column}`"
         rows.append(row(f"whole model on {dump}: {' + '.join(sources)}, reranked", scored, gold))
     return {"rows": rows, "protocol": PROTOCOL.format(dev_origin=dev_origin)}

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -195,4 +194,4 @@ def add_plm_rerankers(stack: Stack, *, frames: dict[tuple[str, ...], pl.DataFram
     reranker = reranker or Reranker()
     fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold, extra_rows=without_plm(stack, sources))
               for sources, frame in frames.items()}
-    return dataclasses.replace(stack, rerankers={**stack.rerankers, **fitted})
+    return replace(stack, rerankers={**stack.rerankers, **fitted})
