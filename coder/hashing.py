@@ -15,3 +15,11 @@ def file_sha256(path: Path) -> str:
         while block := handle.read(_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    """Hex sha256 over every file under ``folder``: its path relative to the folder and its sha256."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()

@@ -26,7 +26,8 @@ def test_train_export_predict_end_to_end(tiny_model_path, tmp_path):
     out = tmp_path / "model"
     trained = runner.invoke(app, [
         "train", "--notes", str(notes), "--codes", str(codes), "--dev-notes", str(notes), "--dev-codes", str(codes),
-        "--encoder", str(tiny_model_path.parent / "encoder"), "--epochs", "1", "--out", str(out),
+        "--encoder", str(tiny_model_path.parent / "encoder"), "--sentence-encoder", str(tiny_model_path.parent / "encoder"),
+        "--epochs", "1", "--out", str(out),
     ])
     assert trained.exit_code == 0, trained.output
     config = read_config(out)

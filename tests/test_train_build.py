@@ -27,7 +27,8 @@ def _write(tmp_path, frames: dict[str, pl.DataFrame]):
 def _build(tmp_path, tiny_model_path, inputs: Inputs):
     out = tmp_path / "model"
     build_model(inputs=inputs, out=out, text_column="text", encoder_path=tiny_model_path.parent / "encoder",
-                encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=False, command="test", folds=2)
+                encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=False, command="test", folds=2,
+                sentence_encoder=tiny_model_path.parent / "encoder")
     return out
 
 
@@ -37,7 +38,7 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
     paths = _write(tmp_path, {"notes": notes.select("note_id", "text"), "codes": codes})
     out = _build(tmp_path, tiny_model_path, Inputs(notes=paths["notes"], codes=paths["codes"]))
     config = read_config(out)
-    assert {s.name for s in config.sources} >= {"ontology", "tfidf"} and "lexicon" not in {s.name for s in config.sources}
+    assert {s.name for s in config.sources} >= {"ontology", "dense", "tfidf"} and "lexicon" not in {s.name for s in config.sources}
     assert config.rerankers and "held-out fifth" in config.training["dev"]
     assert [row["ranking"] for row in config.evaluation["rows"]][-1].startswith("whole model")
     predictions = code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=20).predictions

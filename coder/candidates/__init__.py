@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 
 import polars as pl
 
+from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
@@ -53,6 +54,7 @@ class CandidateSource(Protocol):
 
 
 SOURCES: dict[str, type[CandidateSource]] = {
+    "dense_search": DenseSearch,
     "evidence_lexicon": EvidenceLexicon,
     "mined_lexicon": MinedLexicon,
     "ontology_search": OntologySearch,

@@ -78,6 +78,48 @@ def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) ->
     return pl.DataFrame(rows, schema=TERMS_SCHEMA, orient="row").filter(pl.col(TERM) != "").unique(maintain_order=True)
 
 
+def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:
+    """``terms`` (TERMS_SCHEMA) grouped by code, the codes (system, code) in first-seen order, and
+    where each code's terms start: per-code maxima are then one np.maximum.reduceat over the starts."""
+    codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
+    ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
+    starts = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
+    return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts
+
+
+def sentence_spans(text: str | None) -> np.ndarray:
+    """[n_sentences, 2] start/end offsets of the sentences of ``text`` (split at line ends, full
+    stops and semicolons; blank pieces left out)."""
+    return np.array([(m.start(), m.end()) for m in _SENTENCE.finditer(text or "") if m.group().strip()],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+Found = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
+"""A note's search result: note id, text, top code indexes (best first), their scores, their evidence spans [k, 2]."""
+
+
+def search_frame(name: str, found: list[Found], *, codes: np.ndarray, systems: np.ndarray) -> pl.DataFrame:
+    """One frame of every note's top codes (``search_schema``), in note, system, rank order:
+    note_id, system, code, <name>, <name>_rank, evidence_text/start/end."""
+    if not any(len(top) for _, _, top, _, _ in found):
+        return pl.DataFrame(schema=search_schema(name))
+    top = np.concatenate([top for _, _, top, _, _ in found])
+    spans = np.concatenate([spans for _, _, _, _, spans in found])
+    return pl.DataFrame({
+        NOTE_ID: [note_id for note_id, _, top_, _, _ in found for _ in range(len(top_))],
+        SYSTEM: systems[top].tolist(), CODE: codes[top].tolist(),
+        name: np.concatenate([scores for _, _, _, scores, _ in found]),
+        f"{name}_rank": np.concatenate([np.arange(1, len(top_) + 1) for _, _, top_, _, _ in found]),
+        "evidence_text": [text[a:b] for _, text, _, _, spans_ in found for a, b in spans_.tolist()],
+        "evidence_start": spans[:, 0], "evidence_end": spans[:, 1],
+    }, schema=search_schema(name))
+
+
+def search_schema(name: str) -> pl.Schema:
+    return pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, name: pl.Float64,
+                      f"{name}_rank": pl.Int32, **EVIDENCE_COLUMNS})
+
+
 class OntologySearch(ParamsMixin):
     """Top codes per note and system by TF-IDF cosine between note sentences and code terms.
 
@@ -147,13 +189,8 @@ class OntologySearch(ParamsMixin):
         self.by_term_.sort_indices()
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
-        """``terms_`` grouped by code, so per-code maxima are one np.maximum.reduceat over ``code_starts_``."""
-        codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
-        ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
-        self.codes_ = codes.drop("code_index")
-        self.code_starts_ = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
-        self.code_ends_ = np.append(self.code_starts_[1:], ordered.height)
-        self.terms_ = ordered.select(SYSTEM, CODE, TERM)
+        self.terms_, self.codes_, self.code_starts_ = ordered_terms(terms)
+        self.code_ends_ = np.append(self.code_starts_[1:], self.terms_.height)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
@@ -176,7 +213,7 @@ class OntologySearch(ParamsMixin):
         codes = self.codes_[CODE].to_numpy()
         systems = self.codes_[SYSTEM].to_numpy()
         by_system = {system: np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)}
-        found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]] = []  # note id, text, top codes, scores, evidence
+        found: list[Found] = []
         for note_id, text, spans, sentences in self._sentence_vectors(notes):
             # Weights are >= 0, so a term's cosine with the elementwise maximum of the note's
             # sentence vectors bounds its cosine with each sentence: one sparse row against the
@@ -187,7 +224,7 @@ class OntologySearch(ParamsMixin):
             for idx in by_system.values():
                 top, scores, sentence = self._top_codes(by_feature, bounds, idx)
                 found.append((note_id, text, top, scores, spans[sentence]))
-        return self._frame(found, codes=codes, systems=systems)
+        return search_frame(self.name, found, codes=codes, systems=systems)
 
     def _top_codes(self, by_feature: sparse.csr_matrix, bounds: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``top_k`` codes of ``idx`` with a score > 0, best first, with their scores and
@@ -237,8 +274,7 @@ class OntologySearch(ParamsMixin):
         group: list[tuple[str, str, np.ndarray]] = []
         size = 0
         for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
-            spans = np.array([(m.start(), m.end()) for m in _SENTENCE.finditer(text or "") if m.group().strip()],
-                             dtype=np.int64).reshape(-1, 2)
+            spans = sentence_spans(text)
             if not len(spans):
                 continue
             if group and size + len(text) > TEXT_BUDGET:
@@ -258,26 +294,6 @@ class OntologySearch(ParamsMixin):
         for note_id, text, spans in group:
             yield note_id, text, spans, vectors[offset : offset + len(spans)]
             offset += len(spans)
-
-    def _frame(self, found: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]], *, codes: np.ndarray,
-               systems: np.ndarray) -> pl.DataFrame:
-        """One frame of every note's top codes (``_schema``), in note, system, rank order."""
-        if not any(len(top) for _, _, top, _, _ in found):
-            return pl.DataFrame(schema=self._schema())
-        top = np.concatenate([top for _, _, top, _, _ in found])
-        spans = np.concatenate([spans for _, _, _, _, spans in found])
-        return pl.DataFrame({
-            NOTE_ID: [note_id for note_id, _, top_, _, _ in found for _ in range(len(top_))],
-            SYSTEM: systems[top].tolist(), CODE: codes[top].tolist(),
-            self.name: np.concatenate([scores for _, _, _, scores, _ in found]),
-            f"{self.name}_rank": np.concatenate([np.arange(1, len(top_) + 1) for _, _, top_, _, _ in found]),
-            "evidence_text": [text[a:b] for _, text, _, _, spans_ in found for a, b in spans_.tolist()],
-            "evidence_start": spans[:, 0], "evidence_end": spans[:, 1],
-        }, schema=self._schema())
-
-    def _schema(self) -> pl.Schema:
-        return pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64,
-                          f"{self.name}_rank": pl.Int32, **EVIDENCE_COLUMNS})
 
     def save(self, path: Path) -> None:
         """Write the parameters and indexed terms (``terms.parquet``); ``load`` indexes them again

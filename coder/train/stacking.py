@@ -25,6 +25,7 @@ import polars as pl
 
 from coder.candidates import CandidateSource, kind_of
 from coder.candidates.features import PLM_ICD, assemble, code_prior, with_labels
+from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
@@ -43,12 +44,15 @@ SourceFrames = dict[str, pl.DataFrame]
 """Source name -> its candidate frame, in evidence priority."""
 
 
-def default_sources(*, text_column: str = TEXT, language: str = "en") -> list[CandidateSource]:
+def default_sources(*, text_column: str = TEXT, language: str = "en",
+                    sentence_encoder: str | None = None) -> list[CandidateSource]:
     """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
     are left out when fitting): the lexicons of coders' spans (the second language's, then the main
-    text's, own or projected), the lexicons mined from notes and codes, the ontology search, the
-    TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its language (the
-    ontology's descriptions are English: other languages mine without them)."""
+    text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF,
+    then dense), the TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its
+    language (the ontology's descriptions are English: other languages mine without them, and the
+    dense search, an English sentence encoder against English terms, is left out).
+    ``sentence_encoder``: the dense search's encoder folder (None: the packaged all-MiniLM-L6-v2)."""
     second = [column for column in (TEXT_ES,) if column != text_column]
     return [
         *(EvidenceLexicon(name=f"lexicon_{c.removeprefix('text_')}", text_column=c, language="es") for c in second),
@@ -57,6 +61,7 @@ def default_sources(*, text_column: str = TEXT, language: str = "en") -> list[Ca
         *(MinedLexicon(name=f"mined_{c.removeprefix('text_')}", text_column=c, language="es", descriptions=False)
           for c in second),
         OntologySearch(name="ontology", text_column=text_column),
+        *([DenseSearch(name="dense", text_column=text_column, encoder=sentence_encoder)] if language == "en" else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
 

@@ -1,0 +1,83 @@
+"""Export a sentence encoder (mean-pooled, unit-length vectors) to int8 ONNX for the dense search.
+
+Input ``input_ids`` / ``attention_mask`` [batch, length] (both axes dynamic); output
+``sentence_vector`` [batch, hidden]. Attention stays decomposed: the single ``Attention`` node
+that PLM-ICD's export uses let padded positions in for this graph (cosine 0.89 to torch on
+padded rows); decomposed, fp32 matches torch to 1e-6. Weights are quantised per output channel
+(MatMul only): cosine to fp32 0.993 on the ontology's terms, 2.4x faster than fp32 on 2 cores;
+per tensor it was 0.957.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import AutoModel, AutoTokenizer
+
+from coder.errors import ExportParityError
+from coder.export.onnx import OPSET, quiet
+from coder.export.parity import compare_outputs
+from coder.model.session import create_session
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "sentence_vector"  # not "embedding": the exported graph has a node of that name
+TOLERANCE = 1e-4  # fp32 ONNX against torch, per vector component
+INT8_MIN_COSINE = 0.98  # the int8 file's vectors against torch's on the parity sentences
+_PARITY = ["Fever and productive cough.", "Type 2 diabetes mellitus with hyperglycemia, treated with insulin glargine",
+           "CT"]
+
+
+class MeanPooled(torch.nn.Module):
+    """The encoder's last hidden states averaged over the real tokens, scaled to unit length
+    (sentence-transformers' recipe for all-MiniLM-L6-v2)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def export_sentence_encoder(encoder: Path, target: Path) -> None:
+    """Write ``encoder`` (a local Hugging Face folder) as int8 ONNX to ``target``, after checking
+    the fp32 export against torch and the int8 file against both (``ExportParityError``)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    model = MeanPooled(AutoModel.from_pretrained(str(encoder))).eval()
+    example = tokenizer(_PARITY, padding=True, return_tensors="pt")  # padded rows: the mask is exercised
+    inputs = (example["input_ids"], example["attention_mask"])
+    with torch.inference_mode():
+        reference = model(*inputs).numpy()
+    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length")}
+    with tempfile.TemporaryDirectory() as folder:
+        fp32 = Path(folder) / "sentence.onnx"
+        # onnxscript's constant folding warns "Evaluation failed" for nodes it skips: harmless
+        with warnings.catch_warnings(), quiet("onnx_ir", "onnxscript", level=logging.ERROR):
+            warnings.simplefilter("ignore", UserWarning)
+            program = torch.onnx.export(model, inputs, dynamo=True, opset_version=OPSET, input_names=list(INPUT_NAMES),
+                                        output_names=[OUTPUT_NAME], dynamic_shapes={name: axes for name in INPUT_NAMES},
+                                        external_data=False, verbose=False)
+        program.save(str(fp32))
+        feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs, strict=True)}
+        found = create_session(fp32, device="cpu").run(None, feed)[0]
+        compare_outputs({OUTPUT_NAME: reference}, {OUTPUT_NAME: found}, atol=TOLERANCE, label="sentence encoder fp32 onnx")
+        with quiet(None):  # the quantiser logs every tensor on the root logger
+            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"])
+    int8 = create_session(target, device="cpu").run(None, feed)[0]
+    cosine = float(np.min((int8 * reference).sum(axis=1)))
+    if cosine < INT8_MIN_COSINE:
+        target.unlink()
+        raise ExportParityError(f"int8 sentence encoder of {encoder}: cosine to torch {cosine:.3f} < {INT8_MIN_COSINE}")
+    logger.info("sentence encoder %s exported to int8 ONNX (cosine to torch >= %.4f)", encoder, cosine)
