@@ -77,8 +77,10 @@ def test_scores_are_the_best_cosine_over_terms_and_sentences(search, monkeypatch
         found = search.candidates(notes).filter(pl.col("note_id") == note).join(per_code, on=["system", "code"])
         np.testing.assert_allclose(found["dense"], found["best"], atol=1e-5)
     whole = search.candidates(notes)
-    # a block of one sentence: each note alone, its sentences one at a time; the same rows
-    monkeypatch.setattr(dense_search, "SIMILARITY_BUDGET", len(search.vectors_))
+    # blocks of one sentence and chunks of one term: each note alone, a sentence and a code at a time; the same rows
+    monkeypatch.setattr(dense_search, "SENTENCE_BLOCK", 1)
+    search.chunks_ = dense_search._term_chunks(search.code_starts_, search.terms_.height, 1)
+    assert search.chunks_ == list(range(search.codes_.height + 1))  # I10's two terms: one chunk
     assert_frame_equal(search.candidates(notes), whole)
 
 

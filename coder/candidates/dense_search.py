@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterator
+from itertools import pairwise
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,11 @@ VECTORS_VERSION = 1  # bump when the cached term vectors' layout or the way they
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
 ENCODE_BATCH = 128  # texts per encoder call, sorted by length so that a batch pads little
-# Sentence-by-term similarities held at once (256 MB of float32): ~300 sentences against 201k terms.
-SIMILARITY_BUDGET = 64_000_000
+# Blocks of the search (``_code_maxima``): similarities [SENTENCE_BLOCK, TERM_CHUNK] (64 MB of float32)
+# and code maxima [NOTE_BLOCK, n_codes] (48 MB for the shipped model's 189k codes) at a time.
+SENTENCE_BLOCK = 1024
+NOTE_BLOCK = 64
+TERM_CHUNK = 16_384
 
 
 class DenseSearch(ParamsMixin):
@@ -95,12 +99,14 @@ class DenseSearch(ParamsMixin):
         self.tokenizer_ = AutoTokenizer.from_pretrained(str(folder))
         self.session_ = _encoder_session(folder, self.encoder_sha256_)
         self.terms_, self.codes_, self.code_starts_ = ordered_terms(terms)
+        self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_ = self._term_vectors()
         logger.info("dense search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
 
     def _term_vectors(self) -> np.ndarray:
-        """[n_terms, dim] float32 unit vectors of ``terms_``, cached as fp16 by the encoder and the terms."""
+        """[n_terms, dim] fp16 unit vectors of ``terms_`` (half the memory of float32), cached by the
+        encoder and the terms."""
         digest = hashlib.sha256("\n".join(f"{s}\t{c}\t{t}" for s, c, t in self.terms_.iter_rows()).encode()).hexdigest()
         key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.encoder_sha256_,
                                                       "terms": digest, "tokens": TERM_TOKENS, **_export_versions()}))
@@ -110,7 +116,7 @@ class DenseSearch(ParamsMixin):
             with np.load(file, allow_pickle=False) as arrays:
                 if arrays["key"].tobytes().decode() == key and len(arrays["vectors"]) == self.terms_.height:
                     logger.info("dense search: term vectors from %s", file)
-                    return arrays["vectors"].astype(np.float32)
+                    return arrays["vectors"]
         except (OSError, ValueError, KeyError, EOFError):
             pass  # missing or unusable: embedded again below
         logger.info("dense search: embedding %d terms (first use of this encoder and ontology)", self.terms_.height)
@@ -118,7 +124,7 @@ class DenseSearch(ParamsMixin):
         arrays = {"key": np.frombuffer(key.encode(), dtype=np.uint8), "vectors": vectors}
         # other term sets of this encoder belong to other models: kept
         write_cache(file, lambda handle: np.savez(handle, **arrays), what="term vectors")
-        return vectors.astype(np.float32)  # as a load reads them: the fitted and the loaded search agree
+        return vectors
 
     def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
         """[len(texts), dim] float32 unit vectors, ``ENCODE_BATCH`` texts of similar length at a time."""
@@ -164,22 +170,21 @@ class DenseSearch(ParamsMixin):
 
     def _code_maxima(self, vectors: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Per note (index into ``starts``): each code's best cosine over its terms and the note's
-        sentences ([n_codes]). Notes are taken together while their similarities fit ``SIMILARITY_BUDGET``;
-        a longer note alone, its sentences a block at a time."""
-        block = max(1, SIMILARITY_BUDGET // len(self.vectors_))
-        note = 0
-        while note < len(starts) - 1:
-            last = max(note + 1, int(np.searchsorted(starts, starts[note] + block, side="right")) - 1)
-            if last == note + 1:  # one note, maybe longer than a block
-                terms = np.max([(vectors[a : a + block] @ self.vectors_.T).max(axis=0)
-                                for a in range(starts[note], starts[note + 1], block)], axis=0)[None]
-            else:
-                sims = vectors[starts[note] : starts[last]] @ self.vectors_.T
-                bounds = starts[note : last + 1] - starts[note]
-                # a max per note's rows: np.maximum.reduceat along axis 0 was 8x slower
-                terms = np.stack([sims[a:b].max(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-            for offset, row in enumerate(np.maximum.reduceat(terms, self.code_starts_, axis=1)):
-                yield note + offset, row
+        sentences ([n_codes]). Up to ``NOTE_BLOCK`` notes and ``SENTENCE_BLOCK`` sentences at a time (a
+        longer note alone), against ``TERM_CHUNK`` terms at a time, each chunk converted from fp16 once
+        per block: memory stays flat whatever the batch and the ontology."""
+        note, n_notes = 0, len(starts) - 1
+        while note < n_notes:
+            fits = int(np.searchsorted(starts, starts[note] + SENTENCE_BLOCK, side="right")) - 1
+            last = min(note + NOTE_BLOCK, max(note + 1, fits))
+            bounds = starts[note : last + 1] - starts[note]
+            block = vectors[starts[note] : starts[last]]
+            maxima = np.empty((last - note, len(self.code_starts_)), dtype=np.float32)
+            for lo, hi in pairwise(self.chunks_):
+                first, end = self.code_starts_[lo], self.code_starts_[hi] if hi < len(self.code_starts_) else len(self.vectors_)
+                terms = _note_maxima(block, bounds, self.vectors_[first:end].astype(np.float32))
+                maxima[:, lo:hi] = np.maximum.reduceat(terms, self.code_starts_[lo:hi] - first, axis=1)
+            yield from enumerate(maxima, start=note)
             note = last
 
     def _evidence(self, note_vectors: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -201,6 +206,29 @@ class DenseSearch(ParamsMixin):
         """The saved search, with the encoder it was built with (checked by sha256)."""
         state = read_state(path, "dense.json", what="dense search", also=("terms.parquet",))
         return cls(**state["params"]).index(pl.read_parquet(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
+
+
+def _note_maxima(block: np.ndarray, bounds: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """[n_notes, n_terms]: per note, each term's best cosine with one of the note's sentences (the
+    note's rows ``bounds[i]:bounds[i + 1]`` of ``block``), ``SENTENCE_BLOCK`` rows multiplied at a time."""
+    out = np.full((len(bounds) - 1, len(terms)), -np.inf, dtype=np.float32)
+    for start in range(0, bounds[-1], SENTENCE_BLOCK):
+        sims = block[start : start + SENTENCE_BLOCK] @ terms.T
+        for i, (a, b) in enumerate(pairwise(bounds)):
+            a, b = max(a, start), min(b, start + SENTENCE_BLOCK)
+            if a < b:  # a max per note's rows: np.maximum.reduceat along axis 0 was 8x slower
+                np.maximum(out[i], sims[a - start : b - start].max(axis=0), out=out[i])
+    return out
+
+
+def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
+    """Code indexes that cut the codes into runs of at most ``size`` terms (a code with more terms alone)."""
+    cuts = [0]
+    while cuts[-1] < len(code_starts):
+        limit = code_starts[cuts[-1]] + size
+        cut = len(code_starts) if limit >= n_terms else int(np.searchsorted(code_starts, limit, side="right")) - 1
+        cuts.append(max(cut, cuts[-1] + 1))
+    return cuts
 
 
 def _export_versions() -> dict[str, str]:
