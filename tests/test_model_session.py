@@ -31,6 +31,12 @@ def test_session_reports_the_provider_used(tiny_model_path):
     assert onnx_runtime.output_width(session) == 7
 
 
+def test_a_session_without_arena_gives_memory_back(tiny_model_path):
+    path = tiny_model_path / "onnx" / "model.onnx"
+    assert onnx_runtime.create_session(path, device="cpu").get_session_options().enable_cpu_mem_arena
+    assert not onnx_runtime.create_session(path, device="cpu", arena=False).get_session_options().enable_cpu_mem_arena
+
+
 def test_sessions_keep_to_omp_num_threads(tiny_model_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in an actor of one CPU
     session = onnx_runtime.create_session(tiny_model_path / "onnx" / "model.onnx", device="cpu")
