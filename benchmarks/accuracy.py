@@ -11,7 +11,7 @@ note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text co
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
 this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--no-write]
+    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH] [--no-write]
 
 CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 """
@@ -84,7 +84,7 @@ class Ablation:
 
     DUMPS = {"full": (TEXT, TEXT_ES), "English-only": (TEXT,)}
 
-    def __init__(self, *, folds: int, plm_model: Path | None):
+    def __init__(self, *, folds: int, plm_model: Path | None, sentence_encoder: Path | None = None):
         read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
                                   text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
         background = read_notes(DATA / "background" / "notes.parquet", text_columns=[TEXT], optional=[TEXT_ES])
@@ -97,7 +97,8 @@ class Ablation:
         self.unseen = {(s, c) for s, c in self.dev.codes.select(SYSTEM, CODE).iter_rows()} - \
             {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
         self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
-        fitted = fit_sources(default_sources(), self.train, ontology=self.ontology)
+        sources = default_sources(sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
+        fitted = fit_sources(sources, self.train, ontology=self.ontology)
         self.order = [s.name for s in fitted]
         self.columns = {**{s.name: s.text_column for s in fitted}, PLM_ICD: TEXT}
         self.ms_per_note, dev_found = {}, {}
@@ -166,12 +167,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plm-model", type=Path, help="model folder whose PLM-ICD dev scores join the rows")
     parser.add_argument("--folds", type=int, default=5, help="out-of-fold folds on train")
+    parser.add_argument("--sentence-encoder", type=Path,
+                        help="the dense search's encoder folder (default: the packaged all-MiniLM-L6-v2), e.g. one "
+                             "written by benchmarks/finetune_sentence_encoder.py")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
-    ablation = Ablation(folds=args.folds, plm_model=args.plm_model)
-    command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "")
+    ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder)
+    command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
+        f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "")
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     scored = {}
