@@ -104,7 +104,7 @@ class DenseSearch(ParamsMixin):
 
         self.tokenizer_ = AutoTokenizer.from_pretrained(str(folder))
         self.session_ = _encoder_session(folder, self.encoder_sha256_)
-        self.terms_, self.codes_, self.code_starts_ = ordered_terms(terms)
+        self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_ = self._term_vectors()
         logger.info("dense search: %d terms for %d codes", self.terms_.height, self.codes_.height)
@@ -134,8 +134,8 @@ class DenseSearch(ParamsMixin):
 
     def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
         """[len(texts), dim] float32 unit vectors, ``ENCODE_BATCH`` texts of similar length at a time."""
-        if not texts:
-            return np.zeros((0, self.vectors_.shape[1] if hasattr(self, "vectors_") else 0), dtype=np.float32)
+        if not texts:  # nothing to encode (no terms, or a batch without sentences): no rows are read
+            return np.zeros((0, 0), dtype=np.float32)
         order = np.argsort([len(text) for text in texts], kind="stable")
         parts = []
         for start in range(0, len(texts), ENCODE_BATCH):
@@ -187,7 +187,7 @@ class DenseSearch(ParamsMixin):
             block = vectors[starts[note] : starts[last]]
             maxima = np.empty((last - note, len(self.code_starts_)), dtype=np.float32)
             for lo, hi in pairwise(self.chunks_):
-                first, end = self.code_starts_[lo], self.code_starts_[hi] if hi < len(self.code_starts_) else len(self.vectors_)
+                first, end = self.code_starts_[lo], self.code_ends_[hi - 1]
                 terms = _note_maxima(block, bounds, self.vectors_[first:end].astype(np.float32))
                 maxima[:, lo:hi] = np.maximum.reduceat(terms, self.code_starts_[lo:hi] - first, axis=1)
             yield from enumerate(maxima, start=note)
@@ -195,8 +195,7 @@ class DenseSearch(ParamsMixin):
 
     def _evidence(self, note_vectors: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Per code of ``codes``: the first sentence where one of its terms reaches the code's score."""
-        ends = np.append(self.code_starts_[1:], len(self.vectors_))
-        return np.array([np.argmax((note_vectors @ self.vectors_[self.code_starts_[code] : ends[code]].T).max(axis=1))
+        return np.array([np.argmax((note_vectors @ self.vectors_[self.code_starts_[code] : self.code_ends_[code]].T).max(axis=1))
                          for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:

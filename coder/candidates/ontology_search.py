@@ -78,13 +78,13 @@ def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) ->
     return pl.DataFrame(rows, schema=TERMS_SCHEMA, orient="row").filter(pl.col(TERM) != "").unique(maintain_order=True)
 
 
-def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:
+def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
     """``terms`` (TERMS_SCHEMA) grouped by code, the codes (system, code) in first-seen order, and
-    where each code's terms start: per-code maxima are then one np.maximum.reduceat over the starts."""
+    where each code's terms start and end: per-code maxima are then one np.maximum.reduceat over the starts."""
     codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
     ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
     starts = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
-    return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts
+    return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts, np.append(starts[1:], ordered.height)
 
 
 def sentence_spans(text: str | None) -> np.ndarray:
@@ -189,8 +189,7 @@ class OntologySearch(ParamsMixin):
         self.by_term_.sort_indices()
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
-        self.terms_, self.codes_, self.code_starts_ = ordered_terms(terms)
-        self.code_ends_ = np.append(self.code_starts_[1:], self.terms_.height)
+        self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
