@@ -13,9 +13,9 @@ int8 ONNX (``coder.export.sentence``) and the term vectors (fp16; for the shippe
 terms 155 MB and a few minutes on 2 cores, README "Speed and memory").
 
 int8 quantises the activations per call, so a sentence's vector moves a little with the sentences it
-is encoded beside: on the 250 dev notes, 128 sentences a call against 32 moved scores by up to 0.043
-and changed 1,720 of 15,000 rows at the top-30 cut. Sentences are sorted by length before batching,
-so a note's batch-mates are similar sentences, and a resumed run forms the same batches.
+is encoded beside (another ``ENCODE_BATCH`` changes some scores in the second decimal and some rows at
+the top-k cut). Sentences are sorted by length before batching, so a note's batch-mates are similar
+sentences, and a resumed run forms the same batches.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ SENTENCE_TOKENS = 128
 ENCODE_BATCH = 128  # texts per encoder call, sorted by length so that a batch pads little
 # Blocks of the search (``_code_maxima``): similarities [SENTENCE_BLOCK, TERM_CHUNK] (16 MB of float32),
 # code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and a float32 chunk of
-# terms (12 MB) at a time. Each block converts every term once (0.1 s for 201k): ~2 ms per note.
+# terms (12 MB) at a time. Each block converts every term from fp16 once.
 SENTENCE_BLOCK = 512
 NOTE_BLOCK = 32
 TERM_CHUNK = 8_192
@@ -246,7 +246,7 @@ def _encoder_session(folder: Path, sha256: str) -> ort.InferenceSession:
     key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **_export_versions()}))
     file = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}.onnx"
     if file.is_file():
-        # no arena: batches of long sentences would keep their activations (126 MB on the dev notes)
+        # no arena: the largest batch's activations would stay with the session for good
         return create_session(file, device="cpu", arena=False)
     from coder.export.sentence import export_sentence_encoder
 
