@@ -9,13 +9,16 @@ a condition differently from the ontology. Descriptions are English, so it reads
 The encoder is not copied into the model folder (it would double its size): the folder records
 which encoder (None: the packaged all-MiniLM-L6-v2) and the sha256 of its files, checked on load.
 What is derived from it is built on first use and kept in ``coder.ontology.cache``: the encoder as
-int8 ONNX (``coder.export.sentence``) and the term vectors (fp16; for the shipped model's 201k
-terms 155 MB and a few minutes on 2 cores, README "Speed and memory").
+int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
+float32; for the shipped model's 201k terms 78 MB and a few minutes on 2 cores, README "Speed and
+memory").
 
-int8 quantises the activations per call, so a sentence's vector moves a little with the sentences it
-is encoded beside (another ``ENCODE_BATCH`` changes some scores in the second decimal and some rows at
-the top-k cut). Sentences are sorted by length before batching, so a note's batch-mates are similar
-sentences, and a resumed run forms the same batches.
+The encoder quantises its activations per call, so a sentence's vector moves a little with the
+sentences it is encoded beside (other batch bounds change some scores in the second decimal and some
+rows at the top-k cut). Sentences are sorted by token count before batching, so a note's batch-mates
+are similar sentences, and a resumed run forms the same batches. Cosines are integer products of int8
+vectors (onnxruntime's MatMulInteger), each note's sentences with one scale of their own, each term
+with its own; the rounding moves a cosine by about 1e-3.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 import polars as pl
+from onnx import TensorProto, helper, numpy_helper
 
 from coder.candidates.ontology_search import (TERM, Found, ontology_terms, ordered_terms, search_frame,
                                               sentence_spans)
@@ -51,13 +55,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VECTORS_VERSION = 1  # bump when the cached term vectors' layout or the way they are made changes
+VECTORS_VERSION = 2  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
-ENCODE_BATCH = 128  # texts per encoder call, sorted by length so that a batch pads little
-# Blocks of the search (``_code_maxima``): similarities [SENTENCE_BLOCK, TERM_CHUNK] (16 MB of float32),
-# code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and a float32 chunk of
-# terms (12 MB) at a time. Each block converts every term from fp16 once.
+PRODUCTS_OPSET, PRODUCTS_IR_VERSION = 21, 10  # IR 10 loads in onnxruntime 1.2x-1.3x
+TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
+# Texts per encoder call, sorted by token count so that a batch pads little; a call's padded tokens
+# are bounded because its attention scores grow with rows x length^2 (128 rows of 128 tokens held
+# ~0.5 GB at once).
+ENCODE_BATCH = 128
+ENCODE_TOKENS = 1_024
+# Blocks of the search (``_code_maxima``): int32 products [SENTENCE_BLOCK, TERM_CHUNK] (16 MB, one
+# buffer per call), code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and
+# a contiguous int8 chunk of terms (3 MB) at a time.
 SENTENCE_BLOCK = 512
 NOTE_BLOCK = 32
 TERM_CHUNK = 8_192
@@ -106,13 +116,15 @@ class DenseSearch(ParamsMixin):
         self.session_ = _encoder_session(folder, self.encoder_sha256_)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
-        self.vectors_ = self._term_vectors()
+        self.vectors_, self.scales_ = self._term_vectors()
+        self.products_ = _products_session()
         logger.info("dense search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
 
-    def _term_vectors(self) -> np.ndarray:
-        """[n_terms, dim] fp16 unit vectors of ``terms_`` (half the memory of float32), cached by the
-        encoder and the terms."""
+    def _term_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``terms_`` as unit vectors in int8, one column per term ([dim, n_terms]: a chunk of terms is
+        then a row slice, the right operand of the int8 products), and each term's float32 scale
+        ([n_terms]; vector = int8 column x scale), cached by the encoder and the terms."""
         digest = hashlib.sha256("\n".join(f"{s}\t{c}\t{t}" for s, c, t in self.terms_.iter_rows()).encode()).hexdigest()
         key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.encoder_sha256_,
                                                       "terms": digest, "tokens": TERM_TOKENS, **_export_versions()}))
@@ -120,32 +132,49 @@ class DenseSearch(ParamsMixin):
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         try:
             with np.load(file, allow_pickle=False) as arrays:
-                if arrays["key"].tobytes().decode() == key and len(arrays["vectors"]) == self.terms_.height:
+                if arrays["key"].tobytes().decode() == key and arrays["vectors"].shape[1] == self.terms_.height:
                     logger.info("dense search: term vectors from %s", file)
-                    return arrays["vectors"]
+                    return arrays["vectors"], arrays["scales"]
         except (OSError, ValueError, KeyError, EOFError):
             pass  # missing or unusable: embedded again below
         logger.info("dense search: embedding %d terms (first use of this encoder and ontology)", self.terms_.height)
-        vectors = self._encode(self.terms_[TERM].to_list(), max_length=TERM_TOKENS).astype(np.float16)
-        arrays = {"key": np.frombuffer(key.encode(), dtype=np.uint8), "vectors": vectors}
+        texts = self.terms_[TERM].to_list()
+        # a slice of terms at a time: float32 vectors of every term at once would be 4x the int8 result
+        parts = [quantise(self._encode(texts[start : start + TERM_SLICE], max_length=TERM_TOKENS))
+                 for start in range(0, len(texts), TERM_SLICE)]
+        vectors, scales = np.ascontiguousarray(np.concatenate([v for v, _ in parts]).T), np.concatenate([s for _, s in parts])
+        arrays = {"key": np.frombuffer(key.encode(), dtype=np.uint8), "vectors": vectors, "scales": scales}
         # other term sets of this encoder belong to other models: kept
         write_cache(file, lambda handle: np.savez(handle, **arrays), what="term vectors")
-        return vectors
+        return vectors, scales
+
+    def _terms(self, first: int, end: int) -> np.ndarray:
+        """[end - first, dim] float32 vectors of terms ``first:end``."""
+        return self.vectors_[:, first:end].T * self.scales_[first:end, None]
 
     def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
-        """[len(texts), dim] float32 unit vectors, ``ENCODE_BATCH`` texts of similar length at a time."""
+        """[len(texts), dim] float32 unit vectors. Texts are tokenised once, sorted by token count
+        and encoded in batches of at most ``ENCODE_BATCH`` rows and ``ENCODE_TOKENS`` padded tokens."""
         if not texts:  # nothing to encode (no terms, or a batch without sentences): no rows are read
             return np.zeros((0, 0), dtype=np.float32)
-        order = np.argsort([len(text) for text in texts], kind="stable")
-        parts = []
-        for start in range(0, len(texts), ENCODE_BATCH):
-            batch = self.tokenizer_([texts[i] for i in order[start : start + ENCODE_BATCH]], padding=True,
-                                    truncation=True, max_length=max_length, return_tensors="np")
-            parts.append(self.session_.run(None, {"input_ids": batch["input_ids"].astype(np.int64),
-                                                  "attention_mask": batch["attention_mask"].astype(np.int64)})[0])
-        vectors = np.concatenate(parts)
-        out = np.empty_like(vectors)
-        out[order] = vectors
+        ids = self.tokenizer_(texts, truncation=True, max_length=max_length)["input_ids"]
+        lengths = np.array([len(row) for row in ids])
+        order = np.argsort(lengths, kind="stable")
+        pad = self.tokenizer_.pad_token_id or 0
+        out: np.ndarray | None = None
+        for rows in _token_batches(lengths[order], rows=ENCODE_BATCH, tokens=ENCODE_TOKENS):
+            chosen = order[rows]
+            width = int(lengths[chosen[-1]])  # sorted: the batch's last row is its longest
+            input_ids = np.full((len(chosen), width), pad, dtype=np.int64)
+            mask = np.zeros((len(chosen), width), dtype=np.int64)
+            for row, index in enumerate(chosen):
+                input_ids[row, : lengths[index]] = ids[index]
+                mask[row, : lengths[index]] = 1
+            vectors = self.session_.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[chosen] = vectors
+        assert out is not None
         return out
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
@@ -159,13 +188,14 @@ class DenseSearch(ParamsMixin):
                 texts.append((note_id, text))
                 spans.append(found)
         sentences = [text[a:b] for (_, text), found in zip(texts, spans, strict=True) for a, b in found.tolist()]
-        vectors = self._encode(sentences, max_length=SENTENCE_TOKENS)  # every sentence of the batch in one pass
         starts = np.cumsum([0] + [len(found) for found in spans])
+        # every sentence of the batch through the encoder in one pass, then int8 with one scale per note
+        vectors, scales = quantise(self._encode(sentences, max_length=SENTENCE_TOKENS), starts)
         systems = self.codes_[SYSTEM].to_numpy()
         by_system = [np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)]
         results: list[Found] = []
-        for note, code_scores in self._code_maxima(vectors, starts):
-            note_vectors = vectors[starts[note] : starts[note + 1]]
+        for note, code_scores in self._code_maxima(vectors, scales, starts):
+            note_vectors = vectors[starts[note] : starts[note + 1]] * scales[note]
             for idx in by_system:
                 k = min(self.top_k, len(idx))
                 chosen = idx[np.argpartition(-code_scores[idx], k - 1)[:k]]
@@ -174,28 +204,34 @@ class DenseSearch(ParamsMixin):
                 results.append((*texts[note], top, code_scores[top].astype(np.float64), spans[note][best]))
         return search_frame(self.name, results, codes=self.codes_[CODE].to_numpy(), systems=systems)
 
-    def _code_maxima(self, vectors: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def _code_maxima(self, vectors: np.ndarray, scales: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Per note (index into ``starts``): each code's best cosine over its terms and the note's
-        sentences ([n_codes]). Up to ``NOTE_BLOCK`` notes and ``SENTENCE_BLOCK`` sentences at a time (a
-        longer note alone), against ``TERM_CHUNK`` terms at a time, each chunk converted from fp16 once
-        per block: memory stays flat whatever the batch and the ontology."""
+        sentences ([n_codes]), from int8 sentence ``vectors`` with one scale per note. Up to
+        ``NOTE_BLOCK`` notes and ``SENTENCE_BLOCK`` sentences at a time (a longer note alone), against
+        ``TERM_CHUNK`` terms at a time: memory stays flat whatever the batch and the ontology. A note's
+        best int32 product per term times its scale and the term's is its cosine."""
         note, n_notes = 0, len(starts) - 1
+        widest = max((self.code_ends_[hi - 1] - self.code_starts_[lo] for lo, hi in pairwise(self.chunks_)), default=0)
+        buffer = np.empty(min(SENTENCE_BLOCK, len(vectors)) * widest, dtype=np.int32)  # the products, reused
         while note < n_notes:
             fits = int(np.searchsorted(starts, starts[note] + SENTENCE_BLOCK, side="right")) - 1
             last = min(note + NOTE_BLOCK, max(note + 1, fits))
             bounds = starts[note : last + 1] - starts[note]
-            block = vectors[starts[note] : starts[last]]
+            # the products' left operand is uint8 with zero point 128: int8 x + 128, a flip of the top bit
+            block = vectors[starts[note] : starts[last]].view(np.uint8) ^ np.uint8(128)
             maxima = np.empty((last - note, len(self.code_starts_)), dtype=np.float32)
             for lo, hi in pairwise(self.chunks_):
                 first, end = self.code_starts_[lo], self.code_ends_[hi - 1]
-                terms = _note_maxima(block, bounds, self.vectors_[first:end].astype(np.float32))
-                maxima[:, lo:hi] = np.maximum.reduceat(terms, self.code_starts_[lo:hi] - first, axis=1)
+                terms = np.ascontiguousarray(self.vectors_[:, first:end])
+                best = _note_maxima(self.products_, block, bounds, terms, buffer)
+                cosines = best.astype(np.float32) * scales[note:last, None] * self.scales_[first:end]
+                maxima[:, lo:hi] = np.maximum.reduceat(cosines, self.code_starts_[lo:hi] - first, axis=1)
             yield from enumerate(maxima, start=note)
             note = last
 
     def _evidence(self, note_vectors: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Per code of ``codes``: the first sentence where one of its terms reaches the code's score."""
-        return np.array([np.argmax((note_vectors @ self.vectors_[self.code_starts_[code] : self.code_ends_[code]].T).max(axis=1))
+        return np.array([np.argmax((note_vectors @ self._terms(self.code_starts_[code], self.code_ends_[code]).T).max(axis=1))
                          for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:
@@ -213,17 +249,60 @@ class DenseSearch(ParamsMixin):
         return cls(**state["params"]).index(pl.read_parquet(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
 
 
-def _note_maxima(block: np.ndarray, bounds: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """[n_notes, n_terms]: per note, each term's best cosine with one of the note's sentences (the
-    note's rows ``bounds[i]:bounds[i + 1]`` of ``block``), ``SENTENCE_BLOCK`` rows multiplied at a time."""
-    out = np.full((len(bounds) - 1, len(terms)), -np.inf, dtype=np.float32)
+def _note_maxima(products: ort.InferenceSession, block: np.ndarray, bounds: np.ndarray, terms: np.ndarray,
+                 buffer: np.ndarray) -> np.ndarray:
+    """[n_notes, n_terms] int32: per note, each term's best product with one of the note's sentences
+    (the note's rows ``bounds[i]:bounds[i + 1]`` of ``block``, uint8), ``SENTENCE_BLOCK`` rows
+    multiplied at a time by the int8 ``terms`` ([dim, n_terms]). The products are written into
+    ``buffer``: onnxruntime allocating each block's output left the process's memory growing."""
+    out = np.full((len(bounds) - 1, terms.shape[1]), np.iinfo(np.int32).min, dtype=np.int32)
+    binding = products.io_binding()
+    binding.bind_cpu_input("terms", terms)
     for start in range(0, bounds[-1], SENTENCE_BLOCK):
-        sims = block[start : start + SENTENCE_BLOCK] @ terms.T
+        rows = block[start : start + SENTENCE_BLOCK]
+        sims = buffer[: len(rows) * terms.shape[1]].reshape(len(rows), terms.shape[1])
+        binding.bind_cpu_input("sentences", rows)
+        binding.bind_output("products", "cpu", 0, np.int32, sims.shape, sims.ctypes.data)
+        products.run_with_iobinding(binding)
         for i, (a, b) in enumerate(pairwise(bounds)):
             a, b = max(a, start), min(b, start + SENTENCE_BLOCK)
             if a < b:  # a max per note's rows: np.maximum.reduceat along axis 0 was 8x slower
                 np.maximum(out[i], sims[a - start : b - start].max(axis=0), out=out[i])
     return out
+
+
+def quantise(vectors: np.ndarray, bounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one float32 scale per group of rows ``bounds[i]:bounds[i + 1]`` (default:
+    per row): (int8 [n, dim], scale [n_groups]), a row ~ its int8 row x its group's scale."""
+    bounds = np.arange(len(vectors) + 1) if bounds is None else bounds
+    peaks = np.maximum.reduceat(np.abs(vectors).max(axis=1, initial=0.0), bounds[:-1]) if len(vectors) else np.zeros(0)
+    scales = np.where(peaks > 0, peaks / 127, 1.0).astype(np.float32)  # an all-zero group stays zero
+    return np.rint(vectors / np.repeat(scales, np.diff(bounds))[:, None]).astype(np.int8), scales
+
+
+def _products_session() -> ort.InferenceSession:
+    """onnxruntime's integer matmul, sentences (uint8, zero point 128) x terms (int8) -> int32: its
+    u8 x s8 kernels use the CPU's int8 dot-product instructions, several times numpy's float32 matmul."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["sentences", "terms", "zero_point"], ["products"])], "dense_products",
+        [helper.make_tensor_value_info("sentences", TensorProto.UINT8, [None, None]),
+         helper.make_tensor_value_info("terms", TensorProto.INT8, [None, None])],
+        [helper.make_tensor_value_info("products", TensorProto.INT32, [None, None])],
+        initializer=[numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero_point")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", PRODUCTS_OPSET)])
+    model.ir_version = PRODUCTS_IR_VERSION
+    return create_session(model.SerializeToString(), device="cpu", arena=False)
+
+
+def _token_batches(lengths: np.ndarray, *, rows: int, tokens: int) -> Iterator[slice]:
+    """Consecutive slices of ``lengths`` (ascending token counts): each as many rows as fit in ``rows``
+    and in ``tokens`` once padded to its longest row (a row longer than ``tokens`` alone)."""
+    start = 0
+    while start < len(lengths):
+        window = lengths[start : start + rows]  # ascending: padded size k * window[k - 1] grows with k
+        fit = int(np.count_nonzero(np.arange(1, len(window) + 1) * window <= tokens))
+        yield slice(start, start + max(fit, 1))
+        start += max(fit, 1)
 
 
 def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:

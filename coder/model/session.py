@@ -54,11 +54,11 @@ def providers_for(device: str) -> list[str]:
     return [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
 
 
-def create_session(path: Path, *, device: str = "auto", providers: Sequence[str] | None = None,
+def create_session(model: Path | bytes, *, device: str = "auto", providers: Sequence[str] | None = None,
                    arena: bool = True) -> ort.InferenceSession:
-    """An inference session on the best provider for ``device`` (or on ``providers``, tried in
-    order); logs the provider used. ``arena=False``: CPU memory goes back after each run instead of
-    staying with the session at the size of its largest run."""
+    """An inference session of an ONNX file (or of a serialised graph) on the best provider for
+    ``device`` (or on ``providers``, tried in order); logs the provider used. ``arena=False``: CPU
+    memory goes back after each run instead of staying with the session at the size of its largest run."""
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = compute_threads()
@@ -67,8 +67,10 @@ def create_session(path: Path, *, device: str = "auto", providers: Sequence[str]
     # CPU only: the fused SkipLayerNormalization kernel ran ~4x slower than the LayerNormalization +
     # Add it replaces (18% of int8 kernel time; benchmarks/onnx_profile.py); GPUs keep the fusion.
     disabled = list(CPU_DISABLED_FUSIONS) if providers == [CPU_PROVIDER] else []
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers, disabled_optimizers=disabled)
-    logger.info("onnxruntime %s on %s (%d intra-op threads)", path.name, session.get_providers()[0], options.intra_op_num_threads)
+    session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, sess_options=options,
+                                   providers=providers, disabled_optimizers=disabled)
+    name = model.name if isinstance(model, Path) else "graph"
+    logger.info("onnxruntime %s on %s (%d intra-op threads)", name, session.get_providers()[0], options.intra_op_num_threads)
     return session
 
 
