@@ -44,12 +44,16 @@ logger = logging.getLogger("accuracy")
 
 
 def metrics(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> dict[str, float]:
-    """MAP and P@5 per system, and recall@50 of the gold (note, code) pairs whose code train never had."""
+    """MAP and P@5 per system, recall of the gold (note, code) pairs among all the candidates (at any
+    rank: what no reranking can pass), and recall@50 of the gold pairs whose code train never had."""
     truth, ranked = gold_sets(gold), rankings(scored, score=SCORE)
     out: dict[str, float] = {}
     for system, found in system_scores(ranked, truth).items():
         out[f"MAP {system}"], out[f"P@5 {system}"] = found.map, found.precision_at[5]
-        pairs = [(note, code) for note, codes in truth.get(system, {}).items() for code in codes if (system, code) in unseen]
+        pairs = [(note, code) for note, codes in truth.get(system, {}).items() for code in codes]
+        proposed = {note: set(codes) for note, codes in ranked.get(system, {}).items()}
+        out[f"R {system}"] = sum(code in proposed.get(note, ()) for note, code in pairs) / max(len(pairs), 1)
+        pairs = [(note, code) for note, code in pairs if (system, code) in unseen]
         top = {note: set(codes[:50]) for note, codes in ranked.get(system, {}).items()}
         out[f"R@50 unseen {system}"] = sum(code in top.get(note, ()) for note, code in pairs) / max(len(pairs), 1)
     return out
@@ -177,21 +181,30 @@ def main() -> None:
     ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder)
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
         f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "")
-    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | recall CM | recall PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     scored = {}
     for name, how, kwargs in plan(ablation):
         scored[name] = getattr(ablation, how)(**kwargs)
         m = metrics(scored[name], ablation.dev.codes, ablation.unseen)
         ms = ablation.ms_per_note.get(kwargs.get("source"), None)
-        lines.append(f"| {name} | " + " | ".join(f"{m[f'{k} {s}']:.3f}" for k in ("MAP", "P@5", "R@50 unseen") for s in SYSTEMS)
+        lines.append(f"| {name} | " + " | ".join(f"{m[f'{k} {s}']:.3f}" for k in ("MAP", "P@5", "R", "R@50 unseen") for s in SYSTEMS)
                      + f" | {f'{ms:.1f}' if ms is not None else ''} |")
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
-    report = "\n".join(lines) + "\n\n" + evidence_lines(ablation, scored)
+    report = "\n".join(lines) + "\n\n" + unseen_line(ablation) + "\n\n" + evidence_lines(ablation, scored)
     report += f"\n\nWall time {time.perf_counter() - started:.0f} s."
     print(report)
     if not args.no_write:
         write_results(report, command)
+
+
+def unseen_line(ablation: Ablation) -> str:
+    """The share of the dev gold (note, code) pairs whose code train never had, per system."""
+    pairs = ablation.dev.codes.select(NOTE_ID, SYSTEM, CODE).unique()
+    new = pairs.join(pl.DataFrame(sorted(ablation.unseen), schema=[SYSTEM, CODE], orient="row"), on=[SYSTEM, CODE])
+    shares = "; ".join(f"{s} {new.filter(pl.col(SYSTEM) == s).height / max(pairs.filter(pl.col(SYSTEM) == s).height, 1):.3f}"
+                       for s in SYSTEMS)
+    return f"Dev gold (note, code) pairs whose code never occurs in train: {shares}."
 
 
 def evidence_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
@@ -218,7 +231,8 @@ dev never seen. *(reranked, dev cross-fit)*: for PLM-ICD scores, which have no o
 each dev note scored by a reranker fitted on the other 4 dev folds and on the out-of-fold train candidates
 (PLM-ICD's features missing there; runs before 2026-12-01 fitted on the 4 dev folds alone). MAP follows
 CodiEsp's scorer (trectools' get_map: the mean runs over the notes that have both gold codes of the system and a
-prediction). P@5 over the notes MAP counts. R@50 unseen: share of the dev gold (note, code) pairs whose
+prediction). P@5 over the notes MAP counts. recall (runs from 2026-12-01 06:31 UTC on): share of the dev gold
+(note, code) pairs among the row's candidates at any rank, the most a reranking can reach. R@50 unseen: share of the dev gold (note, code) pairs whose
 code never occurs in train that the ranking's top 50 holds. ms/note: the source's own candidates on the
 250 dev notes, this machine, this run. *full*: `text` and `text_es`; *English-only*: `text` alone."""
 
