@@ -138,6 +138,17 @@ def test_int8_keeps_each_component_within_half_a_step_of_its_group(bounds):
     assert not vectors[3].any()
 
 
+def test_int8_cosines_stay_within_a_hundredth_of_float_ones():
+    rng = np.random.default_rng(1)
+    sentences, terms = (rows / np.linalg.norm(rows, axis=1, keepdims=True)
+                        for rows in (rng.normal(size=(n, 384)).astype(np.float32) for n in (40, 3000)))
+    terms[:40] = sentences + 0.3 * terms[:40]  # close pairs too
+    terms /= np.linalg.norm(terms, axis=1, keepdims=True)
+    (note, (note_scale,)), (ints, scales) = dense_search.quantise(sentences, np.array([0, 40])), dense_search.quantise(terms)
+    products = note.astype(np.int32) @ ints.astype(np.int32).T * note_scale * scales
+    assert np.abs(products - sentences @ terms.T).max() < 0.01
+
+
 @pytest.mark.parametrize("lengths", [[3, 3, 4, 9, 30, 31], [40], list(range(1, 200))])
 def test_token_batches_cover_the_rows_in_order_within_both_bounds(lengths):
     lengths = np.array(lengths)

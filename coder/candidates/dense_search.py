@@ -10,7 +10,7 @@ The encoder is not copied into the model folder (it would double its size): the 
 which encoder (None: the packaged all-MiniLM-L6-v2) and the sha256 of its files, checked on load.
 What is derived from it is built on first use and kept in ``coder.ontology.cache``: the encoder as
 int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
-float32; for the shipped model's 201k terms 78 MB and a few minutes on 2 cores, README "Speed and
+float32; for the shipped model's 201k terms 78 MB, made during the first run: README "Speed and
 memory").
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
@@ -18,7 +18,7 @@ sentences it is encoded beside (other batch bounds change some scores in the sec
 rows at the top-k cut). Sentences are sorted by token count before batching, so a note's batch-mates
 are similar sentences, and a resumed run forms the same batches. Cosines are integer products of int8
 vectors (onnxruntime's MatMulInteger), each note's sentences with one scale of their own, each term
-with its own; the rounding moves a cosine by about 1e-3.
+with its own; the rounding moves a cosine by less than 0.01 (tests).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from coder.estimator import ParamsMixin, read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_parquet, write_text
 from coder.model.folder import default_encoder_path
-from coder.model.session import create_session
+from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
@@ -58,11 +58,10 @@ logger = logging.getLogger(__name__)
 VECTORS_VERSION = 2  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
-PRODUCTS_OPSET, PRODUCTS_IR_VERSION = 21, 10  # IR 10 loads in onnxruntime 1.2x-1.3x
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
 # Texts per encoder call, sorted by token count so that a batch pads little; a call's padded tokens
-# are bounded because its attention scores grow with rows x length^2 (128 rows of 128 tokens held
-# ~0.5 GB at once).
+# are bounded because its attention scores grow with rows x length^2 (a call of the longest sentences
+# set the process's peak memory).
 ENCODE_BATCH = 128
 ENCODE_TOKENS = 1_024
 # Blocks of the search (``_code_maxima``): int32 products [SENTENCE_BLOCK, TERM_CHUNK] (16 MB, one
@@ -289,8 +288,8 @@ def _products_session() -> ort.InferenceSession:
          helper.make_tensor_value_info("terms", TensorProto.INT8, [None, None])],
         [helper.make_tensor_value_info("products", TensorProto.INT32, [None, None])],
         initializer=[numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero_point")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", PRODUCTS_OPSET)])
-    model.ir_version = PRODUCTS_IR_VERSION
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", GRAPH_OPSET)])
+    model.ir_version = GRAPH_IR_VERSION
     return create_session(model.SerializeToString(), device="cpu", arena=False)
 
 

@@ -26,6 +26,9 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
+# Graphs this package builds in code (reranker trees, the dense search's products): IR 10 loads in
+# onnxruntime 1.2x-1.3x, newer onnx packages write a newer IR by default.
+GRAPH_OPSET, GRAPH_IR_VERSION = 21, 10
 # Notes per forward pass. On CPU small batches win: the label-attention tensors [batch, tokens,
 # labels] of two notes stay in cache (shipped int8 model, benchmarks/throughput.py: 51.6 notes/s at
 # 2, 47.0 at 1, 36.1 at 8). A GPU wants many chunks in flight.

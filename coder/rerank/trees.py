@@ -18,9 +18,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from coder.errors import ModelBundleError
+from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET
 
 INPUT, OUTPUT = "features", "probability"
-_ML_OPSET, _OPSET, _IR_VERSION = 5, 21, 10  # TreeEnsemble is ai.onnx.ml opset 5; IR 10 loads in onnxruntime 1.2x-1.3x
+_ML_OPSET = 5  # TreeEnsemble is ai.onnx.ml opset 5
 _BRANCH_LEQ = 0
 
 
@@ -53,8 +54,8 @@ def trees_to_onnx(estimator: Any, *, n_features: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info(OUTPUT, TensorProto.DOUBLE, [None, 1])],
         initializer=[numpy_helper.from_array(np.asarray([baseline], dtype=np.float64), "baseline")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid("ai.onnx.ml", _ML_OPSET)])
-    model.ir_version = _IR_VERSION
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", GRAPH_OPSET), helper.make_opsetid("ai.onnx.ml", _ML_OPSET)])
+    model.ir_version = GRAPH_IR_VERSION
     onnx.checker.check_model(model)
     return model
 
