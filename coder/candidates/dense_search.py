@@ -281,7 +281,8 @@ def quantise(vectors: np.ndarray, bounds: np.ndarray | None = None) -> tuple[np.
 
 def _products_session() -> ort.InferenceSession:
     """onnxruntime's integer matmul, sentences (uint8, zero point 128) x terms (int8) -> int32: its
-    u8 x s8 kernels use the CPU's int8 dot-product instructions, several times numpy's float32 matmul."""
+    u8 x s8 kernels use the CPU's int8 dot-product instructions where it has them (numpy has no int8
+    matmul of its own)."""
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["sentences", "terms", "zero_point"], ["products"])], "dense_products",
         [helper.make_tensor_value_info("sentences", TensorProto.UINT8, [None, None]),
