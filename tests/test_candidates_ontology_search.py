@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.candidates.ontology_search import TERMS_SCHEMA, OntologySearch, ontology_terms
 from coder.schema import CM, PCS
 
@@ -211,3 +211,62 @@ def test_equal_scores_at_the_cut_keep_the_code_listed_first():
                          schema=TERMS_SCHEMA, orient="row")
     found = OntologySearch(top_k=1).index(terms).candidates(pl.DataFrame({"note_id": ["a"], "text": ["Chronic cough."]}))
     assert found["code"].to_list() == ["B"]
+
+
+def test_coverage_of_a_term_wholly_in_a_sentence_is_one_whatever_the_sentence_length():
+    terms = pl.DataFrame([(CM, "Q75.2", "Hypertelorism"), (CM, "Q17.4", "Misplaced ear, low-set ears"),
+                          (CM, "Q30.8", "Other congenital malformations of nose, broad nasal bridge"),
+                          (CM, "I10", "Essential (primary) hypertension")], schema=TERMS_SCHEMA, orient="row")
+    notes = pl.DataFrame({"note_id": ["short", "long"], "text": [
+        "Hypertelorism.",
+        "On examination we noted marked hypertelorism, a broad nasal bridge and low-set ears, with hypertension."]})
+    cosine = OntologySearch(top_k=4).index(terms).candidates(notes).filter(pl.col("code") == "Q75.2")
+    coverage = OntologySearch(name="coverage", top_k=4, measure="coverage").index(terms).candidates(notes)
+    assert dict(cosine.select("note_id", "ontology").iter_rows()) == {"short": pytest.approx(1.0), "long": pytest.approx(0.6, abs=0.1)}
+    top = coverage.filter(pl.col("coverage_rank") == 1)
+    assert top["code"].to_list() == ["Q75.2", "Q75.2"] and top["coverage"].to_list() == pytest.approx([1.0, 1.0])
+    assert (coverage["coverage"] <= 1 + 1e-6).all()
+
+
+def test_coverage_scores_are_the_best_share_of_any_term_in_any_sentence():
+    search = OntologySearch(name="coverage", top_k=10, measure="coverage").index(TERMS)
+    found = search.candidates(NOTES)
+    weights = search.term_matrix_.toarray()  # [n_features, n_terms]
+    for note_id, _, _, sentences in search._sentence_vectors(NOTES):
+        present = sentences.toarray() > 0  # [n_sentences, n_features]
+        shares = (present @ weights / weights.sum(axis=0)).max(axis=0)
+        best = {}
+        for (system, code), share in zip(search.terms_.select("system", "code").iter_rows(), shares):
+            best[system, code] = max(best.get((system, code), 0.0), float(share))
+        rows = found.filter(pl.col("note_id") == note_id)
+        got = {(s, c): v for s, c, v in rows.select("system", "code", "coverage").iter_rows()}
+        assert got.keys() == {key for key, value in best.items() if value > 0}
+        assert all(value == pytest.approx(best[key], rel=1e-5) for key, value in got.items())
+
+
+def test_coverage_bounds_do_not_change_candidates(monkeypatch):
+    search = OntologySearch(name="coverage", top_k=1, measure="coverage").index(TERMS)
+    monkeypatch.setattr("coder.candidates.ontology_search.EXACT_FIRST", 10**6)
+    expected = search.candidates(NOTES)
+    monkeypatch.setattr("coder.candidates.ontology_search.EXACT_FIRST", 1)
+    monkeypatch.setattr("coder.candidates.ontology_search.SIMILARITY_BUDGET", 1)
+    assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
+
+
+def test_searches_of_the_same_terms_share_one_index_and_old_folders_read_as_cosine(cache, tmp_path):
+    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "cosine")
+    OntologySearch(name="coverage", top_k=2, measure="coverage").index(TERMS).save(tmp_path / "coverage")
+    cosine = OntologySearch.load(tmp_path / "cosine")
+    coverage = OntologySearch.load(tmp_path / "coverage")
+    assert coverage.term_matrix_ is cosine.term_matrix_ and coverage.by_term_ is cosine.by_term_
+    assert_frame_equal(coverage.candidates(NOTES),
+                       OntologySearch(name="coverage", top_k=2, measure="coverage").index(TERMS).candidates(NOTES))
+    state = json.loads((tmp_path / "cosine" / "search.json").read_text())
+    del state["measure"]
+    (tmp_path / "cosine" / "search.json").write_text(json.dumps(state))
+    assert OntologySearch.load(tmp_path / "cosine").measure == "cosine"
+
+
+def test_unknown_measure_is_a_usage_error():
+    with pytest.raises(UsageError, match="measure"):
+        OntologySearch(measure="jaccard").index(TERMS)

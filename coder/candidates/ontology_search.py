@@ -7,6 +7,12 @@ a code scores the best cosine between any of its terms and any sentence of the n
 codes that can reach a note's top k are scored exactly: a term's cosine with the elementwise
 maximum of the note's sentence vectors bounds its cosine with each sentence (``_top_codes``).
 
+The cosine favours terms as long as the sentence: a one-word term ("Hypertelorism") found in a
+long sentence scores low, and such codes, often never seen in training, fall out of the top k. The
+``coverage`` measure scores instead the share of a term's TF-IDF weight that one sentence holds
+(its features present or not), so a term wholly found in a sentence scores 1 whatever the
+sentence's length. Two searches of the same terms, one per measure, share one index in a process.
+
 Fitting the index on the ~201k terms of the shipped model takes ~17 s and ~900 MB at its peak, so
 ``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
 cache folder of ``coder.ontology.cache``, as one npz read without pickle.
@@ -19,8 +25,10 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +41,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
 from coder.cpus import capped, logical_cpus
-from coder.errors import NotFittedError
+from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import file_sha256
 from coder.ontology import Ontology
@@ -57,6 +65,7 @@ EXACT_FIRST = 4
 # Sentence-by-term similarities held at once (64 MB of float32).
 SIMILARITY_BUDGET = 16_000_000
 _NONE = np.iinfo(np.int64).max  # "no such sentence" in a minimum over terms
+MEASURES = ("cosine", "coverage")
 # Characters of note text vectorised in one call: one call per note cost more than the product.
 TEXT_BUDGET = 200_000
 # Most threads for candidates() (fewer on fewer CPUs); each holds at most SIMILARITY_BUDGET similarities.
@@ -132,17 +141,21 @@ class OntologySearch(ParamsMixin):
     max_postings: a feature (word or character n-gram) found in more terms than this is left out of
         the term matrix; None keeps all. Such features (``tion``, ``of``) carry little weight but most
         of the sparse product's work (the index logs the share left out; README "Speed and memory").
+    measure: ``cosine`` (a sentence's and a term's TF-IDF vectors) or ``coverage`` (the share of a
+        term's TF-IDF weight whose features a sentence has; see the module's docstring).
     """
 
     learns_from_notes = False
 
     def __init__(self, *, name: str = "ontology", text_column: str = TEXT, top_k: int = 30,
-                 char_ngrams: tuple[int, int] | None = (4, 5), max_postings: int | None = 20_000):
+                 char_ngrams: tuple[int, int] | None = (4, 5), max_postings: int | None = 20_000,
+                 measure: str = "cosine"):
         self.text_column = text_column
         self.name = name
         self.top_k = top_k
         self.char_ngrams = char_ngrams
         self.max_postings = max_postings
+        self.measure = measure
 
     def _vectorizer(self, vocabularies: Sequence[list[str] | None] = (None, None)) -> FeatureUnion | TfidfVectorizer:
         """The unfitted vectorizer, or with ``vocabularies`` (words, chars) one whose parts only need their idf."""
@@ -164,6 +177,8 @@ class OntologySearch(ParamsMixin):
 
     def index(self, terms: pl.DataFrame) -> OntologySearch:
         """Index ``terms`` (TERMS_SCHEMA)."""
+        if self.measure not in MEASURES:
+            raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self._order_terms(terms)
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
@@ -180,13 +195,20 @@ class OntologySearch(ParamsMixin):
         logger.info("ontology search: %d terms for %d codes", self.terms_.height, self.codes_.height)
         return self
 
-    def _set_matrix(self, matrix: sparse.csr_matrix) -> None:
-        """The term matrix [n_features, n_terms] (bounds: a note's features against every term) and
-        its transpose ``by_term_`` (exact scores: a few terms against a note's sentences; 0.3 s, so
-        derived on load rather than cached)."""
+    def _set_matrix(self, matrix: sparse.csr_matrix, by_term: sparse.csr_matrix | None = None) -> None:
+        """The term matrix [n_features, n_terms] (bounds: a note's features against every term), its
+        transpose ``by_term_`` (exact scores: a few terms against a note's sentences; 0.3 s, so
+        derived on load rather than cached) and ``term_scale_``, what each term's products are
+        multiplied by (coverage: 1 / the term's summed weights; cosine: None)."""
         self.term_matrix_ = matrix
-        self.by_term_ = matrix.T.tocsr()
-        self.by_term_.sort_indices()
+        if by_term is None:
+            by_term = matrix.T.tocsr()
+            by_term.sort_indices()
+        self.by_term_ = by_term
+        self.term_scale_ = None
+        if self.measure == "coverage":
+            total = np.asarray(by_term.sum(axis=1), dtype=np.float32).ravel()
+            self.term_scale_ = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
@@ -218,7 +240,8 @@ class OntologySearch(ParamsMixin):
             # sentence vectors bounds its cosine with each sentence: one sparse row against the
             # terms instead of every sentence against every term.
             peak = sentences.max(axis=0).tocsr()
-            bounds = np.maximum.reduceat(self.term_matrix_[peak.indices].T @ peak.data, self.code_starts_)
+            bounds = self._scaled(self.term_matrix_[peak.indices].T @ peak.data)
+            bounds = np.maximum.reduceat(bounds, self.code_starts_)
             by_feature = sentences.T.tocsr()  # [n_features, n_sentences]
             for idx in by_system.values():
                 top, scores, sentence = self._top_codes(by_feature, bounds, idx)
@@ -260,6 +283,7 @@ class OntologySearch(ParamsMixin):
         block = max(1, SIMILARITY_BUDGET // max(by_feature.shape[1], 1))
         for start in range(0, len(terms), block):
             sims = (self.by_term_[terms[start : start + block]] @ by_feature).toarray()  # [terms, sentences]
+            sims = self._scaled(sims, terms[start : start + block])
             first = sims.argmax(axis=1)
             term_first[start : start + len(sims)] = first
             term_best[start : start + len(sims)] = sims[np.arange(len(sims)), first]
@@ -267,9 +291,17 @@ class OntologySearch(ParamsMixin):
         reaches = term_best == np.repeat(best, lengths)
         return best, np.minimum.reduceat(np.where(reaches, term_first, _NONE), firsts)
 
+    def _scaled(self, products: np.ndarray, terms: np.ndarray | None = None) -> np.ndarray:
+        """Products of sentences with every term (``terms``: with these, one row each) as the measure's scores."""
+        if self.term_scale_ is None:
+            return products
+        scale = self.term_scale_ if terms is None else self.term_scale_[terms, None]
+        return products * scale
+
     def _sentence_vectors(self, notes: pl.DataFrame) -> Iterator[tuple[str, str, np.ndarray, sparse.csr_matrix]]:
-        """Per note with sentences: id, text, sentence spans [n_sentences, 2] and unit sentence
-        vectors [n_sentences, n_features] (float32), vectorised ``TEXT_BUDGET`` characters at a time."""
+        """Per note with sentences: id, text, sentence spans [n_sentences, 2] and sentence vectors
+        [n_sentences, n_features] (float32; cosine: unit length, coverage: 1 for each feature
+        present), vectorised ``TEXT_BUDGET`` characters at a time."""
         group: list[tuple[str, str, np.ndarray]] = []
         size = 0
         for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
@@ -289,6 +321,8 @@ class OntologySearch(ParamsMixin):
             return
         sentences = [text[a:b] for _, text, spans in group for a, b in spans.tolist()]
         vectors = _unit_rows(self.vectorizer_.transform(sentences)).astype(np.float32)
+        if self.measure == "coverage":
+            vectors.data[:] = 1.0
         offset = 0
         for note_id, text, spans in group:
             yield note_id, text, spans, vectors[offset : offset + len(spans)]
@@ -309,6 +343,7 @@ class OntologySearch(ParamsMixin):
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
         params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
+        params.setdefault("measure", "cosine")  # folders saved before the parameter
         self = cls(**params)
         terms_file = path / "terms.parquet"
         terms = pl.read_parquet(terms_file)
@@ -317,8 +352,12 @@ class OntologySearch(ParamsMixin):
         # packages is found and removed; other models' indexes stay.
         stem = f"search-{file_sha256(terms_file)[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
-        index = self._read_index(file, key=key, n_terms=terms.height)
-        if index is None:
+        shared = _SHARED.get(key)
+        if shared is not None:  # another search of these terms (the other measure) in this process
+            self._order_terms(terms)
+            self.vectorizer_ = shared.vectorizer
+            self._set_matrix(shared.matrix, shared.by_term)
+        elif (index := self._read_index(file, key=key, n_terms=terms.height)) is None:
             self.index(terms)
             arrays = self._index_arrays(key)
             write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
@@ -327,6 +366,8 @@ class OntologySearch(ParamsMixin):
             self.vectorizer_, matrix = index
             self._set_matrix(matrix)
             logger.info("ontology search: %d terms for %d codes, index from %s", self.terms_.height, self.codes_.height, file)
+        # held by the search, so the entry lives as long as one search of these terms does
+        self.shared_index_ = _SHARED.setdefault(key, _Index(self.vectorizer_, self.term_matrix_, self.by_term_))
         return self
 
     def _index_salt(self) -> str:
@@ -365,6 +406,20 @@ class OntologySearch(ParamsMixin):
             logger.warning("search index %s is unusable (%s); refitting", file, error)
             return None
         return vectorizer, matrix
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A loaded index: what two searches of the same terms share (the term matrix is ~240 MB in
+    memory with its transpose for the shipped ontology)."""
+
+    vectorizer: FeatureUnion | TfidfVectorizer
+    matrix: sparse.csr_matrix
+    by_term: sparse.csr_matrix
+
+
+_SHARED: weakref.WeakValueDictionary[str, _Index] = weakref.WeakValueDictionary()
+"""Cache key -> the index loaded for it, while a search holds it."""
 
 
 @functools.cache

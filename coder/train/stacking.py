@@ -48,8 +48,8 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
                     sentence_encoder: str | None = None) -> list[CandidateSource]:
     """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
     are left out when fitting): the lexicons of coders' spans (the second language's, then the main
-    text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF,
-    then dense), the TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its
+    text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF
+    cosine, TF-IDF coverage, then dense), the TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its
     language (the ontology's descriptions are English: other languages mine without them, and the
     dense search, an English sentence encoder against English terms, is left out).
     ``sentence_encoder``: the dense search's encoder folder (None: the packaged all-MiniLM-L6-v2)."""
@@ -61,6 +61,7 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
         *(MinedLexicon(name=f"mined_{c.removeprefix('text_')}", text_column=c, language="es", descriptions=False)
           for c in second),
         OntologySearch(name="ontology", text_column=text_column),
+        OntologySearch(name="coverage", text_column=text_column, measure="coverage"),
         *([DenseSearch(name="dense", text_column=text_column, encoder=sentence_encoder)] if language == "en" else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
