@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 
-import json
-
 import numpy as np
 import polars as pl
 import pytest
@@ -105,20 +103,3 @@ def test_ranked_and_thresholds():
     gold = pl.DataFrame({"note_id": ["a", "a", "a"], "code": ["R10", "R51", "Z99"], "system": [CM, CM, CM]})
     # keeping all three: TP 2 of 3 predicted and 3 gold (F1 0.667) beats the top one alone (0.5)
     assert f1_thresholds(frame, gold=gold) == {CM: 0.5}
-
-
-def test_note_weighting_gives_each_note_the_same_weight(tmp_path):
-    frame = pl.concat([_frame(n_notes=3), _frame(n_notes=1, seed=2).filter(pl.col("code") == "C0")
-                       .with_columns(pl.lit("short").alias("note_id"))])
-    part = frame.filter(pl.col("system") == CM)
-    weights = part.with_columns(pl.Series("w", Reranker()._weights(part))).group_by("note_id").agg(pl.col("w").sum())
-    assert weights["w"].to_numpy() == pytest.approx(np.full(4, part.height / 4))  # mean weight 1
-    assert (Reranker(weighting="candidate")._weights(part) == 1).all()
-    with pytest.raises(UsageError, match="weighting must be one of"):
-        Reranker(weighting="code").fit(frame)
-    # a reranker saved before the parameter was fitted with every candidate weighing 1
-    Reranker(max_iter=5).fit(frame).save(tmp_path)
-    state = json.loads((tmp_path / "reranker.json").read_text())
-    del state["params"]["weighting"]
-    (tmp_path / "reranker.json").write_text(json.dumps(state))
-    assert Reranker.load(tmp_path).weighting == "candidate"

@@ -32,7 +32,6 @@ from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM
 logger = logging.getLogger(__name__)
 
 MODELS = ("hgb", "logistic")
-WEIGHTINGS = ("note", "candidate")
 STATE_FILE = "reranker.json"
 
 
@@ -50,14 +49,11 @@ class Reranker(ParamsMixin):
     n_threads: OpenMP and BLAS threads for fitting; None uses all cores. The default 1 is faster
         here: the trees are small, and OpenMP barriers on a busy machine cost 10x or more.
     cut_seed: seed of the fifth of the notes held out to choose the thresholds.
-    weighting: ``note``: each note's candidates of a system weigh 1 together in the loss, as each note
-        weighs the same in CodiEsp's MAP (a long note's hundreds of candidates would otherwise drown a
-        short note's few); ``candidate``: each candidate weighs 1.
     """
 
     def __init__(self, *, model: str = "hgb", max_iter: int = 150, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 15, l2: float = 1.0, random_state: int = 0, n_threads: int | None = 1,
-                 cut_seed: int = 1, weighting: str = "note"):
+                 cut_seed: int = 1):
         self.model = model
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -66,7 +62,6 @@ class Reranker(ParamsMixin):
         self.random_state = random_state
         self.n_threads = n_threads
         self.cut_seed = cut_seed
-        self.weighting = weighting
 
     def _estimator(self):
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -105,29 +100,20 @@ class Reranker(ParamsMixin):
         """The fitted state of one system: a constant rate, logistic coefficients, or an ONNX tree session."""
         from threadpoolctl import threadpool_limits
 
-        x, y, weight = self._matrix(part), part[LABEL].to_numpy(), self._weights(part)
+        x, y = self._matrix(part), part[LABEL].to_numpy()
         if len(np.unique(y)) < 2:  # nothing to learn: every candidate gets the one observed rate
-            return float(np.average(y, weights=weight))
+            return float(y.mean())
         logger.info("reranker %s: %d candidates, %d positive, %d features", system, len(y), int(y.sum()), x.shape[1])
         if self.model == "logistic":  # a missing value counts as the feature's mean (trees learn where it goes)
             mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0) + 1e-9
             with threadpool_limits(limits=self.n_threads):
-                fitted = self._estimator().fit(np.nan_to_num((x - mean) / std), y, sample_weight=weight)
+                fitted = self._estimator().fit(np.nan_to_num((x - mean) / std), y)
             return _Logistic(fitted.coef_[0], float(fitted.intercept_[0]), mean, std)
         with threadpool_limits(limits=self.n_threads):
-            fitted = self._estimator().fit(x, y, sample_weight=weight)
+            fitted = self._estimator().fit(x, y)
         if all(predictor.nodes["is_leaf"][0] for (predictor,) in fitted._predictors):  # no tree ever split
             return float(fitted.predict_proba(x[:1])[0, 1])
         return _Trees(trees_to_onnx(fitted, n_features=x.shape[1]).SerializeToString())
-
-    def _weights(self, part: pl.DataFrame) -> np.ndarray:
-        """[n_candidates] sample weights of one system's candidates, mean 1 (see ``weighting``)."""
-        if self.weighting == "candidate":
-            return np.ones(part.height)
-        if self.weighting != "note":
-            raise UsageError(f"reranker weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        per_note = 1.0 / part.select(pl.len().over(NOTE_ID)).to_series().to_numpy()
-        return per_note * part.height / per_note.sum()
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
         """[n_candidates, n_features] float64 matrix (null: NaN)."""
@@ -173,7 +159,7 @@ class Reranker(ParamsMixin):
     @classmethod
     def load(cls, path: Path) -> Reranker:
         state = read_state(path, STATE_FILE, what="reranker")
-        self = cls(**{"weighting": "candidate", **state["params"]})  # saved before the parameter: fitted so
+        self = cls(**state["params"])
         self.features_, self.thresholds_, self.models_ = state["features"], state["thresholds"], {}
         for system, saved in state["models"].items():
             if "constant" in saved:
