@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VECTORS_VERSION = 2  # bump when the cached term vectors' layout or the way they are made changes
+VECTORS_VERSION = 3  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
@@ -139,7 +139,7 @@ class DenseSearch(ParamsMixin):
         logger.info("dense search: embedding %d terms (first use of this encoder and ontology)", self.terms_.height)
         texts = self.terms_[TERM].to_list()
         # a slice of terms at a time: float32 vectors of every term at once would be 4x the int8 result
-        parts = [quantise(self._encode(texts[start : start + TERM_SLICE], max_length=TERM_TOKENS))
+        parts = [quantise(self._encode(texts[start : start + TERM_SLICE], max_length=TERM_TOKENS), levels=TERM_LEVELS)
                  for start in range(0, len(texts), TERM_SLICE)]
         vectors, scales = np.ascontiguousarray(np.concatenate([v for v, _ in parts]).T), np.concatenate([s for _, s in parts])
         arrays = {"key": np.frombuffer(key.encode(), dtype=np.uint8), "vectors": vectors, "scales": scales}
@@ -270,12 +270,19 @@ def _note_maxima(products: ort.InferenceSession, block: np.ndarray, bounds: np.n
     return out
 
 
-def quantise(vectors: np.ndarray, bounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with one float32 scale per group of rows ``bounds[i]:bounds[i + 1]`` (default:
-    per row): (int8 [n, dim], scale [n_groups]), a row ~ its int8 row x its group's scale."""
+# Term vectors (the s8 side of the products) use 7 bits: on CPUs without int8 dot-product
+# instructions (AVX2 alone) onnxruntime's u8 x s8 kernel adds pairs of products in saturating
+# int16, and 255 x 63 x 2 stays below 32,767 where 255 x 127 x 2 does not.
+TERM_LEVELS = 63
+
+
+def quantise(vectors: np.ndarray, bounds: np.ndarray | None = None, *, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 in [-levels, levels] with one float32 scale per group of rows
+    ``bounds[i]:bounds[i + 1]`` (default: per row): (int8 [n, dim], scale [n_groups]), a row ~ its
+    int8 row x its group's scale."""
     bounds = np.arange(len(vectors) + 1) if bounds is None else bounds
     peaks = np.maximum.reduceat(np.abs(vectors).max(axis=1, initial=0.0), bounds[:-1]) if len(vectors) else np.zeros(0)
-    scales = np.where(peaks > 0, peaks / 127, 1.0).astype(np.float32)  # an all-zero group stays zero
+    scales = np.where(peaks > 0, peaks / levels, 1.0).astype(np.float32)  # an all-zero group stays zero
     return np.rint(vectors / np.repeat(scales, np.diff(bounds))[:, None]).astype(np.int8), scales
 
 
