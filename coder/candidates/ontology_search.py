@@ -320,9 +320,12 @@ class OntologySearch(ParamsMixin):
         if not group:
             return
         sentences = [text[a:b] for _, text, spans in group for a, b in spans.tolist()]
-        vectors = _unit_rows(self.vectorizer_.transform(sentences)).astype(np.float32)
-        if self.measure == "coverage":
+        vectors = self.vectorizer_.transform(sentences)
+        if self.measure == "coverage":  # features present or not: no norms to compute
             vectors.data[:] = 1.0
+        else:
+            vectors = _unit_rows(vectors)
+        vectors = vectors.astype(np.float32)
         offset = 0
         for note_id, text, spans in group:
             yield note_id, text, spans, vectors[offset : offset + len(spans)]
