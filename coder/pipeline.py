@@ -2,7 +2,8 @@
 
     read -> screen  (coder.io: the run reads a batch and quarantines the rows it cannot code)
     chunk and score (PLM-ICD, coder.model.scorer)
-    candidate sources (coder.candidates: every source the batch's columns allow)
+    candidate sources (coder.candidates: every source the batch's columns allow; the ontology
+                    searches then score the other sources' codes too, coder.candidates.backfill)
     rerank          (coder.rerank: calibrated score and threshold per candidate)
     LLM vote        (coder.llm.vote, optional)
     validate        (coder.validate: only assignable codes pass)
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from coder.candidates.backfill import backfill
 from coder.candidates.features import PLM_ICD, merge_candidates
 from coder.llm.vote import LLMStage, merge_votes
 from coder.rank import rank_and_cut
@@ -63,6 +65,7 @@ def code_batch(model: Model, notes: pl.DataFrame, *, top_k: int, threshold_only:
     with _timed(counts, "candidates"):
         frames = {source.name: source.candidates(notes) for source in model.sources_for(notes.columns)}
         frames[PLM_ICD] = scored.candidates  # last: its evidence (an attention peak) is the weakest
+        frames = backfill(frames, sources=model.sources_for(notes.columns), notes=notes)
     with _timed(counts, "rerank"):
         columns = {**{source.name: source.text_column for source in model.sources}, PLM_ICD: model.scorer.text_column}
         candidates = rerank(merge_candidates(frames, columns=columns), ranking=model.ranking, sources=tuple(frames))

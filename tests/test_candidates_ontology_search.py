@@ -270,3 +270,31 @@ def test_searches_of_the_same_terms_share_one_index_and_old_folders_read_as_cosi
 def test_unknown_measure_is_a_usage_error():
     with pytest.raises(UsageError, match="measure"):
         OntologySearch(measure="jaccard").index(TERMS)
+
+
+@pytest.mark.parametrize("measure", ["cosine", "coverage"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_score_gives_the_exact_score_of_any_code_also_outside_the_top_k(measure, threads, monkeypatch):
+    monkeypatch.setattr("coder.candidates.ontology_search.SEARCH_THREADS", threads)
+    every = OntologySearch(name=measure, top_k=10, measure=measure).index(TERMS).candidates(NOTES)
+    search = OntologySearch(name=measure, top_k=1, measure=measure).index(TERMS)
+    keys = pl.DataFrame({"note_id": ["a", "a", "c", "c", "b", "d"], "system": [CM, PCS, CM, CM, CM, CM],
+                         "code": ["E11.9", "0DTJ", "I10", "Z99.9", "I10", "J45.909"]})
+    scored = search.score(NOTES, keys)
+    expected = {key[:3]: key[3] for key in every.select("note_id", "system", "code", measure).iter_rows()}
+    # a code the index lacks (Z99.9) and a note without text (b) give no row; no match scores 0
+    assert {(n, s, c) for n, s, c in scored.select("note_id", "system", "code").iter_rows()} == {
+        ("a", CM, "E11.9"), ("a", PCS, "0DTJ"), ("c", CM, "I10"), ("d", CM, "J45.909")}
+    for note_id, system, code, value in scored.iter_rows():
+        assert value == pytest.approx(expected.get((note_id, system, code), 0.0), rel=1e-6)
+    assert scored.columns == ["note_id", "system", "code", measure]
+    assert search.score(NOTES, keys.filter(pl.col("code") == "Z99.9")).schema == scored.schema
+
+
+def test_folders_saved_before_backfill_do_not_backfill(cache, tmp_path):
+    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "old")
+    assert OntologySearch.load(tmp_path / "old").backfill is True
+    state = json.loads((tmp_path / "old" / "search.json").read_text())
+    del state["backfill"]
+    (tmp_path / "old" / "search.json").write_text(json.dumps(state))
+    assert OntologySearch.load(tmp_path / "old").backfill is False

@@ -31,6 +31,7 @@ def test_fold_ids_are_balanced_and_seeded():
 def _frame(tiny_corpus, tiny_ontology, sources):
     search = OntologySearch(top_k=3).fit(tiny_corpus, ontology=tiny_ontology)
     known = source_frames([search], tiny_corpus.notes)
+    sources = [search if s.name == search.name else s for s in sources]  # fitted, as it backfills each fold
     parts = out_of_fold(tiny_corpus, sources=sources, ontology=tiny_ontology, known=known, folds=3)
     return labelled_frame(parts, codes=tiny_corpus.codes)
 
@@ -42,6 +43,8 @@ def test_out_of_fold_frame_never_scores_a_note_with_its_own_evidence(tiny_corpus
     assert n6.is_empty() or n6["lexicon"].item() == 0
     assert set(frame["note_id"]) <= set(tiny_corpus.notes["note_id"]) and "label" in frame.columns
     assert {"lexicon", "ontology", "tfidf"} <= set(frame.columns)
+    # the search scored the other sources' candidates of each held-out fold
+    assert "ontology_all" in frame.columns and (frame.filter(pl.col("ontology_rank") == 100)["ontology_all"] > 0).any()
 
 
 def test_cross_fit_scores_every_row_once(tiny_corpus, tiny_ontology, sources):
@@ -68,6 +71,9 @@ def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
     plm = pl.DataFrame({"note_id": tiny_corpus.notes["note_id"], "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9})
     frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
+    # PLM-ICD's candidates too are backfilled, as in the pipeline
+    backfilled = frames[("ontology", "tfidf", PLM_ICD)].filter(pl.col("code") == "I10")["ontology_all"]
+    assert backfilled.len() == tiny_corpus.notes.height and (backfilled > 0).sum() >= 4
     with_plm = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     assert ("lexicon", "ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     assert ("ontology", "tfidf", PLM_ICD) in with_plm.rerankers

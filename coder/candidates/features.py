@@ -33,7 +33,8 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
     system) is added where a source lacks one; the evidence columns come from the first source
     that has evidence for the row, and with ``columns`` (source -> the text column it reads)
     ``evidence_column`` names the column its offsets point into; ``source`` joins the names of the
-    sources that proposed the row."""
+    sources that proposed the row. Rows without a rank (``coder.candidates.backfill``) only score:
+    a code no source proposed is left out."""
     if not frames:
         raise ValueError("merge_candidates needs at least one source")
     merged: pl.DataFrame | None = None
@@ -48,6 +49,7 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
             with_evidence.append(name)
         merged = frame if merged is None else merged.join(frame, on=list(KEY), how="full", coalesce=True)
     assert merged is not None
+    merged = merged.filter(pl.any_horizontal([pl.col(f"{name}_rank").is_not_null() for name in frames]))
     evidence = [
         pl.coalesce([pl.col(f"{c}:{name}") for name in with_evidence]).alias(c) if with_evidence
         else pl.lit(None, dtype=dtype).alias(c)

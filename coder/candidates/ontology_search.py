@@ -143,19 +143,21 @@ class OntologySearch(ParamsMixin):
         of the sparse product's work (the index logs the share left out; README "Speed and memory").
     measure: ``cosine`` (a sentence's and a term's TF-IDF vectors) or ``coverage`` (the share of a
         term's TF-IDF weight whose features a sentence has; see the module's docstring).
+    backfill: also score the codes the other sources propose (``score``, ``coder.candidates.backfill``).
     """
 
     learns_from_notes = False
 
     def __init__(self, *, name: str = "ontology", text_column: str = TEXT, top_k: int = 30,
                  char_ngrams: tuple[int, int] | None = (4, 5), max_postings: int | None = 20_000,
-                 measure: str = "cosine"):
+                 measure: str = "cosine", backfill: bool = True):
         self.text_column = text_column
         self.name = name
         self.top_k = top_k
         self.char_ngrams = char_ngrams
         self.max_postings = max_postings
         self.measure = measure
+        self.backfill = backfill
 
     def _vectorizer(self, vocabularies: Sequence[list[str] | None] = (None, None)) -> FeatureUnion | TfidfVectorizer:
         """The unfitted vectorizer, or with ``vocabularies`` (words, chars) one whose parts only need their idf."""
@@ -215,20 +217,40 @@ class OntologySearch(ParamsMixin):
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
-        evidence_text/start/end (the best sentence, offsets into ``text_column``).
+        evidence_text/start/end (the best sentence, offsets into ``text_column``). In threads (``_threaded``)."""
+        return self._threaded(self._candidates, notes)
 
-        Notes are split across up to ``SEARCH_THREADS`` threads, no more than the process's CPUs
-        (``coder.cpus``; scipy's sparse products release the GIL: 1.7x on 2 cores); each note's rows
-        do not depend on the others, so the output is the same as in one thread."""
+    def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+        """The exact score of each (note_id, system, code) of ``keys`` whose code the index holds and
+        whose note has text: note_id, system, code, <name>. In threads, as ``candidates``."""
+        wanted = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
+        if wanted.is_empty():
+            return pl.DataFrame(schema={NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64})
+        groups = {note_id: frame for (note_id,), frame in wanted.partition_by(NOTE_ID, as_dict=True).items()}
+        notes = notes.filter(pl.col(NOTE_ID).is_in(list(groups)))
+        return self._threaded(functools.partial(self._score, groups), notes)
+
+    def _score(self, groups: dict[str, pl.DataFrame], notes: pl.DataFrame) -> pl.DataFrame:
+        parts = [pl.DataFrame(schema={NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64})]
+        for note_id, _, _, sentences in self._sentence_vectors(notes):
+            rows = groups[note_id]
+            scores, _ = self._exact(sentences.T.tocsr(), rows["_code"].to_numpy().astype(np.int64))
+            parts.append(rows.select(NOTE_ID, SYSTEM, CODE).with_columns(pl.Series(self.name, scores, dtype=pl.Float64)))
+        return pl.concat(parts)
+
+    def _threaded(self, work, notes: pl.DataFrame) -> pl.DataFrame:
+        """``work`` over ``notes`` split across up to ``SEARCH_THREADS`` threads, no more than the
+        process's CPUs (``coder.cpus``; scipy's sparse products release the GIL: 1.7x on 2 cores);
+        each note's rows do not depend on the others, so the output is the same as in one thread."""
         if not hasattr(self, "term_matrix_"):
             raise NotFittedError("OntologySearch is not fitted: call fit(ontology=...) or OntologySearch.load(path)")
         workers = capped(min(SEARCH_THREADS, logical_cpus()))
         threads = min(workers, notes.height)
         if threads < 2:
-            return self._candidates(notes)
+            return work(notes)
         size = -(-notes.height // threads)
         parts = [notes.slice(start, size) for start in range(0, notes.height, size)]
-        return pl.concat(_pool(os.getpid(), workers).map(self._candidates, parts))
+        return pl.concat(_pool(os.getpid(), workers).map(work, parts))
 
     def _candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         codes = self.codes_[CODE].to_numpy()
@@ -347,6 +369,7 @@ class OntologySearch(ParamsMixin):
             params["char_ngrams"] = tuple(params["char_ngrams"])
         params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
         params.setdefault("measure", "cosine")  # folders saved before the parameter
+        params.setdefault("backfill", False)  # their rerankers learnt from searches that did not backfill
         self = cls(**params)
         terms_file = path / "terms.parquet"
         terms = pl.read_parquet(terms_file)

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from coder.candidates import CandidateSource, kind_of
+from coder.candidates.backfill import backfill
 from coder.candidates.features import PLM_ICD, assemble, code_prior, with_labels
 from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
@@ -97,14 +98,17 @@ def out_of_fold(corpus: Corpus, *, sources: Sequence[CandidateSource], ontology:
                 folds: int = 5, seed: int = 0) -> list[tuple[SourceFrames, pl.DataFrame]]:
     """Per fold: each source's candidates for the held-out notes, from sources fitted on the other
     folds, and the code prior of those folds. ``known``: frames of the sources that do not learn
-    from notes, computed once over all notes."""
+    from notes, computed once over all notes (those sources fitted: they backfill each fold's frames,
+    ``coder.candidates.backfill``)."""
     fold = fold_ids(corpus.notes[NOTE_ID], folds=folds, seed=seed)
     out = []
     for k in range(folds):
         inside = corpus.subset(corpus.notes[NOTE_ID].filter(fold != k))
         fitted = {s.name: s for s in fit_sources([s for s in sources if s.name not in known], inside, ontology=ontology)}
         ordered = [fitted.get(s.name, s) for s in sources if s.name in fitted or s.name in known]
-        out.append((source_frames(ordered, corpus.notes.filter(fold == k), known=known), code_prior(inside.codes)))
+        held_out = corpus.notes.filter(fold == k)
+        frames = backfill(source_frames(ordered, held_out, known=known), sources=ordered, notes=held_out)
+        out.append((frames, code_prior(inside.codes)))
         logger.info("out-of-fold: fold %d/%d scored", k + 1, folds)
     return out
 
@@ -182,6 +186,7 @@ def dev_frames(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, degraded_column:
     for notes in [dev.notes] + ([dev.notes.select(NOTE_ID, degraded_column)] if degraded_column else []):
         frames = source_frames(stack.sources, notes)
         frames[PLM_ICD] = plm.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
+        frames = backfill(frames, sources=stack.sources, notes=notes)
         out[tuple(frames)] = with_labels(assemble(frames, prior=stack.prior), dev.codes)
     return out
 
