@@ -4,6 +4,8 @@ A source is an estimator with the protocol below; ``SOURCES`` maps the ``kind`` 
 names to its class. A new source is one module in this package plus one line in ``SOURCES``
 (see CONTRIBUTING.md). PLM-ICD is not among them: it is the pipeline's chunk-and-score stage
 (``coder.model.scorer``), whose frame joins the sources' frames under the name ``plm_icd``.
+A source that can score any code may set ``backfill`` and give ``score(notes, keys)``: it then also
+scores the other sources' candidates (``coder.candidates.backfill``; the ontology searches do).
 """
 
 from __future__ import annotations
