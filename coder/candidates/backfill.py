@@ -22,11 +22,12 @@ def backfill(frames: Mapping[str, pl.DataFrame], *, sources: Iterable, notes: pl
     """``frames`` (source name -> candidate frame) where each source with ``backfill`` set gets
     ``<name>_all`` and rows (that column alone, no score, rank or evidence) for the (note, system,
     code) keys of the other frames it lacks; ``notes`` holds the text columns the sources read."""
-    keys = pl.concat([frame.select(KEY) for frame in frames.values()]).unique()
     out = dict(frames)
-    for source in sources:
-        if not getattr(source, "backfill", False) or source.name not in frames:
-            continue
+    backfilling = [source for source in sources if getattr(source, "backfill", False) and source.name in frames]
+    if not backfilling:  # models saved before backfill: no key set to build per batch
+        return out
+    keys = pl.concat([frame.select(KEY) for frame in frames.values()]).unique()
+    for source in backfilling:
         name, own = source.name, frames[source.name]
         missing = keys.join(own.select(KEY), on=list(KEY), how="anti")
         out[name] = pl.concat([own.with_columns(pl.col(name).alias(f"{name}_all")),

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +224,6 @@ class OntologySearch(ParamsMixin):
         """The exact score of each (note_id, system, code) of ``keys`` whose code the index holds and
         whose note has text: note_id, system, code, <name>. In threads, as ``candidates``."""
         wanted = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
-        if wanted.is_empty():
-            return pl.DataFrame(schema={NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64})
         groups = {note_id: frame for (note_id,), frame in wanted.partition_by(NOTE_ID, as_dict=True).items()}
         notes = notes.filter(pl.col(NOTE_ID).is_in(list(groups)))
         return self._threaded(functools.partial(self._score, groups), notes)
@@ -238,7 +236,7 @@ class OntologySearch(ParamsMixin):
             parts.append(rows.select(NOTE_ID, SYSTEM, CODE).with_columns(pl.Series(self.name, scores, dtype=pl.Float64)))
         return pl.concat(parts)
 
-    def _threaded(self, work, notes: pl.DataFrame) -> pl.DataFrame:
+    def _threaded(self, work: Callable[[pl.DataFrame], pl.DataFrame], notes: pl.DataFrame) -> pl.DataFrame:
         """``work`` over ``notes`` split across up to ``SEARCH_THREADS`` threads, no more than the
         process's CPUs (``coder.cpus``; scipy's sparse products release the GIL: 1.7x on 2 cores);
         each note's rows do not depend on the others, so the output is the same as in one thread."""
