@@ -9,7 +9,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.candidates.ontology_search import TERMS_SCHEMA, OntologySearch, ontology_terms
+from coder.candidates.ontology_search import (MEASURES, TERMS_SCHEMA, OntologySearch, _sentence_memo, ontology_terms,
+                                              sentence_spans)
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -298,3 +299,33 @@ def test_folders_saved_before_backfill_do_not_backfill(cache, tmp_path):
     del state["backfill"]
     (tmp_path / "old" / "search.json").write_text(json.dumps(state))
     assert OntologySearch.load(tmp_path / "old").backfill is False
+
+
+def test_searches_sharing_a_vectorizer_vectorise_each_note_once_with_unchanged_scores(cache, tmp_path, monkeypatch):
+    keys = pl.DataFrame({"note_id": ["a", "c"], "system": [CM, CM], "code": ["E11.9", "I10"]})
+    expected = {measure: OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS) for measure in MEASURES}
+    expected = {measure: (search.candidates(NOTES), search.score(NOTES, keys)) for measure, search in expected.items()}
+    for measure in MEASURES:
+        OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS).save(tmp_path / measure)
+    loaded = {measure: OntologySearch.load(tmp_path / measure) for measure in MEASURES}
+    vectorizer = loaded["cosine"].vectorizer_
+    assert loaded["coverage"].vectorizer_ is vectorizer
+    calls = []
+    transform = vectorizer.transform
+    monkeypatch.setattr(vectorizer, "transform", lambda texts: calls.append(len(texts)) or transform(texts))
+    # coverage first: its vectors (ones) must not overwrite what the cosine search reads next
+    for measure in ("coverage", "cosine", "coverage"):
+        assert_frame_equal(loaded[measure].candidates(NOTES), expected[measure][0], check_exact=True)
+        assert_frame_equal(loaded[measure].score(NOTES, keys), expected[measure][1], check_exact=True)
+    # each sentence once (the searches' threads vectorise their own notes)
+    assert sum(calls) == sum(len(sentence_spans(text)) for text in NOTES["text"])
+
+
+def test_sentence_memo_holds_at_most_memo_chars(monkeypatch):
+    monkeypatch.setattr("coder.candidates.ontology_search.MEMO_CHARS", len(NOTES["text"][0]))
+    expected = OntologySearch(top_k=10).index(TERMS).candidates(NOTES)
+    search = OntologySearch(top_k=10).index(TERMS)
+    memo = _sentence_memo(search.vectorizer_)
+    for _ in range(2):  # the second time, notes dropped from the memo are vectorised again
+        assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
+        assert sum(map(len, memo._held)) <= len(NOTES["text"][0])

@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +70,9 @@ _NONE = np.iinfo(np.int64).max  # "no such sentence" in a minimum over terms
 MEASURES = ("cosine", "coverage")
 # Characters of note text vectorised in one call: one call per note cost more than the product.
 TEXT_BUDGET = 200_000
+# Characters of notes whose sentence vectors are kept for the next search of them (``_SentenceMemo``):
+# ~13 bytes of vectors a character, so ~52 MB; a batch of 256 CodiEsp notes holds ~520k characters.
+MEMO_CHARS = 4_000_000
 # Most threads for candidates() (fewer on fewer CPUs); each holds at most SIMILARITY_BUDGET similarities.
 SEARCH_THREADS = 4
 
@@ -336,16 +341,16 @@ class OntologySearch(ParamsMixin):
         yield from self._vectorise(group)
 
     def _vectorise(self, group: list[tuple[str, str, np.ndarray]]) -> Iterator[tuple[str, str, np.ndarray, sparse.csr_matrix]]:
-        """``_sentence_vectors`` of a group of notes (id, text, spans), one vectorizer call for all."""
+        """``_sentence_vectors`` of a group of notes (id, text, spans), one vectorizer call for those
+        not in the memo (``_SentenceMemo``)."""
         if not group:
             return
-        sentences = [text[a:b] for _, text, spans in group for a, b in spans.tolist()]
-        vectors = self.vectorizer_.transform(sentences)
+        vectors = sparse.vstack(_sentence_memo(self.vectorizer_).vectors(self.vectorizer_, group), format="csr")
         if self.measure == "coverage":  # features present or not: no norms to compute
+            vectors = vectors.astype(np.float32)  # a copy: the memo's vectors stay as they are
             vectors.data[:] = 1.0
         else:
-            vectors = _unit_rows(vectors)
-        vectors = vectors.astype(np.float32)
+            vectors = _unit_rows(vectors).astype(np.float32)
         offset = 0
         for note_id, text, spans in group:
             yield note_id, text, spans, vectors[offset : offset + len(spans)]
@@ -452,6 +457,48 @@ def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
     malloc arenas and RSS grew ~70 MB a batch (1.3 -> 2.2 GB over 3,072 notes of the shipped
     model); the same threads keep it flat. Keyed by ``pid`` so that a forked child makes its own."""
     return ThreadPoolExecutor(threads, thread_name_prefix=f"ontology-search-{pid}")
+
+
+class _SentenceMemo:
+    """The TF-IDF vectors of the sentences of the notes vectorised last, by note text. In a batch the
+    cosine and coverage searches (one vectorizer) each vectorise every note for their candidates and
+    again for the backfill (``score``): one transform serves the four (a sentence's vector does not
+    depend on the sentences beside it). Holds at most ``MEMO_CHARS`` characters of notes, the oldest
+    dropped first; its own lock, as the searches' threads vectorise at once."""
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[str, sparse.csr_matrix] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def vectors(self, vectorizer: FeatureUnion | TfidfVectorizer, group: list[tuple[str, str, np.ndarray]]) -> list[sparse.csr_matrix]:
+        """Per note of ``group`` (id, text, sentence spans): its sentences' vectors [n_sentences, n_features]."""
+        with self._lock:
+            found = {text: self._held[text] for _, text, _ in group if text in self._held}
+        missing = {text: spans for _, text, spans in group if text not in found}
+        if missing:
+            matrix = vectorizer.transform([text[a:b] for text, spans in missing.items() for a, b in spans.tolist()]).tocsr()
+            ends = np.cumsum([len(spans) for spans in missing.values()])
+            made = {text: matrix[end - len(spans) : end] for (text, spans), end in zip(missing.items(), ends, strict=True)}
+            found |= made
+            with self._lock:
+                for text, vectors in made.items():
+                    if text not in self._held:
+                        self._chars += len(text)
+                    self._held[text] = vectors
+                while self._chars > MEMO_CHARS:
+                    self._chars -= len(self._held.popitem(last=False)[0])
+        return [found[text] for _, text, _ in group]
+
+
+_MEMOS: weakref.WeakKeyDictionary[FeatureUnion | TfidfVectorizer, _SentenceMemo] = weakref.WeakKeyDictionary()
+_MEMOS_LOCK = threading.Lock()
+
+
+def _sentence_memo(vectorizer: FeatureUnion | TfidfVectorizer) -> _SentenceMemo:
+    """The memo of ``vectorizer`` (shared by the searches that share it; freed with it)."""
+    with _MEMOS_LOCK:
+        return _MEMOS.setdefault(vectorizer, _SentenceMemo())
 
 
 def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVectorizer]:
