@@ -328,4 +328,15 @@ def test_sentence_memo_holds_at_most_memo_chars(monkeypatch):
     memo = _sentence_memo(search.vectorizer_)
     for _ in range(2):  # the second time, notes dropped from the memo are vectorised again
         assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
-        assert sum(map(len, memo._held)) <= len(NOTES["text"][0])
+        assert sum(len(text) for _, text in memo._held) <= len(NOTES["text"][0])
+
+
+def test_a_text_repeated_under_another_note_id_is_vectorised_again():
+    search = OntologySearch(top_k=10).index(TERMS)
+    calls = []
+    transform = search.vectorizer_.transform
+    search.vectorizer_.transform = lambda texts: calls.append(len(texts)) or transform(texts)
+    first = search.candidates(NOTES.filter(pl.col("note_id") == "d"))
+    again = search.candidates(NOTES.filter(pl.col("note_id") == "d").with_columns(pl.lit("e").alias("note_id")))
+    assert calls == [1, 1]  # the memo serves a note (id and text), not a text under any id
+    assert_frame_equal(again, first.with_columns(pl.lit("e").alias("note_id")), check_exact=True)

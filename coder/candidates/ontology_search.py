@@ -460,35 +460,37 @@ def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
 
 
 class _SentenceMemo:
-    """The TF-IDF vectors of the sentences of the notes vectorised last, by note text. In a batch the
-    cosine and coverage searches (one vectorizer) each vectorise every note for their candidates and
-    again for the backfill (``score``): one transform serves the four (a sentence's vector does not
-    depend on the sentences beside it). Holds at most ``MEMO_CHARS`` characters of notes, the oldest
-    dropped first; its own lock, as the searches' threads vectorise at once."""
+    """The TF-IDF vectors of the sentences of the notes vectorised last, by note (id and text). In a
+    batch the cosine and coverage searches (one vectorizer) each vectorise every note for their
+    candidates and again for the backfill (``score``): one transform serves the four (a sentence's
+    vector does not depend on the sentences beside it). Keyed by id too, so that a dump repeating a
+    text under new ids (the benchmarks' cycled notes) is vectorised again in each batch, as before the
+    memo. Holds at most ``MEMO_CHARS`` characters of notes, the oldest dropped first; its own lock, as
+    the searches' threads vectorise at once."""
 
     def __init__(self) -> None:
-        self._held: OrderedDict[str, sparse.csr_matrix] = OrderedDict()
+        self._held: OrderedDict[tuple[str, str], sparse.csr_matrix] = OrderedDict()
         self._chars = 0
         self._lock = threading.Lock()
 
     def vectors(self, vectorizer: FeatureUnion | TfidfVectorizer, group: list[tuple[str, str, np.ndarray]]) -> list[sparse.csr_matrix]:
         """Per note of ``group`` (id, text, sentence spans): its sentences' vectors [n_sentences, n_features]."""
         with self._lock:
-            found = {text: self._held[text] for _, text, _ in group if text in self._held}
-        missing = {text: spans for _, text, spans in group if text not in found}
+            found = {(note_id, text): self._held[note_id, text] for note_id, text, _ in group if (note_id, text) in self._held}
+        missing = {(note_id, text): spans for note_id, text, spans in group if (note_id, text) not in found}
         if missing:
-            matrix = vectorizer.transform([text[a:b] for text, spans in missing.items() for a, b in spans.tolist()]).tocsr()
+            matrix = vectorizer.transform([text[a:b] for (_, text), spans in missing.items() for a, b in spans.tolist()]).tocsr()
             ends = np.cumsum([len(spans) for spans in missing.values()])
-            made = {text: matrix[end - len(spans) : end] for (text, spans), end in zip(missing.items(), ends, strict=True)}
+            made = {note: matrix[end - len(spans) : end] for (note, spans), end in zip(missing.items(), ends, strict=True)}
             found |= made
             with self._lock:
-                for text, vectors in made.items():
-                    if text not in self._held:
-                        self._chars += len(text)
-                    self._held[text] = vectors
+                for note, vectors in made.items():
+                    if note not in self._held:
+                        self._chars += len(note[1])
+                    self._held[note] = vectors
                 while self._chars > MEMO_CHARS:
-                    self._chars -= len(self._held.popitem(last=False)[0])
-        return [found[text] for _, text, _ in group]
+                    self._chars -= len(self._held.popitem(last=False)[0][1])
+        return [found[note_id, text] for note_id, text, _ in group]
 
 
 _MEMOS: weakref.WeakKeyDictionary[FeatureUnion | TfidfVectorizer, _SentenceMemo] = weakref.WeakKeyDictionary()
