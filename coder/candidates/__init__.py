@@ -5,7 +5,8 @@ names to its class. A new source is one module in this package plus one line in 
 (see CONTRIBUTING.md). PLM-ICD is not among them: it is the pipeline's chunk-and-score stage
 (``coder.model.scorer``), whose frame joins the sources' frames under the name ``plm_icd``.
 A source that can score any code may set ``backfill`` and give ``score(notes, keys)``: it then also
-scores the other sources' candidates (``coder.candidates.backfill``; the ontology searches do).
+scores the other sources' candidates (``coder.candidates.backfill``; the ontology searches and the
+term match do).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
+from coder.candidates.term_match import TermMatch
 from coder.candidates.tfidf import TfidfClassifier
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ SOURCES: dict[str, type[CandidateSource]] = {
     "evidence_lexicon": EvidenceLexicon,
     "mined_lexicon": MinedLexicon,
     "ontology_search": OntologySearch,
+    "term_match": TermMatch,
     "tfidf": TfidfClassifier,
 }
 """Source kind (as a model config names it) -> class."""

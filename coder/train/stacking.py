@@ -30,6 +30,7 @@ from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.mined import MinedLexicon
 from coder.candidates.ontology_search import OntologySearch
+from coder.candidates.term_match import TermMatch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
@@ -50,9 +51,10 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
     are left out when fitting): the lexicons of coders' spans (the second language's, then the main
     text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF
-    cosine, TF-IDF coverage, then dense), the TF-IDF classifier. ``text_column`` and ``language``: the notes' main text and its
-    language (the ontology's descriptions are English: other languages mine without them, and the
-    dense search, an English sentence encoder against English terms, is left out).
+    cosine, TF-IDF coverage, the term match, then dense), the TF-IDF classifier. ``text_column`` and
+    ``language``: the notes' main text and its language (the ontology's descriptions are English:
+    other languages mine without them, and the term match and the dense search, English words and
+    an English sentence encoder against English terms, are left out).
     ``sentence_encoder``: the dense search's encoder folder (None: the packaged all-MiniLM-L6-v2)."""
     second = [column for column in (TEXT_ES,) if column != text_column]
     return [
@@ -63,7 +65,8 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
           for c in second),
         OntologySearch(name="ontology", text_column=text_column),
         OntologySearch(name="coverage", text_column=text_column, measure="coverage"),
-        *([DenseSearch(name="dense", text_column=text_column, encoder=sentence_encoder)] if language == "en" else []),
+        *([TermMatch(name="term_match", text_column=text_column),
+           DenseSearch(name="dense", text_column=text_column, encoder=sentence_encoder)] if language == "en" else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
 

@@ -1,0 +1,201 @@
+"""Term match: ontology terms whose words a note's sentence holds, scored by how specific they are.
+
+The coverage search (``coder.candidates.ontology_search``) scores the share of a term's weight
+that a sentence holds: "Pain, unspecified" and "Abscess of prostate" both score about 1 when
+found, and a code never seen in training, named in the note by its description, ranks among
+codes matched by one common word. This source scores what was matched by its specificity: each
+term's content words (stopwords and the ontology's filler words left out, a word's first
+``stem_length`` letters standing for it) are looked up in each sentence of the note; a code takes
+its term with the largest share of its words in one sentence (then the largest matched weight),
+and reports the summed idf of the words found there (``<name>``, idf over the training notes'
+text) and of those missing (``<name>_missing``). It proposes the ``top_k`` codes per note whose
+term a sentence holds whole, by matched idf, and backfills every other source's candidates
+(``coder.candidates.backfill``), which is where it helps the reranker: codes of one description
+found in the note rank above codes matched by a common word (benchmarks/accuracy.py, dev MAP).
+Diagnoses only by default: procedure descriptions are built of axis values, not of the words a note uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from scipy import sparse
+
+from coder.candidates.ontology_search import ontology_terms
+from coder.candidates.words import WORD, Tokens, fold
+from coder.errors import NotFittedError
+from coder.estimator import ParamsMixin, read_state
+from coder.io.atomic import write_parquet, write_text
+from coder.ontology import Ontology
+from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
+
+if TYPE_CHECKING:
+    from coder.io.corpus import Corpus
+
+logger = logging.getLogger(__name__)
+
+# Words that name no finding: English function words and the ontology's filler words.
+FILLER = frozenset(
+    "unspecified other of the and with without nos site type due to in or by on for at as not elsewhere classified "
+    "specified part parts region".split())
+STATE_FILE, TERMS_FILE = "term_match.json", "terms.parquet"
+# idf is kept above 0 so that the products counting a term's words and summing their idf have the same nonzeros.
+IDF_FLOOR = 1e-6
+# Notes matched at once: the sentences of a CodiEsp note share a word with ~120k terms ("left", "fracture").
+NOTES_AT_ONCE = 16
+
+
+class TermMatch(ParamsMixin):
+    """Codes whose ontology term a sentence of the note holds, scored by the matched words' idf.
+
+    Parameters
+    ----------
+    name: the score column (``<name>``, ``<name>_missing``, ``<name>_all``) and the ``source`` label.
+    text_column: the notes column that is read (the ontology's terms are English: ``text``).
+    systems: the ICD systems whose terms are matched.
+    top_k: codes proposed per note (terms held whole by a sentence, by matched idf).
+    stem_length: the letters of a folded word that stand for it ("prostatic" and "prostate" match).
+    backfill: also score the codes the other sources propose (``score``, ``coder.candidates.backfill``).
+    """
+
+    learns_from_notes = True  # the idf of words over the training notes' text (no codes read)
+
+    def __init__(self, *, name: str = "term_match", text_column: str = TEXT, systems: tuple[str, ...] = (CM,),
+                 top_k: int = 30, stem_length: int = 5, backfill: bool = True):
+        self.name = name
+        self.text_column = text_column
+        self.systems = systems
+        self.top_k = top_k
+        self.stem_length = stem_length
+        self.backfill = backfill
+
+    def can_fit(self, corpus: Corpus) -> bool:
+        """Fitting reads the notes' text (for the idf) and the ontology."""
+        return self.text_column in corpus.notes.columns
+
+    def fit(self, corpus: Corpus, *, ontology: Ontology) -> TermMatch:
+        """Take the terms of ``systems`` from ``ontology`` and each stem's idf over ``corpus``'s notes."""
+        texts = [text or "" for text in corpus.notes[self.text_column].to_list()]
+        frequency: dict[str, int] = {}
+        for text in texts:
+            for stem in set(self._stems(Tokens.of(text, plural_es=False).words)):
+                frequency[stem] = frequency.get(stem, 0) + 1
+        self.document_frequency_, self.n_notes_ = frequency, len(texts)
+        self._index(ontology_terms(ontology, systems=self.systems))
+        self.document_frequency_ = {stem: n for stem, n in frequency.items() if stem in self.vocabulary_}
+        logger.info("term match: %d terms of %d codes, idf over %d notes", self.term_code_.size, self.codes_.height,
+                    self.n_notes_)
+        return self
+
+    def _stems(self, words: tuple[str, ...] | list[str]) -> list[str]:
+        return [word[: self.stem_length] for word in words if word not in FILLER and (len(word) > 1 or word.isdigit())]
+
+    def _index(self, terms: pl.DataFrame) -> None:
+        """The terms' content stems as a matrix [n_stems, n_terms] (1 where a term holds a stem) and the stems' idf."""
+        self.terms_ = terms
+        stems = [list(dict.fromkeys(self._stems([fold(m.group(), plural_es=False) for m in WORD.finditer(term)])))
+                 for term in terms["term"].to_list()]
+        keep = np.array([bool(s) for s in stems])
+        stems = [s for s, kept in zip(stems, keep) if kept]
+        self.vocabulary_ = {stem: i for i, stem in enumerate(dict.fromkeys(s for term in stems for s in term))}
+        codes = terms.filter(pl.Series(keep)).select(SYSTEM, CODE)
+        self.codes_ = codes.unique(maintain_order=True)
+        self.term_code_ = codes.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE], how="left")["_code"].to_numpy()
+        rows = np.array([self.vocabulary_[s] for term in stems for s in term], dtype=np.int64)
+        columns = np.repeat(np.arange(len(stems)), [len(term) for term in stems])
+        self.stem_terms_ = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
+                                             shape=(len(self.vocabulary_), len(stems)))
+        n = self.n_notes_
+        self.idf_ = np.log((n + 1) / (np.array([self.document_frequency_.get(s, 0) for s in self.vocabulary_],
+                                               dtype=np.float64) + 1)).astype(np.float32)
+        self.idf_terms_ = (sparse.diags(np.maximum(self.idf_, IDF_FLOOR)) @ self.stem_terms_).tocsr()
+        self.term_words_ = np.asarray(self.stem_terms_.sum(axis=0), dtype=np.float64).ravel()
+        self.term_idf_ = np.asarray(self.idf_terms_.sum(axis=0), dtype=np.float64).ravel()
+
+    def _best(self, notes: pl.DataFrame, *, keys: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Per (note, code) with a word of one of its terms in the note: note_id, system, code, the best
+        term's matched idf (``<name>``) and missing idf (``<name>_missing``). The best term: the largest
+        share of its words in one sentence, then the most idf. Without ``keys``, only codes whose term a
+        sentence holds whole; with them, only those (note_id, system, code)."""
+        if not hasattr(self, "stem_terms_"):
+            raise NotFittedError("TermMatch is not fitted: call fit(corpus, ontology=...) or TermMatch.load(path)")
+        wanted = None
+        if keys is not None:
+            index = dict(zip(notes[NOTE_ID].to_list(), range(notes.height)))
+            known = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
+            wanted = np.unique(known[NOTE_ID].replace_strict(index, return_dtype=pl.Int64).to_numpy() * self.codes_.height
+                               + known["_code"].to_numpy().astype(np.int64))
+        parts = [self._best_of(notes.slice(start, NOTES_AT_ONCE), start, wanted) for start in range(0, notes.height, NOTES_AT_ONCE)]
+        note, code, matched, missing = (np.concatenate(arrays) for arrays in zip(*parts)) if parts else ([],) * 4
+        return self.codes_[np.asarray(code, dtype=np.int64)].with_columns(
+            pl.Series(NOTE_ID, notes[NOTE_ID].gather(np.asarray(note, dtype=np.int64)), dtype=pl.String),
+            pl.Series(self.name, matched, dtype=pl.Float64),
+            pl.Series(f"{self.name}_missing", missing, dtype=pl.Float64)).select(NOTE_ID, SYSTEM, CODE, self.name,
+                                                                                f"{self.name}_missing")
+
+    def _best_of(self, notes: pl.DataFrame, offset: int, wanted: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """``_best`` of a few notes (their index in the batch starts at ``offset``): arrays note, code,
+        matched, missing. ``wanted``: note * n_codes + code of the pairs to keep (None: whole terms)."""
+        rows, columns, owners = [], [], []
+        for note, text in enumerate(notes[self.text_column].to_list(), start=offset):
+            tokens = Tokens.of(text or "", plural_es=False)
+            found = {(sentence, self.vocabulary_[stem]) for word, sentence in zip(tokens.words, tokens.sentences)
+                     for stem in self._stems([word]) if stem in self.vocabulary_}
+            at = {sentence: len(owners) + i for i, sentence in enumerate(sorted({sentence for sentence, _ in found}))}
+            rows += [at[sentence] for sentence, _ in found]
+            columns += [stem for _, stem in found]
+            owners += [note] * len(at)
+        held = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=(len(owners), len(self.vocabulary_)))
+        # [sentences, terms]: how many of a term's words a sentence holds, and their idf (idf > 0: same nonzeros)
+        words, weight = (held @ self.stem_terms_).tocsr(), (held @ self.idf_terms_).tocsr()
+        words.sort_indices()
+        weight.sort_indices()
+        sentence = np.repeat(np.arange(len(owners)), np.diff(words.indptr))
+        term, share = words.indices, words.data / self.term_words_[words.indices]
+        note, code = np.asarray(owners, dtype=np.int64)[sentence], self.term_code_[term]
+        keep = share >= 1.0 if wanted is None else np.isin(note * self.codes_.height + code, wanted)
+        term, share, note, code, matched = term[keep], share[keep], note[keep], code[keep], weight.data[keep].astype(np.float64)
+        missing = np.maximum(self.term_idf_[term] - matched, 0.0)
+        order = np.lexsort((missing, -matched, -share, code, note))
+        changed = (np.diff(note[order]) != 0) | (np.diff(code[order]) != 0)
+        first = order[np.flatnonzero(np.r_[len(order) > 0, changed])]
+        return note[first], code[first], matched[first], missing[first]
+
+    def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
+        """The ``top_k`` codes per note whose term a sentence holds whole, by matched idf: note_id,
+        system, code, <name>, <name>_missing (0), <name>_rank."""
+        best = self._best(notes)
+        rank = pl.col(self.name).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32)
+        return best.with_columns(rank.alias(f"{self.name}_rank")).filter(pl.col(f"{self.name}_rank") <= self.top_k).sort(
+            NOTE_ID, SYSTEM, f"{self.name}_rank")
+
+    def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+        """<name> and <name>_missing of each (note_id, system, code) of ``keys`` whose note holds a word
+        of one of the code's terms (the others read 0 once features are filled)."""
+        notes = notes.join(keys.select(NOTE_ID).unique(), on=NOTE_ID, how="semi")
+        return self._best(notes, keys=keys.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi"))
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the parameters and stem frequencies (``term_match.json``) and the terms (``terms.parquet``)."""
+        if not hasattr(self, "stem_terms_"):
+            raise NotFittedError("TermMatch is not fitted: call fit(corpus, ontology=...) before save")
+        path.mkdir(parents=True, exist_ok=True)
+        write_parquet(path / TERMS_FILE, self.terms_, durable=False)
+        state = {"params": self.get_params(), "n_notes": self.n_notes_, "document_frequency": self.document_frequency_}
+        write_text(path / STATE_FILE, json.dumps(state, ensure_ascii=False), durable=False)
+
+    @classmethod
+    def load(cls, path: Path) -> TermMatch:
+        state = read_state(path, STATE_FILE, what="term match", also=(TERMS_FILE,))
+        params = state["params"]
+        self = cls(**{**params, "systems": tuple(params["systems"])})
+        self.n_notes_, self.document_frequency_ = state["n_notes"], state["document_frequency"]
+        self._index(pl.read_parquet(path / TERMS_FILE))
+        return self

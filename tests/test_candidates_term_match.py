@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from coder.candidates.backfill import backfill
+from coder.candidates.features import assemble
+from coder.candidates.term_match import TermMatch
+from coder.io.corpus import Corpus
+from coder.schema import CM, EVIDENCE_SCHEMA, GOLD_SCHEMA, PCS
+from coder.train.stacking import default_sources
+
+# Training notes: "diabetes" is in all three, "hyperglycemia" and "hypertension" in one each.
+TRAIN = pl.DataFrame({"note_id": ["t1", "t2", "t3"], "text": [
+    "Type 2 diabetes mellitus with hyperglycemia.", "Diabetes and essential hypertension.", "Diabetes follow-up."]})
+NOTES = pl.DataFrame({"note_id": ["a", "b", "c"], "text": [
+    "Known type 2 diabetes mellitus, now with hyperglycemia. Essential hypertension on treatment.",
+    "Type 2 diabetes. Mellitus with hyperglycemia was ruled out.",  # the words of E11.65 in two sentences
+    None]})
+
+
+CORPUS = Corpus(TRAIN, pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=EVIDENCE_SCHEMA))  # idf reads no codes
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_ontology) -> TermMatch:
+    return TermMatch().fit(CORPUS, ontology=tiny_ontology)
+
+
+def test_it_proposes_codes_whose_term_one_sentence_holds_whole(fitted):
+    found = fitted.candidates(NOTES)
+    a = {code: row for code, *row in found.filter(pl.col("note_id") == "a").select(
+        "code", "term_match", "term_match_missing", "term_match_rank").iter_rows()}
+    # whole in its first sentence: "Type 2 diabetes mellitus" (E11) and "... with hyperglycemia" (E11.65);
+    # not "Type 1 ..." (E10: digits count), "Essential (primary) hypertension" ("primary" missing)
+    assert set(a) == {"E11", "E11.65"}
+    assert a["E11.65"][1] == a["E11"][1] == 0.0
+    assert a["E11.65"][0] > a["E11"][0] and (a["E11.65"][2], a["E11"][2]) == (1, 2)
+    assert found.filter(pl.col("note_id") == "b").height == 0  # no sentence holds a term whole
+    assert found.filter(pl.col("note_id") == "c").height == 0
+    assert (found["system"] == CM).all()  # procedures are not matched by default
+
+
+def test_matched_words_weigh_by_their_idf_over_the_training_notes(fitted):
+    keys = pl.DataFrame({"note_id": ["a", "a"], "system": [CM, CM], "code": ["E11.65", "I10"]})
+    scored = {code: (matched, missing) for code, matched, missing in fitted.score(NOTES, keys).select(
+        "code", "term_match", "term_match_missing").iter_rows()}
+    idf = lambda notes_with: math.log(4 / (notes_with + 1))  # noqa: E731
+    # E11.65: 2, melli (1 training note each), diabe (3: idf 0), hyper (2: "hyperglycemia", "hypertension");
+    # "type", like "with", is a filler word
+    assert scored["E11.65"] == (pytest.approx(2 * idf(1) + idf(2), rel=1e-5), pytest.approx(0.0, abs=1e-5))
+    # I10: its best term is "Essential (primary) hypertension": essen and hyper found, "primary" (no note) missing
+    assert scored["I10"] == (pytest.approx(idf(1) + idf(2), rel=1e-5), pytest.approx(idf(0), rel=1e-5))
+
+
+def test_scores_come_from_the_best_sentence_and_leave_out_codes_without_a_word_in_the_note(fitted):
+    keys = pl.DataFrame({"note_id": ["b", "b", "b", "c"], "system": [CM, CM, CM, CM],
+                         "code": ["E11.65", "J45.909", "R99", "E11.65"]})
+    scored = fitted.score(NOTES, keys)
+    assert scored["code"].to_list() == ["E11.65"]  # J45.909: no word in note b; R99 unknown; note c has no text
+    whole = fitted.score(NOTES, keys.with_columns(pl.lit("a").alias("note_id")).head(1))
+    assert 0 < scored["term_match"].item() < whole["term_match"].item()
+    assert scored["term_match_missing"].item() > 0
+
+
+def test_it_backfills_the_other_sources_candidates(fitted):
+    frames = {"lexicon": pl.DataFrame({"note_id": ["a"], "system": [CM], "code": ["I10"], "lexicon": [0.8]}),
+              "term_match": fitted.candidates(NOTES.head(1))}
+    filled = backfill(frames, sources=[fitted], notes=NOTES.head(1))
+    merged = {row["code"]: row for row in assemble(filled, prior=pl.DataFrame(
+        schema={"system": pl.String, "code": pl.String, "prior": pl.Int64})).iter_rows(named=True)}
+    assert merged["I10"]["term_match"] == 0.0 and merged["I10"]["term_match_all"] > 0
+    assert merged["I10"]["term_match_missing"] > 0 and merged["I10"]["source"] == "lexicon"
+    assert merged["E11.65"]["term_match_all"] == merged["E11.65"]["term_match"] > 0
+
+
+def test_saved_and_loaded_it_gives_the_same_candidates_and_scores(fitted, tmp_path):
+    fitted.save(tmp_path / "tm")
+    assert sorted(p.name for p in (tmp_path / "tm").iterdir()) == ["term_match.json", "terms.parquet"]
+    loaded = TermMatch.load(tmp_path / "tm")
+    assert loaded.candidates(NOTES).equals(fitted.candidates(NOTES))
+    keys = pl.DataFrame({"note_id": ["a", "b"], "system": [CM, CM], "code": ["I10", "E11.9"]})
+    assert loaded.score(NOTES, keys).equals(fitted.score(NOTES, keys))
+
+
+def test_procedures_are_matched_when_asked(tiny_ontology):
+    source = TermMatch(systems=(CM, PCS)).fit(CORPUS, ontology=tiny_ontology)
+    notes = pl.DataFrame({"note_id": ["p"], "text": ["Resection of the appendix, open approach."]})
+    assert set(source.candidates(notes)["code"].to_list()) >= {"0DTJ0ZZ", "0DTJ"}
+
+
+def test_coder_train_fits_it_for_english_text_only():
+    assert "term_match" in [source.name for source in default_sources()]
+    assert "term_match" not in [source.name for source in default_sources(text_column="text", language="de")]
