@@ -94,3 +94,13 @@ def test_procedures_are_matched_when_asked(tiny_ontology):
 def test_coder_train_fits_it_for_english_text_only():
     assert "term_match" in [source.name for source in default_sources()]
     assert "term_match" not in [source.name for source in default_sources(text_column="text", language="de")]
+
+
+def test_a_batch_gives_each_note_what_it_gets_alone(fitted):
+    # more notes than are matched at once (NOTES_AT_ONCE), in several chunks
+    notes = pl.concat([NOTES.with_columns(pl.col("note_id") + f"-{i}") for i in range(12)])
+    keys = notes.select("note_id").join(pl.DataFrame({"system": [CM] * 3, "code": ["E11.65", "I10", "E11.9"]}), how="cross")
+    together = (fitted.candidates(notes), fitted.score(notes, keys))
+    alone = [(fitted.candidates(notes[i : i + 1]), fitted.score(notes[i : i + 1], keys)) for i in range(notes.height)]
+    for batch, single in zip(together, zip(*alone)):
+        assert batch.sort("note_id", "code").equals(pl.concat(single).sort("note_id", "code"))

@@ -113,7 +113,8 @@ class TermMatch(ParamsMixin):
         n = self.n_notes_
         self.idf_ = np.log((n + 1) / (np.array([self.document_frequency_.get(s, 0) for s in self.vocabulary_],
                                                dtype=np.float64) + 1)).astype(np.float32)
-        self.idf_terms_ = (sparse.diags(np.maximum(self.idf_, IDF_FLOOR)) @ self.stem_terms_).tocsr()
+        self.idf_terms_ = self.stem_terms_.copy()  # the same layout, each stem's row holding its idf
+        self.idf_terms_.data = np.repeat(np.maximum(self.idf_, IDF_FLOOR), np.diff(self.stem_terms_.indptr))
         self.term_words_ = np.asarray(self.stem_terms_.sum(axis=0), dtype=np.float64).ravel()
         self.term_idf_ = np.asarray(self.idf_terms_.sum(axis=0), dtype=np.float64).ravel()
 
@@ -125,11 +126,11 @@ class TermMatch(ParamsMixin):
         if not hasattr(self, "stem_terms_"):
             raise NotFittedError("TermMatch is not fitted: call fit(corpus, ontology=...) or TermMatch.load(path)")
         wanted = None
-        if keys is not None:
-            index = dict(zip(notes[NOTE_ID].to_list(), range(notes.height)))
+        if keys is not None:  # (note's index in the batch, code's index) of the pairs to keep
             known = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
-            wanted = np.unique(known[NOTE_ID].replace_strict(index, return_dtype=pl.Int64).to_numpy() * self.codes_.height
-                               + known["_code"].to_numpy().astype(np.int64))
+            index = dict(zip(notes[NOTE_ID].to_list(), range(notes.height)))
+            wanted = (known[NOTE_ID].replace_strict(index, return_dtype=pl.Int64).to_numpy(),
+                      known["_code"].to_numpy().astype(np.int64))
         parts = [self._best_of(notes.slice(start, NOTES_AT_ONCE), start, wanted) for start in range(0, notes.height, NOTES_AT_ONCE)]
         note, code, matched, missing = (np.concatenate(arrays) for arrays in zip(*parts)) if parts else ([],) * 4
         return self.codes_[np.asarray(code, dtype=np.int64)].with_columns(
@@ -138,9 +139,10 @@ class TermMatch(ParamsMixin):
             pl.Series(f"{self.name}_missing", missing, dtype=pl.Float64)).select(NOTE_ID, SYSTEM, CODE, self.name,
                                                                                 f"{self.name}_missing")
 
-    def _best_of(self, notes: pl.DataFrame, offset: int, wanted: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    def _best_of(self, notes: pl.DataFrame, offset: int, wanted: tuple[np.ndarray, np.ndarray] | None
+                 ) -> tuple[np.ndarray, ...]:
         """``_best`` of a few notes (their index in the batch starts at ``offset``): arrays note, code,
-        matched, missing. ``wanted``: note * n_codes + code of the pairs to keep (None: whole terms)."""
+        matched, missing. ``wanted``: the (note, code) index pairs to keep (None: whole terms)."""
         rows, columns, owners = [], [], []
         for note, text in enumerate(notes[self.text_column].to_list(), start=offset):
             tokens = Tokens.of(text or "", plural_es=False)
@@ -151,14 +153,20 @@ class TermMatch(ParamsMixin):
             columns += [stem for _, stem in found]
             owners += [note] * len(at)
         held = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=(len(owners), len(self.vocabulary_)))
-        # [sentences, terms]: how many of a term's words a sentence holds, and their idf (idf > 0: same nonzeros)
-        words, weight = (held @ self.stem_terms_).tocsr(), (held @ self.idf_terms_).tocsr()
-        words.sort_indices()
-        weight.sort_indices()
+        # [sentences, terms]: how many of a term's words a sentence holds, and their idf. The two term
+        # matrices share their nonzeros (idf > 0), so the products list the same pairs in the same order.
+        words, weight = held @ self.stem_terms_, held @ self.idf_terms_
+        assert np.array_equal(words.indptr, weight.indptr) and np.array_equal(words.indices, weight.indices)
         sentence = np.repeat(np.arange(len(owners)), np.diff(words.indptr))
         term, share = words.indices, words.data / self.term_words_[words.indices]
         note, code = np.asarray(owners, dtype=np.int64)[sentence], self.term_code_[term]
-        keep = share >= 1.0 if wanted is None else np.isin(note * self.codes_.height + code, wanted)
+        if wanted is None:
+            keep = share >= 1.0
+        else:  # a [notes, codes] mask of these notes: a lookup per pair
+            mask = np.zeros((notes.height, self.codes_.height), dtype=bool)
+            inside = (wanted[0] >= offset) & (wanted[0] < offset + notes.height)
+            mask[wanted[0][inside] - offset, wanted[1][inside]] = True
+            keep = mask[note - offset, code]
         term, share, note, code, matched = term[keep], share[keep], note[keep], code[keep], weight.data[keep].astype(np.float64)
         missing = np.maximum(self.term_idf_[term] - matched, 0.0)
         order = np.lexsort((missing, -matched, -share, code, note))
