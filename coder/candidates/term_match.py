@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from coder.candidates.ontology_search import ontology_terms
+from coder.candidates.ontology_search import TERM, ontology_terms
 from coder.candidates.words import WORD, Tokens, fold
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
@@ -99,7 +99,7 @@ class TermMatch(ParamsMixin):
         """The terms' content stems as a matrix [n_stems, n_terms] (1 where a term holds a stem) and the stems' idf."""
         self.terms_ = terms
         stems = [list(dict.fromkeys(self._stems([fold(m.group(), plural_es=False) for m in WORD.finditer(term)])))
-                 for term in terms["term"].to_list()]
+                 for term in terms[TERM].to_list()]
         keep = np.array([bool(s) for s in stems])
         stems = [s for s, kept in zip(stems, keep) if kept]
         self.vocabulary_ = {stem: i for i, stem in enumerate(dict.fromkeys(s for term in stems for s in term))}
