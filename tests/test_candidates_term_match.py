@@ -48,11 +48,11 @@ def test_matched_words_weigh_by_their_idf_over_the_training_notes(fitted):
     scored = {code: (matched, missing) for code, matched, missing in fitted.score(NOTES, keys).select(
         "code", "term_match", "term_match_missing").iter_rows()}
     idf = lambda notes_with: math.log(4 / (notes_with + 1))  # noqa: E731
-    # E11.65: 2, melli (1 training note each), diabe (3: idf 0), hyper (2: "hyperglycemia", "hypertension");
-    # "type", like "with", is a filler word
-    assert scored["E11.65"] == (pytest.approx(2 * idf(1) + idf(2), rel=1e-5), pytest.approx(0.0, abs=1e-5))
-    # I10: its best term is "Essential (primary) hypertension": essen and hyper found, "primary" (no note) missing
-    assert scored["I10"] == (pytest.approx(idf(1) + idf(2), rel=1e-5), pytest.approx(idf(0), rel=1e-5))
+    # E11.65: 2, mellitu, hypergl (1 training note each; 7 letters keep "hyperglycemia" and "hypertension"
+    # apart), diabete (3: idf 0); "type", like "with", is a filler word
+    assert scored["E11.65"] == (pytest.approx(3 * idf(1), rel=1e-5), pytest.approx(0.0, abs=1e-5))
+    # I10: its best term is "Essential (primary) hypertension": essenti and hyperte found, "primary" (no note) missing
+    assert scored["I10"] == (pytest.approx(2 * idf(1), rel=1e-5), pytest.approx(idf(0), rel=1e-5))
 
 
 def test_scores_come_from_the_best_sentence_and_leave_out_codes_without_a_word_in_the_note(fitted):

@@ -59,14 +59,15 @@ class TermMatch(ParamsMixin):
     text_column: the notes column that is read (the ontology's terms are English: ``text``).
     systems: the ICD systems whose terms are matched.
     top_k: codes proposed per note (terms held whole by a sentence, by matched idf).
-    stem_length: the letters of a folded word that stand for it ("prostatic" and "prostate" match).
+    stem_length: the letters of a folded word that stand for it ("prostatic" and "prostate" match; 7
+        keeps "hypertension" and "hyperglycemia" apart, which 5 conflated).
     backfill: also score the codes the other sources propose (``score``, ``coder.candidates.backfill``).
     """
 
     learns_from_notes = True  # the idf of words over the training notes' text (no codes read)
 
     def __init__(self, *, name: str = "term_match", text_column: str = TEXT, systems: tuple[str, ...] = (CM,),
-                 top_k: int = 30, stem_length: int = 5, backfill: bool = True):
+                 top_k: int = 30, stem_length: int = 7, backfill: bool = True):
         self.name = name
         self.text_column = text_column
         self.systems = systems
