@@ -199,7 +199,8 @@ def main() -> None:
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
     backfilled = ", ".join(f"{dump} {ms:.1f}" for dump, ms in ablation.backfill_ms.items())
     report = "\n".join(lines) + "\n\n" + unseen_line(ablation) + "\n\n" + (
-        f"Backfill (the ontology searches scoring every source's candidates of the dev notes, `coder.candidates.backfill`), "
+        f"Backfill (the ontology searches and the term match scoring every source's candidates of the dev notes, "
+        f"`coder.candidates.backfill`), "
         f"ms/note: {backfilled}.\n\n") + evidence_lines(ablation, scored)
     report += f"\n\nWall time {time.perf_counter() - started:.0f} s."
     print(report)
