@@ -11,7 +11,8 @@ note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text co
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
 this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH] [--no-write]
+    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH]
+        [--reranker '{"max_leaf_nodes": 31}'] [--no-write]
 
 CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import platform
@@ -89,7 +91,9 @@ class Ablation:
 
     DUMPS = {"full": (TEXT, TEXT_ES), "English-only": (TEXT,)}
 
-    def __init__(self, *, folds: int, plm_model: Path | None, sentence_encoder: Path | None = None):
+    def __init__(self, *, folds: int, plm_model: Path | None, sentence_encoder: Path | None = None,
+                 reranker: Reranker | None = None):
+        self.reranker = reranker or Reranker()
         read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
                                   text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
         background = read_notes(DATA / "background" / "notes.parquet", text_columns=[TEXT], optional=[TEXT_ES])
@@ -150,8 +154,8 @@ class Ablation:
         each fold's reranker also fitted on the out-of-fold train candidates (PLM-ICD's features missing)."""
         train = labelled_frame(self.parts[dump], codes=self.train.codes, sources=[n for n in sources if n != PLM_ICD])
         if PLM_ICD in sources:
-            return cross_fit(self.dev_frame(sources, dump), reranker=Reranker(), extra_rows=train)
-        return Reranker().fit(train).predict(self.dev_frame(sources, dump))
+            return cross_fit(self.dev_frame(sources, dump), reranker=self.reranker, extra_rows=train)
+        return Reranker(**self.reranker.get_params()).fit(train).predict(self.dev_frame(sources, dump))
 
 
 def plan(ablation: Ablation) -> list[tuple[str, str, dict]]:
@@ -180,13 +184,18 @@ def main() -> None:
     parser.add_argument("--sentence-encoder", type=Path,
                         help="the dense search's encoder folder (default: the packaged all-MiniLM-L6-v2), e.g. one "
                              "written by benchmarks/finetune_sentence_encoder.py")
+    parser.add_argument("--reranker", type=json.loads, default={},
+                        help="JSON of coder.rerank.reranker.Reranker parameters for every reranked row, e.g. "
+                             "'{\"max_leaf_nodes\": 31}' (default: its defaults, those coder train uses)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
-    ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder)
+    ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder,
+                        reranker=Reranker(**args.reranker))
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
-        f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "")
+        f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "") + (
+        f" --reranker '{json.dumps(args.reranker)}'" if args.reranker else "")
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | recall CM | recall PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     scored = {}
@@ -198,7 +207,7 @@ def main() -> None:
                      + f" | {f'{ms:.1f}' if ms is not None else ''} |")
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in m.items()})
     backfilled = ", ".join(f"{dump} {ms:.1f}" for dump, ms in ablation.backfill_ms.items())
-    report = "\n".join(lines) + "\n\n" + unseen_line(ablation) + "\n\n" + (
+    report = "\n".join(lines) + "\n\n" + unseen_line(ablation) + "\n\n" + gold_rank_lines(ablation, scored) + "\n\n" + (
         f"Backfill (the ontology searches and the term match scoring every source's candidates of the dev notes, "
         f"`coder.candidates.backfill`), "
         f"ms/note: {backfilled}.\n\n") + evidence_lines(ablation, scored)
@@ -216,6 +225,40 @@ def unseen_line(ablation: Ablation) -> str:
     shares = "; ".join(f"{s} {new.filter(pl.col(SYSTEM) == s).height / max(pairs.filter(pl.col(SYSTEM) == s).height, 1):.3f}"
                        for s in SYSTEMS)
     return f"Dev gold (note, code) pairs whose code never occurs in train: {shares}."
+
+
+RANK_BANDS = ((1, 5), (6, 20), (21, 50), (51, None))
+
+
+def gold_ranks(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> pl.DataFrame:
+    """Per system and seen/unseen code: how many dev gold (note, code) pairs the ranking puts in each
+    band of RANK_BANDS, and how many it does not hold at all (no source proposed the code)."""
+    ranked = scored.with_columns(pl.col(SCORE).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).alias("rank"))
+    new = pl.DataFrame(sorted(unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row").with_columns(
+        pl.lit(True).alias("unseen"))
+    pairs = (gold.select(NOTE_ID, SYSTEM, CODE).unique()
+             .join(ranked.select(NOTE_ID, SYSTEM, CODE, "rank"), on=[NOTE_ID, SYSTEM, CODE], how="left")
+             .join(new, on=[SYSTEM, CODE], how="left").with_columns(pl.col("unseen").fill_null(False)))
+    band = pl.when(pl.col("rank").is_null()).then(pl.lit("not proposed"))
+    for low, high in RANK_BANDS:
+        band = band.when(pl.col("rank") <= (high or 10**9)).then(pl.lit(f"{low}-{high}" if high else f">{low - 1}"))
+    return pairs.with_columns(band.alias("band")).group_by(SYSTEM, "unseen", "band").len()
+
+
+def gold_rank_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
+    """Where the last full-dump row ranks the dev gold pairs: what bounds its MAP (codes never proposed,
+    codes proposed too low), for codes train had and codes it never had."""
+    name = [n for n in scored if n.startswith("full:")][-1]
+    counts = gold_ranks(scored[name], ablation.dev.codes, ablation.unseen)
+    bands = [f"{low}-{high}" if high else f">{low - 1}" for low, high in RANK_BANDS] + ["not proposed"]
+    out = [f"Where {name} ranks the dev gold (note, code) pairs (rank within the note and system):", "",
+           "| system | code in train | " + " | ".join(bands) + " |", "|---|---|" + "---:|" * len(bands)]
+    for system in SYSTEMS:
+        for unseen in (False, True):
+            part = counts.filter((pl.col(SYSTEM) == system) & (pl.col("unseen") == unseen))
+            n = dict(zip(part["band"].to_list(), part["len"].to_list()))
+            out.append(f"| {system} | {'no' if unseen else 'yes'} | " + " | ".join(str(n.get(b, 0)) for b in bands) + " |")
+    return "\n".join(out)
 
 
 def evidence_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
