@@ -35,7 +35,7 @@ from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior
 from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, system_scores
 from coder.ontology import load_ontology
-from coder.rerank.reranker import Reranker
+from coder.rerank.reranker import MODELS, Reranker
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
 from coder.train.stacking import cross_fit, default_sources, fit_sources, labelled_frame, out_of_fold, source_frames
@@ -189,10 +189,16 @@ def main() -> None:
                              "'{\"max_leaf_nodes\": 31}' (default: its defaults, those coder train uses)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    try:  # a wrong setting fails here, not after the sources have been fitted
+        reranker = Reranker(**args.reranker)
+    except TypeError as error:
+        parser.error(f"--reranker: {error}")
+    if reranker.model not in MODELS:
+        parser.error(f"--reranker: model must be one of {MODELS}, got {reranker.model!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder,
-                        reranker=Reranker(**args.reranker))
+                        reranker=reranker)
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
         f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "") + (
         f" --reranker '{json.dumps(args.reranker)}'" if args.reranker else "")
