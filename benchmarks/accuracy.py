@@ -226,28 +226,32 @@ def main() -> None:
 def unseen_line(ablation: Ablation) -> str:
     """The share of the dev gold (note, code) pairs whose code train never had, per system."""
     pairs = ablation.dev.codes.select(NOTE_ID, SYSTEM, CODE).unique()
-    unseen = pl.DataFrame(sorted(ablation.unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row")
-    new = pairs.join(unseen, on=[SYSTEM, CODE])  # typed: an empty set still joins
+    new = pairs.join(unseen_frame(ablation.unseen), on=[SYSTEM, CODE])
     shares = "; ".join(f"{s} {new.filter(pl.col(SYSTEM) == s).height / max(pairs.filter(pl.col(SYSTEM) == s).height, 1):.3f}"
                        for s in SYSTEMS)
     return f"Dev gold (note, code) pairs whose code never occurs in train: {shares}."
 
 
-RANK_BANDS = ((1, 5), (6, 20), (21, 50), (51, None))
+def unseen_frame(unseen: set[tuple[str, str]]) -> pl.DataFrame:
+    """The (system, code) pairs of ``unseen`` as a frame, typed: an empty set still joins."""
+    return pl.DataFrame(sorted(unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row")
+
+
+RANK_BANDS = {"1-5": 5, "6-20": 20, "21-50": 50, ">50": None}
+"""Band name -> the last rank it holds (None: every rank below the last band)."""
 
 
 def gold_ranks(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> pl.DataFrame:
     """Per system and seen/unseen code: how many dev gold (note, code) pairs the ranking puts in each
     band of RANK_BANDS, and how many it does not hold at all (no source proposed the code)."""
     ranked = scored.with_columns(pl.col(SCORE).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).alias("rank"))
-    new = pl.DataFrame(sorted(unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row").with_columns(
-        pl.lit(True).alias("unseen"))
+    new = unseen_frame(unseen).with_columns(pl.lit(True).alias("unseen"))
     pairs = (gold.select(NOTE_ID, SYSTEM, CODE).unique()
              .join(ranked.select(NOTE_ID, SYSTEM, CODE, "rank"), on=[NOTE_ID, SYSTEM, CODE], how="left")
              .join(new, on=[SYSTEM, CODE], how="left").with_columns(pl.col("unseen").fill_null(False)))
     band = pl.when(pl.col("rank").is_null()).then(pl.lit("not proposed"))
-    for low, high in RANK_BANDS:
-        band = band.when(pl.col("rank") <= (high or 10**9)).then(pl.lit(f"{low}-{high}" if high else f">{low - 1}"))
+    for name, last in RANK_BANDS.items():
+        band = band.when(pl.col("rank") <= last if last else pl.lit(True)).then(pl.lit(name))
     return pairs.with_columns(band.alias("band")).group_by(SYSTEM, "unseen", "band").len()
 
 
@@ -256,7 +260,7 @@ def gold_rank_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
     codes proposed too low), for codes train had and codes it never had."""
     name = [n for n in scored if n.startswith("full:")][-1]
     counts = gold_ranks(scored[name], ablation.dev.codes, ablation.unseen)
-    bands = [f"{low}-{high}" if high else f">{low - 1}" for low, high in RANK_BANDS] + ["not proposed"]
+    bands = [*RANK_BANDS, "not proposed"]
     out = [f"Where {name} ranks the dev gold (note, code) pairs (rank within the note and system):", "",
            "| system | code in train | " + " | ".join(bands) + " |", "|---|---|" + "---:|" * len(bands)]
     for system in SYSTEMS:
