@@ -226,48 +226,51 @@ def main() -> None:
 def unseen_line(ablation: Ablation) -> str:
     """The share of the dev gold (note, code) pairs whose code train never had, per system."""
     pairs = ablation.dev.codes.select(NOTE_ID, SYSTEM, CODE).unique()
-    new = pairs.join(unseen_frame(ablation.unseen), on=[SYSTEM, CODE])
+    unseen = pl.DataFrame(sorted(ablation.unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row")
+    new = pairs.join(unseen, on=[SYSTEM, CODE])  # typed: an empty set still joins
     shares = "; ".join(f"{s} {new.filter(pl.col(SYSTEM) == s).height / max(pairs.filter(pl.col(SYSTEM) == s).height, 1):.3f}"
                        for s in SYSTEMS)
     return f"Dev gold (note, code) pairs whose code never occurs in train: {shares}."
 
 
-def unseen_frame(unseen: set[tuple[str, str]]) -> pl.DataFrame:
-    """The (system, code) pairs of ``unseen`` as a frame, typed: an empty set still joins."""
-    return pl.DataFrame(sorted(unseen), schema={SYSTEM: pl.String, CODE: pl.String}, orient="row")
-
-
 RANK_BANDS = {"1-5": 5, "6-20": 20, "21-50": 50, ">50": None}
 """Band name -> the last rank it holds (None: every rank below the last band)."""
+NOT_PROPOSED = "not proposed"
 
 
-def gold_ranks(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> pl.DataFrame:
-    """Per system and seen/unseen code: how many dev gold (note, code) pairs the ranking puts in each
-    band of RANK_BANDS, and how many it does not hold at all (no source proposed the code)."""
-    ranked = scored.with_columns(pl.col(SCORE).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).alias("rank"))
-    new = unseen_frame(unseen).with_columns(pl.lit(True).alias("unseen"))
-    pairs = (gold.select(NOTE_ID, SYSTEM, CODE).unique()
-             .join(ranked.select(NOTE_ID, SYSTEM, CODE, "rank"), on=[NOTE_ID, SYSTEM, CODE], how="left")
-             .join(new, on=[SYSTEM, CODE], how="left").with_columns(pl.col("unseen").fill_null(False)))
-    band = pl.when(pl.col("rank").is_null()).then(pl.lit("not proposed"))
-    for name, last in RANK_BANDS.items():
-        band = band.when(pl.col("rank") <= last if last else pl.lit(True)).then(pl.lit(name))
-    return pairs.with_columns(band.alias("band")).group_by(SYSTEM, "unseen", "band").len()
+def gold_ranks(scored: pl.DataFrame, gold: pl.DataFrame, unseen: set[tuple[str, str]]) -> dict[tuple[str, bool, str], int]:
+    """(system, code unseen in train, band of RANK_BANDS or NOT_PROPOSED) -> how many dev gold (note, code)
+    pairs the ranking (``metrics``' own, ``coder.metrics.rankings``) puts there."""
+    truth, ranked = gold_sets(gold), rankings(scored, score=SCORE)
+    counts: dict[tuple[str, bool, str], int] = {}
+    for system, notes in truth.items():
+        for note, codes in notes.items():
+            order = {code: rank for rank, code in enumerate(ranked.get(system, {}).get(note, []), start=1)}
+            for code in codes:
+                rank = order.get(code)
+                band = NOT_PROPOSED if rank is None else next(b for b, last in RANK_BANDS.items() if last is None or rank <= last)
+                key = (system, (system, code) in unseen, band)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def last_row(scored: dict[str, pl.DataFrame], dump: str) -> str:
+    """The name of the last row of ``dump`` (the one with every source it allows)."""
+    return [n for n in scored if n.startswith(f"{dump}:")][-1]
 
 
 def gold_rank_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
     """Where the last full-dump row ranks the dev gold pairs: what bounds its MAP (codes never proposed,
     codes proposed too low), for codes train had and codes it never had."""
-    name = [n for n in scored if n.startswith("full:")][-1]
+    name = last_row(scored, "full")
     counts = gold_ranks(scored[name], ablation.dev.codes, ablation.unseen)
-    bands = [*RANK_BANDS, "not proposed"]
+    bands = [*RANK_BANDS, NOT_PROPOSED]
     out = [f"Where {name} ranks the dev gold (note, code) pairs (rank within the note and system):", "",
            "| system | code in train | " + " | ".join(bands) + " |", "|---|---|" + "---:|" * len(bands)]
     for system in SYSTEMS:
-        for unseen in (False, True):
-            part = counts.filter((pl.col(SYSTEM) == system) & (pl.col("unseen") == unseen))
-            n = dict(zip(part["band"].to_list(), part["len"].to_list()))
-            out.append(f"| {system} | {'no' if unseen else 'yes'} | " + " | ".join(str(n.get(b, 0)) for b in bands) + " |")
+        for new in (False, True):
+            out.append(f"| {system} | {'no' if new else 'yes'} | "
+                       + " | ".join(str(counts.get((system, new, band), 0)) for band in bands) + " |")
     return "\n".join(out)
 
 
@@ -275,7 +278,7 @@ def evidence_lines(ablation: Ablation, scored: dict[str, pl.DataFrame]) -> str:
     """Evidence F1 of the last full and English-only rows, on their evidence columns."""
     out = []
     for dump, column, gold in (("full", TEXT_ES, ablation.dev.spans(TEXT_ES)), ("English-only", TEXT, ablation.projected["dev"])):
-        name = [n for n in scored if n.startswith(f"{dump}:")][-1]
+        name = last_row(scored, dump)
         frame = scored[name]
         cuts = {system: 0.5 for system in SYSTEMS}  # the evidence of the codes the model is at least even about
         above = frame.filter(pl.col(SCORE) >= pl.col(SYSTEM).replace_strict(cuts, return_dtype=pl.Float64))
