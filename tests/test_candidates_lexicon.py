@@ -45,6 +45,7 @@ def test_exact_match_gives_code_reliability_and_offsets(lexicon):
     assert found["lexicon"] == pytest.approx(3 / (4 + 1))
     assert text[found["evidence_start"] : found["evidence_end"]] == "HIPERTENSION arterial"
     assert not found["lexicon_set"] and not found["lexicon_negated"]
+    assert found["lexicon_position"] == pytest.approx(found["evidence_start"] / len(text))
 
 
 def test_word_boundaries_are_respected(lexicon):

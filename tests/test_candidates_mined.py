@@ -1,6 +1,7 @@
 """MinedLexicon on synthetic notes: links from notes and codes alone, offsets, the negation flag, persistence."""
 
 import polars as pl
+import pytest
 
 from coder.candidates.mined import MinedLexicon
 from coder.io.corpus import Corpus
@@ -43,6 +44,7 @@ def test_proposes_codes_with_offsets_into_the_text():
     assert "pancreatitis" in row["evidence_text"].lower() and not row["mined_negated"]
     fever = found.filter(pl.col("code") == "R50.9").row(0, named=True)
     assert fever["mined_negated"] and fever["evidence_text"] == "fever"
+    assert fever["mined_position"] == pytest.approx(text.index("fever") / len(text))
     assert fitted(negated_weight=0.0).candidates(_one(text)).filter(pl.col("code") == "R50.9")["mined"].item() == 0.0
 
 

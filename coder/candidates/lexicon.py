@@ -27,7 +27,7 @@ from rapidfuzz import fuzz, process
 
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
-from coder.candidates.mentions import expand_links, group_mentions
+from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import Tokens, folded
 from coder.languages import language
 from coder.io.atomic import write_text
@@ -243,6 +243,7 @@ class EvidenceLexicon(ParamsMixin):
         reliability), <name>_noisy_or, <name>_support (training notes where the best phrase carried
         the code), <name>_present (training notes with the phrase), <name>_share (the code's share of
         the phrase's codes), <name>_mentions, <name>_tokens, <name>_set, <name>_fuzzy, <name>_negated,
+        <name>_position (where the best span starts, as a share of the note's length),
         evidence_text/start/end (offsets into ``text_column``).
         """
         self._check_fitted()
@@ -269,6 +270,7 @@ class EvidenceLexicon(ParamsMixin):
             f"{name}_share": self.link_share_[best_link], f"{name}_mentions": mentions.count,
             f"{name}_tokens": self.key_tokens_[key[hit]], f"{name}_set": self.key_is_set_[key[hit]],
             f"{name}_fuzzy": [m.fuzzy for m in matched], f"{name}_negated": [m.negated for m in matched],
+            f"{name}_position": relative_position(start, note[hit], texts),
             "evidence_text": [texts[n][m.start : m.end] for n, m in zip(note[hit].tolist(), matched)],
             "evidence_start": start, "evidence_end": end,
         }, schema=self._schema())
@@ -280,7 +282,7 @@ class EvidenceLexicon(ParamsMixin):
             name: pl.Float64, f"{name}_noisy_or": pl.Float64, f"{name}_support": pl.Int64,
             f"{name}_present": pl.Int64, f"{name}_share": pl.Float64, f"{name}_mentions": pl.Int64,
             f"{name}_tokens": pl.Int64, f"{name}_set": pl.Boolean, f"{name}_fuzzy": pl.Boolean,
-            f"{name}_negated": pl.Boolean, **EVIDENCE_COLUMNS,
+            f"{name}_negated": pl.Boolean, f"{name}_position": pl.Float64, **EVIDENCE_COLUMNS,
         })
 
     # --- persistence ---------------------------------------------------------------------------

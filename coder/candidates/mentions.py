@@ -56,3 +56,10 @@ def group_mentions(note: np.ndarray, code: np.ndarray, *, prefer: Sequence[np.nd
     best = np.lexsort((np.arange(len(note)), *(-key for key in reversed(keys)), code, note))[starts]
     return Mentions(best=best[order], count=np.diff(np.r_[starts, len(by_group)])[order], by_group=by_group,
                     starts=starts, order=order)
+
+
+def relative_position(start: np.ndarray, note: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """[n] where each span starts in its note (``note``: indices into ``texts``), as a share of the
+    note's length: a case report states its diagnoses early and weighs differentials later on."""
+    lengths = np.array([max(len(text), 1) for text in texts], dtype=np.float64)
+    return start / lengths[note]

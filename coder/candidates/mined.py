@@ -46,7 +46,7 @@ import polars as pl
 from scipy import sparse
 from scipy.special import xlogy
 
-from coder.candidates.mentions import expand_links, group_mentions
+from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import WORD, Tokens, fold, folded
 from coder.languages import language
 from coder.errors import NotFittedError, UsageError
@@ -288,7 +288,8 @@ class MinedLexicon(ParamsMixin):
         <name>_support (training notes with phrase and code), <name>_present (training notes with the
         phrase), <name>_share (support / the code's training notes), <name>_overlap, <name>_coverage
         (description fit), <name>_mentions (phrase occurrences proposing the code), <name>_tokens,
-        <name>_negated (the best occurrence is negated), evidence_text/start/end (offsets into ``text_column``).
+        <name>_negated (the best occurrence is negated), <name>_position (where it starts, as a share of
+        the note's length), evidence_text/start/end (offsets into ``text_column``).
         """
         if not hasattr(self, "link_score_"):
             raise NotFittedError("MinedLexicon is not fitted: call fit(corpus) or MinedLexicon.load(path)")
@@ -311,7 +312,7 @@ class MinedLexicon(ParamsMixin):
             f"{self.name}_share": support / np.maximum(self.carried_[label], 1),
             f"{self.name}_overlap": self.link_overlap_[best_link], f"{self.name}_coverage": self.link_coverage_[best_link],
             f"{self.name}_mentions": mentions.count, f"{self.name}_tokens": self.phrase_length_[phrase[hit]],
-            f"{self.name}_negated": negated[hit],
+            f"{self.name}_negated": negated[hit], f"{self.name}_position": relative_position(start[hit], note[best], texts),
             "evidence_text": [texts[n][a:b] for n, a, b in zip(note[best].tolist(), start[hit].tolist(), end[hit].tolist())],
             "evidence_start": start[hit], "evidence_end": end[hit],
         }, schema=self._schema())
@@ -336,7 +337,7 @@ class MinedLexicon(ParamsMixin):
             NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, name: pl.Float64,
             f"{name}_support": pl.Int64, f"{name}_present": pl.Int64, f"{name}_share": pl.Float64,
             f"{name}_overlap": pl.Float64, f"{name}_coverage": pl.Float64, f"{name}_mentions": pl.Int64,
-            f"{name}_tokens": pl.Int64, f"{name}_negated": pl.Boolean, **EVIDENCE_COLUMNS,
+            f"{name}_tokens": pl.Int64, f"{name}_negated": pl.Boolean, f"{name}_position": pl.Float64, **EVIDENCE_COLUMNS,
         })
 
     # --- persistence -----------------------------------------------------------------------------
