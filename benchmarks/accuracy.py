@@ -128,10 +128,11 @@ class Ablation:
 
             scorer = load_model(plm_model, device="cpu").scorer
             tick = time.perf_counter()
-            plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K).candidates
+            plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K)
             self.ms_per_note[PLM_ICD] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
+            fitted = [*fitted, plm]  # it backfills too
             for found in self.dev_parts.values():
-                found[PLM_ICD] = plm
+                found[PLM_ICD] = plm.candidates
         self.backfill_ms = {}
         for dump, found in self.dev_parts.items():  # after PLM-ICD, as in the pipeline
             tick = time.perf_counter()

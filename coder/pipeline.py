@@ -66,7 +66,7 @@ def code_batch(model: Model, notes: pl.DataFrame, *, top_k: int, threshold_only:
         sources = model.sources_for(notes.columns)
         frames = {source.name: source.candidates(notes) for source in sources}
         frames[PLM_ICD] = scored.candidates  # last: its evidence (an attention peak) is the weakest
-        frames = backfill(frames, sources=sources, notes=notes)
+        frames = backfill(frames, sources=[*sources, scored], notes=notes)
     with _timed(counts, "rerank"):
         columns = {**{source.name: source.text_column for source in model.sources}, PLM_ICD: model.scorer.text_column}
         candidates = rerank(merge_candidates(frames, columns=columns), ranking=model.ranking, sources=tuple(frames))

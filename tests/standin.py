@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,9 +58,12 @@ class StandInScorer:
                 continue
             ranked = sorted(((hash_score(text, code), code) for code in CODES), reverse=True)[:top_n]
             rows += [(note_id, CM, code, score, rank, None, None, None) for rank, (score, code) in enumerate(ranked, start=1)]
+        scores = np.array([[hash_score(text, code) for code in CODES] for text in notes[TEXT].to_list()]).reshape(-1, len(CODES))
         return Scored(pl.DataFrame(rows, schema=FRAME_SCHEMA, orient="row"),
                       truncated=tuple(notes.filter(pl.col(TEXT).str.starts_with("long"))[NOTE_ID]),
-                      unprocessable=tuple(notes.filter(pl.col(TEXT) == "~")[NOTE_ID]))
+                      unprocessable=tuple(notes.filter(pl.col(TEXT) == "~")[NOTE_ID]),
+                      scores=scores, note_ids=tuple(ids),
+                      labels=pl.DataFrame({SYSTEM: [CM] * len(CODES), CODE: list(CODES), "column": range(len(CODES))}))
 
 
 class StandInModel:

@@ -7,12 +7,14 @@ import shutil
 import polars as pl
 import pytest
 
+from coder.candidates.backfill import backfill
+from coder.candidates.features import PLM_ICD
 from coder.errors import ModelBundleError, UsageError
 from coder.model.folder import default_model_path, read_config
 from coder.model.load import load_model
 from coder.model.scorer import choose_precision
 from coder.pipeline import code_batch
-from coder.schema import NOTE_ID, PREDICTION_SCHEMA, SYSTEM
+from coder.schema import CM, CODE, KEY, NOTE_ID, PREDICTION_SCHEMA, SYSTEM
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,21 @@ def test_threshold_only_keeps_every_code_above_its_threshold(model, notes):
     above = code_batch(model, notes, top_k=50, threshold_only=True).predictions
     assert above["above_threshold"].all()
     assert above.height == everything["above_threshold"].sum()
+
+
+def test_plm_icd_backfills_the_codes_other_sources_propose_with_its_own_scores(model, notes):
+    scored = model.scorer.score(notes, top_n=2)
+    own = scored.candidates.select(*KEY, PLM_ICD).join(scored.score(notes, scored.candidates.select(KEY)), on=list(KEY))
+    assert own.height == scored.candidates.height and own[PLM_ICD].to_list() == own[f"{PLM_ICD}_right"].to_list()
+    first = notes[NOTE_ID][0]
+    below = scored.labels.filter(pl.col(SYSTEM) == CM).join(
+        scored.candidates.filter(pl.col(NOTE_ID) == first), on=[SYSTEM, CODE], how="anti").row(0, named=True)
+    lexicon = pl.DataFrame({NOTE_ID: [first] * 2, SYSTEM: [CM] * 2, CODE: [below[CODE], "Z99.99"], "lexicon": [0.5] * 2})
+    filled = backfill({"lexicon": lexicon, PLM_ICD: scored.candidates}, sources=[scored], notes=notes)
+    added = filled[PLM_ICD].filter(pl.col(f"{PLM_ICD}_rank").is_null())
+    assert added[CODE].to_list() == [below[CODE]]  # Z99.99 is no label of the model: nothing to say
+    assert added[f"{PLM_ICD}_all"].item() == pytest.approx(float(scored.scores[0, below["column"]]))
+    assert added[PLM_ICD].null_count() == 1  # scored, not proposed
 
 
 def test_truncated_and_unprocessable_notes_are_reported(model):

@@ -10,6 +10,7 @@ from coder.candidates.features import PLM_ICD
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
+from coder.model.scorer import Scored
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.train.stacking import (
     add_plm_rerankers, cross_fit, dev_frames, fit_stack, labelled_frame, out_of_fold, source_frames, without_plm,
@@ -69,11 +70,17 @@ def test_sources_the_corpus_cannot_fit_are_left_out(tiny_corpus, tiny_ontology, 
 
 def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources):
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
-    plm = pl.DataFrame({"note_id": tiny_corpus.notes["note_id"], "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9})
+    ids = tiny_corpus.notes["note_id"]
+    plm = Scored(pl.DataFrame({"note_id": ids, "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9}), (), (),
+                 scores=np.tile([0.9, 0.2], (ids.len(), 1)), note_ids=tuple(ids),
+                 labels=pl.DataFrame({"system": ["ICD-10-CM"] * 2, "code": ["I10", "J45.909"], "column": [0, 1]}))
     frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
-    # PLM-ICD's candidates too are backfilled, as in the pipeline
-    backfilled = frames[("ontology", "tfidf", PLM_ICD)].filter(pl.col("code") == "I10")["ontology_all"]
+    # PLM-ICD's candidates too are backfilled, as in the pipeline, and PLM-ICD backfills the others'
+    frame = frames[("ontology", "tfidf", PLM_ICD)]
+    backfilled = frame.filter(pl.col("code") == "I10")["ontology_all"]
     assert backfilled.len() == tiny_corpus.notes.height and (backfilled > 0).sum() >= 4
+    asthma = frame.filter(pl.col("code") == "J45.909")
+    assert asthma.height and (asthma[f"{PLM_ICD}_all"] == 0.2).all() and (asthma[PLM_ICD] == 0).all()
     with_plm = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     assert ("lexicon", "ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     assert ("ontology", "tfidf", PLM_ICD) in with_plm.rerankers

@@ -6,6 +6,8 @@ description matched nothing in the note. Backfilled, every candidate also carrie
 exact score in ``<name>_all`` (the search's own rows: their score), while ``<name>`` and its rank
 keep saying what the search proposed: the reranker then tells apart codes of one category by their
 descriptions, which a lexicon or PLM-ICD seen on few notes cannot (benchmarks/accuracy.py, dev MAP).
+PLM-ICD backfills the same way (``plm_icd_all``, from the scores of all its labels that it computed
+anyway, ``coder.model.scorer.Scored``): a code it ranked below its top 50 is not a code it scored 0.
 Backfilled rows propose nothing: ``merge_candidates`` keeps only the codes some source proposed.
 """
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -30,7 +31,8 @@ FRAME_SCHEMA = pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String
 
 @dataclass(frozen=True)
 class Scored:
-    """PLM-ICD's candidates for a batch, and the notes that needed special handling."""
+    """PLM-ICD's candidates for a batch, the notes that needed special handling, and every label's
+    score, with which it backfills the other sources' codes (``coder.candidates.backfill``)."""
 
     candidates: pl.DataFrame
     """FRAME_SCHEMA rows: per note and system the best codes by score."""
@@ -38,6 +40,23 @@ class Scored:
     """Note ids whose text exceeded the chunks kept (scored on their beginning)."""
     unprocessable: tuple[str, ...]
     """Note ids with no tokens (no candidates; the run quarantines them)."""
+    scores: np.ndarray
+    """[n_notes, n_labels] every label's score, notes in the order of ``note_ids``."""
+    note_ids: tuple[str, ...]
+    labels: pl.DataFrame
+    """(system, code, column): the label of each column of ``scores``."""
+    name: ClassVar[str] = PLM_ICD
+    backfill: ClassVar[bool] = True
+
+    def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+        """``plm_icd`` of each (note_id, system, code) of ``keys`` whose code is a label and whose
+        note was scored (the backfill's interface; ``notes`` is not read again)."""
+        rows = {note_id: i for i, note_id in enumerate(self.note_ids)}
+        found = (keys.join(self.labels, on=[SYSTEM, CODE], how="inner")
+                 .with_columns(pl.col(NOTE_ID).replace_strict(rows, default=None, return_dtype=pl.Int64).alias("_row"))
+                 .drop_nulls("_row"))
+        values = self.scores[found["_row"].to_numpy(), found["column"].to_numpy()].astype(np.float64)
+        return found.select(NOTE_ID, SYSTEM, CODE).with_columns(pl.Series(PLM_ICD, values))
 
 
 class PlmIcdScorer:
@@ -55,6 +74,8 @@ class PlmIcdScorer:
         self._thresholds = np.asarray(config.thresholds, dtype=np.float32)
         systems = np.asarray(config.systems)
         self._systems = {system: np.flatnonzero(systems == system) for system in dict.fromkeys(config.systems)}
+        self._labels = pl.DataFrame({SYSTEM: list(config.systems), CODE: self._codes.tolist(),
+                                     "column": np.arange(len(self._codes))})
 
     def score(self, notes: pl.DataFrame, *, top_n: int, above_threshold: bool = False) -> Scored:
         """The ``top_n`` codes per note and system (and, with ``above_threshold``, every code at or
@@ -74,6 +95,7 @@ class PlmIcdScorer:
             candidates=pl.DataFrame(rows, schema=FRAME_SCHEMA, orient="row"),
             truncated=tuple(note_ids[i] for i, note in enumerate(chunks) if note.truncated),
             unprocessable=tuple(note_ids[i] for i, note in enumerate(chunks) if note.unprocessable),
+            scores=scores, note_ids=tuple(note_ids), labels=self._labels,
         )
 
     def _rows(self, note_id: str, text: str, note: ChunkedNote, scores: np.ndarray, peaks: np.ndarray, *,

@@ -99,7 +99,7 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
                               sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
     logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
     stack = fit_stack(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
-    plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K).candidates
+    plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
     frames = dev_frames(stack, dev=dev, plm=plm, degraded_column=text_column)
     stack = add_plm_rerankers(stack, frames=frames, gold=dev.codes)
     source_specs, reranker_specs = stack.save(out)

@@ -35,6 +35,7 @@ from coder.candidates.tfidf import TfidfClassifier
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
 from coder.model.folder import RerankerSpec, SourceSpec
+from coder.model.scorer import Scored
 from coder.model.load import PRIOR_FILE
 from coder.ontology import Ontology
 from coder.rerank.reranker import Reranker, fold_ids
@@ -180,16 +181,16 @@ def fit_stack(*, train: Corpus, ontology: Ontology, sources: Sequence[CandidateS
     return Stack(tuple(fitted), rerankers, code_prior(train.codes), frames)
 
 
-def dev_frames(stack: Stack, *, dev: Corpus, plm: pl.DataFrame, degraded_column: str | None = TEXT
+def dev_frames(stack: Stack, *, dev: Corpus, plm: Scored, degraded_column: str | None = TEXT
                ) -> dict[tuple[str, ...], pl.DataFrame]:
-    """Labelled dev candidate frames with PLM-ICD's (``plm``: its dev candidate frame), per set of
+    """Labelled dev candidate frames with PLM-ICD's (``plm``: its scores of the dev notes), per set of
     sources a dump allows: every column, and only ``degraded_column``. The sources were fitted on
     train; PLM-ICD has no out-of-fold train scores, so its rerankers learn from these."""
     out = {}
     for notes in [dev.notes] + ([dev.notes.select(NOTE_ID, degraded_column)] if degraded_column else []):
         frames = source_frames(stack.sources, notes)
-        frames[PLM_ICD] = plm.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
-        frames = backfill(frames, sources=stack.sources, notes=notes)
+        frames[PLM_ICD] = plm.candidates.join(notes.select(NOTE_ID), on=NOTE_ID, how="semi")
+        frames = backfill(frames, sources=[*stack.sources, plm], notes=notes)
         out[tuple(frames)] = with_labels(assemble(frames, prior=stack.prior), dev.codes)
     return out
 
