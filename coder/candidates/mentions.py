@@ -60,6 +60,6 @@ def group_mentions(note: np.ndarray, code: np.ndarray, *, prefer: Sequence[np.nd
 
 def relative_position(start: np.ndarray, note: np.ndarray, texts: Sequence[str]) -> np.ndarray:
     """[n] where each span starts in its note (``note``: indices into ``texts``), as a share of the
-    note's length: a case report states its diagnoses early and weighs differentials later on."""
+    note's length, so that the reranker can learn where in a note the codes coders keep are mentioned."""
     lengths = np.array([max(len(text), 1) for text in texts], dtype=np.float64)
     return start / lengths[note]
