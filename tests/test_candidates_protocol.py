@@ -65,7 +65,7 @@ def test_a_new_source_flows_from_training_to_the_output(monkeypatch, tiny_model_
     shutil.copytree(tiny_model_path, folder)
     sources = [KeywordSource(), TfidfClassifier(min_df=1, top_k=3)]
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
-    plm = load_model(folder, device="cpu").scorer.score(tiny_corpus.notes, top_n=50).candidates
+    plm = load_model(folder, device="cpu").scorer.score(tiny_corpus.notes, top_n=50)
     frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
     stack = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     specs, rerankers = stack.save(folder)
