@@ -1,13 +1,16 @@
 """Dev ablation on CodiEsp: each candidate source alone and added one at a time, on every kind of dump.
 
-Every source is the product's (``coder.train.stacking.default_sources``) fitted on train only; the
-word aligners that project the Spanish spans onto English see train and the unlabelled background
-notes, never dev. Rows without PLM-ICD: rerankers fitted on out-of-fold train candidates (5 folds),
-dev never seen. Rows with PLM-ICD (``--plm-model``): its dev scores, rerankers cross-fitted over 5 dev
-folds (each dev note scored by a reranker fitted on the other four and on the out-of-fold train
-candidates, where PLM-ICD's features are missing; PLM-ICD's epoch was chosen on dev). Columns:
+Every source is the product's (``coder.train.stacking.default_sources``). As ``coder train`` ships
+them fitted on train and dev, each dev note is scored by sources fitted on train and the other
+four of 5 dev folds (``coder.train.stacking.dev_folds``); the word aligners that project the
+Spanish spans onto English see train and the unlabelled background notes, never dev. Rows without
+PLM-ICD: rerankers fitted on out-of-fold train candidates (5 folds). Rows with PLM-ICD
+(``--plm-model``): its dev scores, rerankers cross-fitted over the same 5 dev folds (each dev note
+scored by a reranker fitted on the other four, with the candidates of the sources fitted on train,
+and on the out-of-fold train candidates, where PLM-ICD's features are missing; PLM-ICD's epoch was
+chosen on dev). Columns:
 CodiEsp MAP and P@5 per system (mean over the notes with gold codes and a prediction), recall@50 of the dev gold codes never seen in train, and each source's own time per
-note on dev. Also: CodiEsp-X-style evidence F1 of the full model on both text columns (English
+note on dev (fitted on train). Also: CodiEsp-X-style evidence F1 of the full model on both text columns (English
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
 this benchmark's section of benchmarks/RESULTS.md.
 
@@ -34,11 +37,14 @@ from coder.candidates.backfill import backfill
 from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior, with_labels
 from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, system_scores
+from coder.model.scorer import Scored
 from coder.ontology import load_ontology
 from coder.rerank.reranker import MODELS, Reranker
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
-from coder.train.stacking import cross_fit, default_sources, fit_sources, labelled_frame, out_of_fold, source_frames
+from coder.train.stacking import (
+    cross_fit, default_sources, dev_folds, fit_sources, labelled_frame, out_of_fold, source_frames,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
@@ -122,6 +128,7 @@ class Ablation:
             train = Corpus(self.train.notes.select(NOTE_ID, *columns), self.train.codes, self.train.evidence)
             self.parts[dump] = out_of_fold(train, sources=usable, ontology=self.ontology, known=known, folds=folds)
             self.dev_parts[dump] = {s.name: dev_found[s.name] for s in usable}
+        plm = None
         if plm_model is not None:
             from coder.model.load import load_model
             from coder.rerank.score import STACK_PLM_TOP_K
@@ -130,18 +137,37 @@ class Ablation:
             tick = time.perf_counter()
             plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K)
             self.ms_per_note[PLM_ICD] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
-            fitted = [*fitted, plm]  # it backfills too
             for found in self.dev_parts.values():
                 found[PLM_ICD] = plm.candidates
         self.backfill_ms = {}
         for dump, found in self.dev_parts.items():  # after PLM-ICD, as in the pipeline
             tick = time.perf_counter()
-            self.dev_parts[dump] = backfill(found, sources=fitted, notes=self.dev.notes)
+            self.dev_parts[dump] = backfill(found, sources=[*fitted, *([plm] if plm else [])], notes=self.dev.notes)
             self.backfill_ms[dump] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
+        self.held_parts = self.refitted_parts(fitted, plm)
         self.prior = code_prior(self.train.codes)
 
-    def dev_frame(self, sources: tuple[str, ...], dump: str) -> pl.DataFrame:
-        frames = {n: self.dev_parts[dump][n] for n in sources}
+    def refitted_parts(self, fitted: list, plm: Scored | None) -> dict[str, dict[str, pl.DataFrame]]:
+        """Per dump kind, each source's backfilled dev candidates, every dev fold's from the sources
+        refitted on train and the other folds (``dev_folds``), PLM-ICD's as they are."""
+        dev = self.dev.with_spans(self.projected["dev"], column=TEXT)
+        parts: dict[str, dict[str, list[pl.DataFrame]]] = {dump: {} for dump in self.DUMPS}
+        for held, refitted in dev_folds(fitted, train=self.train, dev=dev, ontology=self.ontology):
+            for dump, columns in self.DUMPS.items():
+                usable = [s for s in refitted if s.text_column in columns]
+                found = {s.name: s.candidates(held.notes.select(NOTE_ID, s.text_column)) for s in usable}
+                if plm is not None:
+                    found[PLM_ICD] = plm.candidates.join(held.notes.select(NOTE_ID), on=NOTE_ID, how="semi")
+                for name, frame in backfill(found, sources=[*usable, *([plm] if plm else [])], notes=held.notes).items():
+                    parts[dump].setdefault(name, []).append(frame)
+        return {dump: {name: pl.concat(frames, how="diagonal_relaxed") for name, frames in found.items()}
+                for dump, found in parts.items()}
+
+    def dev_frame(self, sources: tuple[str, ...], dump: str, *, held: bool = True) -> pl.DataFrame:
+        """Labelled dev candidates of ``sources``: from the sources refitted without the note's fold
+        (``held``), or from those fitted on train (what the rerankers over PLM-ICD learn from)."""
+        parts = self.held_parts if held else self.dev_parts
+        frames = {n: parts[dump][n] for n in sources}
         return with_labels(assemble(frames, prior=self.prior, columns=self.columns), self.dev.codes)
 
     def alone(self, source: str) -> pl.DataFrame:
@@ -155,7 +181,8 @@ class Ablation:
         each fold's reranker also fitted on the out-of-fold train candidates (PLM-ICD's features missing)."""
         train = labelled_frame(self.parts[dump], codes=self.train.codes, sources=[n for n in sources if n != PLM_ICD])
         if PLM_ICD in sources:
-            return cross_fit(self.dev_frame(sources, dump), reranker=self.reranker, extra_rows=train)
+            return cross_fit(self.dev_frame(sources, dump, held=False), reranker=self.reranker, extra_rows=train,
+                             held_out=self.dev_frame(sources, dump))
         return Reranker(**self.reranker.get_params()).fit(train).predict(self.dev_frame(sources, dump))
 
 

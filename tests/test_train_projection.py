@@ -3,7 +3,7 @@
 import polars as pl
 
 from coder.schema import EVIDENCE_SCHEMA
-from coder.train.projection import WordAligner, fit_aligners, project_corpus, segments, symmetrize
+from coder.train.projection import WordAligner, corpus_aligners, fit_aligners, project_corpus, segments, symmetrize
 
 # The same three findings in Spanish and English, in notes that share the words often enough to align.
 SPANISH = ["Paciente con fiebre y tos. Dolor abdominal intenso.", "Tos seca. Fiebre alta.", "Dolor abdominal y fiebre.",
@@ -27,7 +27,7 @@ def test_symmetrize():
 def test_spans_land_on_their_translation():
     start = SPANISH[0].index("fiebre")
     evidence = pl.DataFrame([("n0", "ICD-10-CM", "R50.9", "fiebre", f"{start} {start + 6}")], schema=EVIDENCE_SCHEMA, orient="row")
-    projected = project_corpus(NOTES, evidence)
+    projected = project_corpus(NOTES, evidence, corpus_aligners(NOTES))
     (text, offsets), = projected.select("evidence_es", "offsets_es").rows()
     begin, end = map(int, offsets.split())
     assert ENGLISH[0][begin:end] == text == "fever"

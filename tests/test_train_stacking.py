@@ -13,7 +13,8 @@ from coder.candidates.tfidf import TfidfClassifier
 from coder.model.scorer import Scored
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.train.stacking import (
-    add_plm_rerankers, cross_fit, dev_frames, fit_stack, labelled_frame, out_of_fold, source_frames, without_plm,
+    add_plm_rerankers, cross_fit, dev_frames, fit_sources, fit_stack, labelled_frame, out_of_fold, refit, refit_dev_frames,
+    source_frames, without_plm,
 )
 
 
@@ -68,13 +69,17 @@ def test_sources_the_corpus_cannot_fit_are_left_out(tiny_corpus, tiny_ontology, 
     assert [s.name for s in stack.sources] == ["ontology", "tfidf"] and set(stack.rerankers) == {("ontology", "tfidf")}
 
 
+def _plm(corpus):
+    """PLM-ICD's scores of ``corpus``'s notes: I10 proposed at 0.9, J45.909 a label below its top (0.2)."""
+    ids = corpus.notes["note_id"]
+    return Scored(pl.DataFrame({"note_id": ids, "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9}), (), (),
+                  scores=np.tile([0.9, 0.2], (ids.len(), 1)), note_ids=tuple(ids),
+                  labels=pl.DataFrame({"system": ["ICD-10-CM"] * 2, "code": ["I10", "J45.909"], "column": [0, 1]}))
+
+
 def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources):
     stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
-    ids = tiny_corpus.notes["note_id"]
-    plm = Scored(pl.DataFrame({"note_id": ids, "system": "ICD-10-CM", "code": "I10", PLM_ICD: 0.9}), (), (),
-                 scores=np.tile([0.9, 0.2], (ids.len(), 1)), note_ids=tuple(ids),
-                 labels=pl.DataFrame({"system": ["ICD-10-CM"] * 2, "code": ["I10", "J45.909"], "column": [0, 1]}))
-    frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
+    frames = dev_frames(stack, dev=tiny_corpus, plm=_plm(tiny_corpus))
     # PLM-ICD's candidates too are backfilled, as in the pipeline, and PLM-ICD backfills the others'
     frame = frames[("ontology", "tfidf", PLM_ICD)]
     backfilled = frame.filter(pl.col("code") == "I10")["ontology_all"]
@@ -90,3 +95,33 @@ def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources
     assert extra is stack.out_of_fold[("ontology", "tfidf")] and PLM_ICD not in extra.columns
     scored = cross_fit(frames[("ontology", "tfidf", PLM_ICD)], reranker=Reranker(model="logistic"), folds=2, extra_rows=extra)
     assert scored.height == frames[("ontology", "tfidf", PLM_ICD)].height and scored["score"].is_finite().all()
+
+
+def test_refit_learns_from_the_added_notes_and_keeps_the_ontology_sources(tiny_corpus, tiny_ontology, sources):
+    ids = tiny_corpus.notes["note_id"]
+    fitted = fit_sources(sources, tiny_corpus.subset(ids.filter(ids != "n6")), ontology=tiny_ontology)
+    n6 = tiny_corpus.notes.filter(pl.col("note_id") == "n6")
+    assert "0DTJ0ZZ" not in fitted[0].candidates(n6)["code"].to_list()  # its phrase is n6's alone
+    refitted = refit(fitted, tiny_corpus, ontology=tiny_ontology)
+    assert "0DTJ0ZZ" in refitted[0].candidates(n6)["code"].to_list()
+    assert refitted[1] is fitted[1] and refitted[2] is not fitted[2]  # the ontology search learns from no note
+
+
+def test_each_dev_fold_is_scored_by_sources_fitted_on_train_and_the_other_folds(tiny_corpus, tiny_ontology, sources):
+    ids = tiny_corpus.notes["note_id"]
+    train, dev = (tiny_corpus.subset(ids.filter(ids.is_in(part))) for part in (["n2", "n3", "n6"], ["n1", "n4", "n5"]))
+    stack = fit_stack(train=train, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
+    plm = _plm(dev)
+    frames, held_out = dev_frames(stack, dev=dev, plm=plm), refit_dev_frames(stack, train=train, dev=dev, plm=plm, ontology=tiny_ontology)
+    assert set(held_out) == set(frames)
+    full = ("lexicon", "ontology", "tfidf", PLM_ICD)
+    assert sorted(held_out[full]["note_id"].unique()) == ["n1", "n4", "n5"]
+
+    def lexicon_codes(frame, note):
+        return frame.filter((pl.col("note_id") == note) & (pl.col("lexicon_rank") < 100))["code"].to_list()
+    # n4 reads "diabetes mellitus tipo 2", a phrase of dev note n1 only: found once n1's fold is learnt from
+    assert "E11.9" not in lexicon_codes(frames[full], "n4") and "E11.9" in lexicon_codes(held_out[full], "n4")
+    assert "E11.9" not in lexicon_codes(held_out[full], "n1")  # never from the scored note's own spans
+    scored = cross_fit(frames[full], reranker=Reranker(model="logistic"), folds=2, held_out=held_out[full],
+                       extra_rows=without_plm(stack, full))
+    assert scored.height == held_out[full].height and scored["score"].is_finite().all()

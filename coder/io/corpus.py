@@ -109,6 +109,11 @@ class Corpus:
 
         return Corpus(keep(self.notes), keep(self.codes), keep(self.evidence))
 
+    def plus(self, other: Corpus) -> Corpus:
+        """This corpus and ``other`` (notes of other ids, with the same text columns) in one."""
+        return Corpus(pl.concat([self.notes, other.notes.select(self.notes.columns)]), pl.concat([self.codes, other.codes]),
+                      pl.concat([self.evidence, other.evidence.select(self.evidence.columns)]))
+
     def text_only(self, column: str) -> Corpus:
         """The same corpus with only ``column`` as note text (degraded dumps)."""
         return Corpus(self.notes.select(NOTE_ID, column), self.codes, self.evidence)

@@ -4,7 +4,9 @@ PLM-ICD, its ONNX export, every candidate source the data allows (evidence spans
 language improve the model when given; they are never required), the rerankers with their
 calibrated scores and cuts, the honest dev figures, and the card. Without dev notes a seeded
 fifth of the training notes is held out as dev: PLM-ICD's early stopping, its thresholds and the
-rerankers over its scores need notes it was not fitted on.
+rerankers over its scores need notes it was not fitted on. Once the rerankers are fitted, the
+candidate sources that learn from notes are fitted again on train and dev together (the dev
+figures score each dev fold with sources fitted on train and the other folds).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from coder.rerank.score import STACK_PLM_TOP_K
 from coder.schema import NOTE_ID, TEXT_ES
 from coder.train.evaluation import evaluate_stack
 from coder.train.plm import TrainingOptions, train
-from coder.train.projection import project_corpus
-from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stack
+from coder.train.projection import corpus_aligners, project_corpus
+from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stack, refit, refit_dev_frames
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +72,23 @@ def read_corpora(inputs: Inputs, *, text_column: str, seed: int) -> tuple[Corpus
             f"a held-out fifth of the training notes (seed {seed})")
 
 
-def with_projected_spans(corpus: Corpus, *, text_column: str, unlabelled: pl.DataFrame | None) -> Corpus:
-    """``corpus`` with its second-language spans projected onto ``text_column`` when it has spans
-    there and none into ``text_column`` (``coder.train.projection``: aligners fitted on the parallel
-    training and unlabelled notes)."""
-    second = [c for c in SECOND_TEXT if c != text_column and c in corpus.notes.columns and corpus.spans(c).height]
-    if not second or corpus.spans(text_column).height:
-        return corpus
-    logger.info("projecting %d evidence spans from %s onto %s", corpus.spans(second[0]).height, second[0], text_column)
-    return corpus.with_spans(project_corpus(corpus.notes, corpus.spans(second[0]), unlabelled=unlabelled), column=text_column)
+def with_projected_spans(train: Corpus, dev: Corpus, *, text_column: str, unlabelled: pl.DataFrame | None
+                         ) -> tuple[Corpus, Corpus]:
+    """``train`` and ``dev`` with their second-language spans projected onto ``text_column`` when
+    ``train`` has spans there and none into ``text_column`` (``coder.train.projection``: aligners
+    fitted on the parallel training and unlabelled notes, never dev's)."""
+    second = [c for c in SECOND_TEXT if c != text_column and c in train.notes.columns and train.spans(c).height]
+    if not second or train.spans(text_column).height:
+        return train, dev
+    logger.info("projecting %d evidence spans from %s onto %s", train.spans(second[0]).height, second[0], text_column)
+    aligners = corpus_aligners(train.notes, unlabelled)
+
+    def projected(corpus: Corpus) -> Corpus:
+        if second[0] not in corpus.notes.columns:
+            return corpus
+        return corpus.with_spans(project_corpus(corpus.notes, corpus.spans(second[0]), aligners), column=text_column)
+
+    return projected(train), projected(dev)
 
 
 def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Path, encoder_name: str,
@@ -89,7 +99,7 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
-    train_corpus = with_projected_spans(train_corpus, text_column=text_column, unlabelled=unlabelled)
+    train_corpus, dev = with_projected_spans(train_corpus, dev, text_column=text_column, unlabelled=unlabelled)
     config = train(train=train_corpus, dev=dev, out=out, text_column=text_column, encoder_path=encoder_path,
                    encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume, command=command,
                    sources=inputs.sha256())
@@ -102,9 +112,12 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
     frames = dev_frames(stack, dev=dev, plm=plm, degraded_column=text_column)
     stack = add_plm_rerankers(stack, frames=frames, gold=dev.codes)
+    held_out = refit_dev_frames(stack, train=train_corpus, dev=dev, plm=plm, ontology=ontology, degraded_column=text_column)
+    evaluation = evaluate_stack(stack, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin,
+                                degraded_column=text_column)
+    stack = dataclasses.replace(stack, sources=refit(stack.sources, train_corpus.plus(dev), ontology=ontology))  # every labelled note
     source_specs, reranker_specs = stack.save(out)
     config = read_config(out)
-    evaluation = evaluate_stack(stack, frames, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin, degraded_column=text_column)
     training = {**config.training, "dev": dev_origin, "folds": folds}
     return finalize(out, dataclasses.replace(config, sources=source_specs, rerankers=reranker_specs, evaluation=evaluation,
                                              training=training))

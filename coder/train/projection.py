@@ -377,14 +377,19 @@ def project_spans(notes: pl.DataFrame, evidence: pl.DataFrame, sentences: Senten
     return pl.DataFrame(rows, schema=EVIDENCE_SCHEMA, orient="row")
 
 
-def project_corpus(notes: pl.DataFrame, evidence: pl.DataFrame, *, unlabelled: pl.DataFrame | None = None) -> pl.DataFrame:
-    """``evidence`` (offsets into ``text_es``) projected onto ``text``, with aligners fitted on the
-    parallel ``notes`` and ``unlabelled`` notes (both need ``text_es`` and ``text``). Every gold code
-    of an evidence row stays a row of its note, with no span when none of its pieces projected."""
-    parallel = pl.concat([frame.select(NOTE_ID, TEXT_ES, TEXT) for frame in (notes, unlabelled) if frame is not None
+def corpus_aligners(*frames: pl.DataFrame | None) -> tuple[SentenceAligner, WordAligner]:
+    """Aligners fitted on the parallel notes of ``frames`` (those with ``text_es`` and ``text``; None
+    is skipped): the training and unlabelled notes, never the dev notes whose spans they project."""
+    parallel = pl.concat([frame.select(NOTE_ID, TEXT_ES, TEXT) for frame in frames if frame is not None
                           and {TEXT_ES, TEXT} <= set(frame.columns)]).drop_nulls()
-    sentences, words = fit_aligners(parallel)
-    projected = project_spans(notes, evidence, sentences, words)
+    return fit_aligners(parallel)
+
+
+def project_corpus(notes: pl.DataFrame, evidence: pl.DataFrame, aligners: tuple[SentenceAligner, WordAligner]) -> pl.DataFrame:
+    """``evidence`` (offsets into ``text_es``) projected onto ``text`` by ``aligners``
+    (``corpus_aligners``). Every gold code of an evidence row stays a row of its note, with no span
+    when none of its pieces projected."""
+    projected = project_spans(notes, evidence, *aligners)
     unprojected = evidence.select(NOTE_ID, SYSTEM, CODE).unique().join(projected, on=[NOTE_ID, SYSTEM, CODE], how="anti")
     return pl.concat([projected, unprojected.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in EVIDENCE_SCHEMA.names()[3:])
                       .select(EVIDENCE_SCHEMA.names())])

@@ -4,20 +4,22 @@ The reranker must learn from candidate features that look like the ones it will 
 notes. On training notes, in-sample lexicon reliabilities and classifier scores are too good, so
 the training frame is built out of fold: train is cut into K folds, each source that learns from
 notes is fitted on K-1 folds and scores the held-out fold; a source that learns only from the
-ontology is fitted once. The shipped sources are then refitted on all of train.
+ontology is fitted once. The sources are then refitted on all of train.
 
 PLM-ICD scores have no out-of-fold version on train (the model was fitted on all of it). The
 rerankers that read them learn from the dev candidates and, with PLM-ICD's features missing,
 from the out-of-fold train candidates of the same sources (more notes for everything but
-PLM-ICD). ``cross_fit`` scores each dev note with such a reranker fitted on the other dev folds
-(sources fitted on train only), which is an honest dev figure; the shipped reranker is then
-fitted on all dev candidates.
+PLM-ICD). The shipped reranker is fitted on all dev candidates; then the sources that learn from
+notes are fitted again on train and dev (``refit``): more labelled notes, more codes and phrases
+reached. The honest dev figure mirrors that: ``cross_fit`` scores each dev note with a reranker
+fitted on the other dev folds, over candidates from sources fitted on train and those folds
+(``refit_dev_frames``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -126,17 +128,25 @@ def labelled_frame(parts: list[tuple[SourceFrames, pl.DataFrame]], *, codes: pl.
 
 
 def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: int = 0,
-              extra_rows: pl.DataFrame | None = None) -> pl.DataFrame:
+              extra_rows: pl.DataFrame | None = None, held_out: pl.DataFrame | None = None) -> pl.DataFrame:
     """``frame`` (labelled) with ``score`` from rerankers that never saw the scored note, each also
-    fitted on ``extra_rows`` (labelled candidates of other notes, see ``Reranker.fit``)."""
-    notes = frame[NOTE_ID].unique().sort()
-    fold_of = dict(zip(notes.to_list(), fold_ids(notes, folds=folds, seed=seed).tolist()))
-    frame = frame.with_columns(pl.col(NOTE_ID).replace_strict(fold_of).alias("_fold"))
+    fitted on ``extra_rows`` (labelled candidates of other notes, see ``Reranker.fit``). With
+    ``held_out`` (the same notes' candidates from other sources, ``refit_dev_frames``), each fold's
+    reranker learns from ``frame`` and scores ``held_out``'s rows of that fold."""
+    scored = frame if held_out is None else held_out
+    fold_of = note_folds(pl.concat([frame[NOTE_ID], scored[NOTE_ID]]), folds=folds, seed=seed)
+    frame, scored = (f.with_columns(pl.col(NOTE_ID).replace_strict(fold_of).alias("_fold")) for f in (frame, scored))
     parts = []
     for k in range(folds):
         model = Reranker(**reranker.get_params()).fit(frame.filter(pl.col("_fold") != k).drop("_fold"), extra_rows=extra_rows)
-        parts.append(model.predict(frame.filter(pl.col("_fold") == k).drop("_fold")))
+        parts.append(model.predict(scored.filter(pl.col("_fold") == k).drop("_fold")))
     return pl.concat(parts).sort(list(KEY))
+
+
+def note_folds(note_ids: pl.Series, *, folds: int, seed: int) -> dict[str, int]:
+    """Note id -> its fold, by ``fold_ids`` over the sorted distinct ids."""
+    notes = note_ids.unique().sort()
+    return dict(zip(notes.to_list(), fold_ids(notes, folds=folds, seed=seed).tolist()))
 
 
 @dataclass(frozen=True)
@@ -210,3 +220,35 @@ def add_plm_rerankers(stack: Stack, *, frames: dict[tuple[str, ...], pl.DataFram
     fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold, extra_rows=without_plm(stack, sources))
               for sources, frame in frames.items()}
     return replace(stack, rerankers={**stack.rerankers, **fitted})
+
+
+def refit(sources: Sequence[CandidateSource], corpus: Corpus, *, ontology: Ontology) -> tuple[CandidateSource, ...]:
+    """``sources`` with those that learn from notes fitted again on ``corpus`` (train and dev: every
+    labelled note). A stack's rerankers and code prior stay: they learnt the features of the same
+    sources fitted on fewer notes, which a bigger corpus only extends (more phrases and codes)."""
+    return tuple(fresh(source).fit(corpus, ontology=ontology) if source.learns_from_notes else source for source in sources)
+
+
+def dev_folds(sources: Sequence[CandidateSource], *, train: Corpus, dev: Corpus, ontology: Ontology, folds: int = 5,
+              seed: int = 0) -> Iterator[tuple[Corpus, tuple[CandidateSource, ...]]]:
+    """Per dev fold (``cross_fit``'s folds): its notes, and ``sources`` refitted on train and the
+    other folds: how sources refitted on train and all of dev meet notes they never saw."""
+    fold_of = note_folds(dev.notes[NOTE_ID], folds=folds, seed=seed)
+    for k in range(folds):
+        held = dev.subset(pl.Series([note for note, fold in fold_of.items() if fold == k], dtype=pl.String))
+        if held.notes.is_empty():  # fewer dev notes than folds
+            continue
+        rest = dev.subset(pl.Series([note for note, fold in fold_of.items() if fold != k], dtype=pl.String))
+        yield held, refit(sources, train.plus(rest), ontology=ontology)
+        logger.info("dev fold %d/%d scored by sources refitted on train and the other folds", k + 1, folds)
+
+
+def refit_dev_frames(stack: Stack, *, train: Corpus, dev: Corpus, plm: Scored, ontology: Ontology,
+                     degraded_column: str | None = TEXT) -> dict[tuple[str, ...], pl.DataFrame]:
+    """``dev_frames`` where each dev fold's notes have the candidates of the stack's sources
+    refitted on train and the other folds (``dev_folds``): ``cross_fit``'s ``held_out``."""
+    parts: dict[tuple[str, ...], list[pl.DataFrame]] = {}
+    for held, sources in dev_folds(stack.sources, train=train, dev=dev, ontology=ontology):
+        for names, frame in dev_frames(replace(stack, sources=sources), dev=held, plm=plm, degraded_column=degraded_column).items():
+            parts.setdefault(names, []).append(frame)
+    return {names: pl.concat(frames, how="diagonal_relaxed") for names, frames in parts.items()}
