@@ -41,7 +41,10 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
     assert {s.name for s in config.sources} >= {"ontology", "dense", "tfidf"} and "lexicon" not in {s.name for s in config.sources}
     assert config.rerankers and "held-out fifth" in config.training["dev"]
     assert [row["ranking"] for row in config.evaluation["rows"]][-1].startswith("whole model")
-    predictions = code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=20).predictions
+    model = load_model(out, device="cpu")
+    tfidf = next(source for source in model.sources if source.name == "tfidf")
+    assert tfidf.train_matrix_.shape[0] == notes.height  # the shipped sources learnt from every note, dev's too
+    predictions = code_batch(model, notes.select("note_id", "text"), top_k=20).predictions
     assert set("+".join(predictions["source"]).split("+")) - {"plm_icd"}
     unseen = predictions.join(codes, on=["code", "system"], how="anti")
     assert unseen.height > 0  # codes never seen in training reach the output
