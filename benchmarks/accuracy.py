@@ -142,7 +142,7 @@ class Ablation:
         self.backfill_ms = {}
         for dump, found in self.dev_parts.items():  # after PLM-ICD, as in the pipeline
             tick = time.perf_counter()
-            self.dev_parts[dump] = backfill(found, sources=[*fitted, *([plm] if plm else [])], notes=self.dev.notes)
+            self.dev_parts[dump] = backfill(found, sources=[*fitted, *([plm] if plm is not None else [])], notes=self.dev.notes)
             self.backfill_ms[dump] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
         self.held_parts = self.refitted_parts(fitted, plm)
         self.prior = code_prior(self.train.codes)
@@ -153,15 +153,16 @@ class Ablation:
         dev = self.dev.with_spans(self.projected["dev"], column=TEXT)
         parts: dict[str, dict[str, list[pl.DataFrame]]] = {dump: {} for dump in self.DUMPS}
         for held, refitted in dev_folds(fitted, train=self.train, dev=dev, ontology=self.ontology):
+            found = {s.name: s.candidates(held.notes.select(NOTE_ID, s.text_column)) for s in refitted}  # once for every dump
+            if plm is not None:
+                found[PLM_ICD] = plm.candidates.join(held.notes.select(NOTE_ID), on=NOTE_ID, how="semi")
             for dump, columns in self.DUMPS.items():
-                usable = [s for s in refitted if s.text_column in columns]
-                found = {s.name: s.candidates(held.notes.select(NOTE_ID, s.text_column)) for s in usable}
-                if plm is not None:
-                    found[PLM_ICD] = plm.candidates.join(held.notes.select(NOTE_ID), on=NOTE_ID, how="semi")
-                for name, frame in backfill(found, sources=[*usable, *([plm] if plm else [])], notes=held.notes).items():
+                usable = [s for s in refitted if s.text_column in columns] + ([plm] if plm is not None else [])
+                frames = {s.name: found[s.name] for s in usable}
+                for name, frame in backfill(frames, sources=usable, notes=held.notes).items():
                     parts[dump].setdefault(name, []).append(frame)
-        return {dump: {name: pl.concat(frames, how="diagonal_relaxed") for name, frames in found.items()}
-                for dump, found in parts.items()}
+        return {dump: {name: pl.concat(frames, how="diagonal_relaxed") for name, frames in by_name.items()}
+                for dump, by_name in parts.items()}
 
     def dev_frame(self, sources: tuple[str, ...], dump: str, *, held: bool = True) -> pl.DataFrame:
         """Labelled dev candidates of ``sources``: from the sources refitted without the note's fold
