@@ -106,7 +106,7 @@ def extensions(frame: pl.DataFrame) -> pl.DataFrame:
     """Pairs of rows of one note and system where the second code extends the first (without
     dots, it is longer and starts with it): ``frame``'s columns for the first, with ``_child``
     for the second. Each code's proper prefixes (at most ~7) are joined to the note's codes: a
-    self-join of all candidate pairs held ~500 MB for a batch of 256 notes."""
+    self-join of all candidate pairs would grow with the square of a note's candidates."""
     codes = frame.with_columns(pl.col(CODE).str.replace(".", "", literal=True).alias("_bare"))
     prefixes = (codes.with_columns(pl.int_ranges(0, pl.col("_bare").str.len_chars()).alias("_length"))
                 .explode("_length").drop_nulls("_length")

@@ -63,8 +63,8 @@ class EvidenceLexicon(ParamsMixin):
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
     fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 (the
-        default) turns it off: at 90 it cost 5x the matching time and lowered lexicon-alone dev MAP
-        (CM 0.587 -> 0.583, PCS 0.522 -> 0.516).
+        default) turns it off: fuzzy matching multiplies the matching time and did not raise
+        lexicon-alone dev MAP.
     fuzzy_min_length: words shorter than this are never mapped (short words collide too easily).
     negation_window: a negation cue this many words before a match, in its sentence, marks it negated.
     """

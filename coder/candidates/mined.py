@@ -25,9 +25,8 @@ between) is flagged and scores ``negated_weight`` times its link. Words are ``\\
 (``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
 depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
 
-On CodiEsp (English ``text``, fitted on train, dev unseen) it reaches MAP 0.469 CM / 0.408 PCS alone
-(``python benchmarks/accuracy.py``). Description links, ``combine="max"`` and keeping negated matches
-(negation is a reranker feature: coders code some negated findings) were chosen over their
+Its dev figures alone are on the model card and in ``benchmarks/RESULTS.md`` (``python
+benchmarks/accuracy.py``). Description links, ``combine="max"`` and keeping negated matches (negation is a reranker feature: coders code some negated findings) were chosen over their
 alternatives in development runs whose scripts are not in the repository.
 """
 
@@ -84,7 +83,7 @@ class MinedLexicon(ParamsMixin):
     language: the notes' language (``coder.languages.LANGUAGES``).
     descriptions: whether the ontology's (English) descriptions and inclusion terms make links and
         scale scores (off for notes in another language).
-    max_tokens: longest phrase, in words (1-2 words scored as 1-6 did on CodiEsp, and fit 3x faster).
+    max_tokens: longest phrase, in words (longer phrases did not score better on CodiEsp and fit slower).
     min_support: notes with both phrase and code needed for a statistical link.
     statistic: association test of statistical links, ``llr`` (>= ``min_llr``) or ``pmi`` (>= ``min_pmi``).
     smoothing: pseudo-count added to a phrase's note count (see the module docstring).

@@ -13,8 +13,7 @@ long sentence scores low, and such codes, often never seen in training, fall out
 (its features present or not), so a term wholly found in a sentence scores 1 whatever the
 sentence's length. Two searches of the same terms, one per measure, share one index in a process.
 
-Fitting the index on the ~201k terms of the shipped model takes ~17 s and ~900 MB at its peak, so
-``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
+Fitting the index on the whole ontology's terms takes time and memory, so ``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
 cache folder of ``coder.ontology.cache``, as one npz read without pickle.
 """
 
@@ -145,7 +144,7 @@ class OntologySearch(ParamsMixin):
     char_ngrams: character n-gram lengths inside words; None uses words only.
     max_postings: a feature (word or character n-gram) found in more terms than this is left out of
         the term matrix; None keeps all. Such features (``tion``, ``of``) carry little weight but most
-        of the sparse product's work (the index logs the share left out; README "Speed and memory").
+        of the sparse product's work (the index logs the share left out).
     measure: ``cosine`` (a sentence's and a term's TF-IDF vectors) or ``coverage`` (the share of a
         term's TF-IDF weight whose features a sentence has; see the module's docstring).
     backfill: also score the codes the other sources propose (``score``, ``coder.candidates.backfill``).
@@ -189,7 +188,7 @@ class OntologySearch(ParamsMixin):
         self._order_terms(terms)
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
-        # [n_features, n_terms], float32 CSR: a sentence-times-terms product is ~10x faster this way round
+        # [n_features, n_terms], float32 CSR: a sentence-times-terms product is faster this way round
         matrix = _unit_rows(self.vectorizer_.transform(texts)).T.tocsr().astype(np.float32)
         if self.max_postings is not None:
             keep = np.diff(matrix.indptr) <= self.max_postings
@@ -243,7 +242,7 @@ class OntologySearch(ParamsMixin):
 
     def _threaded(self, work: Callable[[pl.DataFrame], pl.DataFrame], notes: pl.DataFrame) -> pl.DataFrame:
         """``work`` over ``notes`` split across up to ``SEARCH_THREADS`` threads, no more than the
-        process's CPUs (``coder.cpus``; scipy's sparse products release the GIL: 1.7x on 2 cores);
+        process's CPUs (``coder.cpus``; scipy's sparse products release the GIL);
         each note's rows do not depend on the others, so the output is the same as in one thread."""
         if not hasattr(self, "term_matrix_"):
             raise NotFittedError("OntologySearch is not fitted: call fit(ontology=...) or OntologySearch.load(path)")
@@ -454,8 +453,7 @@ _SHARED: weakref.WeakValueDictionary[str, _Index] = weakref.WeakValueDictionary(
 @functools.cache
 def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
     """The process's search threads, kept for its life. Fresh threads on every call took fresh
-    malloc arenas and RSS grew ~70 MB a batch (1.3 -> 2.2 GB over 3,072 notes of the shipped
-    model); the same threads keep it flat. Keyed by ``pid`` so that a forked child makes its own."""
+    malloc arenas and RSS grew with every batch; the same threads keep it flat. Keyed by ``pid`` so that a forked child makes its own."""
     return ThreadPoolExecutor(threads, thread_name_prefix=f"ontology-search-{pid}")
 
 

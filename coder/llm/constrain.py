@@ -3,7 +3,7 @@
 The allowed set is built from the ontology (candidates plus parents, children and siblings, or the
 whole ontology). Locally a token trie drives transformers' ``prefix_allowed_tokens_fn``; remote servers
 get the same set as a character trie rendered to a regex (vLLM) or a GBNF grammar (llama.cpp), with
-single-child chains collapsed into one literal (a flat alternation of codes is 15-25x slower).
+single-child chains collapsed into one literal (a flat alternation of codes is much slower).
 Output format in every case: codes separated by ``DELIMITER``, then end of sequence.
 """
 

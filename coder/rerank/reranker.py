@@ -47,7 +47,7 @@ class Reranker(ParamsMixin):
     l2: hgb leaf regularisation, or the inverse of logistic's C.
     random_state: seed of hgb's feature binning subsample.
     n_threads: OpenMP and BLAS threads for fitting; None uses all cores. The default 1 is faster
-        here: the trees are small, and OpenMP barriers on a busy machine cost 10x or more.
+        here: the trees are small, and OpenMP barriers on a busy machine cost more than they save.
     cut_seed: seed of the fifth of the notes held out to choose the thresholds.
     """
 

@@ -3,7 +3,7 @@
 A fitted binary ``HistGradientBoostingClassifier`` becomes one ONNX graph: an ``ai.onnx.ml``
 ``TreeEnsemble`` (sum of the trees' leaf values, float64) plus the baseline log-odds, then a
 sigmoid, so the file alone gives the probability. Loading it runs no code (an ONNX file is data),
-and onnxruntime scores a batch's candidates ~30x faster than scikit-learn on one thread.
+and onnxruntime scores a batch's candidates faster than scikit-learn on one thread.
 Decisions are the same as scikit-learn's (``x <= threshold`` goes left, NaN goes where the
 split sent missing values); the sum differs from scikit-learn's order only in the last bits.
 """

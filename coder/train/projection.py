@@ -17,10 +17,8 @@ training note and unlabelled note leaks nothing into out-of-fold stacking):
    function words trimmed; implausibly long hulls are dropped.
 
 The projected frame keeps ``EVIDENCE_SCHEMA``: ``evidence_es`` then holds the *English* span and
-``offsets_es`` offsets into ``text``. On CodiEsp (aligners on train + background, lexicon on train,
-dev unseen; ``python benchmarks/accuracy.py``) the English lexicon alone reaches dev MAP 0.508 CM /
-0.455 PCS on ``text`` (the Spanish one 0.585 / 0.556 on ``text_es``). The symmetrisation, gap and
-trimming choices were made in development runs whose scripts are not in the repository.
+``offsets_es`` offsets into ``text``; the projected lexicon's dev figures are on the model card and in
+``benchmarks/RESULTS.md`` (``python benchmarks/accuracy.py``). The symmetrisation, gap and trimming choices were made in development runs whose scripts are not in the repository.
 """
 
 from __future__ import annotations
