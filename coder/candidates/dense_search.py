@@ -10,8 +10,7 @@ The encoder is not copied into the model folder (it would double its size): the 
 which encoder (None: the packaged all-MiniLM-L6-v2) and the sha256 of its files, checked on load.
 What is derived from it is built on first use and kept in ``coder.ontology.cache``: the encoder as
 int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
-float32; for the shipped model's 201k terms 78 MB, made during the first run: README "Speed and
-memory").
+float32), made once per encoder and ontology.
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
 sentences it is encoded beside (other batch bounds change some scores in the second decimal and some

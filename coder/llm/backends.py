@@ -82,7 +82,7 @@ def default_model_file() -> Path:
 
 
 def local_model_folder(model: str | Path | None) -> Path:
-    """A folder ``from_pretrained`` loads quickly. A ``.gguf`` file is dequantised once (~15 s) and cached."""
+    """A folder ``from_pretrained`` loads quickly. A ``.gguf`` file is dequantised once and cached."""
     path = Path(model) if model is not None else default_model_file()
     if not path.exists():
         raise LLMBackendError(f"local LLM {path} does not exist: pass a model folder or a .gguf file")

@@ -67,8 +67,8 @@ def create_session(model: Path | bytes, *, device: str = "auto", providers: Sequ
     options.intra_op_num_threads = compute_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = list(providers) if providers else providers_for(device)
-    # CPU only: the fused SkipLayerNormalization kernel ran ~4x slower than the LayerNormalization +
-    # Add it replaces (18% of int8 kernel time; benchmarks/onnx_profile.py); GPUs keep the fusion.
+    # CPU only: the fused SkipLayerNormalization kernel is slower there than the LayerNormalization +
+    # Add it replaces (benchmarks/onnx_profile.py times both); GPUs keep the fusion.
     disabled = list(CPU_DISABLED_FUSIONS) if providers == [CPU_PROVIDER] else []
     session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, sess_options=options,
                                    providers=providers, disabled_optimizers=disabled)
