@@ -264,7 +264,7 @@ def _note_maxima(products: ort.InferenceSession, block: np.ndarray, bounds: np.n
         products.run_with_iobinding(binding)
         for i, (a, b) in enumerate(pairwise(bounds)):
             a, b = max(a, start), min(b, start + SENTENCE_BLOCK)
-            if a < b:  # a max per note's rows: np.maximum.reduceat along axis 0 was 8x slower
+            if a < b:  # a max per note's rows: np.maximum.reduceat along axis 0 was slower
                 np.maximum(out[i], sims[a - start : b - start].max(axis=0), out=out[i])
     return out
 
