@@ -1,5 +1,8 @@
 """Errors raised by coder. The CLI turns each into one stderr line and an exit code.
 
+Every error coder raises for a problem the user can fix is a ``CoderError``: the CLI and the Python
+API (``coder.load_model``, ``CodingModel.predict``, ``coder.audit``) raise the same subclasses, so
+``except coder.errors.CoderError`` catches them all and ``error.exit_code`` is the CLI's exit code.
 Messages name files, rows, columns and note ids, never note text (it is patient data).
 """
 

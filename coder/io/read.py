@@ -133,17 +133,25 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
+def _is_note_text(kind: pa.DataType) -> bool:
+    """A note's id or text: strings (``_is_text``) or bytes read as UTF-8 (parquet strings written without
+    their UTF8 annotation, as Impala and Hive write them; polars Binary, Python bytes); ``_utf8`` marks a bad value."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return _is_text(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+
+
 def _check_column(path: Path, schema: pa.Schema, column: str, role: str, *, what: str = "notes",
                   accepts: Callable[[pa.DataType], bool] = _is_text) -> None:
     """``column`` is in ``schema`` and of a type ``accepts``; else one error naming file, column and what to do."""
     if column not in schema.names:
-        hint = f"; name it with --{role}-column" if what == "notes" and role in ("id", "text") else ""
+        hint = f"; name it with --{role}-column ({role}_column= in Python)" if what == "notes" and role in ("id", "text") else ""
         raise InputFileError(f"{path}: missing {role} column {column!r} in the {what} (columns: {', '.join(schema.names)}){hint}")
     if len(found := schema.get_all_field_indices(column)) > 1:
         raise InputFileError(f"{path}: the {what} have {len(found)} columns named {column!r}; rename them so that each name is unique")
     kind = schema.field(column).type
     if not accepts(kind):
-        expected = "a string" if accepts is _is_text else f"an {role}" if role[0] in "aeiou" else f"a {role}"
+        expected = "a string" if accepts in (_is_text, _is_note_text) else f"an {role}" if role[0] in "aeiou" else f"a {role}"
         raise InputFileError(f"{path}: {role} column {column!r} is {kind}, expected {expected} column")
 
 
@@ -161,10 +169,6 @@ def plan_inputs(
     used only if every file has it and it is not read as the id or the primary text; otherwise it is
     skipped and reported. No notes (every file empty) is an error: a dump is what the user pointed at.
     """
-    primary, *secondary = text_columns
-    text_column = primary_column or primary
-    if id_column == text_column:
-        raise UsageError(f"the id column and the text column are both {id_column!r}; name them with --id-column and --text-column")
     dump = resolve_inputs(source)
     if dump.skipped:
         shown = ", ".join(str(path) for path in dump.skipped[:10]) + (f" and {len(dump.skipped) - 10} more" if len(dump.skipped) > 10 else "")
@@ -172,22 +176,35 @@ def plan_inputs(
     parquet_files = [(path, _open(path)) for path in dump.files]
     if not sum(p.metadata.num_rows for _, p in parquet_files):
         raise InputFileError(f"{source}: no input notes: {len(parquet_files)} parquet files, all without rows")
-    for path, parquet in parquet_files:
-        schema = parquet.schema_arrow
-        _check_column(path, schema, id_column, "id")
-        _check_column(path, schema, text_column, "text")
+    columns, skipped = note_columns({path: p.schema_arrow for path, p in parquet_files}, id_column=id_column,
+                                    text_columns=text_columns, primary_column=primary_column)
+    files = tuple(InputFile(path=path, rows=p.metadata.num_rows, sha256=file_sha256(path)) for path, p in parquet_files)
+    return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=skipped, skipped_files=dump.skipped)
+
+
+def note_columns(schemas: Mapping[Path, pa.Schema], *, id_column: str, text_columns: Sequence[str],
+                 primary_column: str | None = None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Input column -> model text column (primary first), and the optional model columns skipped, for
+    notes of these ``schemas`` (file -> schema): every file's id and primary text column checked present
+    and of a text type (``_is_note_text``); the rules and messages of ``plan_inputs`` and of the Python API."""
+    primary, *secondary = text_columns
+    text_column = primary_column or primary
+    if id_column == text_column:
+        raise UsageError(f"the id column and the text column are both {id_column!r}; name them with --id-column and --text-column")
+    for path, schema in schemas.items():
+        _check_column(path, schema, id_column, "id", accepts=_is_note_text)
+        _check_column(path, schema, text_column, "text", accepts=_is_note_text)
     columns = {text_column: primary}
     skipped = []
     for column in secondary:
-        if column not in (id_column, text_column) and all(column in p.schema_arrow.names for _, p in parquet_files):
-            for path, parquet in parquet_files:
-                _check_column(path, parquet.schema_arrow, column, "text")
+        if column not in (id_column, text_column) and all(column in schema.names for schema in schemas.values()):
+            for path, schema in schemas.items():
+                _check_column(path, schema, column, "text", accepts=_is_note_text)
             columns[column] = column
         else:
             log.warning("input lacks optional text column %r: the model skips that component", column)
             skipped.append(column)
-    files = tuple(InputFile(path=path, rows=p.metadata.num_rows, sha256=file_sha256(path)) for path, p in parquet_files)
-    return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=tuple(skipped), skipped_files=dump.skipped)
+    return columns, tuple(skipped)
 
 
 _KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind),
@@ -216,8 +233,9 @@ def _utf8(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:
     """``values`` as large strings, and the rows whose value is not valid UTF-8, nulled.
 
     Arrow does not check UTF-8 when it reads parquet and polars panics on a bad value, so every
-    column is validated; only a column that fails is searched value by value."""
-    values = values.cast(pa.large_string())
+    column is validated; only a column that fails is searched value by value. Bytes are read the
+    same way: the unsafe cast leaves the check to ``validate``."""
+    values = values.cast(pa.large_string(), safe=False)
     try:
         values.validate(full=True)
         return values, []
