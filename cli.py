@@ -260,6 +260,7 @@ def predict_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 256,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    max_note_chars: Annotated[int, typer.Option(min=1, help="Characters of each note that are coded: a longer note is coded on its beginning by every source and counted as truncated (counts.over_max_note_chars in the manifest), so one huge note cannot exhaust memory.")] = 100_000,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local engine: worker processes coding batches side by side, each with its own model (about 1.5 GB for the shipped one) and an equal share of the cores; 1 codes in this process.")] = 1,
@@ -283,7 +284,7 @@ def predict_command(
     options = PredictOptions(
         id_column=id_column, text_column=text_column, top_k=top_k, threshold_only=threshold_only,
         batch_size=batch_size, precision=precision.value, quarantine=quarantine, resume=resume, quiet=quiet,
-        llm=llm_given,
+        max_note_chars=max_note_chars, llm=llm_given,
     )
     run = predict_notes
     if engine is Engine.ray:

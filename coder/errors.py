@@ -73,6 +73,14 @@ class LLMBackendError(CoderError):
     exit_code = 8
 
 
+class RunIOError(CoderError, OSError):
+    """A file coder writes cannot be written (disk full, permission denied, a folder gone); what was
+    already written stays, so ``--resume`` goes on once the cause is fixed. An ``OSError`` too, so a
+    caller that may go on without the file (a cache) still catches it."""
+
+    exit_code = 9
+
+
 class WorkerError(CoderError):
     """A CoderError raised on a worker of a distributed engine (Ray), carried back with its message and exit code."""
 

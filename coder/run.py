@@ -2,7 +2,7 @@
 
 ``run_batches`` does the bookkeeping; an engine (``coder.engines.local``, ``coder.engines.processes`` or ``coder.engines.ray``)
 reads, screens, codes (``coder.pipeline.code_batch``) and writes each batch with
-``code_and_write``. ``coder.predict.predict_notes`` loads the model and starts a run.
+``code_and_write``. ``coder.predict.predict_notes`` plans the inputs (``plan_run``), loads the model and starts a run.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from coder.io.atomic import write_json
 from coder.io.outputs import RunOutputs
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
-from coder.io.read import InputPlan, NoteBatch, plan_inputs
+from coder.io.read import DEFAULT_MAX_NOTE_CHARS, InputPlan, NoteBatch, bound_notes, check_unchanged, plan_inputs
 from coder.io.screen import RowScreen, unprocessable
 from coder.llm.vote import LLMStage, manifest_section, summary_line
 from coder.pipeline import CodedBatch, code_batch
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 256
 _QUARANTINED = "quarantined."
 _SECONDS = "seconds."
+_LONG = "over_max_note_chars"
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,18 @@ class PredictOptions:
     """Continue the interrupted run in ``<out>.parts`` if there is one."""
     quiet: bool = False
     """No progress bar or periodic progress lines."""
+    max_note_chars: int = DEFAULT_MAX_NOTE_CHARS
+    """Characters of each note's text that are coded: a longer note is coded on its first ``max_note_chars``
+    characters by every stage (evidence offsets point into them) and counted as ``truncated`` (and as
+    ``over_max_note_chars`` in the manifest), so one huge note cannot take the machine's memory."""
     llm: Mapping[str, Any] = field(default_factory=dict)
     """LLM stage settings given for this run (``coder.llm.LLMSettings`` field names, e.g. ``backend``, ``weight``);
     they override the model config's ``llm`` entry. Empty and no such entry: the stage is off."""
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.batch_size < 1:
-            raise UsageError(f"--top-k and --batch-size must be at least 1, got {self.top_k} and {self.batch_size}")
+        if self.top_k < 1 or self.batch_size < 1 or self.max_note_chars < 1:
+            raise UsageError(f"--top-k, --batch-size and --max-note-chars must be at least 1, "
+                             f"got {self.top_k}, {self.batch_size} and {self.max_note_chars}")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class RunSummary:
     notes_without_codes: int
     codes_written: int
     truncated: int
+    """Notes coded on their beginning only: longer than ``max_note_chars``, or than PLM-ICD's chunks."""
     quarantined: Mapping[str, int] = field(default_factory=dict)
     skipped_columns: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -92,14 +99,18 @@ class RunSummary:
     """Finished batches of the interrupted run that were missing or damaged, and were coded again."""
     llm: Mapping[str, Any] = field(default_factory=dict)
     """The manifest's ``llm`` section."""
+    over_max_note_chars: int = 0
+    """Notes longer than ``max_note_chars``, cut to it (counted in ``truncated`` too)."""
+    max_note_chars: int = DEFAULT_MAX_NOTE_CHARS
 
     def lines(self) -> list[str]:
         """A few lines for a person: counts only, never note text."""
         quarantined = sum(self.quarantined.values())
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.quarantined.items())) or "none"
+        long = f", {self.over_max_note_chars} of them cut at {self.max_note_chars} characters" if self.over_max_note_chars else ""
         out = [
             f"{self.input_rows} input rows: {self.notes_coded} notes coded "
-            f"({self.notes_without_codes} without codes, {self.truncated} truncated), {quarantined} quarantined ({reasons})",
+            f"({self.notes_without_codes} without codes, {self.truncated} truncated{long}), {quarantined} quarantined ({reasons})",
             f"{self.codes_written} codes written to {self.out}",
             f"quarantine: {self.quarantine}; manifest: {self.manifest}",
         ]
@@ -147,9 +158,11 @@ class BatchOutput:
 
 
 def process_batch(model: Model, batch: NoteBatch, *, screen: RowScreen, top_k: int, threshold_only: bool,
-                  llm: LLMStage | None = None) -> BatchOutput:
-    """Screen ``batch`` (rows it cannot code go to quarantine with a reason) and code the rest."""
+                  llm: LLMStage | None = None, max_note_chars: int = DEFAULT_MAX_NOTE_CHARS) -> BatchOutput:
+    """Screen ``batch`` (rows it cannot code go to quarantine with a reason), cut notes longer than
+    ``max_note_chars`` (``coder.io.read.bound_notes``) and code the rest."""
     good, bad = screen.split(batch, text_column=model.scorer.text_column)
+    good, long = bound_notes(good, columns=model.text_columns, max_chars=max_note_chars)
     coded = CodedBatch(predictions=PREDICTION_SCHEMA.to_frame())  # a batch whose rows were all quarantined
     if not good.is_empty():
         coded = code_batch(model, good.drop("row"), top_k=top_k, threshold_only=threshold_only, llm=llm)
@@ -161,7 +174,8 @@ def process_batch(model: Model, batch: NoteBatch, *, screen: RowScreen, top_k: i
         "notes_coded": notes,
         "notes_without_codes": notes - coded.predictions.get_column(NOTE_ID).n_unique(),
         "codes_written": coded.predictions.height,
-        "truncated": len(coded.truncated),
+        "truncated": len({*coded.truncated, *long}),
+        _LONG: len(long),
         **coded.counts,
         **{f"{_QUARANTINED}{reason}": n for reason, n in Counter(bad.get_column("reason")).items()},
     }
@@ -171,7 +185,8 @@ def process_batch(model: Model, batch: NoteBatch, *, screen: RowScreen, top_k: i
 def code_and_write(model: Model, batch: NoteBatch, *, screen: RowScreen, parts: PartsFolder, options: PredictOptions,
                    llm: LLMStage | None = None) -> dict[str, Any]:
     """``process_batch``, then store the batch's parts with what it ran on; return its counts."""
-    output = process_batch(model, batch, screen=screen, top_k=options.top_k, threshold_only=options.threshold_only, llm=llm)
+    output = process_batch(model, batch, screen=screen, top_k=options.top_k, threshold_only=options.threshold_only, llm=llm,
+                           max_note_chars=options.max_note_chars)
     parts.write_batch(batch.index, predictions=output.predictions, quarantine=output.quarantine, counts=output.counts,
                       ran_on=f"{model.execution_provider} {model.precision}")
     return output.counts
@@ -195,6 +210,7 @@ def _fingerprint(plan: InputPlan, model: Model, *, options: PredictOptions, llm:
         "batch_size": options.batch_size,
         "top_k": options.top_k,
         "threshold_only": options.threshold_only,
+        "max_note_chars": options.max_note_chars,
         "code_list_sha256": file_sha256(model.code_list) if model.code_list else None,
     }
     if llm is not None:  # only when on, so runs without the stage resume as before
@@ -210,18 +226,25 @@ def _sum_counts(done: Mapping[int, Mapping[str, Any]]) -> Counter:
     return total
 
 
-def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine: Engine,
+def plan_run(source: str | Path, *, text_columns: tuple[str, ...], options: PredictOptions) -> InputPlan:
+    """The inputs of a run on ``source`` for a model reading ``text_columns``, every file checked
+    (``coder.io.read.plan_inputs``): cheap next to loading the model, so done first."""
+    return plan_inputs(source, id_column=options.id_column, text_columns=text_columns, primary_column=options.text_column)
+
+
+def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: Engine,
                 options: PredictOptions = PredictOptions(), llm: LLMStage | None = None,
                 model_path: Path | None = None) -> RunSummary:
-    """Code every note of ``source`` with ``model`` and write ``outputs`` (claimed with
+    """Code every note of ``plan`` (``plan_run``) with ``model`` and write ``outputs`` (claimed with
     ``coder.io.outputs.claim_outputs``: checked, and locked for this run).
 
     Input rows = notes coded + rows quarantined, always. ``engine`` codes the batches
-    (``coder.engines.local.code_locally``, ``coder.engines.processes.ProcessesEngine`` or ``coder.engines.ray.RayEngine``)."""
+    (``coder.engines.local.code_locally``, ``coder.engines.processes.ProcessesEngine`` or ``coder.engines.ray.RayEngine``).
+    An input file that changed since it was planned stops the run before anything is published; the parts stay
+    for ``--resume``."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     out, quarantine = outputs.predictions, outputs.quarantine
-    plan = plan_inputs(source, id_column=options.id_column, text_columns=model.text_columns, primary_column=options.text_column)
     parts = PartsFolder(out)
     resumed = parts.start(fingerprint=_fingerprint(plan, model, options=options, llm=llm), resume=options.resume)
     done = dict(resumed.done)
@@ -229,6 +252,8 @@ def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine
     progress = Progress(total=plan.total_rows, quiet=options.quiet)
     scored = engine(plan, model=model, parts=parts, done=done, progress=progress, options=options, llm=llm)
     progress.close()
+    for file in plan.files:
+        check_unchanged(file)
     parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=scored.batches)
     parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=scored.batches)
     totals = _sum_counts(done)
@@ -248,6 +273,8 @@ def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine
         resumed_batches=resumed_batches,
         recomputed_batches=len(resumed.recomputed),
         llm=manifest_section(llm, totals),
+        over_max_note_chars=totals[_LONG],
+        max_note_chars=options.max_note_chars,
     )
     model_seconds = sum(value for stage, value in scored.stage_seconds.items() if stage != "llm")
     manifest = {
@@ -265,13 +292,15 @@ def run_batches(source: str | Path, *, model: Model, outputs: RunOutputs, engine
         "engine": dict(scored.engine),
         "ontology": dict(model.ontology.release),
         "codes_file": {"path": str(model.code_list.resolve()), "sha256": file_sha256(model.code_list)} if model.code_list else None,
-        "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size},
+        "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size,
+                    "max_note_chars": options.max_note_chars},
         "counts": {
             "input_rows": summary.input_rows,
             "notes_coded": summary.notes_coded,
             "notes_without_codes": summary.notes_without_codes,
             "quarantined": dict(summary.quarantined),
             "truncated": summary.truncated,
+            _LONG: summary.over_max_note_chars,
             "codes_written": summary.codes_written,
             "skipped_components": len(plan.skipped_columns),
         },

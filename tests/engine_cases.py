@@ -23,7 +23,9 @@ OPTIONS = PredictOptions(batch_size=2, quiet=True)
 def run_batches(source, *, out, options, engine=code_locally, model=None):
     """A run with a stand-in model on the driver (it only describes the run when workers code the batches)."""
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
-        return coder.run.run_batches(source, model=model or StandInModel(), outputs=outputs, options=options, engine=engine)
+        model = model or StandInModel()
+        plan = coder.run.plan_run(source, text_columns=model.text_columns, options=options)
+        return coder.run.run_batches(plan, model=model, outputs=outputs, options=options, engine=engine)
 
 
 def write_dump(folder: Path) -> Path:

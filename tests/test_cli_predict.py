@@ -1,5 +1,6 @@
 """`coder predict` end to end with the tiny model bundle (tests/assets/tiny_model)."""
 
+import errno
 import json
 import logging
 import os
@@ -32,7 +33,8 @@ def _predict(*args: str):
 def test_help_lists_the_options():
     result = _predict("--help")
     assert result.exit_code == 0
-    for option in ("--out", "--model", "--top-k", "--threshold-only", "--quarantine", "--resume", "--quiet", "--device", "--precision"):
+    for option in ("--out", "--model", "--top-k", "--threshold-only", "--quarantine", "--resume", "--quiet", "--device", "--precision",
+                   "--max-note-chars"):
         assert option in result.output
 
 
@@ -79,10 +81,15 @@ def test_a_dump_without_notes_exits_3_with_one_line(tmp_path, tiny_model_path, e
         (lambda p: p.write_text("note_id,text\n"), "not a readable parquet file"),
         (lambda p: pl.DataFrame({NOTE_ID: ["n1"], "body": ["x"]}).write_parquet(p), "missing text column 'text'"),
         (lambda p: pl.DataFrame({NOTE_ID: [1], TEXT: ["x"]}).write_parquet(p), "id column 'note_id' is int64"),
+        (lambda p: pl.DataFrame({"NOTE_ID": ["n1"], "Text": ["x"]}).write_parquet(p), "missing id column 'note_id'"),
     ],
-    ids=["missing", "not-parquet", "missing-column", "numeric-id"],
+    ids=["missing", "not-parquet", "missing-column", "numeric-id", "other-case-columns"],
 )
-def test_bad_files_exit_3_with_one_line(tmp_path, tiny_model_path, make, message):
+def test_bad_files_exit_3_with_one_line_before_the_model_loads(tmp_path, tiny_model_path, monkeypatch, make, message):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("coder.predict.load_model", never)
     notes = tmp_path / "notes.parquet"
     make(notes)
     result = _predict(str(notes), "--out", str(tmp_path / "out.parquet"), "--model", str(tiny_model_path))
@@ -161,6 +168,7 @@ BASE = ["{notes}", "--out", "{out}", "--model", "{model}"]
         ([*BASE, "--top-k", "0"], 2, "Invalid value for '--top-k'"),
         ([*BASE, "--top-k", "many"], 2, "Invalid value for '--top-k'"),
         ([*BASE, "--batch-size", "0"], 2, "Invalid value for '--batch-size'"),
+        ([*BASE, "--max-note-chars", "0"], 2, "Invalid value for '--max-note-chars'"),
         ([*BASE, "--device", "tpu"], 2, "Invalid value for '--device'"),
         ([*BASE, "--precision", "int4"], 2, "Invalid value for '--precision'"),
         ([*BASE, "--engine", "spark"], 2, "Invalid value for '--engine'"),
@@ -182,7 +190,7 @@ BASE = ["{notes}", "--out", "{out}", "--model", "{model}"]
         ([*BASE, "--quarantine", "{notes}", "--model", "{tmp}/missing"], 2, "the quarantine (--quarantine) would overwrite"),
         ([*BASE, "--quarantine", "{tmp}/missing/q.parquet"], 2, "not an existing folder"),
     ],
-    ids=["no-out", "top-k-0", "top-k-word", "batch-size-0", "device", "precision", "engine", "llm-weight", "unknown-option",
+    ids=["no-out", "top-k-0", "top-k-word", "batch-size-0", "max-note-chars-0", "device", "precision", "engine", "llm-weight", "unknown-option",
          "codes-file-missing", "llm-option-key", "llm-option-value", "ray-address", "model-missing", "input-missing",
          "id-is-text", "id-is-text-column", "text-column-missing", "id-column-missing", "text-column-not-string",
          "out-is-input", "quarantine-is-out", "outputs-before-model", "quarantine-folder-missing"],
@@ -197,3 +205,27 @@ def test_every_option_mistake_is_one_line_and_an_exit_code(tmp_path, tiny_model_
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.parquet"]  # nothing written, no parts left behind
+
+
+def _full_disk(path, mode="r", *args, **kwargs):
+    if Path(path).name.startswith(".predictions-"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return open(path, mode, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("make", "exit_code", "message"), [
+    (lambda notes, monkeypatch: (notes / "loop.parquet").symlink_to(notes / "loop.parquet"), 3,
+     "loop.parquet: not a file (a broken symbolic link or a link loop)"),
+    (lambda notes, monkeypatch: monkeypatch.setattr("coder.io.atomic.open", _full_disk, raising=False), 9,
+     "predictions-000000.parquet: cannot write it (No space left on device)"),
+], ids=["symlink-loop-in-dump", "disk-full"])
+def test_an_operational_failure_is_one_line_and_its_exit_code(tmp_path, tiny_model_path, monkeypatch, make, exit_code, message):
+    notes = tmp_path / "dump"
+    notes.mkdir()
+    pl.read_parquet(EXAMPLES).head(2).write_parquet(notes / "notes.parquet")
+    make(notes, monkeypatch)
+    result = _predict(str(notes), "--out", str(tmp_path / "out.parquet"), "--model", str(tiny_model_path), "-q")
+    assert result.exit_code == exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not (tmp_path / "out.parquet").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from coder.errors import UsageError
+from coder.errors import InputFileError, UsageError
 from coder.io.outputs import RunOutputs, check_outputs, claim_outputs, run_lock
 from coder.schema import NOTE_ID, TEXT
 
@@ -48,6 +48,15 @@ def test_an_output_that_is_an_input_through_a_link_is_refused(tmp_path, notes):
     (tmp_path / "link.parquet").symlink_to(notes)
     with pytest.raises(UsageError, match="an input file"):
         check_outputs(RunOutputs.beside(tmp_path / "link.parquet"), source=notes)
+
+
+@pytest.mark.parametrize("where", ["out", "dump"])
+def test_a_symbolic_link_loop_is_one_error_naming_it(tmp_path, notes, where):
+    loop = tmp_path / "loop.parquet" if where == "out" else notes.parent / "loop.parquet"
+    loop.symlink_to(loop)
+    error = UsageError if where == "out" else InputFileError
+    with pytest.raises(error, match=f"{loop}: (a symbolic link loop|not a file)"):
+        check_outputs(RunOutputs.beside(loop if where == "out" else tmp_path / "o.parquet"), source=notes.parent)
 
 
 @pytest.mark.parametrize(

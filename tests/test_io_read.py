@@ -1,3 +1,5 @@
+import errno
+import os
 from pathlib import Path
 
 import polars as pl
@@ -6,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from coder.errors import InputFileError, UsageError
-from coder.io.read import iter_batches, plan_inputs, resolve_inputs
+from coder.io.read import bound_notes, check_unchanged, iter_batches, plan_inputs, resolve_inputs
 from coder.schema import NOTE_ID, TEXT, TEXT_ES
 from standin import write_notes
 
@@ -143,3 +145,48 @@ def test_corruption_inside_a_file_names_the_file_and_row(tmp_path):
     plan = plan_inputs(path, text_columns=(TEXT,))
     with pytest.raises(InputFileError, match=r"notes\.parquet: unreadable after row 2000"):
         list(iter_batches(plan, batch_size=500))
+
+
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_parquet_name_in_the_dump_that_is_no_file_is_one_error_naming_it(tmp_path, link):
+    _notes(tmp_path / "a.parquet", 1)
+    (tmp_path / "b.parquet").symlink_to(tmp_path / ("b.parquet" if link == "loop" else "gone.parquet"))
+    with pytest.raises(InputFileError, match=f"{tmp_path / 'b.parquet'}: not a file \\(a broken symbolic link or a link loop\\)"):
+        resolve_inputs(tmp_path)
+
+
+def test_a_folder_of_the_dump_that_cannot_be_listed_is_one_error_naming_it(tmp_path, monkeypatch):
+    _notes(tmp_path / "a.parquet", 1)
+    (tmp_path / "site=B").mkdir()
+    scandir = os.scandir
+
+    def refused(path):  # a folder root cannot be kept out of by chmod: refuse it here
+        if str(path).endswith("site=B"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(InputFileError, match=r"site=B: cannot list this folder of the dump \(Permission denied\)"):
+        resolve_inputs(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda path: _notes(path, 3), "changed during the run"),
+    (lambda path: os.utime(path, ns=(0, 0)), "changed during the run"),
+    (lambda path: path.unlink(), "vanished during the run"),
+], ids=["rewritten", "touched", "removed"])
+def test_a_file_that_changed_since_it_was_planned_is_refused_when_read(tmp_path, change, match):
+    path = _notes(tmp_path / "a.parquet", 2)
+    plan = plan_inputs(path, text_columns=(TEXT,))
+    check_unchanged(plan.files[0])
+    change(path)
+    with pytest.raises(InputFileError, match=f"{path}: the input file {match}"):
+        list(iter_batches(plan, batch_size=1))
+
+
+def test_bound_notes_cuts_every_text_column_and_names_the_notes_cut():
+    notes = pl.DataFrame({NOTE_ID: ["a", "b", "c"], TEXT: ["fever", "ab" * 10, None], TEXT_ES: ["fiebre", "x", "ñ" * 7]})
+    cut, ids = bound_notes(notes, columns=(TEXT, TEXT_ES, "absent"), max_chars=6)
+    assert ids == ("b", "c")
+    assert cut.rows() == [("a", "fever", "fiebre"), ("b", "ababab", "x"), ("c", None, "ñ" * 6)]
+    assert bound_notes(notes, columns=(TEXT,), max_chars=20) == (notes, ())

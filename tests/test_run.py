@@ -1,17 +1,23 @@
 """Run mechanics (screen, batches, parts, resume, manifest) with a stand-in model; the real stages are
 tested in test_model_scorer and through the CLI in test_cli_predict."""
 
+import errno
 import json
 import logging
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import coder.engines.local
+import coder.io.atomic
 import coder.run
 from coder.engines.local import code_locally
-from coder.errors import InputFileError, UsageError
+from coder.errors import InputFileError, RunIOError, UsageError
 from coder.io.outputs import claim_outputs
 from coder.run import PredictOptions
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
@@ -24,7 +30,8 @@ def StandIn(fail_at_call: int | None = None) -> StandInModel:
 
 def run_batches(source, *, model, out, options):
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
-        return coder.run.run_batches(source, model=model, outputs=outputs, options=options, engine=code_locally)
+        plan = coder.run.plan_run(source, text_columns=model.text_columns, options=options)
+        return coder.run.run_batches(plan, model=model, outputs=outputs, options=options, engine=code_locally)
 
 
 @pytest.fixture
@@ -65,6 +72,7 @@ def test_every_input_row_is_coded_or_quarantined(tmp_path, dump):
         "notes_without_codes": 1,
         "quarantined": {"duplicate_note_id": 1, "empty_text": 1, "null_note_id": 1, "null_text": 1, "unprocessable_text": 1},
         "truncated": 1,
+        "over_max_note_chars": 0,
         "codes_written": 12,
         "skipped_components": 1,
     }
@@ -122,10 +130,11 @@ def test_resume_refuses_changed_inputs(tmp_path, dump):
         run_batches(dump, model=StandIn(), out=out, options=PredictOptions(batch_size=2, resume=True, quiet=True))
 
 
-@pytest.mark.parametrize(("top_k", "batch_size"), [(0, 2), (5, 0)], ids=["top-k", "batch-size"])
-def test_bad_options_are_refused(top_k, batch_size):
+@pytest.mark.parametrize(("top_k", "batch_size", "max_note_chars"), [(0, 2, 10), (5, 0, 10), (5, 2, 0)],
+                         ids=["top-k", "batch-size", "max-note-chars"])
+def test_bad_options_are_refused(top_k, batch_size, max_note_chars):
     with pytest.raises(UsageError, match="at least 1"):
-        PredictOptions(top_k=top_k, batch_size=batch_size)
+        PredictOptions(top_k=top_k, batch_size=batch_size, max_note_chars=max_note_chars)
 
 
 def _interrupted(dump, out):
@@ -232,3 +241,77 @@ def test_a_partitioned_folder_is_read_recursively_and_skipped_files_are_recorded
     skipped = [dump / ".partial.parquet", dump / "README.txt", dump / "_SUCCESS", dump / "_temporary"]
     assert manifest["skipped_files"] == sorted(map(str, skipped))
     assert "4 files not read" in caplog.text
+
+
+@pytest.mark.parametrize(("after_batch", "change", "match"), [
+    (0, "replace", "changed during the run"),  # met when its next batch is read
+    (0, "remove", "vanished during the run"),
+    (3, "replace", "changed during the run"),  # the last batch: met before the outputs are published
+], ids=["replaced-mid-file", "vanished-mid-file", "replaced-after-the-last-batch"])
+def test_an_input_file_changed_during_the_run_stops_it_and_publishes_nothing(tmp_path, monkeypatch, after_batch, change, match):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    pl.DataFrame({NOTE_ID: ["a", "b"], TEXT: ["fever", "cough"]}).write_parquet(dump / "1.parquet")
+    pl.DataFrame({NOTE_ID: ["c", "d"], TEXT: ["rash", "pain"]}).write_parquet(dump / "2.parquet")
+    six = tmp_path / "six.parquet"
+    pl.DataFrame({NOTE_ID: [f"n{i}" for i in range(6)], TEXT: ["new"] * 6}).write_parquet(six)
+    victim = dump / ("1.parquet" if after_batch == 0 else "2.parquet")
+    original = victim.read_bytes()
+    coded = []
+
+    def code_then_change(model, batch, **options):
+        counts = code_and_write(model, batch, **options)
+        coded.append(batch.index)
+        if batch.index == after_batch:  # a real rename over the input, or its removal, between two batches
+            os.replace(six, victim) if change == "replace" else victim.unlink()
+        return counts
+
+    code_and_write = coder.engines.local.code_and_write
+    monkeypatch.setattr(coder.engines.local, "code_and_write", code_then_change)
+    out = tmp_path / "out.parquet"
+    options = PredictOptions(batch_size=1, quiet=True)
+    with pytest.raises(InputFileError, match=f"{victim}: the input file {match}"):
+        run_batches(dump, model=StandIn(), out=out, options=options)
+    assert coded == list(range(after_batch + 1))
+    assert not out.exists() and not (tmp_path / "out.manifest.json").exists()
+    assert (tmp_path / "out.parquet.parts").is_dir()
+    monkeypatch.undo()
+    victim.write_bytes(original)  # the file is back (a new modification time, the same bytes): the run resumes
+    summary = run_batches(dump, model=StandIn(), out=out, options=replace(options, resume=True))
+    assert summary.resumed_batches == after_batch + 1
+    assert sorted(pl.read_parquet(out).get_column(NOTE_ID).unique()) == ["a", "b", "c", "d"]
+
+
+def test_a_note_longer_than_max_note_chars_is_coded_on_its_beginning_and_counted(tmp_path):
+    notes = tmp_path / "notes.parquet"
+    pl.DataFrame({NOTE_ID: ["whole", "cut", "long"], TEXT: ["fever and", "fever and cough" * 1000, "long"]}).write_parquet(notes)
+    model = StandIn()
+    out = tmp_path / "out.parquet"
+    summary = run_batches(notes, model=model, out=out, options=PredictOptions(max_note_chars=9, quiet=True))
+    scores = {note: frame.sort("code").get_column("score").to_list()
+              for (note,), frame in pl.read_parquet(out).group_by(NOTE_ID)}
+    assert scores["cut"] == scores["whole"]  # the stand-in scores the text: it was given the first 9 characters
+    assert (summary.truncated, summary.over_max_note_chars) == (2, 1)  # "long": truncated by the scorer, not cut
+    assert "2 truncated, 1 of them cut at 9 characters" in summary.lines()[0]
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert (manifest["counts"]["truncated"], manifest["counts"]["over_max_note_chars"]) == (2, 1)
+    assert manifest["options"]["max_note_chars"] == 9
+
+
+@pytest.mark.parametrize("file", [".predictions-000002.parquet", ".out.parquet."], ids=["part", "output"])
+def test_a_full_disk_stops_the_run_with_one_error_and_resume_finishes_it(tmp_path, dump, monkeypatch, file):
+    def full_disk(path, mode="r", *args, **kwargs):  # the real full disk stays a manual check
+        if Path(path).name.startswith(file):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(coder.io.atomic, "open", full_disk, raising=False)
+    out = tmp_path / "out.parquet"
+    options = PredictOptions(batch_size=2, quiet=True)
+    with pytest.raises(RunIOError, match=r"cannot write it \(No space left on device\); free space"):
+        run_batches(dump, model=StandIn(), out=out, options=options)
+    assert not out.exists()
+    monkeypatch.undo()
+    summary = run_batches(dump, model=StandIn(), out=out, options=replace(options, resume=True))
+    assert summary.resumed_batches == (2 if file.startswith(".predictions") else 5)
+    assert sorted(pl.read_parquet(out).get_column(NOTE_ID).unique()) == ["a", "b", "g"]

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from coder.errors import CoderError, WorkerError
+from coder.errors import CoderError, InputFileError, WorkerError
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
-from coder.io.read import InputPlan, NoteBatch, iter_batches, note_batch
+from coder.io.read import InputPlan, NoteBatch, iter_batches, note_batch, open_planned
 from coder.io.screen import RowScreen, note_ids
 from coder.run import PredictOptions, Scored, code_and_write, stage_seconds
 
@@ -78,14 +77,18 @@ def plan_batches(plan: InputPlan, *, batch_size: int, done: Mapping[int, Any]) -
 
 
 def read_batch(plan: InputPlan, pending: PendingBatch) -> NoteBatch:
-    """The batch's rows as the local reader gives them (``coder.io.read.note_batch``); only the row groups
-    that hold them are read."""
-    parquet = pq.ParquetFile(pending.file)
+    """The batch's rows as the local reader gives them (``coder.io.read.note_batch``), from the file as it was
+    planned (``coder.io.read.open_planned``); only the row groups that hold them are read."""
+    parquet = open_planned(plan.file(pending.file))
     metadata = parquet.metadata
     starts = list(accumulate((metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)), initial=0))
     end = pending.first_row + pending.rows
     groups = [g for g in range(metadata.num_row_groups) if starts[g] < end and starts[g + 1] > pending.first_row]
-    table = parquet.read_row_groups(groups, columns=list(plan.renames))
+    try:
+        table = parquet.read_row_groups(groups, columns=list(plan.renames))
+    except (pa.ArrowException, OSError) as error:
+        raise InputFileError(f"{pending.file}: unreadable at row {pending.first_row} ({type(error).__name__}); "
+                             "is the file truncated?") from None
     offset = pending.first_row - starts[groups[0]] if groups else 0
     return note_batch(table.slice(offset, pending.rows), plan=plan, index=pending.index, file=pending.file,
                       first_row=pending.first_row)

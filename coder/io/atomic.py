@@ -3,7 +3,8 @@
 Every file coder writes (outputs, parts, markers, manifests, model configs, caches) goes
 through ``write_atomically``: the bytes go to a temporary file beside the target, which is
 flushed and fsynced, renamed over the target, and the folder is fsynced, so that a power cut
-after the call returns cannot leave an empty or truncated file under the final name.
+after the call returns cannot leave an empty or truncated file under the final name. A write the
+system refuses (disk full, permission denied, a folder gone) is a ``RunIOError`` naming the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coder.errors import RunIOError
+
 
 def fsync_folder(folder: Path) -> None:
     """Make a rename or a new file in ``folder`` durable."""
@@ -31,20 +34,25 @@ def fsync_folder(folder: Path) -> None:
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, durable: bool = True) -> None:
     """Write ``path`` with ``write(handle)``; with ``durable``, fsync the file and its folder.
 
-    The temporary file is removed when ``write`` fails, so a failed write leaves the old file."""
+    The temporary file is removed when ``write`` fails, so a failed write leaves the old file; an
+    ``OSError`` (``ENOSPC``, ``EACCES``, ...) becomes a ``RunIOError``."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_folder(path.parent)
+        try:
+            with open(temporary, "wb") as handle:
+                write(handle)
+                handle.flush()
+                if durable:
+                    os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        if durable:
+            fsync_folder(path.parent)
+    except OSError as error:
+        raise RunIOError(f"{path}: cannot write it ({error.strerror or type(error).__name__}); "
+                         "free space or fix the folder's permissions, then rerun with --resume") from None
 
 
 def write_text(path: Path, text: str, *, durable: bool = True) -> None:

@@ -56,9 +56,17 @@ _ROLES = {"predictions": "the predictions (--out)", "quarantine": "the quarantin
           "manifest": "the manifest", "parts": "the parts folder", "lock": "the lock file"}
 
 
+def _resolved(path: Path) -> Path:
+    """``path`` with symbolic links followed; a link loop is a UsageError naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python before 3.13 on a loop
+        raise UsageError(f"{path}: a symbolic link loop; fix the link or give another path") from None
+
+
 def _overlap(a: Path, b: Path) -> bool:
     """The same path, or one inside the other (symbolic links followed)."""
-    a, b = a.resolve(), b.resolve()
+    a, b = _resolved(a), _resolved(b)
     return a == b or a in b.parents or b in a.parents
 
 

@@ -4,6 +4,12 @@ Files are checked before any work starts, so a bad file stops the run with one e
 names it (and the column at fault) instead of failing half-way through a night. A bad value
 is a bad row, not a bad file: a value that is not valid UTF-8 reads as null and its row is
 marked (``NoteBatch.invalid_utf8``), for the screen to quarantine.
+
+A file is read as it was planned: its size and modification time are taken with its sha256, and a
+file that vanished or changed since stops the run (``check_unchanged``) when it is read and before
+the outputs are published, so the manifest's sha256 is always that of the rows coded. A note longer
+than ``max_note_chars`` is coded on its first characters (``bound_notes``), so one huge note cannot
+take the machine's memory.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from coder.errors import InputFileError, UsageError
 from coder.hashing import file_sha256
 from coder.schema import NOTE_ID
 
+DEFAULT_MAX_NOTE_CHARS = 100_000
+"""Characters of a note's text that are coded; the rest is cut (``bound_notes``). Clinical notes rarely
+reach a tenth of it; PLM-ICD reads fewer than that anyway (``max_chunks``)."""
+
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = frozenset("*?[")
@@ -38,6 +48,9 @@ class InputFile:
     path: Path
     rows: int
     sha256: str
+    size: int
+    mtime_ns: int
+    """Size and modification time when planned: a file that differs later changed during the run."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,10 @@ class InputPlan:
         """Input column -> column of ``NoteBatch.frame``."""
         return {self.id_column: NOTE_ID, **self.columns}
 
+    def file(self, path: Path) -> InputFile:
+        """The planned file at ``path``."""
+        return next(file for file in self.files if file.path == path)
+
 
 @dataclass(frozen=True)
 class NoteBatch:
@@ -85,15 +102,24 @@ class Dump:
     skipped: tuple[Path, ...] = ()
 
 
+def _unreadable(error: OSError) -> None:
+    raise InputFileError(f"{error.filename}: cannot list this folder of the dump ({error.strerror or error}); "
+                         "fix its permissions or move it out of the dump")
+
+
 def _walk(folder: Path) -> Dump:
     """Every ``*.parquet`` file under ``folder`` (any case, partitions such as ``site=A/part-0.parquet`` too);
-    a file or folder whose name starts with '.' or '_' is skipped, as pyarrow and polars skip it."""
+    a file or folder whose name starts with '.' or '_' is skipped, as pyarrow and polars skip it. A folder
+    that cannot be listed, or a ``*.parquet`` name that is no file (a broken link, a link loop), is an error."""
     files, skipped = [], []
-    for root, folders, names in os.walk(folder):
+    for root, folders, names in os.walk(folder, onerror=_unreadable):
         skipped += [Path(root, name) for name in folders if name.startswith(_NOT_READ)]
         folders[:] = [name for name in folders if not name.startswith(_NOT_READ)]
         for name in names:
             read = name.lower().endswith(".parquet") and not name.startswith(_NOT_READ)
+            if read and not Path(root, name).is_file():
+                raise InputFileError(f"{Path(root, name)}: not a file (a broken symbolic link or a link loop); "
+                                     "fix the link or move it out of the dump")
             (files if read else skipped).append(Path(root, name))
     return Dump(tuple(sorted(files)), tuple(sorted(skipped)))
 
@@ -178,7 +204,7 @@ def plan_inputs(
         raise InputFileError(f"{source}: no input notes: {len(parquet_files)} parquet files, all without rows")
     columns, skipped = note_columns({path: p.schema_arrow for path, p in parquet_files}, id_column=id_column,
                                     text_columns=text_columns, primary_column=primary_column)
-    files = tuple(InputFile(path=path, rows=p.metadata.num_rows, sha256=file_sha256(path)) for path, p in parquet_files)
+    files = tuple(_planned(path, rows=p.metadata.num_rows) for path, p in parquet_files)
     return InputPlan(files=files, id_column=id_column, columns=columns, skipped_columns=skipped, skipped_files=dump.skipped)
 
 
@@ -205,6 +231,47 @@ def note_columns(schemas: Mapping[Path, pa.Schema], *, id_column: str, text_colu
             log.warning("input lacks optional text column %r: the model skips that component", column)
             skipped.append(column)
     return columns, tuple(skipped)
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: the input file vanished during the run; nothing was published: put it back "
+                             "and rerun with --resume, or rerun without --resume") from None
+    except OSError as error:
+        raise InputFileError(f"{path}: cannot read the input file ({error.strerror or error})") from None
+
+
+def _planned(path: Path, *, rows: int) -> InputFile:
+    """The file's identity, taken before its sha256 so that a change while it is hashed shows later."""
+    stat = _stat(path)
+    return InputFile(path=path, rows=rows, sha256=file_sha256(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def check_unchanged(file: InputFile) -> None:
+    """InputFileError unless ``file`` is still there with the size and modification time it was planned with."""
+    stat = _stat(file.path)
+    if (stat.st_size, stat.st_mtime_ns) != (file.size, file.mtime_ns):
+        raise InputFileError(f"{file.path}: the input file changed during the run (it was replaced or written to); "
+                             "nothing was published: put the planned file back and rerun with --resume, or rerun "
+                             "without --resume to code the file as it is now")
+
+
+def open_planned(file: InputFile) -> pq.ParquetFile:
+    """``file``, opened once it is checked unchanged (``check_unchanged``)."""
+    check_unchanged(file)
+    return _open(file.path)
+
+
+def bound_notes(notes: pl.DataFrame, *, columns: Sequence[str], max_chars: int) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """``notes`` with each of the text ``columns`` it has cut to its first ``max_chars`` characters, and the
+    ids of the notes that were longer: every stage reads the kept beginning, and evidence offsets point into it."""
+    present = [column for column in columns if column in notes.columns]
+    longer = notes.filter(pl.any_horizontal(pl.col(column).str.len_chars() > max_chars for column in present))
+    if longer.is_empty():
+        return notes, ()
+    return notes.with_columns(pl.col(present).str.slice(0, max_chars)), tuple(longer.get_column(NOTE_ID))
 
 
 _KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_integer(kind) or pa.types.is_floating(kind),
@@ -266,13 +333,15 @@ def note_batch(table: pa.Table, *, plan: InputPlan, index: int, file: Path, firs
 
 
 def iter_batches(plan: InputPlan, *, batch_size: int) -> Iterator[NoteBatch]:
-    """Stream the notes: only one batch of each file is in memory at a time."""
+    """Stream the notes: only one batch of each file is in memory at a time. Each file is checked unchanged
+    since it was planned (``check_unchanged``) when it is opened and before each of its batches."""
     index = 0
     for file in plan.files:
         first_row = 0
         try:
-            batches = _open(file.path).iter_batches(batch_size=batch_size, columns=list(plan.renames))
+            batches = open_planned(file).iter_batches(batch_size=batch_size, columns=list(plan.renames))
             for record_batch in batches:
+                check_unchanged(file)
                 table = pa.Table.from_batches([record_batch])
                 yield note_batch(table, plan=plan, index=index, file=file.path, first_row=first_row)
                 index += 1
