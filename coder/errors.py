@@ -22,7 +22,7 @@ class UsageError(CoderError):
 
 
 class InputFileError(CoderError):
-    """An input file is missing, unreadable, not parquet, truncated, or lacks a needed column."""
+    """An input file is missing, unreadable, not parquet, truncated, lacks a needed column, or changed during the run."""
 
     exit_code = 3
 
