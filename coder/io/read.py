@@ -31,8 +31,8 @@ from coder.hashing import file_sha256
 from coder.schema import NOTE_ID
 
 DEFAULT_MAX_NOTE_CHARS = 100_000
-"""Characters of a note's text that are coded; the rest is cut (``bound_notes``). Clinical notes rarely
-reach a tenth of it; PLM-ICD reads fewer than that anyway (``max_chunks``)."""
+"""Characters of a note's text that are coded; the rest is cut (``bound_notes``). Well above a long discharge
+summary; PLM-ICD itself reads only its first ``max_chunks`` chunks of any note."""
 
 log = logging.getLogger(__name__)
 
