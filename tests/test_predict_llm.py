@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from llm_server import llm_server, send
 from coder.llm.backends import Generation
-from coder.llm.vote import llm_settings, public_url
+from coder.llm.vote import llm_settings
 from coder.model.folder import read_config
 from coder.ontology import load_ontology
 from coder.predict import predict_notes
@@ -112,17 +113,20 @@ def test_options_override_the_model_config_entry(configured, given, expected):
     assert (settings.backend, settings.weight) == expected
 
 
-@pytest.mark.parametrize(
-    ("url", "public"),
-    [
-        ("http://user:pw@host:8000/v1", "http://host:8000/v1"),
-        ("https://host/v1", "https://host/v1"),
-        (None, None),
-    ],
-    ids=["credentials", "plain", "none"],
-)
-def test_public_url_drops_credentials(url, public):
-    assert public_url(url) == public
+def test_a_malformed_reply_is_counted_the_run_goes_on_and_credentials_stay_hidden(tmp_path, notes, tiny_model_path):
+    out = tmp_path / "out.parquet"
+    with llm_server(lambda handler: send(handler, b'{"choices": [{"message": null}]}')) as server:
+        url = server.url.replace("http://", "http://user:PASSWORD@") + "/"
+        options = ["--llm", "openai", "--llm-model", "m", "--llm-base-url", url, "--llm-option", "retries=0"]
+        result = runner.invoke(app, ["predict", str(notes), "--out", str(out), "--model", str(tiny_model_path), *options])
+    assert result.exit_code == 0, result.output
+    llm = _manifest(out)["llm"]
+    failed = llm["counts"]["failed_prompts"]
+    assert llm["counts"]["notes"] == 2 and failed >= 2 and llm["counts"]["prompts"] == 0  # a note may be several prompts
+    assert llm["settings"]["base_url"] == url.replace("user:PASSWORD", "***")
+    assert f"LLM stage unavailable, predictions are the model's alone: {failed} of {failed} prompts failed" in result.stderr
+    assert "PASSWORD" not in result.output + out.with_name(f"{out.stem}.manifest.json").read_text()
+    assert pl.read_parquet(out).get_column(NOTE_ID).n_unique() == 2
 
 
 class StandInBackend:

@@ -5,8 +5,10 @@ Both take ``Request``s and return ``Generation``s; neither judges the codes (``v
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import http.client
 import importlib.util
 import json
 import logging
@@ -19,12 +21,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from coder.errors import LLMBackendError, MissingDependencyError
 from coder.llm.constrain import AllowedCodes, TokenTrie, code_gbnf, code_regex, prefix_allowed_tokens_fn
 from coder.llm.prompt import estimate_tokens
+from coder.llm.redact import redact
 from coder.llm.settings import LLMSettings
+from coder.llm.transport import fetch_json
 from coder.ontology.cache import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -190,12 +195,19 @@ _RETRYABLE_HTTP = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class OpenAIBackend:
-    """Chat completions over HTTP with a timeout, retries with exponential backoff and a thread pool."""
+    """Chat completions over HTTP with a deadline per request, retries with exponential backoff and a thread pool.
+
+    A user and password in the base URL are sent as HTTP basic authentication (unless the API key is
+    set: then its bearer token), never as part of the URL."""
 
     def __init__(self, *, settings: LLMSettings):
         self.settings = settings
-        self.base_url = (settings.base_url or "").rstrip("/")
-        self.api_key = os.environ.get(settings.api_key_env)
+        parts = urlsplit(settings.base_url or "")
+        self.base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+        api_key = os.environ.get(settings.api_key_env)
+        basic = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        self.authorization = (f"Bearer {api_key}" if api_key else
+                              f"Basic {base64.b64encode(basic.encode()).decode()}" if "@" in parts.netloc else None)
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
@@ -204,9 +216,9 @@ class OpenAIBackend:
         """Fail fast when the endpoint is down, rather than once per prompt after every retry."""
         try:
             self._call("GET", "/models", None, timeout=min(self.settings.timeout_s, 10.0))
-        except (OSError, ValueError) as error:
+        except (OSError, http.client.HTTPException, LLMBackendError) as error:
             raise LLMBackendError(
-                f"OpenAI-compatible endpoint {self.base_url} is not answering ({_reason(error)}): "
+                f"OpenAI-compatible endpoint {redact(self.settings.base_url or '')} is not answering ({_reason(error)}): "
                 "start the server, fix --llm-base-url, or run with --llm none"
             ) from error
 
@@ -237,18 +249,16 @@ class OpenAIBackend:
         for attempt in range(self.settings.retries + 1):
             try:
                 reply = self._call("POST", "/chat/completions", self.body(request), timeout=self.settings.timeout_s)
-                choice = reply["choices"][0]
-                return Generation(
-                    text=choice["message"].get("content") or "",
-                    truncated=choice.get("finish_reason") == "length",
-                    new_tokens=int((reply.get("usage") or {}).get("completion_tokens") or 0),
-                    seconds=time.perf_counter() - start,
-                )
+                text, truncated, new_tokens = _completion(reply)
+                return Generation(text=text, truncated=truncated, new_tokens=new_tokens, seconds=time.perf_counter() - start)
             except urllib.error.HTTPError as error:
                 failure = error
                 if error.code not in _RETRYABLE_HTTP:
                     break
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+            except LLMBackendError as error:  # a reply too big, not JSON or of another shape: asking again won't help
+                failure = error
+                break
+            except (OSError, http.client.HTTPException) as error:  # timeouts, resets, a body cut short
                 failure = error
             if attempt < self.settings.retries:
                 logger.warning("LLM request failed (%s); retry %d in %.0f s", _reason(failure), attempt + 1, delay)
@@ -256,20 +266,39 @@ class OpenAIBackend:
                 delay *= 2
         return Generation(text="", seconds=time.perf_counter() - start, error=_reason(failure))
 
-    def _call(self, method: str, path: str, body: dict | None, *, timeout: float) -> dict:
+    def _call(self, method: str, path: str, body: dict | None, *, timeout: float) -> Any:
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.authorization:
+            headers["Authorization"] = self.authorization
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        return fetch_json(request, timeout=timeout, max_bytes=self.settings.max_response_bytes)
+
+
+def _completion(reply: Any) -> tuple[str, bool, int]:
+    """The text, whether it was cut at ``max_tokens``, and the tokens generated, of a chat completion;
+    ``LLMBackendError`` naming the first field of another shape (a string ``content``, or null for none)."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise LLMBackendError("a reply without choices[0].message")
+    text = message.get("content")
+    if not isinstance(text, str | None):
+        raise LLMBackendError(f"a reply whose choices[0].message.content is a {type(text).__name__}, not a string")
+    usage = reply.get("usage") or {}
+    tokens = (usage.get("completion_tokens") or 0) if isinstance(usage, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        raise LLMBackendError("a reply whose usage.completion_tokens is not a number")
+    return text or "", choice.get("finish_reason") == "length", tokens
 
 
 def _reason(error: BaseException) -> str:
-    """A short cause without request or response bodies (they can echo note text)."""
+    """A short cause without request or response bodies (they can echo note text), credentials redacted."""
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code}"
     if isinstance(error, urllib.error.URLError):
-        return f"{type(error).__name__}: {error.reason}"
+        return redact(f"{type(error).__name__}: {error.reason}")
+    if isinstance(error, LLMBackendError | TimeoutError):  # messages of coder.llm.transport: no body, no URL
+        return str(error)
     return type(error).__name__

@@ -44,7 +44,10 @@ class LLMSettings:
     prompt_candidates: int = 20
     """How many of the note's top candidates (by score) are listed, with descriptions, in the prompt."""
     timeout_s: float = 60.0
-    """``openai`` only: seconds to wait for one HTTP response."""
+    """``openai`` only: deadline in seconds for one HTTP request's whole response (connecting, headers and
+    body together, not per read); past it the attempt fails (and is retried, see ``retries``)."""
+    max_response_bytes: int = 1_048_576
+    """``openai`` only: largest response body read (1 MiB); a longer one is a failed prompt, not retried."""
     retries: int = 2
     """``openai`` only: extra attempts after a failed request, with exponential backoff (1 s, 2 s, 4 s, ...)."""
     concurrency: int = 4
@@ -74,7 +77,8 @@ class LLMSettings:
             problems.append(f"guided must be one of {GUIDED}, got {self.guided!r}")
         if self.backend == "openai" and not (self.base_url and self.model):
             problems.append("backend 'openai' needs base_url and model (e.g. --llm-base-url http://127.0.0.1:8000/v1)")
-        for name in ("max_new_tokens", "note_token_budget", "chunk_tokens", "prompt_candidates", "concurrency"):
+        for name in ("max_new_tokens", "note_token_budget", "chunk_tokens", "prompt_candidates", "concurrency",
+                     "max_response_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.retries < 0 or self.timeout_s <= 0:

@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
 
@@ -22,6 +21,7 @@ from coder.errors import LLMBackendError, MissingDependencyError
 from coder.llm.backends import Backend, Generation, Request, open_backend
 from coder.llm.constrain import AllowedCodes, allowed_codes, ontology_codes
 from coder.llm.prompt import chunk_note, messages
+from coder.llm.redact import redact
 from coder.llm.settings import LLMSettings
 from coder.llm.validate import HallucinationCounts, sum_counts, validate_answer
 from coder.schema import CODE, KEY, NOTE_ID, SCORE, SOURCE, SYSTEM, SYSTEMS, THRESHOLD
@@ -73,21 +73,17 @@ class LLMStage:
         try:
             return open_backend(self.settings)
         except (LLMBackendError, MissingDependencyError) as error:
-            message = self._redacted(str(error))
+            message = redact(str(error))
             if self.settings.required:
                 raise (LLMBackendError(message) if message != str(error) else error) from None
             logger.warning("LLM stage off for this run: %s", message)
             self.error = message
             return None
 
-    def _redacted(self, message: str) -> str:
-        """``message`` without the credentials of the base URL (backend errors name the URL)."""
-        url = self.settings.base_url
-        return message.replace(url, public_url(url) or "") if url else message
-
     def public_settings(self) -> dict[str, Any]:
-        """Settings for the manifest and the resume fingerprint: the API key is only ever named."""
-        return {**self.settings.to_dict(), "base_url": public_url(self.settings.base_url)}
+        """Settings for the manifest and the resume fingerprint: credentials redacted, the API key only ever named."""
+        url = self.settings.base_url
+        return {**self.settings.to_dict(), "base_url": redact(url) if url else url}
 
     def vote(self, notes: pl.DataFrame, candidates: pl.DataFrame, *, text_column: str, per_note: int) -> Votes:
         """Votes of the model on ``notes`` (note_id, ``text_column``) given each note's best
@@ -111,7 +107,7 @@ class LLMStage:
             for code, n in tally.items():
                 rows.extend((plan.note_id, system, code, n, n / len(plan.requests)) for system in plan.allowed.systems_by_code[code])
         failed = [generation.error for generation in generations if generation.error]
-        error = f"{len(failed)} of {len(requests)} prompts failed, first: {self._redacted(failed[0])}" if failed else None
+        error = f"{len(failed)} of {len(requests)} prompts failed, first: {redact(failed[0])}" if failed else None
         if failed and self.settings.required:
             raise LLMBackendError(f"LLM stage required but {error}")
         self.error = self.error or error
@@ -178,15 +174,6 @@ def merge_votes(candidates: pl.DataFrame, votes: pl.DataFrame, *, weight: float)
         .otherwise(pl.col(SOURCE)).alias(SOURCE),
         pl.col(THRESHOLD).fill_null(float("inf")),
     ).drop(SHARE)
-
-
-def public_url(url: str | None) -> str | None:
-    """``url`` without user and password."""
-    parts = urlsplit(url or "")
-    if not (parts.username or parts.password):
-        return url
-    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-    return urlunsplit(parts._replace(netloc=host))
 
 
 def manifest_section(stage: LLMStage | None, totals: Mapping[str, Any]) -> dict[str, Any]:
