@@ -28,7 +28,8 @@ import polars as pl
 from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
 from coder.model.chunking import batches, chunk_notes
 from coder.cpus import compute_threads
-from coder.model.session import BATCH_NOTES, CPU_DISABLED_FUSIONS, CPU_PROVIDER
+from coder.model.scorer import NOTES_PER_PASS
+from coder.model.session import CPU_DISABLED_FUSIONS, CPU_PROVIDER
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
 
@@ -42,7 +43,7 @@ def note_feeds(model: Path, texts: list[str]) -> list[dict]:
     config, tokenizer = read_config(model), load_tokenizer(model)
     chunks = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     return [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
-            for b in batches(chunks, batch_size=BATCH_NOTES[CPU_PROVIDER], pad_id=tokenizer.pad_token_id)]
+            for b in batches(chunks, batch_size=NOTES_PER_PASS, pad_id=tokenizer.pad_token_id)]
 
 
 def profile(path: Path, feeds: list[dict], *, disabled: list[str], notes: int) -> tuple[float, Counter]:

@@ -40,7 +40,7 @@ import polars as pl
 
 from coder.cpus import physical_cores
 from coder.model.folder import ONNX_FILES, read_config
-from coder.model.session import BATCH_NOTES as PROVIDER_BATCH_NOTES, CPU_PROVIDER
+from coder.model.scorer import NOTES_PER_PASS
 from coder.schema import SYSTEMS
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
@@ -52,7 +52,7 @@ DEV_NOTES = ROOT / "data" / "codiesp" / "dev" / "notes.parquet"
 MODES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
 THREADS = 2  # the machine's cores; the peak matmul uses the same number
 REPEATS = 15  # the model-only notes repeated for the end-to-end rows with worker processes: 12 batches of 256
-BATCH_NOTES = PROVIDER_BATCH_NOTES[CPU_PROVIDER]  # notes a forward pass `coder predict` runs on CPU
+BATCH_NOTES = NOTES_PER_PASS  # notes a forward pass `coder predict` runs
 PEAK_N = 4096
 
 # Encoder FLOPs of one chunk of T tokens (MiniLM: L=6 layers, hidden H=384, intermediate I=1536,

@@ -13,11 +13,11 @@ int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale pe
 float32), made once per encoder and ontology.
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
-sentences it is encoded beside (other batch bounds change some scores in the second decimal and some
-rows at the top-k cut). Sentences are sorted by token count before batching, so a note's batch-mates
-are similar sentences, and a resumed run forms the same batches. Cosines are integer products of int8
-vectors (onnxruntime's MatMulInteger), each note's sentences with one scale of their own, each term
-with its own; the rounding moves a cosine by less than 0.01 (tests).
+sentences it is encoded beside: each note's sentences are encoded apart from every other note's (sorted
+by token count within the note), so a note's scores are the same in any batch, alone or in any order.
+The term vectors are made once, in a fixed order. Cosines are integer products of int8 vectors
+(onnxruntime's MatMulInteger), each note's sentences with one scale of their own, each term with its
+own; the rounding moves a cosine by less than 0.01 (tests).
 """
 
 from __future__ import annotations
@@ -185,10 +185,12 @@ class DenseSearch(ParamsMixin):
             if len(found := sentence_spans(text)):
                 texts.append((note_id, text))
                 spans.append(found)
-        sentences = [text[a:b] for (_, text), found in zip(texts, spans, strict=True) for a, b in found.tolist()]
         starts = np.cumsum([0] + [len(found) for found in spans])
-        # every sentence of the batch through the encoder in one pass, then int8 with one scale per note
-        vectors, scales = quantise(self._encode(sentences, max_length=SENTENCE_TOKENS), starts)
+        # each note's sentences through the encoder apart from the other notes' (its activations are
+        # quantised per call), then int8 with one scale per note: a note's vectors are its own
+        encoded = [self._encode([text[a:b] for a, b in found.tolist()], max_length=SENTENCE_TOKENS)
+                   for (_, text), found in zip(texts, spans, strict=True)]
+        vectors, scales = quantise(np.concatenate(encoded) if encoded else np.zeros((0, 0), dtype=np.float32), starts)
         systems = self.codes_[SYSTEM].to_numpy()
         by_system = [np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)]
         results: list[Found] = []

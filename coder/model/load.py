@@ -67,12 +67,11 @@ class Model:
 
 
 def load_model(path: Path | None = None, *, device: str = "auto", precision: str = "auto",
-               codes_file: Path | None = None, batch_size: int | None = None) -> Model:
+               codes_file: Path | None = None) -> Model:
     """Load and check a model folder (default ``default_model_path()``): no pickle, no unlisted
     file, every file used matches its sha256, label count against the ONNX output width.
 
-    ``codes_file``: a code list that replaces the folder's own. ``batch_size``: notes per PLM-ICD
-    forward pass (default: what suits the execution provider)."""
+    ``codes_file``: a code list that replaces the folder's own."""
     folder = path or default_model_path()
     config = read_config(folder)
     check_versions(config)
@@ -85,7 +84,7 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     if config.ontology and {k: v for k, v in config.ontology.items() if not k.startswith("code_list")} != {
             k: v for k, v in ontology.release.items() if not k.startswith("code_list")}:
         logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
-    scorer = load_scorer(folder, config, precision=chosen, device=device, batch_size=batch_size)
+    scorer = load_scorer(folder, config, precision=chosen, device=device)
     sources = tuple(_load_source(folder, spec.kind, spec.folder, spec.name) for spec in config.sources)
     ranking = Ranking(
         rerankers={spec.sources: Reranker.load(folder / spec.folder) for spec in config.rerankers},

@@ -19,12 +19,17 @@ from coder.candidates.features import PLM_ICD
 from coder.errors import ModelBundleError, UsageError
 from coder.model.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer
-from coder.model.session import CPU_PROVIDER, batch_notes, create_session, gpu_present, onnx_forward, output_width
+from coder.model.session import CPU_PROVIDER, create_session, gpu_present, onnx_forward, output_width
 from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "int8", "fp16")
+# Notes per forward pass: one, so that a note's scores depend on the note alone. The int8 model
+# quantises its activations with one scale per call (DynamicQuantizeLinear), and a GPU's kernels
+# may sum in another order at another batch shape: with several notes a pass, a note's scores moved
+# with the notes beside it and with their padding.
+NOTES_PER_PASS = 1
 FRAME_SCHEMA = pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, PLM_ICD: pl.Float64,
                           f"{PLM_ICD}_rank": pl.Int32, **EVIDENCE_COLUMNS})
 
@@ -62,12 +67,11 @@ class Scored:
 class PlmIcdScorer:
     """PLM-ICD of a model folder on an onnxruntime session; build with ``load_scorer``."""
 
-    def __init__(self, *, config: ModelConfig, session, tokenizer, precision: str, batch_size: int):
+    def __init__(self, *, config: ModelConfig, session, tokenizer, precision: str):
         self.config = config
         self.session = session
         self.tokenizer = tokenizer
         self.precision = precision
-        self.batch_size = batch_size
         self.text_column: str = config.text_columns["encoder"]
         self.execution_provider: str = session.get_providers()[0]
         self._codes = np.array([label.code for label in config.labels], dtype=object)
@@ -79,14 +83,15 @@ class PlmIcdScorer:
 
     def score(self, notes: pl.DataFrame, *, top_n: int, above_threshold: bool = False) -> Scored:
         """The ``top_n`` codes per note and system (and, with ``above_threshold``, every code at or
-        above its label threshold as well). ``notes``: note_id and the encoder's text column."""
+        above its label threshold as well). ``notes``: note_id and the encoder's text column. Each
+        note is scored in a forward pass of its own: the same note gets the same scores in any batch."""
         if self.text_column not in notes.columns:
             raise UsageError(f"notes lack column {self.text_column!r}, which model {self.config.name} reads")
         note_ids = notes[NOTE_ID].to_list()
         texts = notes[self.text_column].to_list()
         chunks = chunk_notes(texts, tokenizer=self.tokenizer, chunk_len=self.config.chunk_len, max_chunks=self.config.max_chunks)
         scores, peaks = score_in_batches(onnx_forward(self.session), chunks, n_labels=len(self.config.labels),
-                                         batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id)
+                                         batch_size=NOTES_PER_PASS, pad_id=self.tokenizer.pad_token_id)
         rows = []
         for i, note in enumerate(chunks):
             if not note.unprocessable:
@@ -153,11 +158,8 @@ def choose_precision(folder: Path, config: ModelConfig, precision: str, *, gpu: 
     return precision
 
 
-def load_scorer(folder: Path, config: ModelConfig, *, precision: str, device: str = "auto",
-                batch_size: int | None = None) -> PlmIcdScorer:
-    """PLM-ICD on the ONNX variant ``precision`` (already chosen and verified) of a model folder.
-
-    ``batch_size``: notes per forward pass (default: what suits the execution provider)."""
+def load_scorer(folder: Path, config: ModelConfig, *, precision: str, device: str = "auto") -> PlmIcdScorer:
+    """PLM-ICD on the ONNX variant ``precision`` (already chosen and verified) of a model folder."""
     session = create_session(folder / ONNX_FILES[precision], device="cpu" if precision == "int8" else device)
     if precision == "fp16" and session.get_providers()[0] == CPU_PROVIDER:
         logger.warning("fp16 model running on CPU: slower than int8/fp32 there; pass --precision int8 or fp32")
@@ -165,8 +167,7 @@ def load_scorer(folder: Path, config: ModelConfig, *, precision: str, device: st
     if width != len(config.labels):
         raise ModelBundleError(f"{ONNX_FILES[precision]} outputs {width} logits, the config lists {len(config.labels)} labels; "
                                "re-export the model")
-    return PlmIcdScorer(config=config, session=session, tokenizer=load_tokenizer(folder), precision=precision,
-                        batch_size=batch_size or batch_notes(session))
+    return PlmIcdScorer(config=config, session=session, tokenizer=load_tokenizer(folder), precision=precision)
 
 
 def gpu_requested(device: str) -> bool:

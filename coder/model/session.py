@@ -29,10 +29,6 @@ CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 # Graphs this package builds in code (reranker trees, the dense search's products): IR 10 loads in
 # onnxruntime 1.2x-1.3x, newer onnx packages write a newer IR by default.
 GRAPH_OPSET, GRAPH_IR_VERSION = 21, 10
-# Notes per forward pass. On CPU small batches win: the label-attention tensors [batch, tokens,
-# labels] of two notes stay in cache (shipped int8 model, benchmarks/throughput.py: 51.6 notes/s at
-# 2, 47.0 at 1, 36.1 at 8). A GPU wants many chunks in flight.
-BATCH_NOTES = {CPU_PROVIDER: 2, "CUDAExecutionProvider": 64, "TensorrtExecutionProvider": 64}
 
 
 @cache
@@ -111,11 +107,6 @@ def _bound_forward(session: ort.InferenceSession) -> Callable[[Batch], tuple[np.
         return logits.astype(np.float32), peaks
 
     return forward
-
-
-def batch_notes(session: ort.InferenceSession) -> int:
-    """Default notes per forward pass for the provider ``session`` runs on."""
-    return BATCH_NOTES.get(session.get_providers()[0], BATCH_NOTES[CPU_PROVIDER])
 
 
 def output_width(session: ort.InferenceSession) -> int | str:
