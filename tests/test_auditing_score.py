@@ -72,3 +72,18 @@ def test_notes_without_predictions_leave_map_and_count_in_map_all_notes():
     assert audit.as_dict()["gold_notes_without_predictions"] == 1
     empty = audit_system(predictions.clear(), gold, ks=(5,))
     assert (empty.ranking.map, empty.ranking.precision_at[5], empty.micro["f1"], empty.ranking.notes) == (0.0, 0.0, 0.0, 0)
+
+
+def test_gold_that_is_no_code_is_kept_and_reported_and_a_repeated_row_is_scored_once():
+    predictions, gold = _toy()
+    extra = [("n1", "ZZZ.999", CM), ("n1", "b.02", CM), ("n2", "D04", CM)]  # no code; B02 and D04 again
+    questioned = pl.concat([gold, pl.DataFrame(extra, schema=GOLD_SCHEMA, orient="row")])
+    audit = audit_system(predictions, questioned, ks=(5,), is_valid=lambda key: key != "ZZZ999")
+    # ZZZ.999 stays in n1's gold, as CodiEsp's script keeps it: AP n1 = (1/1 + 2/3) / 4; MAP = (5/12 + 1/2) / 2
+    assert audit.ranking.map == pytest.approx(11 / 24)
+    assert (audit.gold_rows, audit.duplicate_gold_rows, audit.invalid_gold_rows) == (7, 2, 1)
+    assert [(c.code, c.count) for c in audit.invalid_gold] == [("ZZZ.999", 1)]
+    assert "ZZZ999" in [c.code for c in audit.missed]
+    assert {key: audit.as_dict()[key] for key in ("gold_rows", "duplicate_gold_rows", "invalid_gold_rows", "invalid_gold_codes")} \
+        == {"gold_rows": 7, "duplicate_gold_rows": 2, "invalid_gold_rows": 1, "invalid_gold_codes": [{"code": "ZZZ.999", "count": 1}]}
+    assert audit_system(predictions, questioned, ks=(5,)).invalid_gold_rows == 0  # without a rule every code is valid

@@ -133,6 +133,32 @@ def test_audit_refuses_an_empty_predictions_file(files):
                              "0 in common); give the gold codes of the notes that were predicted\n")
 
 
+def test_gold_that_is_no_code_and_repeated_gold_rows_are_counted_in_json_text_and_html(files, tmp_path):
+    predictions, gold = files
+    written = pl.read_parquet(gold)
+    extra = pl.DataFrame({"note_id": ["n1", "n1"], "code": ["ZZZ.999", "<b>X</b>"], "system": [CM, CM]})
+    pl.concat([written, extra, *[written.head(1)] * 50]).write_parquet(gold)
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--json"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.stdout)
+    questioned = {key: audit[CM][key] for key in ("gold_rows", "duplicate_gold_rows", "invalid_gold_rows", "invalid_gold_codes")}
+    assert questioned == {"gold_rows": 54, "duplicate_gold_rows": 50, "invalid_gold_rows": 2,
+                          "invalid_gold_codes": [{"code": "<b>X</b>", "count": 1}, {"code": "ZZZ.999", "count": 1}]}
+    assert (audit[PCS]["duplicate_gold_rows"], audit[PCS]["invalid_gold_rows"]) == (0, 0)
+    # kept in the gold as CodiEsp's script keeps them: n1 ranks R50.9 (gold), I10 among 4 gold codes
+    assert audit[CM]["map"] == pytest.approx(1 / 4) == pytest.approx(_official_map(pl.read_parquet(predictions), pl.read_parquet(gold), CM))
+    report = tmp_path / "audit.html"
+    result = runner.invoke(app, ["audit", str(predictions), "--gold", str(gold), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert (f"{CM} gold: 2 gold codes are not valid codes, kept and scored as missed as CodiEsp's script keeps them: "
+            "<b>X</b> (1), ZZZ.999 (1); 50 gold rows repeat an earlier row's note and code, scored once\n") in result.stdout
+    assert f"{PCS} gold:" not in result.stdout
+    html = report.read_text()
+    assert "<b>" not in html and "<B>" not in html
+    assert '<td class="text">&lt;b&gt;X&lt;/b&gt;</td><td>1</td>' in html and "&lt;B&gt;X&lt;/B&gt;" in html  # listed; and missed
+    assert "<tr><td>54</td><td>50</td><td>2</td></tr>" in html
+
+
 def _run_with_manifest(tmp_path, codes_file):
     """Predictions of a code that only a code list knows (3E0T3CZ, deleted from ICD-10-PCS) and a
     manifest beside them saying that list validated the run."""

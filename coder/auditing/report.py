@@ -167,8 +167,12 @@ def _system_section(system: str, result: Mapping[str, Any]) -> str:
         _table(["wrongly predicted", "times", "description"], [[c["code"], c["count"], c["description"]] for c in result["top_false_positives"]]),
         _table(["missed", "times", "description"], [[c["code"], c["count"], c["description"]] for c in result["top_missed"]]),
     ]
+    gold = _table(["gold rows", "duplicate rows (scored once)", "codes that are not valid codes (scored as missed)"],
+                  [[result["gold_rows"], result["duplicate_gold_rows"], result["invalid_gold_rows"]]])
+    if result["invalid_gold_codes"]:
+        gold += _table(["gold code that is not a valid code", "times"], [[c["code"], c["count"]] for c in result["invalid_gold_codes"]])
     return (
-        f"<section><h2>{escape(system)}</h2>{summary}"
+        f"<section><h2>{escape(system)}</h2>{summary}{gold}"
         f'<div class="plots">{at_k}{pr}{calibration}{chapters}</div>'
         f'<div class="plots">{"".join(errors)}</div></section>'
     )

@@ -8,6 +8,13 @@ overrides). Codes are compared by a key (upper-cased, dots and spaces removed), 
 An audit refuses what it cannot score rather than print a MAP of 0: rows with a null note id,
 system or code or an unknown system (``coder.io.corpus.check_codes``), and predictions that share
 no note with the gold. Predicted notes outside the gold are ignored and counted.
+
+Gold it can score but should question is scored and reported, per system, in the JSON, the text
+summary and the HTML report: rows that repeat an earlier row's note and code (scored once), and
+codes that are no valid code by the rule MAP validates predictions with (``ValidCodes``: the release,
+the code list, the model's truncation levels). Those stay in the gold, as CodiEsp's official script
+keeps its gold unfiltered, so MAP stays comparable with it: a prediction cannot match them, and they
+count as missed in MAP's denominator, recall and ``top_missed``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from coder.validate import AssignableCodes
 
 _GOLD = "is_gold"
 _POS = "position"
+_SHOWN_CHARS = 20
+"""An invalid gold code is shown cut to this length: a code is at most 8 characters, a longer one may be text."""
 
 @dataclass(frozen=True)
 class CodeCount:
@@ -63,10 +72,18 @@ class SystemAudit:
     up to the highest score."""
     calibration: list[dict[str, float]]
     """Reliability diagram: per score bin, mean score, fraction of gold codes, count."""
+    gold_rows: int
+    duplicate_gold_rows: int
+    """Gold rows that repeat an earlier row's note and code (by key): each pair is scored once."""
+    invalid_gold_rows: int
+    """Scored gold (note, code) pairs whose code is no valid code; kept in the scoring (see the module)."""
+    invalid_gold: list[CodeCount]
+    """The most frequent of those codes, as written (cut to ``_SHOWN_CHARS``), with their counts."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON shape: ``map``, ``map_all_notes``, ``notes`` (what MAP, P@k and R@k average over),
-        ``gold_notes``, ``gold_notes_without_predictions``, ``p@k``, ``r@k``, ``micro_*``, ``macro_*``, details."""
+        ``gold_notes``, ``gold_notes_without_predictions``, ``p@k``, ``r@k``, ``micro_*``, ``macro_*``,
+        ``gold_rows``, ``duplicate_gold_rows``, ``invalid_gold_rows``, ``invalid_gold_codes``, details."""
         out: dict[str, Any] = self.ranking.as_dict()
         out |= {f"micro_{name}": v for name, v in self.micro.items()}
         out |= {f"macro_{name}": v for name, v in self.macro.items()}
@@ -75,6 +92,9 @@ class SystemAudit:
         out["top_missed"] = [vars(c) for c in self.missed]
         out["pr_curve"] = self.pr_curve
         out["calibration"] = self.calibration
+        out |= {"gold_rows": self.gold_rows, "duplicate_gold_rows": self.duplicate_gold_rows,
+                "invalid_gold_rows": self.invalid_gold_rows,
+                "invalid_gold_codes": [{"code": c.code, "count": c.count} for c in self.invalid_gold]}
         return out
 
 
@@ -106,6 +126,19 @@ def _top(
         CodeCount(code=display(key), count=int(count), description=describe(key))
         for key, count in rows.select(KEY, column).iter_rows()
     ]
+
+
+def _invalid_gold(scored: pl.DataFrame, is_valid: Callable[[str], bool] | None, *, n: int) -> tuple[int, list[CodeCount]]:
+    """How many of the ``scored`` gold rows (one per note and key) have a code that ``is_valid`` refuses,
+    and the ``n`` most frequent such codes as written."""
+    if is_valid is None:
+        return 0, []
+    refused = [key for key in scored.get_column(KEY).unique() if not is_valid(key)]
+    rows = scored.filter(pl.col(KEY).is_in(refused))
+    counts = rows.group_by(CODE).len().sort(["len", CODE], descending=[True, False]).head(n)
+    shown = [CodeCount(code=code if len(code) <= _SHOWN_CHARS else f"{code[:_SHOWN_CHARS]}…", count=count, description=None)
+             for code, count in counts.iter_rows()]
+    return rows.height, shown
 
 
 def _chapters(confusion: pl.DataFrame, chapter: Callable[[str], str]) -> list[dict[str, Any]]:
@@ -164,7 +197,9 @@ def audit_system(
     list for MAP; ``display`` gives the form shown in the top lists (the canonical code).
     """
     predictions = predictions.with_columns(code_key())
-    gold_keys = gold.select(NOTE_ID, code_key()).unique()
+    scored_gold = gold.with_columns(code_key()).unique([NOTE_ID, KEY], keep="first", maintain_order=True)
+    gold_keys = scored_gold.select(NOTE_ID, KEY)
+    invalid_rows, invalid = _invalid_gold(scored_gold, is_valid, n=top)
     ranked = _ranked(predictions, gold_keys)
     by_note = ranked.group_by(NOTE_ID, maintain_order=True).agg(pl.col(KEY))
     truth = gold_keys.group_by(NOTE_ID).agg(pl.col(KEY))
@@ -180,6 +215,10 @@ def audit_system(
         missed=_top(confusion, "fn", describe=describe, display=display, n=top),
         pr_curve=_pr_curve(ranked, gold_keys.height),
         calibration=_calibration(ranked),
+        gold_rows=gold.height,
+        duplicate_gold_rows=gold.height - gold_keys.height,
+        invalid_gold_rows=invalid_rows,
+        invalid_gold=invalid,
     )
 
 
@@ -296,7 +335,21 @@ def _summary_lines(results: dict[str, Any]) -> tuple[str, ...]:
             f"{result['map_all_notes']:.3f}), {at_k}, micro F1 {result['micro_f1']:.3f}, macro F1 {result['macro_f1']:.3f}, "
             f"{result['predicted_notes_not_in_gold']} predicted notes not in the gold ignored"
         )
+        lines += _questioned_gold(system, result)
     return tuple(lines)
+
+
+def _questioned_gold(system: str, result: dict[str, Any]) -> list[str]:
+    """The summary line on the system's duplicated gold rows and invalid gold codes; none when there are none."""
+    said = []
+    if result["invalid_gold_rows"]:
+        codes = ", ".join(f"{c['code']} ({c['count']})" for c in result["invalid_gold_codes"][:5])
+        more = ", ..." if result["invalid_gold_rows"] > sum(c["count"] for c in result["invalid_gold_codes"][:5]) else ""
+        said.append(f"{result['invalid_gold_rows']} gold codes are not valid codes, kept and scored as missed as CodiEsp's "
+                    f"script keeps them: {codes}{more}")
+    if result["duplicate_gold_rows"]:
+        said.append(f"{result['duplicate_gold_rows']} gold rows repeat an earlier row's note and code, scored once")
+    return [f"{system} gold: {'; '.join(said)}"] if said else []
 
 
 def run_audit(
