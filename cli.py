@@ -47,12 +47,51 @@ def _reported(command: F) -> F:
 
 @app.callback()
 def _main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages to stderr."),
+    ctx: typer.Context,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More on stderr: -v adds what each step "
+                                         "loads and finds (INFO logs) and third-party warnings, -vv debug messages.")] = 0,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    ctx.call_on_close(_log_to_stderr(verbose))
+
+
+PROGRESS_LOGGER = "coder.io.progress"
+
+
+class _Stderr(logging.Handler):
+    """Writes each record to the ``sys.stderr`` of the moment (a test runner swaps it): coder's records
+    at the levels of its loggers, other libraries' (Python warnings too) from ``others`` up."""
+
+    def __init__(self, *, others: int) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.addFilter(lambda record: record.name.partition(".")[0] == "coder" or record.levelno >= others)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            typer.echo(self.format(record), err=True)
+        except Exception:  # logging's own rule: a record that cannot be written never stops the run
+            self.handleError(record)
+
+
+def _log_to_stderr(verbosity: int) -> Callable[[], None]:
+    """Log to stderr: coder's warnings and progress lines (``coder.io.progress``), with ``verbosity`` 1
+    its INFO logs and third-party warnings too, with 2 its debug messages; other libraries' logs and
+    Python warnings otherwise only from ERROR up. Returns what puts logging back as it was."""
+    coder, progress, root = (logging.getLogger(name) for name in ("coder", PROGRESS_LOGGER, ""))
+    levels = [(logger, logger.level) for logger in (coder, progress)]
+    handler = _Stderr(others=logging.WARNING if verbosity else logging.ERROR)
+    coder.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])
+    progress.setLevel(min(coder.level, logging.INFO))
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+
+    def restore() -> None:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        for logger, level in levels:
+            logger.setLevel(level)
+
+    return restore
 
 
 class _OneLineCommand(typer.core.TyperCommand):
@@ -259,7 +298,7 @@ def predict_command(
     precision: Annotated[Precision, typer.Option(help="ONNX variant: auto runs int8 on CPU and fp16 on a GPU (fp32 where that variant is absent); fp32 matches torch.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Notes read and scored per batch (also the resume granularity).")] = 256,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bar, lines, one-time preparations) or summary.")] = False,
     max_note_chars: Annotated[int, typer.Option(min=1, help="Characters of each note that are coded: a longer note is coded on its beginning by every source and counted as truncated (counts.over_max_note_chars in the manifest), so one huge note cannot exhaust memory.")] = 100_000,
     engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
@@ -286,6 +325,8 @@ def predict_command(
         batch_size=batch_size, precision=precision.value, quarantine=quarantine, resume=resume, quiet=quiet,
         max_note_chars=max_note_chars, llm=llm_given,
     )
+    if quiet:  # the one-time preparations' progress too
+        logging.getLogger(PROGRESS_LOGGER).setLevel(logging.WARNING)
     run = predict_notes
     if engine is Engine.ray:
         from coder.engines.ray import RayOptions, predict_notes_ray
@@ -361,6 +402,21 @@ def export_command(
     config = export_bundle(model_dir, dev=dev, tolerance=tolerance, fp16=fp16)
     for variant, info in config.onnx.items():
         typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
+
+
+@app.command("prepare", cls=_OneLineCommand)
+@_reported
+def prepare_command(
+    model: Annotated[Path | None, typer.Option(file_okay=False, help="Model folder whose caches are built (default: $CODER_MODEL, else models/codiesp-minilm).")] = None,
+) -> None:
+    """Build every cache the model's first `coder predict` would build (the ontology tables, the ontology
+    searches' index, the dense search's int8 encoder and term vectors: minutes on a few cores), in
+    $CODER_CACHE_DIR or else the user's cache folder; for a container build or before a first night.
+    Prints what it built and where."""
+    from coder.prepare import prepare_caches
+
+    for line in prepare_caches(model).lines():
+        typer.echo(line)
 
 
 if __name__ == "__main__":

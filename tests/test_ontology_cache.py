@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import platformdirs
 import pytest
 
-from coder.ontology.cache import CACHE_DIR_ENV, load_or_build
+import coder
+from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, load_or_build
 
 
 @pytest.fixture
@@ -61,3 +64,27 @@ def test_an_unwritable_cache_folder_only_warns(source: Path, monkeypatch: pytest
     calls: list[int] = []
     assert _load(source, calls) == {"lines": ["A00 Cholera"]}
     assert "cannot write cache" in caplog.text
+
+
+def test_an_unwritable_cache_folder_warns_once(source: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    blocker = source.parent / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(blocker / "cache"))
+    for salt in ("v1", "v2"):  # two caches, the same folder
+        assert _load(source, [], salt=salt) == {"lines": ["A00 Cholera"]}
+    assert caplog.text.count("cannot write cache") == 1
+
+
+def test_the_cache_folder_is_the_users_unless_the_environment_names_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    assert cache_dir() == Path(platformdirs.user_cache_dir("coder"))
+    assert Path(coder.__file__).parent.parent not in cache_dir().parents  # never inside the installed package
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_building_is_announced_as_a_one_time_preparation(source: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="coder.io.progress")
+    _load(source, [])
+    assert "preparing the test tables from 1 source files (one time, about 10 s)" in caplog.text

@@ -8,7 +8,8 @@ a condition differently from the ontology. Descriptions are English, so it reads
 
 The encoder is not copied into the model folder (it would double its size): the folder records
 which encoder (None: the packaged all-MiniLM-L6-v2) and the sha256 of its files, checked on load.
-What is derived from it is built on first use and kept in ``coder.ontology.cache``: the encoder as
+What is derived from it is built on first use (announced, with a progress bar or periodic lines),
+or ahead of time by ``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as
 int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
 float32), made once per encoder and ontology.
 
@@ -39,10 +40,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from coder.candidates.ontology_search import (TERM, Found, ontology_terms, ordered_terms, search_frame,
                                               sentence_spans)
+from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_parquet, write_text
+from coder.io.progress import Progress, announce
 from coder.model.folder import default_encoder_path
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
@@ -58,6 +61,10 @@ VECTORS_VERSION = 3  # bump when the cached term vectors' layout or the way they
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
+# What first use announces it will take: a core embeds about this many terms a second, and the
+# encoder's export and check take about this long (all-MiniLM-L6-v2 on a server core).
+TERMS_PER_CORE_S = 600
+EXPORT_S = 30
 # Texts per encoder call, sorted by token count so that a batch pads little; a call's padded tokens
 # are bounded because its attention scores grow with rows x length^2 (a call of the longest sentences
 # set the process's peak memory).
@@ -135,11 +142,18 @@ class DenseSearch(ParamsMixin):
                     return arrays["vectors"], arrays["scales"]
         except (OSError, ValueError, KeyError, EOFError):
             pass  # missing or unusable: embedded again below
-        logger.info("dense search: embedding %d terms (first use of this encoder and ontology)", self.terms_.height)
         texts = self.terms_[TERM].to_list()
+        cores = compute_threads()
+        announce(f"the dense search's vectors of {len(texts)} terms", seconds=len(texts) / (TERMS_PER_CORE_S * cores),
+                 cores=cores)
+        progress = Progress(total=len(texts), unit="term", label="dense search term vectors")
+        parts = []
         # a slice of terms at a time: float32 vectors of every term at once would be 4x the int8 result
-        parts = [quantise(self._encode(texts[start : start + TERM_SLICE], max_length=TERM_TOKENS), levels=TERM_LEVELS)
-                 for start in range(0, len(texts), TERM_SLICE)]
+        for start in range(0, len(texts), TERM_SLICE):
+            chunk = texts[start : start + TERM_SLICE]
+            parts.append(quantise(self._encode(chunk, max_length=TERM_TOKENS), levels=TERM_LEVELS))
+            progress.update(len(chunk))
+        progress.close()
         vectors, scales = np.ascontiguousarray(np.concatenate([v for v, _ in parts]).T), np.concatenate([s for _, s in parts])
         arrays = {"key": np.frombuffer(key.encode(), dtype=np.uint8), "vectors": vectors, "scales": scales}
         # other term sets of this encoder belong to other models: kept
@@ -337,7 +351,7 @@ def _encoder_session(folder: Path, sha256: str) -> ort.InferenceSession:
         return create_session(file, device="cpu", arena=False)
     from coder.export.sentence import export_sentence_encoder
 
-    logger.info("dense search: exporting the encoder at %s to int8 ONNX (first use)", folder)
+    announce(f"the dense search's encoder {folder.name} as int8 ONNX", seconds=EXPORT_S)
     with tempfile.TemporaryDirectory() as scratch:
         exported = Path(scratch) / "sentence.onnx"
         export_sentence_encoder(folder, exported)

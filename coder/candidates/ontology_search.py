@@ -48,6 +48,7 @@ from coder.hashing import file_sha256
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
 from coder.io.atomic import write_parquet, write_text
+from coder.io.progress import announce
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ TERMS_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, TERM: pl.String})
 _SENTENCE = re.compile(r"[^\n.;]+")
 PCS_PREFIX_LENGTH = 4  # CodiEsp often cuts PCS codes to their first 4 axes
 INDEX_VERSION = 1  # bump when the cached index's layout or the way it is fitted changes
+INDEX_TERMS_S = 10_000  # terms indexed a second, for the announced duration of a first use
 # Codes of a system first scored exactly, as a multiple of top_k (grown 4x while the bounds of the
 # codes left out allow one of them into the top k).
 EXACT_FIRST = 4
@@ -386,6 +388,7 @@ class OntologySearch(ParamsMixin):
             self.vectorizer_ = shared.vectorizer
             self._set_matrix(shared.matrix, shared.by_term)
         elif (index := self._read_index(file, key=key, n_terms=terms.height)) is None:
+            announce(f"the ontology search's index of {terms.height} terms", seconds=terms.height / INDEX_TERMS_S)
             self.index(terms)
             arrays = self._index_arrays(key)
             write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")

@@ -9,15 +9,18 @@ where decomposed fp32 matches torch within ``TOLERANCE``. Weights are quantised 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from coder.errors import ExportParityError
 from coder.export.onnx import OPSET, quiet
@@ -53,7 +56,8 @@ def export_sentence_encoder(encoder: Path, target: Path) -> None:
     """Write ``encoder`` (a local Hugging Face folder) as int8 ONNX to ``target``, after checking
     the fp32 export against torch and the int8 file against both (``ExportParityError``)."""
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    model = MeanPooled(AutoModel.from_pretrained(str(encoder))).eval()
+    with _no_loading_bar():
+        model = MeanPooled(AutoModel.from_pretrained(str(encoder))).eval()
     example = tokenizer(_PARITY, padding=True, return_tensors="pt")  # padded rows: the mask is exercised
     inputs = (example["input_ids"], example["attention_mask"])
     with torch.inference_mode():
@@ -61,8 +65,9 @@ def export_sentence_encoder(encoder: Path, target: Path) -> None:
     axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length")}
     with tempfile.TemporaryDirectory() as folder:
         fp32 = Path(folder) / "sentence.onnx"
-        # onnxscript's constant folding warns "Evaluation failed" for nodes it skips: harmless
-        with warnings.catch_warnings(), quiet("onnx_ir", "onnxscript", level=logging.ERROR):
+        # onnxscript's constant folding warns "Evaluation failed" for nodes it skips, torch.onnx that
+        # torchvision's operators are not registered: harmless
+        with warnings.catch_warnings(), quiet("onnx_ir", "onnxscript", "torch.onnx", level=logging.ERROR):
             warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(model, inputs, dynamo=True, opset_version=OPSET, input_names=list(INPUT_NAMES),
                                         output_names=[OUTPUT_NAME], dynamic_shapes={name: axes for name in INPUT_NAMES},
@@ -71,7 +76,8 @@ def export_sentence_encoder(encoder: Path, target: Path) -> None:
         feed = {name: tensor.numpy() for name, tensor in zip(INPUT_NAMES, inputs, strict=True)}
         found = create_session(fp32, device="cpu").run(None, feed)[0]
         compare_outputs({OUTPUT_NAME: reference}, {OUTPUT_NAME: found}, atol=TOLERANCE, label="sentence encoder fp32 onnx")
-        with quiet(None):  # the quantiser logs every tensor on the root logger
+        # the quantiser logs every tensor, and advice to pre-process the graph, on the root logger
+        with quiet(None, level=logging.ERROR):
             quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"])
     int8 = create_session(target, device="cpu").run(None, feed)[0]
@@ -80,3 +86,16 @@ def export_sentence_encoder(encoder: Path, target: Path) -> None:
         target.unlink()
         raise ExportParityError(f"int8 sentence encoder of {encoder}: cosine to torch {cosine:.3f} < {INT8_MIN_COSINE}")
     logger.info("sentence encoder %s exported to int8 ONNX (cosine to torch >= %.4f)", encoder, cosine)
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while the encoder loads: the preparation that exports
+    it has its own announcement."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

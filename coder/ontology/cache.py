@@ -16,20 +16,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import platformdirs
+
 from coder.errors import OntologyError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_atomically
+from coder.io.progress import announce
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "CODER_CACHE_DIR"
-# The repository's ontologies/cache/ (gitignored) unless CODER_CACHE_DIR says otherwise.
-_DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "ontologies" / "cache"
+# Folders already found unwritable in this process: each is warned about once.
+_UNWRITABLE: set[Path] = set()
 
 
 def cache_dir() -> Path:
-    """Where cache files live: ``$CODER_CACHE_DIR`` or ``ontologies/cache/``."""
-    return Path(os.environ.get(CACHE_DIR_ENV) or _DEFAULT_CACHE_DIR)
+    """Where cache files live: ``$CODER_CACHE_DIR``, else the user's cache folder
+    (``platformdirs.user_cache_dir("coder")``, e.g. ``~/.cache/coder``), never the installed package."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("coder"))
 
 
 def cache_key(*, sources: Sequence[Path], salt: str) -> str:
@@ -44,10 +48,11 @@ def cache_key(*, sources: Sequence[Path], salt: str) -> str:
 
 
 def load_or_build(
-    *, name: str, sources: Sequence[Path], salt: str, build: Callable[[], dict[str, Any]]
+    *, name: str, sources: Sequence[Path], salt: str, build: Callable[[], dict[str, Any]], about_s: float = 10.0
 ) -> dict[str, Any]:
     """The tables built from ``sources``: read from the cache when its key matches, else built
-    with ``build()`` and written atomically. An unwritable cache folder only costs a warning."""
+    with ``build()`` (announced as a one-time preparation of about ``about_s`` seconds) and written
+    atomically. An unwritable cache folder only costs a warning."""
     key = cache_key(sources=sources, salt=salt)
     path = cache_dir() / f"{name}-{key[:16]}.json.gz"
     if path.is_file():
@@ -59,7 +64,7 @@ def load_or_build(
             logger.warning("cache %s has another key; rebuilding", path)
         except (OSError, ValueError, EOFError) as error:
             logger.warning("cache %s is unreadable (%s); rebuilding", path, error)
-    logger.info("building %s cache from %d source files", name, len(sources))
+    announce(f"the {name} tables from {len(sources)} source files", seconds=about_s)
     tables = build()
 
     def write(raw: IO[bytes]) -> None:
@@ -73,8 +78,11 @@ def load_or_build(
 
 def write_cache(path: Path, write: Callable[[IO[bytes]], None], *, what: str, stale: str | None = None) -> None:
     """Write a cache file atomically (``coder.io.atomic``), then delete the files beside it that
-    match the glob ``stale`` (other versions of the same cache). An unwritable cache folder only
-    costs a warning: the cache is rebuilt next time."""
+    match the glob ``stale`` (other versions of the same cache). An unwritable cache folder costs one
+    warning per process (the caller keeps what it built in memory; it is rebuilt next run)."""
+    if path.parent in _UNWRITABLE:
+        logger.info("cache folder %s is unwritable: %s %s kept in memory only", path.parent, what, path.name)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, write, durable=False)  # a lost cache file is rebuilt, not data lost
@@ -82,4 +90,6 @@ def write_cache(path: Path, write: Callable[[IO[bytes]], None], *, what: str, st
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as error:
-        logger.warning("cannot write %s %s (%s); set %s to a writable folder", what, path, error, CACHE_DIR_ENV)
+        _UNWRITABLE.add(path.parent)
+        logger.warning("cannot write %s %s (%s): the caches are rebuilt on every run until %s names a writable "
+                       "folder (or run `coder prepare` where it is writable)", what, path, error, CACHE_DIR_ENV)
