@@ -92,7 +92,10 @@ class TfidfClassifier(ParamsMixin):
             raise NotFittedError("TfidfClassifier is not fitted: call fit(notes, codes) or TfidfClassifier.load(path)")
         counter = CountVectorizer(ngram_range=(1, 2), strip_accents="unicode", lowercase=True, vocabulary=self.vocabulary_)
         x = self._weigh(counter.transform(notes[self.text_column].fill_null("").to_list()))
-        return (x @ self.train_matrix_.T).toarray() @ self.dual_coef_ + self.label_mean_
+        # sparse [n_notes, n_train] times dense: each note's row is summed over its own entries in their
+        # order, whatever the batch (a dense BLAS product rounds a row differently at another batch height,
+        # and labels of the same training notes, tied exactly, would then swap ranks)
+        return (x @ self.train_matrix_.T) @ self.dual_coef_ + self.label_mean_
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` labels per (note, system): note_id, system, code, <name>."""
