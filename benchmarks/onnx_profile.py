@@ -3,7 +3,7 @@ graph fusions that `coder.model.session` switches off on CPU.
 
     python benchmarks/onnx_profile.py [--model models/codiesp-minilm] [--precision int8] [--notes 48]
 
-Scores the first N background notes (2 notes per pass, as `coder predict` on CPU) twice in one
+Scores the first N background notes (one note per pass, as `coder predict`) twice in one
 process: with onnxruntime's full fusion set, then as `create_session` builds CPU sessions
 (CPU_DISABLED_FUSIONS off). Kernel times come from onnxruntime's profiler. The run is added to
 this script's section of benchmarks/RESULTS.md (history kept).
