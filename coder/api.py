@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from coder.auditing.score import ValidCodes, audit_frames, read_predictions, run_audit
 from coder.errors import InputFileError, UsageError
-from coder.io.corpus import check_codes, read_codes
+from coder.io.corpus import read_codes
 from coder.io.read import InputPlan, note_batch, note_columns
 from coder.io.screen import RowScreen
 from coder.model.load import Model
@@ -110,16 +110,23 @@ def load_model(path: str | Path | None = None, *, device: str = "auto", precisio
                              codes_file=Path(codes_file) if codes_file else None))
 
 
-def audit(predictions: str | Path | pl.DataFrame, gold: str | Path | pl.DataFrame, *, model: CodingModel | None = None,
+def _read(source: str | Path | Frame, reader: Callable[..., pl.DataFrame], name: str) -> pl.DataFrame:
+    """A file, or a frame read by ``reader`` with the file's checks and ``name`` in its errors."""
+    if isinstance(source, (str, Path)):
+        return reader(Path(source))
+    return reader(Path(name), table=_arrow(source, name))
+
+
+def audit(predictions: str | Path | Frame, gold: str | Path | Frame, *, model: CodingModel | None = None,
           codes_file: str | Path | None = None, ks: Sequence[int] = (1, 5, 8, 15)) -> dict[str, Any]:
     """The dictionary ``coder audit --json`` prints. ``predictions``: a file written by ``coder
-    predict`` (its manifest gives the code list) or a frame from ``CodingModel.predict`` (pass its
-    ``model`` for the code list); ``codes_file`` overrides either."""
-    if not isinstance(predictions, pl.DataFrame) and not isinstance(gold, pl.DataFrame):
+    predict`` (its manifest gives the code list) or a frame (any ``Frame``) from ``CodingModel.predict``
+    (pass its ``model`` for the code list); ``codes_file`` overrides either. ``gold``: a file or a frame.
+    A frame is checked as the CLI checks a file (columns, types, null rows: InputFileError)."""
+    if isinstance(predictions, (str, Path)) and isinstance(gold, (str, Path)):
         return run_audit(Path(predictions), gold=Path(gold), codes_file=Path(codes_file) if codes_file else None, ks=ks).results
-    frame = check_codes(predictions, "the predictions frame") if isinstance(predictions, pl.DataFrame) \
-        else read_predictions(Path(predictions))
-    truth = check_codes(gold, "the gold frame") if isinstance(gold, pl.DataFrame) else read_codes(Path(gold))
+    frame = _read(predictions, read_predictions, "the predictions frame")
+    truth = _read(gold, read_codes, "the gold frame")
     listed = Path(codes_file) if codes_file else (model.model.code_list if model else None)
     valid = ValidCodes(listed, "--codes-file" if codes_file else "the model" if listed else "none",
                        dict(model.model.config.truncations) if model else {})

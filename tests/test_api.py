@@ -118,3 +118,17 @@ def test_audit_returns_what_coder_audit_json_prints(notes, tiny_model_path, tmp_
     from_frames = coder.audit(model.predict(notes).predictions, pl.read_parquet(gold), model=model)
     assert {k: v["map"] for k, v in from_frames.items() if k != "valid_codes"} == {
         k: v["map"] for k, v in printed.items() if k not in ("valid_codes", "llm")}
+
+
+def test_audit_takes_frames_of_any_kind_and_checks_them_as_the_cli_checks_files(notes, model):
+    gold = pl.read_parquet(EXAMPLES / "gold.parquet")
+    predictions = model.predict(notes).predictions
+    expected = coder.audit(predictions, gold, model=model)
+    assert coder.audit(predictions.to_arrow(), gold.lazy(), model=model) == expected
+    with pytest.raises(InputFileError, match=r"^the gold frame: missing code column 'code' in the codes \(columns: note_id, system"):
+        coder.audit(predictions, gold.drop("code"), model=model)
+    with pytest.raises(InputFileError, match="^the predictions frame: integer column 'rank' is double, expected an integer column"):
+        coder.audit(predictions.with_columns(pl.col("rank").cast(pl.Float64)), gold, model=model)
+    with pytest.raises(UsageError, match="^the gold frame must be a polars DataFrame or LazyFrame, a pandas DataFrame or a "
+                                         "pyarrow Table, got list"):
+        coder.audit(predictions, [("n1", "R51", "ICD-10-CM")], model=model)

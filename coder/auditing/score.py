@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from coder.auditing.keys import KEY, code_key
 from coder.auditing.report import render_report
@@ -230,12 +231,12 @@ class AuditOutcome:
     lines: tuple[str, ...]
 
 
-def read_predictions(path: Path) -> pl.DataFrame:
+def read_predictions(path: Path, *, table: pa.Table | None = None) -> pl.DataFrame:
     """The columns of a predictions parquet that an audit reads, checked like every input and its rows
-    like gold codes (``check_codes``)."""
+    like gold codes (``check_codes``); ``table``: rows already in memory, named ``path`` (``read_table``)."""
     frame = read_table(path, columns={NOTE_ID: "id", SYSTEM: "system", CODE: "code"}, what="predictions",
                        typed={RANK: "integer", SCORE: "number", ABOVE_THRESHOLD: "boolean"},
-                       optional=[DESCRIPTION, SOURCE, *EVIDENCE])
+                       optional=[DESCRIPTION, SOURCE, *EVIDENCE], table=table)
     return check_codes(frame, path)
 
 

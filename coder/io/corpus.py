@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from coder.errors import InputFileError
 from coder.io.read import read_table
@@ -57,9 +58,10 @@ def check_codes(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
     return frame
 
 
-def read_codes(path: Path) -> pl.DataFrame:
-    """Gold codes (GOLD_SCHEMA), checked by ``check_codes``: ``coder train`` and ``coder audit`` read them here."""
-    frame = read_table(path, columns={NOTE_ID: "id", CODE: "code", SYSTEM: "system"}, what="codes")
+def read_codes(path: Path, *, table: pa.Table | None = None) -> pl.DataFrame:
+    """Gold codes (GOLD_SCHEMA), checked by ``check_codes``: ``coder train`` and ``coder audit`` read them here
+    (``table``: rows already in memory, named ``path``; see ``read_table``)."""
+    frame = read_table(path, columns={NOTE_ID: "id", CODE: "code", SYSTEM: "system"}, what="codes", table=table)
     return check_codes(frame, path).select(GOLD_SCHEMA.names())
 
 

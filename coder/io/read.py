@@ -279,18 +279,20 @@ _KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_int
 
 
 def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapping[str, str] | None = None,
-               optional: Sequence[str] = ()) -> pl.DataFrame:
+               optional: Sequence[str] = (), table: pa.Table | None = None) -> pl.DataFrame:
     """A parquet file's ``columns`` (string columns, name -> role: ``{"note_id": "id"}``) and
     ``typed`` columns (name -> ``integer``, ``number`` or ``boolean``), each checked present and of
     its type, with the errors ``plan_inputs`` gives, and the ``optional`` columns the file has: the
-    one reader of corpora (training notes, gold codes, evidence) and of audit inputs."""
-    schema = _open(path).schema_arrow
+    one reader of corpora (training notes, gold codes, evidence) and of audit inputs. ``table``: rows
+    already in memory (a Python API frame), checked the same way; ``path`` then only names them."""
+    schema = _open(path).schema_arrow if table is None else table.schema
     for column, role in columns.items():
         _check_column(path, schema, column, role, what=what)
     for column, kind in (typed or {}).items():
         _check_column(path, schema, column, kind, what=what, accepts=_KINDS[kind])
+    read = [*columns, *(typed or {}), *(c for c in optional if c in schema.names)]
     try:
-        frame = pl.read_parquet(path, columns=[*columns, *(typed or {}), *(c for c in optional if c in schema.names)])
+        frame = pl.read_parquet(path, columns=read) if table is None else pl.from_arrow(table.select(read))
     except (OSError, pl.exceptions.PolarsError) as error:
         raise InputFileError(f"{path}: unreadable {what} parquet ({type(error).__name__}); is the file truncated?") from None
     return frame.cast(dict.fromkeys(columns, pl.String))  # dictionary-encoded strings read as Categorical
