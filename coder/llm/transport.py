@@ -31,16 +31,17 @@ def fetch_json(request: urllib.request.Request, *, timeout: float, max_bytes: in
     (``HTTPError`` for a status >= 400, ``OSError``, ``http.client.HTTPException``).
     """
     deadline = _Deadline(timeout)
+    late = TimeoutError(f"no whole reply within {timeout:g} s")
     opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
     try:
         with deadline, opener.open(request, timeout=timeout) as response:
             body = _read(response, max_bytes=max_bytes)
     except (OSError, http.client.HTTPException) as error:
         if deadline.passed():
-            raise TimeoutError(f"no whole reply within {timeout:g} s") from error
+            raise late from error
         raise
     if deadline.passed():  # the shut connection may read as a short body rather than an error
-        raise TimeoutError(f"no whole reply within {timeout:g} s")
+        raise late
     try:
         return json.loads(body)
     except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
