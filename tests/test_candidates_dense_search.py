@@ -3,6 +3,7 @@ the cache (encoder ONNX and term vectors built once) and the encoder check on lo
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -14,7 +15,7 @@ from polars.testing import assert_frame_equal
 import coder.candidates.dense_search as dense_search
 from coder.candidates.dense_search import DenseSearch
 from coder.candidates.ontology_search import TERMS_SCHEMA
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -92,8 +93,10 @@ def test_scores_are_the_best_cosine_over_terms_and_sentences(search, monkeypatch
 
 
 def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder(search, encoder, tmp_path, monkeypatch, caplog):
+    """A saved search carries a copy of its encoder (other than the packaged one), never a path outside it."""
     search.save(tmp_path / "dense")
-    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.json", "terms.parquet"]
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.json", "encoder", "terms.parquet"]
+    assert json.loads((tmp_path / "dense" / "dense.json").read_text())["params"]["encoder"] == "encoder"
 
     def no_export(*args, **kwargs):
         raise AssertionError("the cached encoder file should be used")
@@ -104,13 +107,20 @@ def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder(search, enc
     assert "term vectors from" in caplog.text
     assert_frame_equal(loaded.candidates(NOTES), search.candidates(NOTES))
 
-    changed = tmp_path / "encoder"
-    shutil.copytree(encoder, changed)
-    (changed / "config.json").write_text((changed / "config.json").read_text() + "\n")
-    state = (tmp_path / "dense" / "dense.json")
-    state.write_text(state.read_text().replace(encoder, str(changed)))
+    loaded.save(tmp_path / "dense")  # saved where it was loaded from: its copy stays
+    changed = tmp_path / "dense" / "encoder" / "config.json"
+    changed.write_text(changed.read_text() + "\n")
     with pytest.raises(ModelBundleError, match="was built with"):
         DenseSearch.load(tmp_path / "dense")
+
+
+def test_an_encoder_holding_a_pickle_is_not_saved(search, encoder, tmp_path):
+    pickled = tmp_path / "encoder"
+    shutil.copytree(encoder, pickled)
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    search.encoder = str(pickled)
+    with pytest.raises(UsageError, match=r"holds pickle files \(pytorch_model.bin\)"):
+        search.save(tmp_path / "dense")
 
 
 def test_unfitted_missing_folder_and_missing_encoder(cache, tmp_path):

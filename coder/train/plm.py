@@ -28,7 +28,7 @@ from coder.errors import UsageError
 from coder.io.atomic import write_json
 from coder.io.corpus import Corpus
 from coder.model.chunking import ChunkedNote, chunk_notes, collate
-from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, read_config
+from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, encoder_record, read_config
 from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, predict_proba, save_torch
 from coder.ontology import Ontology, canonical_codes, load_ontology
@@ -191,7 +191,7 @@ def _base_config(out: Path, data: Data, *, ontology: Ontology, options: Training
         max_chunks=options.max_chunks,
         attention_dim=options.attention_dim,
         text_columns={"encoder": text_column},
-        encoder={"name": encoder_name, "source": str(encoder_path)},
+        encoder=encoder_record(encoder_path, name=encoder_name),
         # the folder's own copy of the code list, not the path it was trained from (folders travel)
         ontology={**ontology.release, "code_list": code_list} if code_list else dict(ontology.release),
         unknown_codes=data.labels.unknown,
