@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import sysconfig
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -346,14 +347,25 @@ def encoder_record(path: Path, *, name: str) -> dict[str, str]:
     return {"name": name, "sha256": folder_sha256(path)}
 
 
+DEFAULT_MODEL = "codiesp-minilm"
+
+
 def default_model_path() -> Path:
-    """``$CODER_MODEL`` if set, else ``<repo root>/models/codiesp-minilm``."""
+    """``$CODER_MODEL`` if set, else the shipped model: ``<repo root>/models/codiesp-minilm`` in a source
+    checkout (an editable install), else ``<prefix>/share/coder/models/codiesp-minilm``, where a wheel puts it
+    (``setup.py``)."""
     configured = os.environ.get(MODEL_ENV)
-    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "models" / "codiesp-minilm"
-    if not (path / CONFIG_FILE).is_file():
-        origin = f"${MODEL_ENV}" if configured else "the default model path"
-        raise ModelBundleError(
-            f"no model at {path} ({origin}): train one with `coder train --out {path}` "
-            f"or point ${MODEL_ENV} at a model folder"
-        )
-    return path
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        shipped = Path("models") / DEFAULT_MODEL
+        candidates = [Path(__file__).resolve().parents[2] / shipped,
+                      Path(sysconfig.get_paths()["data"]) / "share" / "coder" / shipped]
+    for path in candidates:
+        if (path / CONFIG_FILE).is_file():
+            return path
+    origin = f"${MODEL_ENV}" if configured else "the default model paths"
+    raise ModelBundleError(
+        f"no model at {' or '.join(map(str, candidates))} ({origin}): train one with `coder train --out PATH` "
+        f"and point ${MODEL_ENV} at it, or pass --model"
+    )
