@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
 from coder.candidates.backfill import backfill
 from coder.candidates.features import assemble
-from coder.candidates.term_match import TermMatch
+from coder.candidates.term_match import TermMatch, term_stems
 from coder.io.corpus import Corpus
 from coder.schema import CM, EVIDENCE_SCHEMA, GOLD_SCHEMA, PCS
 from coder.train.stacking import default_sources
@@ -104,3 +105,20 @@ def test_a_batch_gives_each_note_what_it_gets_alone(fitted):
     alone = [(fitted.candidates(notes[i : i + 1]), fitted.score(notes[i : i + 1], keys)) for i in range(notes.height)]
     for batch, single in zip(together, zip(*alone)):
         assert batch.sort("note_id", "code").equals(pl.concat(single).sort("note_id", "code"))
+
+
+def test_fits_of_the_same_terms_share_their_stems_and_fit_the_same_arrays(tiny_ontology):
+    term_stems.cache_clear()
+    first = TermMatch().fit(CORPUS, ontology=tiny_ontology)
+    other_notes = Corpus(TRAIN.head(2), pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=EVIDENCE_SCHEMA))
+    second = TermMatch().fit(other_notes, ontology=tiny_ontology)  # another fold: other notes, the same terms
+    assert term_stems.cache_info().hits == 1 and second.stem_terms_ is first.stem_terms_
+    term_stems.cache_clear()
+    alone = TermMatch().fit(other_notes, ontology=tiny_ontology)  # the same fit with nothing cached
+    assert alone.stem_terms_ is not second.stem_terms_ and dict(alone.vocabulary_) == dict(second.vocabulary_)
+    for name in ("stem_terms_", "idf_terms_"):
+        assert (getattr(alone, name) != getattr(second, name)).nnz == 0
+    for name in ("idf_", "term_code_", "term_words_", "term_idf_"):
+        assert np.array_equal(getattr(alone, name), getattr(second, name))
+    assert not np.array_equal(first.idf_, second.idf_)  # the idf is each fit's own
+    assert not first.stem_terms_.data.flags.writeable  # shared, so never changed

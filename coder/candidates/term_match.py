@@ -17,9 +17,13 @@ Diagnoses only by default: procedure descriptions are built of axis values, not 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +52,43 @@ STATE_FILE, TERMS_FILE = "term_match.json", "terms.parquet"
 IDF_FLOOR = 1e-6
 # Notes matched at once: the sentences of a CodiEsp note share a word with ~120k terms ("left", "fracture").
 NOTES_AT_ONCE = 16
+
+
+def content_stems(words: tuple[str, ...] | list[str], stem_length: int) -> list[str]:
+    """The stems (first ``stem_length`` letters) of ``words`` that name something: filler words and
+    single letters left out, single digits kept."""
+    return [word[:stem_length] for word in words if word not in FILLER and (len(word) > 1 or word.isdigit())]
+
+
+@dataclass(frozen=True)
+class TermStems:
+    """What the term match knows of a list of terms before it reads any note; shared by every fit of
+    the same terms, so its arrays are read-only."""
+
+    kept: np.ndarray
+    """[n_terms] bool: the term has a content stem (the others are left out)."""
+    vocabulary: Mapping[str, int]
+    """Stem -> its row in ``stem_terms``."""
+    stem_terms: sparse.csr_matrix
+    """[n_stems, n_kept_terms]: 1 where a term holds a stem."""
+
+
+@functools.lru_cache(maxsize=4)
+def term_stems(texts: tuple[str, ...], stem_length: int) -> TermStems:
+    """The content stems of the terms ``texts``, once per process for the same texts and stem length:
+    ``coder train`` fits the term match on every fold over the same ontology terms."""
+    stems = [list(dict.fromkeys(content_stems([fold(m.group(), plural_es=False) for m in WORD.finditer(term)],
+                                              stem_length))) for term in texts]
+    kept = np.array([bool(s) for s in stems], dtype=bool)
+    stems = [s for s in stems if s]
+    vocabulary = {stem: i for i, stem in enumerate(dict.fromkeys(s for term in stems for s in term))}
+    rows = np.array([vocabulary[s] for term in stems for s in term], dtype=np.int64)
+    columns = np.repeat(np.arange(len(stems)), [len(term) for term in stems])
+    matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
+                               shape=(len(vocabulary), len(stems)))
+    for array in (kept, matrix.data, matrix.indices, matrix.indptr):
+        array.flags.writeable = False
+    return TermStems(kept, MappingProxyType(vocabulary), matrix)
 
 
 class TermMatch(ParamsMixin):
@@ -84,7 +125,7 @@ class TermMatch(ParamsMixin):
         texts = [text or "" for text in corpus.notes[self.text_column].to_list()]
         frequency: dict[str, int] = {}
         for text in texts:
-            for stem in set(self._stems(Tokens.of(text, plural_es=False).words)):
+            for stem in set(content_stems(Tokens.of(text, plural_es=False).words, self.stem_length)):
                 frequency[stem] = frequency.get(stem, 0) + 1
         self.document_frequency_, self.n_notes_ = frequency, len(texts)
         self._index(ontology_terms(ontology, systems=self.systems))
@@ -93,24 +134,14 @@ class TermMatch(ParamsMixin):
                     self.n_notes_)
         return self
 
-    def _stems(self, words: tuple[str, ...] | list[str]) -> list[str]:
-        return [word[: self.stem_length] for word in words if word not in FILLER and (len(word) > 1 or word.isdigit())]
-
     def _index(self, terms: pl.DataFrame) -> None:
         """The terms' content stems as a matrix [n_stems, n_terms] (1 where a term holds a stem) and the stems' idf."""
         self.terms_ = terms
-        stems = [list(dict.fromkeys(self._stems([fold(m.group(), plural_es=False) for m in WORD.finditer(term)])))
-                 for term in terms[TERM].to_list()]
-        keep = np.array([bool(s) for s in stems])
-        stems = [s for s, kept in zip(stems, keep) if kept]
-        self.vocabulary_ = {stem: i for i, stem in enumerate(dict.fromkeys(s for term in stems for s in term))}
-        codes = terms.filter(pl.Series(keep)).select(SYSTEM, CODE)
+        stems = term_stems(tuple(terms[TERM].to_list()), self.stem_length)
+        self.vocabulary_, self.stem_terms_ = stems.vocabulary, stems.stem_terms
+        codes = terms.filter(pl.Series(stems.kept)).select(SYSTEM, CODE)
         self.codes_ = codes.unique(maintain_order=True)
         self.term_code_ = codes.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE], how="left")["_code"].to_numpy()
-        rows = np.array([self.vocabulary_[s] for term in stems for s in term], dtype=np.int64)
-        columns = np.repeat(np.arange(len(stems)), [len(term) for term in stems])
-        self.stem_terms_ = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
-                                             shape=(len(self.vocabulary_), len(stems)))
         n = self.n_notes_
         self.idf_ = np.log((n + 1) / (np.array([self.document_frequency_.get(s, 0) for s in self.vocabulary_],
                                                dtype=np.float64) + 1)).astype(np.float32)
@@ -148,7 +179,7 @@ class TermMatch(ParamsMixin):
         for note, text in enumerate(notes[self.text_column].to_list(), start=offset):
             tokens = Tokens.of(text or "", plural_es=False)
             found = {(sentence, self.vocabulary_[stem]) for word, sentence in zip(tokens.words, tokens.sentences)
-                     for stem in self._stems([word]) if stem in self.vocabulary_}
+                     for stem in content_stems([word], self.stem_length) if stem in self.vocabulary_}
             at = {sentence: len(owners) + i for i, sentence in enumerate(sorted({sentence for sentence, _ in found}))}
             rows += [at[sentence] for sentence, _ in found]
             columns += [stem for _, stem in found]
