@@ -1,15 +1,18 @@
-"""Peak memory of `coder predict` against dump size, and pipeline overhead against the model alone.
+"""Peak memory of `coder predict` against dump size, with one huge note beside normal ones, and pipeline
+overhead against the model alone.
 
 Notes are synthesised from the 200 CodiEsp background notes in the repository
 (benchmarks/data/background_200.parquet, English ``text`` only, CC BY 4.0), cycled with fresh
 note ids, into a work folder outside git (default /tmp/coder-bench). Each `coder predict` runs as
 its own process; its peak RSS comes from ``os.wait4`` (the kernel's max resident set of that
-process). Run with ``nice``: it keeps the CPU busy for minutes.
+process). The long-note case is two background notes and one note of ``--long-note-chars`` characters
+(background text repeated, 5,000,000 by default: a 5 MB note), coded with the default ``--max-note-chars``;
+0 skips it. Run with ``nice``: it keeps the CPU busy for minutes.
 
     nice -n 19 /work/venv/bin/python benchmarks/memory.py --model tests/assets/tiny_model/bundle \
         --sizes 1000,10000,100000 --overhead-notes 2000
     nice -n 19 /work/venv/bin/python benchmarks/memory.py --model models/codiesp-minilm --sizes 200,1000 \
-        --overhead-notes 0
+        --overhead-notes 0 --long-note-chars 5000000
 
 The `coder` console script imports the package from this checkout; put another checkout first on
 PYTHONPATH to measure it with the same harness (e.g. a `git worktree` of an older commit).
@@ -64,6 +67,23 @@ def synthesise(n: int, path: Path, *, chars: int | None = None, chunk: int = 10_
     return path
 
 
+def synthesise_long(path: Path, *, chars: int) -> Path:
+    """Two background notes and one note of ``chars`` characters (the background notes' text, repeated)."""
+    source = pl.read_parquet(SOURCE, columns=["text"]).get_column("text")
+    text = "\n".join(source.to_list())
+    long = (text * (chars // len(text) + 1))[:chars]
+    pl.DataFrame({"note_id": ["normal-1", "long", "normal-2"], "text": [source[0], long, source[1]]}).write_parquet(path)
+    return path
+
+
+def cpu_model() -> str:
+    """What ``lscpu`` calls the Model name."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict:
     """Run `coder predict` in its own process; return wall seconds, peak RSS (MiB), the manifest and
     the 1-minute load average at the end."""
@@ -107,12 +127,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/coder-bench"))
     parser.add_argument("--chars", type=int, default=None,
                         help="cut the memory-curve notes to this many characters (faster on a busy machine)")
+    parser.add_argument("--long-note-chars", type=int, default=5_000_000,
+                        help="characters of the one huge note coded beside two normal ones (0 skips the case)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"`{shlex.join(['python', 'benchmarks/memory.py', *sys.argv[1:]])}` on {platform.machine()} ({os.cpu_count()} CPUs): "
+        f"`{shlex.join(['python', 'benchmarks/memory.py', *sys.argv[1:]])}` on {cpu_model()} ({os.cpu_count()} CPUs): "
         f"model {args.model}, batch size {args.batch_size}, "
         f"notes {'cut to ' + str(args.chars) + ' characters' if args.chars else 'at full length'}, "
         f"load average at start {os.getloadavg()[0]:.1f}.",
@@ -127,6 +149,14 @@ def main() -> None:
         timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
         lines.append(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
                      f"| {counts['codes_written']:,} | {run['load']:.1f} |")
+        print(lines[-1], flush=True)
+    if args.long_note_chars:
+        notes = synthesise_long(args.workdir / f"long-{args.long_note_chars}.parquet", chars=args.long_note_chars)
+        run = run_predict(notes, args.workdir / "pred-long.parquet", model=args.model, batch_size=args.batch_size)
+        timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
+        lines.append(f"| 2 + one of {args.long_note_chars:,} characters ({counts.get('over_max_note_chars', '?')} cut at "
+                     f"{run['manifest']['options'].get('max_note_chars', 'no limit')}) | {run['seconds']:.1f} "
+                     f"| {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} | {counts['codes_written']:,} | {run['load']:.1f} |")
         print(lines[-1], flush=True)
 
     if args.overhead_notes:
