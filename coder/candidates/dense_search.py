@@ -380,7 +380,7 @@ def _encoder_session(folder: Path, sha256: str) -> ort.InferenceSession:
         return create_session(file, device="cpu", arena=False)
     from coder.export.sentence import export_sentence_encoder
 
-    announce(f"the dense search's encoder {folder.name} as int8 ONNX", seconds=EXPORT_S)
+    announce("the dense search's sentence encoder as int8 ONNX", seconds=EXPORT_S)
     with tempfile.TemporaryDirectory() as scratch:
         exported = Path(scratch) / "sentence.onnx"
         export_sentence_encoder(folder, exported)
