@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,26 @@ def test_index_of_older_code_is_replaced(search, cache, tmp_path, monkeypatch):
     OntologySearch.load(tmp_path / "model")
     [new] = cache.iterdir()
     assert new != old
+
+
+def test_fits_of_the_same_terms_take_the_index_from_the_process_then_the_cache(tiny_ontology, cache, tmp_path,
+                                                                              monkeypatch):
+    fitted = OntologySearch(top_k=2).fit(ontology=tiny_ontology)  # fits and writes the index
+    [file] = cache.iterdir()
+
+    def refuse(self, terms):
+        raise AssertionError("indexed again instead of shared or read from the cache")
+
+    monkeypatch.setattr(OntologySearch, "index", refuse)
+    coverage = OntologySearch(top_k=2, measure="coverage").fit(ontology=tiny_ontology)
+    assert coverage.term_matrix_ is fitted.term_matrix_  # one index in the process for both measures
+    monkeypatch.setattr("coder.candidates.ontology_search._SHARED", weakref.WeakValueDictionary())
+    read = OntologySearch(top_k=2).fit(ontology=tiny_ontology)
+    assert read.term_matrix_ is not fitted.term_matrix_ and (read.term_matrix_ != fitted.term_matrix_).nnz == 0
+    assert_frame_equal(read.candidates(NOTES), fitted.candidates(NOTES), check_exact=True)
+    fitted.save(tmp_path / "model")
+    assert OntologySearch.load(tmp_path / "model").term_matrix_ is read.term_matrix_  # a model's terms: its fit's key
+    assert list(cache.iterdir()) == [file]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "another key"], ids=["unreadable", "key-mismatch"])

@@ -13,13 +13,15 @@ long sentence scores low, and such codes, often never seen in training, fall out
 (its features present or not), so a term wholly found in a sentence scores 1 whatever the
 sentence's length. Two searches of the same terms, one per measure, share one index in a process.
 
-Fitting the index on the whole ontology's terms takes time and memory, so ``load`` keeps the fitted index (vocabularies, idf, float32 term matrix) in the content-keyed
-cache folder of ``coder.ontology.cache``, as one npz read without pickle.
+Fitting the index on the whole ontology's terms takes time and memory, so ``fit`` and ``load`` keep the
+fitted index (vocabularies, idf, float32 term matrix) in the cache folder of ``coder.ontology.cache``,
+keyed on the terms' content, as one npz read without pickle.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -44,9 +46,8 @@ from sklearn.pipeline import FeatureUnion
 from coder.cpus import capped, logical_cpus
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
-from coder.hashing import file_sha256
 from coder.ontology import Ontology
-from coder.ontology.cache import cache_dir, cache_key, write_cache
+from coder.ontology.cache import cache_dir, write_cache
 from coder.io.atomic import write_parquet, write_text
 from coder.io.progress import announce
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
@@ -180,13 +181,12 @@ class OntologySearch(ParamsMixin):
         return self.text_column in corpus.notes.columns
 
     def fit(self, corpus: Corpus | None = None, *, ontology: Ontology) -> OntologySearch:
-        """Index every code's terms of ``ontology`` (``ontology_terms``); notes are not read."""
-        return self.index(ontology_terms(ontology))
+        """Index every code's terms of ``ontology`` (``ontology_terms``), or take their index from the
+        cache (``_cached_index``); notes are not read."""
+        return self._cached_index(ontology_terms(ontology))
 
     def index(self, terms: pl.DataFrame) -> OntologySearch:
         """Index ``terms`` (TERMS_SCHEMA)."""
-        if self.measure not in MEASURES:
-            raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self._order_terms(terms)
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
@@ -219,6 +219,9 @@ class OntologySearch(ParamsMixin):
             self.term_scale_ = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
+        """Check the measure (every way to an index starts here), then keep ``terms`` grouped by code (``ordered_terms``)."""
+        if self.measure not in MEASURES:
+            raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
@@ -366,34 +369,37 @@ class OntologySearch(ParamsMixin):
 
     @classmethod
     def load(cls, path: Path) -> OntologySearch:
-        """The saved search; its fitted index comes from the cache when the terms file, the fitting
-        code and the packages are those it was built with, else it is fitted and cached."""
+        """The saved search; its fitted index comes from the cache when the terms, the fitting code
+        and the packages are those it was built with, else it is fitted and cached (``_cached_index``)."""
         params = read_state(path, "search.json", what="ontology search", also=("terms.parquet",))
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
         params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
         params.setdefault("measure", "cosine")  # folders saved before the parameter
         params.setdefault("backfill", False)  # their rerankers learnt from searches that did not backfill
-        self = cls(**params)
-        terms_file = path / "terms.parquet"
-        terms = pl.read_parquet(terms_file)
-        key = cache_key(sources=[terms_file], salt=self._index_salt())
-        # Named by the terms file too, so that an index of the same terms built by older code or
-        # packages is found and removed; other models' indexes stay.
-        stem = f"search-{file_sha256(terms_file)[:12]}"
+        return cls(**params)._cached_index(pl.read_parquet(path / "terms.parquet"))
+
+    def _cached_index(self, terms: pl.DataFrame) -> OntologySearch:
+        """``index(terms)``, unless a search of the same terms (the other measure) holds their index in
+        this process, or the cache folder (``coder.ontology.cache``) holds it from an earlier fit with the
+        same fitting code and packages; a fitted index is written there."""
+        self._order_terms(terms)
+        terms_hash = hashlib.sha256(json.dumps(self.terms_.rows(), ensure_ascii=False).encode()).hexdigest()
+        key = hashlib.sha256(f"{self._index_salt()}\0{terms_hash}".encode()).hexdigest()
+        # Named by the terms too, so that an index of the same terms built by older code or packages
+        # is found and removed; other terms' indexes stay.
+        stem = f"search-{terms_hash[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         shared = _SHARED.get(key)
-        if shared is not None:  # another search of these terms (the other measure) in this process
-            self._order_terms(terms)
+        if shared is not None:
             self.vectorizer_ = shared.vectorizer
             self._set_matrix(shared.matrix, shared.by_term)
-        elif (index := self._read_index(file, key=key, n_terms=terms.height)) is None:
+        elif (index := self._read_index(file, key=key, n_terms=self.terms_.height)) is None:
             announce(f"the ontology search's index of {terms.height} terms", seconds=terms.height / INDEX_TERMS_S)
             self.index(terms)
             arrays = self._index_arrays(key)
             write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
         else:
-            self._order_terms(terms)
             self.vectorizer_, matrix = index
             self._set_matrix(matrix)
             logger.info("ontology search: %d terms for %d codes, index from %s", self.terms_.height, self.codes_.height, file)
