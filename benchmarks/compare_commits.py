@@ -1,13 +1,14 @@
 """`coder predict` of this checkout against another commit, in one run: same notes, same machine, same venv.
 
-    python benchmarks/compare_commits.py --base REF [--notes data/codiesp/dev/notes.parquet] [--rounds 2]
+    python benchmarks/compare_commits.py --base REF [--notes data/codiesp/dev/notes.parquet] [--rounds 2] [--gold CODES]
 
 The other commit is checked out in a temporary git worktree and run with this virtual environment
 (its package first on PYTHONPATH), each with its own default model, alternating A, B, A, B so that
 load on the machine falls on both. Reports each side's end-to-end notes/s (the manifest's, load
 excluded) and compares their predictions on (note, system, code): rows only one side wrote,
 score differences, rank changes and whether they stay inside groups of equal scores, and the other
-columns. Appends the run to this script's section of benchmarks/RESULTS.md.
+columns; with ``--gold``, each side's MAP per system (``coder audit`` of this checkout on both sides' first
+predictions). Appends the run to this script's section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def predict(checkout: Path, notes: Path, out: Path) -> float:
     return json.loads(out.with_name(f"{out.stem}.manifest.json").read_text())["timing"]["notes_per_s"]
 
 
+def audit_map(predictions: Path, gold: Path) -> dict[str, float]:
+    """MAP per system of ``predictions`` against ``gold`` (`coder audit --json` of this checkout)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CODER_CACHE_DIR": str(CACHE)}
+    command = [sys.executable, "-m", "cli", "audit", str(predictions), "--gold", str(gold), "--json"]
+    found = json.loads(subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)
+    return {system: result["map"] for system, result in found.items() if isinstance(result, dict) and "map" in result}
+
+
 def compare(base: pl.DataFrame, head: pl.DataFrame) -> list[str]:
     """What differs between two predictions files, as lines."""
     only_base, only_head = base.join(head, on=KEY, how="anti"), head.join(base, on=KEY, how="anti")
@@ -73,6 +82,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="git commit (or branch, tag) to compare this checkout with")
     parser.add_argument("--notes", type=Path, default=ROOT / "data" / "codiesp" / "dev" / "notes.parquet")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
+    parser.add_argument("--gold", type=Path, help="gold codes of the notes: each side's MAP per system")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,7 +96,9 @@ def main() -> None:
                 for name, checkout in sides.items():
                     out = tmp / f"{name.replace(' ', '_')}-{round_}.parquet"
                     rates[name].append(predict(checkout, args.notes.resolve(), out))
-            base, head = (pl.read_parquet(tmp / f"{name.replace(' ', '_')}-0.parquet") for name in sides)
+            firsts = {name: tmp / f"{name.replace(' ', '_')}-0.parquet" for name in sides}
+            base, head = (pl.read_parquet(first) for first in firsts.values())
+            maps = {name: audit_map(first, args.gold.resolve()) for name, first in firsts.items()} if args.gold else {}
             commit = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--short", "HEAD"], check=True,
                                     capture_output=True, text=True).stdout.strip()
         finally:
@@ -104,6 +116,8 @@ def main() -> None:
         f"This checkout runs at {median['this checkout'] / median['base']:.2f}x the base.",
         "",
         *(f"- {line}" for line in compare(base, head)),
+        *(f"- MAP against {args.gold}, {name}: " + ", ".join(f"{system} {value:.4f}" for system, value in found.items())
+          for name, found in maps.items()),
         "",
     ]
     section = "\n".join(lines)
