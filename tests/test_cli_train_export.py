@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -18,27 +20,20 @@ def test_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_train_export_predict_end_to_end(tiny_model_path, tmp_path):
-    data = tiny_model_path.parent / "data"
-    notes, codes = tmp_path / "notes.parquet", tmp_path / "codes.parquet"
-    pl.read_parquet(data / "notes.parquet").head(10).write_parquet(notes)
-    pl.read_parquet(data / "codes.parquet").write_parquet(codes)
+def test_train_export_predict_end_to_end(trained_model, tmp_path):
+    config = read_config(trained_model.folder)  # trained by `coder train` (conftest)
+    assert config.dev_metrics["epoch"] == 1 and not trained_model.folder.with_name("model.checkpoint").exists()
     out = tmp_path / "model"
-    trained = runner.invoke(app, [
-        "train", "--notes", str(notes), "--codes", str(codes), "--dev-notes", str(notes), "--dev-codes", str(codes),
-        "--encoder", str(tiny_model_path.parent / "encoder"), "--sentence-encoder", str(tiny_model_path.parent / "encoder"),
-        "--epochs", "1", "--out", str(out),
-    ])
-    assert trained.exit_code == 0, trained.output
-    config = read_config(out)
-    assert config.dev_metrics["epoch"] == 1 and not out.with_name("model.checkpoint").exists()
-    exported = runner.invoke(app, ["export", str(out), "--dev-notes", str(notes), "--dev-codes", str(codes), "--no-fp16"])
+    shutil.copytree(trained_model.folder, out)  # exported again here: the session's folder stays as trained
+    exported = runner.invoke(app, ["export", str(out), "--dev-notes", str(trained_model.notes), "--dev-codes",
+                                   str(trained_model.codes), "--no-fp16"])
     assert exported.exit_code == 0, exported.output
     config = read_config(out)
     assert config.onnx["fp32"]["parity"]["logits"] <= 1e-4
     assert "int8" in config.onnx and "dev_map" in config.onnx["int8"]
-    coded = code_batch(load_model(out, device="cpu", precision="fp32"), pl.read_parquet(notes), top_k=2)
-    assert coded.predictions.height == 2 * 2 * 10
+    notes = pl.read_parquet(trained_model.notes)
+    coded = code_batch(load_model(out, device="cpu", precision="fp32"), notes, top_k=2)
+    assert coded.predictions.height == 2 * 2 * notes.height
 
 
 def test_train_refuses_an_out_folder_that_is_not_a_model(tiny_model_path, tmp_path):

@@ -51,11 +51,9 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
 
 
 @pytest.mark.slow
-def test_spans_and_a_second_language_add_the_evidence_lexicon(tiny_model_path, tiny_codiesp, tmp_path):
-    notes, codes, evidence = tiny_codiesp
-    paths = _write(tmp_path, {"notes": notes, "codes": codes, "evidence": evidence})
-    out = _build(tmp_path, tiny_model_path, Inputs(notes=paths["notes"], codes=paths["codes"], evidence=paths["evidence"],
-                                                   dev_notes=paths["notes"], dev_codes=paths["codes"]))
+def test_spans_and_a_second_language_add_the_evidence_lexicon(trained_model, tiny_codiesp):
+    notes, _, _ = tiny_codiesp
+    out = trained_model.folder  # notes with text_es, spans and dev files (conftest)
     config = read_config(out)
     assert {"lexicon_es", "lexicon"} <= {s.name for s in config.sources} and config.training["dev"] == "dev files"
     assert not [f for f in out.rglob("*") if f.suffix in (".pkl", ".joblib", ".pt")]
