@@ -137,6 +137,29 @@ def tiny_gate(tiny_ontology):
     return AssignableCodes(tiny_ontology, truncations={PCS: (4,)})
 
 
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, tiny_codiesp, tiny_model_path) -> SimpleNamespace:
+    """A model built once per session by ``coder train`` through the CLI from ``tiny_codiesp``: notes with
+    a Spanish column, coders' spans, the same notes as dev, one epoch of the tiny encoder. A namespace of
+    ``folder`` and the ``notes``, ``codes`` and ``evidence`` files; a test that changes the folder copies it."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    folder = tmp_path_factory.mktemp("trained")
+    files = {name: folder / f"{name}.parquet" for name in ("notes", "codes", "evidence")}
+    for frame, path in zip(tiny_codiesp, files.values(), strict=True):
+        frame.write_parquet(path)
+    encoder = str(tiny_model_path.parent / "encoder")
+    result = CliRunner().invoke(app, [
+        "train", "--notes", str(files["notes"]), "--codes", str(files["codes"]), "--evidence", str(files["evidence"]),
+        "--dev-notes", str(files["notes"]), "--dev-codes", str(files["codes"]), "--encoder", encoder,
+        "--sentence-encoder", encoder, "--epochs", "1", "--out", str(folder / "model"),
+    ])
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(folder=folder / "model", **files)
+
+
 def run_vote(notes, candidates, *, settings, gate, backend=None, per_note=50):
     """An ``LLMStage`` opened with ``settings`` voting once: what the stage reports, in one namespace
     (``available`` and ``error`` as the manifest records them, ``votes``, ``counts``, ``new_tokens``)."""
