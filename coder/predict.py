@@ -9,18 +9,12 @@ from coder.engines.local import code_locally
 from coder.errors import UsageError
 from coder.io.outputs import claim_outputs
 from coder.llm.vote import LLMStage, llm_settings
-from coder.model.folder import ModelConfig, default_model_path, read_config
+from coder.model.folder import default_model_path, read_config
 from coder.model.load import load_model
 from coder.run import Engine, PredictOptions, RunSummary, plan_run, run_batches
 
 if TYPE_CHECKING:
     from coder.llm.backends import Backend
-
-
-def _note_columns(config: ModelConfig) -> tuple[str, ...]:
-    """The note columns a model reads, from its config alone: what ``coder.model.load.Model.text_columns`` gives
-    once it is loaded (the encoder's first, then the sources')."""
-    return tuple(dict.fromkeys([config.text_columns["encoder"], *(spec.text_column for spec in config.sources)]))
 
 
 def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, device: str = "auto",
@@ -35,7 +29,7 @@ def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, d
     a run already writing ``out`` or a file without the right columns costs seconds."""
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
         folder = model or default_model_path()
-        plan = plan_run(source, text_columns=_note_columns(read_config(folder)), options=options)
+        plan = plan_run(source, text_columns=read_config(folder).note_columns, options=options)
         loaded = load_model(folder, device=device, precision=options.precision, codes_file=codes_file)
         settings = llm_settings(configured=loaded.config.llm, given=options.llm)
         if settings.enabled and engine is not None:

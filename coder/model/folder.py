@@ -145,6 +145,11 @@ class ModelConfig:
         """System of each label, by output index."""
         return tuple(label.system for label in self.labels)
 
+    @property
+    def note_columns(self) -> tuple[str, ...]:
+        """The note columns the model reads: the encoder's first, then the sources' (optional)."""
+        return tuple(dict.fromkeys([self.text_columns["encoder"], *(spec.text_column for spec in self.sources)]))
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
 

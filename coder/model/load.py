@@ -51,7 +51,7 @@ class Model:
     @property
     def text_columns(self) -> tuple[str, ...]:
         """The note columns the model reads: the encoder's first, then the sources' (optional)."""
-        return tuple(dict.fromkeys([self.scorer.text_column, *(source.text_column for source in self.sources)]))
+        return self.config.note_columns
 
     @property
     def precision(self) -> str:
