@@ -20,7 +20,9 @@ def test_help_explains_the_option():
 
 def test_prepare_builds_the_caches_once_and_says_where(tmp_path, tiny_model_path, monkeypatch):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
-    ontology._release_tables.cache_clear()  # this process may hold the tables already: built again here
+    # this process may hold the tables already (memoised): loaded, and built, again here
+    ontology._load.cache_clear()
+    ontology._release_tables.cache_clear()
     first = runner.invoke(app, ["prepare", "--model", str(tiny_model_path)])
     assert first.exit_code == 0, first.output
     assert "built icd10-" in first.stdout and f"cache folder {tmp_path / 'cache'} (from ${CACHE_DIR_ENV})" in first.stdout
