@@ -185,6 +185,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray (2 CPUs, a small object store) started once per session for every test that runs on Ray
+    (the engine joins a session already open). The stand-ins (``standin``, ``engine_cases``) live in test
+    modules, which Ray's workers cannot import: they are shipped by value."""
+    ray = pytest.importorskip("ray")
+    import engine_cases
+    import standin
+
+    for module in (standin, engine_cases):
+        ray.cloudpickle.register_pickle_by_value(module)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def dump(tmp_path):
     """A dump of two files with every kind of bad row (``engine_cases.write_dump``)."""
@@ -203,3 +219,22 @@ def local_run(tmp_path, dump):
     run_batches(dump, out=out, options=OPTIONS)
     return out
 
+
+
+@pytest.fixture(scope="session")
+def cli_local_run(tmp_path_factory, tiny_model_path) -> SimpleNamespace:
+    """A dump (``engine_cases.write_dump``) coded once per session by `coder predict` on the local engine with
+    the tiny model, in batches of 3 (``CLI_ENGINE_ARGS``): what the CLI's other engines must write. A
+    namespace of ``dump`` and ``out``; the tests only read them."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from engine_cases import CLI_ENGINE_ARGS, write_dump
+
+    folder = tmp_path_factory.mktemp("cli_local_run")
+    dump, out = write_dump(folder / "dump"), folder / "out" / "out.parquet"
+    out.parent.mkdir()
+    result = CliRunner().invoke(app, ["predict", str(dump), "--out", str(out), "--model", str(tiny_model_path),
+                                      *CLI_ENGINE_ARGS])
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(dump=dump, out=out)

@@ -18,6 +18,8 @@ from coder.schema import NOTE_ID, TEXT
 from standin import StandInModel, write_notes
 
 OPTIONS = PredictOptions(batch_size=2, quiet=True)
+CLI_ENGINE_ARGS = ("--batch-size", "3", "--device", "cpu", "--quiet")
+"""What every engine's `coder predict` run of the tiny model is given besides its engine (``cli_local_run``)."""
 
 
 def run_batches(source, *, out, options, engine=code_locally, model=None):

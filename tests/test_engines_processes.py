@@ -9,7 +9,7 @@ from cli import app
 from coder.engines.processes import ProcessesEngine
 from coder.errors import ModelBundleError, UsageError, WorkerError
 from coder.run import PredictOptions
-from engine_cases import OPTIONS, BrokenBundle, assert_same_outputs, run_batches
+from engine_cases import CLI_ENGINE_ARGS, OPTIONS, BrokenBundle, assert_same_outputs, run_batches
 from standin import StandInModel as StandIn
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def test_workers_write_the_same_rows_as_the_local_engine(tmp_path, dump, local_r
 def test_a_failed_run_resumes_and_loses_no_note(tmp_path, dump, local_run):
     out = _out(tmp_path)
     with pytest.raises(RuntimeError, match="stand-in failure on note g"):
-        run_batches(dump, out=out, options=OPTIONS, engine=ProcessesEngine(load=functools.partial(StandIn, fail_on="g"), workers=2))
+        run_batches(dump, out=out, options=OPTIONS, engine=ProcessesEngine(load=functools.partial(StandIn, fail_on="g"), workers=1))
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
     summary = run_batches(dump, out=out, options=resume, engine=ProcessesEngine(load=StandIn, workers=2))
     assert 0 < summary.resumed_batches < 10 and summary.notes_coded > 0  # the failed batch is coded on resume
@@ -46,7 +46,7 @@ def test_a_failed_run_resumes_and_loses_no_note(tmp_path, dump, local_run):
 
 def test_a_workers_coder_error_keeps_its_message_and_exit_code(tmp_path, dump):
     with pytest.raises(WorkerError, match="^ModelBundleError on a worker process: .*lacks coder_model.json") as caught:
-        run_batches(dump, out=_out(tmp_path), options=OPTIONS, engine=ProcessesEngine(load=BrokenBundle, workers=2))
+        run_batches(dump, out=_out(tmp_path), options=OPTIONS, engine=ProcessesEngine(load=BrokenBundle, workers=1))
     assert caught.value.exit_code == ModelBundleError.exit_code
 
 
@@ -55,15 +55,12 @@ def test_workers_must_be_positive():
         ProcessesEngine(load=StandIn, workers=0)
 
 
-def test_cli_workers_write_what_the_local_engine_writes(tmp_path, dump, tiny_model_path):
-    outs = {}
-    for workers in ("1", "2"):
-        outs[workers] = tmp_path / workers / "out.parquet"
-        outs[workers].parent.mkdir()
-        result = runner.invoke(app, ["predict", str(dump), "--out", str(outs[workers]), "--model", str(tiny_model_path),
-                                     "--workers", workers, "--batch-size", "3", "--device", "cpu", "--quiet"])
-        assert result.exit_code == 0, result.output
-    engine = assert_same_outputs(outs["1"], outs["2"], engine="processes")["engine"]
+def test_cli_workers_write_what_the_local_engine_writes(tmp_path, cli_local_run, tiny_model_path):
+    out = _out(tmp_path)
+    result = runner.invoke(app, ["predict", str(cli_local_run.dump), "--out", str(out), "--model", str(tiny_model_path),
+                                 "--workers", "2", *CLI_ENGINE_ARGS])
+    assert result.exit_code == 0, result.output
+    engine = assert_same_outputs(cli_local_run.out, out, engine="processes")["engine"]
     assert engine["workers"] == 2 and engine["threads_per_worker"] >= 1
 
 

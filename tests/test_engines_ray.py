@@ -1,6 +1,6 @@
 """The Ray engine writes exactly what the local engine writes: same rows, quarantine and counts.
 
-Ray runs locally with 2 CPUs and a small object store, once for the module.
+Ray runs locally with 2 CPUs and a small object store, once for the session (``ray_cluster`` in conftest).
 """
 
 import functools
@@ -15,14 +15,12 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
-import engine_cases
-import standin
 from coder.engines.batches import PendingBatch, plan_batches, read_batch
 from coder.engines.ray import RayEngine, RayOptions, actor_resources, predict_notes_ray
 from coder.io.read import iter_batches, plan_inputs
 from coder.run import PredictOptions
 from coder.schema import NOTE_ID
-from engine_cases import OPTIONS, BrokenBundle, assert_same_outputs, run_batches, run_outputs
+from engine_cases import CLI_ENGINE_ARGS, OPTIONS, BrokenBundle, assert_same_outputs, run_batches, run_outputs
 from standin import StandInModel
 
 runner = CliRunner()
@@ -30,17 +28,13 @@ StandIn = StandInModel
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    # The stand-ins live in test modules, which Ray's workers cannot import: ship them by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.cloudpickle.register_pickle_by_value(standin)
-    ray.cloudpickle.register_pickle_by_value(engine_cases)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def ray_session(ray_cluster):
+    """The session's Ray (conftest), with this module's stand-ins shipped by value too."""
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray_cluster
 
 
+# Each actor is a fresh process that imports coder: tests that need no two at once take one.
 ONE_ACTOR = RayOptions(actors=1)
 
 
@@ -65,7 +59,7 @@ def test_ray_writes_the_same_rows_as_the_local_engine(ray_session, tmp_path, dum
 
 def test_a_killed_worker_loses_and_repeats_no_note(ray_session, tmp_path, dump, local_run):
     marker = tmp_path / "died"
-    executor = RayEngine(load=functools.partial(StandIn, die_on="g", marker=marker))
+    executor = RayEngine(load=functools.partial(StandIn, die_on="g", marker=marker), ray=ONE_ACTOR)
     out = _ray_out(tmp_path)
     run_batches(dump, out=out, options=OPTIONS, engine=executor)
     assert marker.exists()  # the worker did die once
@@ -81,7 +75,7 @@ def test_resume_continues_a_failed_ray_run(ray_session, tmp_path, dump, local_ru
     done_before = len(list(parts.glob("done-*.json")))
     assert 0 < done_before < 8
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
-    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
+    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn, ray=ONE_ACTOR))
     assert summary.resumed_batches == done_before
     assert_same_outputs(local_run, out, engine="ray")
 
@@ -91,7 +85,7 @@ def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
     with pytest.raises(RuntimeError, match="stand-in failure"):
         run_batches(dump, model=StandIn(fail_on="e"), out=out, options=OPTIONS)
     resume = PredictOptions(batch_size=2, quiet=True, resume=True)
-    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn))
+    summary = run_batches(dump, out=out, options=resume, engine=RayEngine(load=StandIn, ray=ONE_ACTOR))
     assert summary.resumed_batches == 5
     assert_same_outputs(local_run, out, engine="ray")
     assert run_outputs(out)[2]["timing"]["notes_this_run"] == 9
@@ -156,18 +150,13 @@ def test_cli_engine_errors(monkeypatch, tmp_path, dump, args, exit_code, message
     assert message in result.output
 
 
-def test_cli_ray_engine_writes_what_the_local_engine_writes(ray_session, tmp_path, dump, tiny_model_path):
-    outs = {}
-    for engine in ("local", "ray"):
-        outs[engine] = tmp_path / engine / "out.parquet"
-        outs[engine].parent.mkdir(exist_ok=True)
-        # Batches of 3, the local and the Ray engine alike.
-        args = [str(dump), "--out", str(outs[engine]), "--model", str(tiny_model_path), "--engine", engine,
-                "--batch-size", "3", "--device", "cpu", "--quiet"]
-        result = runner.invoke(app, ["predict", *args])
-        assert result.exit_code == 0, result.output
-    assert_same_outputs(outs["local"], outs["ray"], engine="ray")
-    manifest = run_outputs(outs["ray"])[2]
+def test_cli_ray_engine_writes_what_the_local_engine_writes(ray_session, tmp_path, cli_local_run, tiny_model_path):
+    out = _ray_out(tmp_path)
+    result = runner.invoke(app, ["predict", str(cli_local_run.dump), "--out", str(out), "--model", str(tiny_model_path),
+                                 "--engine", "ray", *CLI_ENGINE_ARGS])
+    assert result.exit_code == 0, result.output
+    assert_same_outputs(cli_local_run.out, out, engine="ray")
+    manifest = run_outputs(out)[2]
     assert manifest["model"]["execution_provider"] == "CPUExecutionProvider"
     assert manifest["engine"]["actors"] == 2
 
