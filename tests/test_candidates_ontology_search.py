@@ -37,6 +37,7 @@ def test_ontology_terms_has_descriptions_inclusion_terms_and_pcs_prefixes(tiny_o
     assert (CM, "I10", "High blood pressure") in terms.rows()
     assert (CM, "E11.9", "Type 2 diabetes mellitus without complications") in terms.rows()
     assert (PCS, "0DTJ", "Resection of Appendix") in terms.rows()  # the 4-axis prefix CodiEsp codes with
+    assert ontology_terms(tiny_ontology) is terms  # read once per ontology: every fold of coder train asks again
 
 
 def test_best_sentence_is_the_evidence(search):

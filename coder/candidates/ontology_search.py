@@ -29,7 +29,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +79,11 @@ MEMO_CHARS = 4_000_000
 SEARCH_THREADS = 4
 
 
-def ontology_terms(ontology: Ontology, *, systems: Iterable[str] = (CM, PCS)) -> pl.DataFrame:
+@functools.lru_cache(maxsize=4)
+def ontology_terms(ontology: Ontology, *, systems: tuple[str, ...] = (CM, PCS)) -> pl.DataFrame:
     """Every code's searchable terms (TERMS_SCHEMA): its description and CM inclusion terms;
-    for PCS also the 4-axis prefixes that CodiEsp codes with."""
+    for PCS also the 4-axis prefixes that CodiEsp codes with. Once per ontology (an ontology does not
+    change) and systems: ``coder train`` fits the sources that read them on every fold."""
     rows: list[tuple[str, str, str]] = []
     for system in systems:
         codes = list(ontology.codes(system))
