@@ -221,7 +221,8 @@ class OntologySearch(ParamsMixin):
             self.term_scale_ = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
 
     def _order_terms(self, terms: pl.DataFrame) -> None:
-        """Check the measure (every way to an index starts here), then keep ``terms`` grouped by code (``ordered_terms``)."""
+        """Check the measure (every way to an index starts here), then keep ``terms`` grouped by code
+        (``ordered_terms``)."""
         if self.measure not in MEASURES:
             raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
