@@ -68,9 +68,9 @@ def test_the_api_gives_the_rows_of_notes_coded_alone(model, notes, alone):
 
 @pytest.mark.parametrize("engine", [["--workers", "2", "--batch-size", "3"], ["--engine", "ray", "--batch-size", "5"]],
                          ids=["processes", "ray"])
-def test_engines_write_the_rows_of_notes_coded_alone(notes, alone, tmp_path, engine):
+def test_engines_write_the_rows_of_notes_coded_alone(notes, alone, tmp_path, engine, request):
     if "ray" in engine:
-        pytest.importorskip("ray")
+        request.getfixturevalue("ray_cluster")  # the session's Ray, which the engine joins
     dump, out = tmp_path / "notes.parquet", tmp_path / "out.parquet"
     notes.write_parquet(dump)
     result = CliRunner().invoke(app, ["predict", str(dump), "--out", str(out), "--device", "cpu", "--quiet", *engine])
