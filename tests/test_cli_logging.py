@@ -51,7 +51,7 @@ def _emit_one_of_each() -> None:
     logging.getLogger("coder.some.step").warning("step warning")
     logging.getLogger("coder.io.progress").info("3/10 notes")
     logging.getLogger("onnxruntime.somewhere").warning("third-party advice")
-    logging.getLogger("torch.somewhere").error("third-party error")
+    logging.getLogger("somelibrary.module").error("third-party error")  # not torch: importing torch gives its loggers their own handler
     warnings.warn("a deprecated call deep in a library", FutureWarning, stacklevel=1)
 
 
