@@ -66,7 +66,7 @@ SENTENCE_TOKENS = 128
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
 # What first use announces it will take: a core embeds about this many terms a second, and the
 # encoder's export and check take about this long (all-MiniLM-L6-v2 on a server core).
-TERMS_PER_CORE_S = 600
+TERMS_PER_CORE_S = 1000
 EXPORT_S = 30
 # Texts per encoder call, sorted by token count so that a batch pads little; a call's padded tokens
 # are bounded because its attention scores grow with rows x length^2 (a call of the longest sentences
