@@ -84,10 +84,9 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     needed = [name for name in config.files if not name.startswith("onnx/")] + [ONNX_FILES[chosen]]
     verify_folder(folder, config, needed=needed)
     code_list = codes_file or own_list
-    if codes_file is None and own_list is not None:
-        ontology = _component("code_list", folder, functools.partial(load_ontology, codes_file=own_list))
-    else:
-        ontology = load_ontology(codes_file=codes_file)
+    load_codes = functools.partial(load_ontology, codes_file=code_list)
+    # the folder's own list is one of its components; a --codes-file is the user's and fails as itself
+    ontology = _component("code_list", folder, load_codes) if codes_file is None and own_list else load_codes()
     if config.ontology and {k: v for k, v in config.ontology.items() if not k.startswith("code_list")} != {
             k: v for k, v in ontology.release.items() if not k.startswith("code_list")}:
         logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
