@@ -118,6 +118,13 @@ def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
     return total / seconds
 
 
+def table_row(notes: str, run: dict) -> str:
+    """The table's row of one `coder predict` run (``run_predict``), its notes column saying ``notes``."""
+    timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
+    return (f"| {notes} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
+            f"| {counts['codes_written']:,} | {run['load']:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "tests" / "assets" / "tiny_model" / "bundle")
@@ -146,17 +153,14 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         notes = synthesise(n, args.workdir / f"background-{n}-{args.chars or 'full'}.parquet", chars=args.chars)
         run = run_predict(notes, args.workdir / f"pred-{n}.parquet", model=args.model, batch_size=args.batch_size)
-        timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
-        lines.append(f"| {n:,} | {run['seconds']:.1f} | {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} "
-                     f"| {counts['codes_written']:,} | {run['load']:.1f} |")
+        lines.append(table_row(f"{n:,}", run))
         print(lines[-1], flush=True)
     if args.long_note_chars:
         notes = synthesise_long(args.workdir / f"long-{args.long_note_chars}.parquet", chars=args.long_note_chars)
         run = run_predict(notes, args.workdir / "pred-long.parquet", model=args.model, batch_size=args.batch_size)
-        timing, counts = run["manifest"]["timing"], run["manifest"]["counts"]
-        lines.append(f"| 2 + one of {args.long_note_chars:,} characters ({counts.get('over_max_note_chars', '?')} cut at "
-                     f"{run['manifest']['options'].get('max_note_chars', 'no limit')}) | {run['seconds']:.1f} "
-                     f"| {timing['notes_per_s']:.1f} | {run['peak_rss_mib']:.0f} | {counts['codes_written']:,} | {run['load']:.1f} |")
+        manifest = run["manifest"]
+        lines.append(table_row(f"2 + one of {args.long_note_chars:,} characters ({manifest['counts'].get('over_max_note_chars', '?')} "
+                               f"cut at {manifest['options'].get('max_note_chars', 'no limit')})", run))
         print(lines[-1], flush=True)
 
     if args.overhead_notes:
