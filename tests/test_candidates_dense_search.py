@@ -37,11 +37,16 @@ NOTES = pl.DataFrame({
 })
 
 
+@pytest.fixture(scope="module")
+def cache_folder(tmp_path_factory):
+    """The module's cache folder: the tiny encoder is exported to ONNX once, not once per test."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def cache(tmp_path_factory, monkeypatch):
-    folder = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("CODER_CACHE_DIR", str(folder))
-    return folder
+def cache(cache_folder, monkeypatch):
+    monkeypatch.setenv("CODER_CACHE_DIR", str(cache_folder))
+    return cache_folder
 
 
 @pytest.fixture
