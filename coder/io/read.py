@@ -14,6 +14,7 @@ take the machine's memory.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -77,7 +78,12 @@ class InputPlan:
 
     def file(self, path: Path) -> InputFile:
         """The planned file at ``path``."""
-        return next(file for file in self.files if file.path == path)
+        return self._by_path[path]
+
+    @functools.cached_property
+    def _by_path(self) -> dict[Path, InputFile]:
+        # a worker looks up each batch's file: a scan of the files per batch grew with files x batches
+        return {file.path: file for file in self.files}
 
 
 @dataclass(frozen=True)
