@@ -5,12 +5,12 @@ training notes (1 to ``max_tokens`` words inside one sentence, not starting or e
 stopword) is linked to the codes it co-occurs with at note level when either
 
 * *statistical link*: at least ``min_support`` notes carry both and the association is positive
-  and strong enough (signed Dunning log-likelihood ratio >= ``min_llr``, or PMI >= ``min_pmi``), or
+  and strong enough (signed Dunning log-likelihood ratio >= ``min_llr``), or
 * *description link*: one note is enough, but at least ``min_overlap`` of the phrase's content
   words share their 5-letter prefix with a word of the code's description or inclusion terms
   (``describe``); this is how codes seen once or twice get phrases.
 
-A link's score is the phrase's reliability for the code, as in ``coder.lexicon`` (of the training
+A link's score is the phrase's reliability for the code, as in ``coder.candidates.lexicon`` (of the training
 notes with the phrase, the share that carried the code) with a description prior, and scaled down
 when the phrase's words are not in the description:
 
@@ -18,15 +18,14 @@ when the phrase's words are not in the description:
             * (1 - overlap_weight * (1 - overlap))
 
 ``overlap``: share of the phrase's content words found in the description; ``coverage``: best share
-of one description term's words found in the phrase. A note's code gets its best link score
-(``combine="max"``) or noisy-or over its matches. An occurrence with a negation cue in its clause
-(within ``negation_window`` words before it, or an after-cue after it, no scope-ending word in
-between) is flagged and scores ``negated_weight`` times its link. Words are ``\\w+`` folded
+of one description term's words found in the phrase. A note's code gets its best link score over its
+matches. An occurrence with a negation cue in its clause (within ``negation_window`` words before it,
+or an after-cue after it, no scope-ending word in between) is flagged and scores ``negated_weight`` times its link. Words are ``\\w+`` folded
 (``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
 depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
 
 Its dev figures alone are on the model card and in ``benchmarks/RESULTS.md`` (``python
-benchmarks/accuracy.py``). Description links, ``combine="max"`` and keeping negated matches (negation is a reranker feature: coders code some negated findings) were chosen over their
+benchmarks/accuracy.py``). Description links, the log-likelihood ratio (over PMI), the best link (over a noisy-or of the links) and keeping negated matches (negation is a reranker feature: coders code some negated findings) were chosen over their
 alternatives in development runs whose scripts are not in the repository.
 """
 
@@ -48,7 +47,7 @@ from scipy.special import xlogy
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import WORD, Tokens, fold, folded
 from coder.languages import language
-from coder.errors import NotFittedError, UsageError
+from coder.errors import ModelBundleError, NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_atomically, write_text
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
@@ -60,8 +59,6 @@ _CLAUSE_END = re.compile(r"[.;:!?\n,()]")
 # Words of ICD-10 descriptions (English) that say nothing about the condition.
 _BOILERPLATE = frozenset("unspecified other specified nos elsewhere classified unknown not without".split())
 STEM = 5  # description overlap compares word prefixes of this length ("abdominal" ~ "abdomen")
-COMBINE = ("max", "noisy_or")
-STATISTICS = ("llr", "pmi")
 Describe = Callable[[str, str], "str | Sequence[str]"]
 
 
@@ -85,12 +82,11 @@ class MinedLexicon(ParamsMixin):
         scale scores (off for notes in another language).
     max_tokens: longest phrase, in words (longer phrases did not score better on CodiEsp and fit slower).
     min_support: notes with both phrase and code needed for a statistical link.
-    statistic: association test of statistical links, ``llr`` (>= ``min_llr``) or ``pmi`` (>= ``min_pmi``).
+    min_llr: signed log-likelihood ratio a statistical link needs.
     smoothing: pseudo-count added to a phrase's note count (see the module docstring).
     description_prior: reliability a phrase covering a whole description term is given before counting.
     min_overlap: overlap a description link needs; above 1 turns description links off.
     overlap_weight: a link whose phrase has no word of the description keeps ``1 - overlap_weight`` of its score.
-    combine: ``max`` (best link) or ``noisy_or`` (1 - prod(1 - score) over the code's matches).
     negation_window: words searched for a cue before (and after) an occurrence; 0 turns negation off.
     negated_weight: factor on a negated occurrence's score (1: negation is only flagged).
     count_negated: whether negated occurrences count as the phrase's presence when fitting.
@@ -108,14 +104,11 @@ class MinedLexicon(ParamsMixin):
         descriptions: bool = True,
         max_tokens: int = 2,
         min_support: int = 2,
-        statistic: str = "llr",
         min_llr: float = 10.83,
-        min_pmi: float = 1.0,
         smoothing: float = 2.0,
         description_prior: float = 0.5,
         min_overlap: float = 0.5,
         overlap_weight: float = 0.25,
-        combine: str = "max",
         negation_window: int = 5,
         negated_weight: float = 1.0,
         count_negated: bool = True,
@@ -127,14 +120,11 @@ class MinedLexicon(ParamsMixin):
         self.descriptions = descriptions
         self.max_tokens = max_tokens
         self.min_support = min_support
-        self.statistic = statistic
         self.min_llr = min_llr
-        self.min_pmi = min_pmi
         self.smoothing = smoothing
         self.description_prior = description_prior
         self.min_overlap = min_overlap
         self.overlap_weight = overlap_weight
-        self.combine = combine
         self.negation_window = negation_window
         self.negated_weight = negated_weight
         self.count_negated = count_negated
@@ -192,8 +182,6 @@ class MinedLexicon(ParamsMixin):
         """Learn links from ``notes`` (note_id, text column) and their gold ``codes`` (note_id, system,
         code). ``describe(system, code)``: the code's description terms (a string or several), for
         description links, prior and overlap; without it only statistical links are learnt."""
-        if self.statistic not in STATISTICS or self.combine not in COMBINE:
-            raise UsageError(f"statistic must be one of {STATISTICS} and combine one of {COMBINE}")
         vocabulary: dict[tuple[str, ...], int] = {}
         rows, cols = [], []
         note_ids = notes[NOTE_ID].to_list()
@@ -232,12 +220,11 @@ class MinedLexicon(ParamsMixin):
         return self
 
     def _statistical_links(self, together, present, carried, n_notes: int) -> set[tuple[int, int]]:
-        """(phrase, label) pairs passing ``min_support`` and the association test."""
+        """(phrase, label) pairs passing ``min_support`` and ``min_llr``."""
         k = together.tocoo()
         hit = k.data >= self.min_support
         p, c, n11 = k.row[hit], k.col[hit], k.data[hit].astype(np.float64)
-        stat = association(n11, present[p], carried[c], n_notes, statistic=self.statistic)
-        ok = stat >= (self.min_llr if self.statistic == "llr" else self.min_pmi)
+        ok = signed_llr(n11, present[p], carried[c], n_notes) >= self.min_llr
         return set(zip(p[ok].tolist(), c[ok].tolist()))
 
     def _description_terms(self, describe: Describe | None) -> dict[tuple[str, str], list[frozenset[str]]]:
@@ -300,13 +287,12 @@ class MinedLexicon(ParamsMixin):
         score = self.link_score_[link] * np.where(negated[occurrence], self.negated_weight, 1.0)
         mentions = group_mentions(note, label, prefer=(score, ~negated[occurrence]))
         best = mentions.best
-        combined = mentions.noisy_or(score) if self.combine == "noisy_or" else score[best]
         label, hit, best_link = label[best], occurrence[best], link[best]
         support = self.link_support_[best_link]
         labels = [self.labels_[code] for code in label.tolist()]
         frame = pl.DataFrame({
             NOTE_ID: notes[NOTE_ID].gather(note[best]), SYSTEM: [system for system, _ in labels],
-            CODE: [code for _, code in labels], self.name: combined, f"{self.name}_support": support,
+            CODE: [code for _, code in labels], self.name: score[best], f"{self.name}_support": support,
             f"{self.name}_present": self.present_[self.link_phrase_[best_link]],
             f"{self.name}_share": support / np.maximum(self.carried_[label], 1),
             f"{self.name}_overlap": self.link_overlap_[best_link], f"{self.name}_coverage": self.link_coverage_[best_link],
@@ -354,7 +340,7 @@ class MinedLexicon(ParamsMixin):
     @classmethod
     def load(cls, path: Path) -> MinedLexicon:
         state = read_state(path, "mined.json", what="mined lexicon", also=("mined.npz",))
-        self = cls(**state["params"])
+        self = cls(**_current(state["params"], path))
         with np.load(path / "mined.npz", allow_pickle=False) as arrays:
             for name in _ARRAYS:
                 setattr(self, f"{name}_", arrays[name])
@@ -372,13 +358,11 @@ def description_fit(stems: frozenset[str], terms: list[frozenset[str]]) -> tuple
     return len(stems & frozenset().union(*terms)) / len(stems), max(len(stems & t) / len(t) for t in terms)
 
 
-def association(n11: np.ndarray, n_phrase: np.ndarray, n_code: np.ndarray, n: int, *, statistic: str) -> np.ndarray:
-    """Signed Dunning G2 (``llr``; negative when phrase and code co-occur less than chance) or PMI
-    (log of observed over expected co-occurrence) of phrases and codes over ``n`` notes."""
+def signed_llr(n11: np.ndarray, n_phrase: np.ndarray, n_code: np.ndarray, n: int) -> np.ndarray:
+    """Signed Dunning G2 of phrases and codes over ``n`` notes: negative when phrase and code
+    co-occur less than chance."""
     n_phrase, n_code = n_phrase.astype(np.float64), n_code.astype(np.float64)
     expected = n_phrase * n_code / n
-    if statistic == "pmi":
-        return np.log(n11 / expected)
     observed = np.stack([n11, n_phrase - n11, n_code - n11, n - n_phrase - n_code + n11])
     margins = np.stack([n_phrase * n_code, n_phrase * (n - n_code), (n - n_phrase) * n_code, (n - n_phrase) * (n - n_code)])
     g2 = 2.0 * (xlogy(observed, observed) - xlogy(observed, margins / n)).sum(axis=0)
@@ -386,6 +370,18 @@ def association(n11: np.ndarray, n_phrase: np.ndarray, n_code: np.ndarray, n: in
 
 
 _ARRAYS = ("present", "carried", "link_phrase", "link_code", "link_support", "link_overlap", "link_coverage")
+# Parameters of alternatives that were dropped, with the only value a saved lexicon may hold (None: any; unread).
+_RETIRED = {"statistic": "llr", "combine": "max", "min_pmi": None}
+
+
+def _current(params: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``params`` without the retired ones that lexicons saved before their removal carry."""
+    kept = {name: value for name, value in params.items() if name not in _RETIRED}
+    other = [f"{name}={params[name]!r}" for name, only in _RETIRED.items() if only is not None and params.get(name, only) != only]
+    if other:
+        raise ModelBundleError(f"the mined lexicon in {path} was fitted with {', '.join(other)}, which this version "
+                               f"no longer computes: refit it with `coder train`")
+    return kept
 
 
 def _describer(ontology: Any) -> Describe:
