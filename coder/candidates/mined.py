@@ -20,8 +20,8 @@ when the phrase's words are not in the description:
 ``overlap``: share of the phrase's content words found in the description; ``coverage``: best share
 of one description term's words found in the phrase. A note's code gets its best link score over its
 matches. An occurrence with a negation cue in its clause (within ``negation_window`` words before it,
-or an after-cue after it, no scope-ending word in between) is flagged and scores ``negated_weight`` times its link. Words are ``\\w+`` folded
-(``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
+or an after-cue after it, no scope-ending word in between) is flagged and scores ``negated_weight``
+times its link. Words are ``\\w+`` folded (``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
 depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
 
 Its dev figures alone are on the model card and in ``benchmarks/RESULTS.md`` (``python
