@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+from sklearn.base import clone
 
 from coder.candidates.backfill import backfill
 from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior, with_labels
@@ -184,7 +185,7 @@ class Ablation:
         if PLM_ICD in sources:
             return cross_fit(self.dev_frame(sources, dump, held=False), reranker=self.reranker, extra_rows=train,
                              held_out=self.dev_frame(sources, dump))
-        return Reranker(**self.reranker.get_params()).fit(train).predict(self.dev_frame(sources, dump))
+        return clone(self.reranker).fit(train).predict(self.dev_frame(sources, dump))
 
 
 def plan(ablation: Ablation) -> list[tuple[str, str, dict]]:

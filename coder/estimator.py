@@ -11,9 +11,11 @@ from coder.errors import ModelBundleError
 
 
 class ParamsMixin:
-    """``get_params``: the keyword arguments of ``__init__``, as stored on the instance."""
+    """``get_params``: the keyword arguments of ``__init__``, as stored on the instance, which is what
+    ``sklearn.base.clone`` needs to build an unfitted copy."""
 
-    def get_params(self) -> dict:
+    def get_params(self, deep: bool = True) -> dict:
+        """``deep`` is scikit-learn's signature: no parameter here is itself an estimator, so it changes nothing."""
         names = inspect.signature(type(self).__init__).parameters
         return {name: getattr(self, name) for name in names if name != "self"}
 

@@ -38,6 +38,10 @@ class CandidateSource(Protocol):
     learns_from_notes: ClassVar[bool]
     """False when fitting reads only the ontology (then out-of-fold stacking fits it once)."""
 
+    def get_params(self, deep: bool = True) -> dict:
+        """The keyword arguments of ``__init__`` (``coder.estimator.ParamsMixin``): ``sklearn.base.clone``
+        copies a source, unfitted, with them."""
+
     def can_fit(self, corpus: Corpus) -> bool:
         """Whether ``corpus`` has what fitting needs (e.g. evidence spans, the text column)."""
 

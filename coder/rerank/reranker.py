@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.special import expit
+from sklearn.base import clone
 
 from coder.candidates.features import LABEL, feature_columns
 from coder.errors import ModelBundleError, NotFittedError, UsageError
@@ -91,8 +92,7 @@ class Reranker(ParamsMixin):
         if gold is not None:
             notes = frame[NOTE_ID].unique().sort()
             held = notes.filter(fold_ids(notes, folds=5, seed=self.cut_seed) == 0).implode()
-            part = Reranker(**self.get_params()).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)), features=self.features_,
-                                                     extra_rows=extra_rows)
+            part = clone(self).fit(frame.filter(~pl.col(NOTE_ID).is_in(held)), features=self.features_, extra_rows=extra_rows)
             self.thresholds_ = f1_thresholds(part.predict(frame.filter(pl.col(NOTE_ID).is_in(held))), gold=gold)
         return self
 

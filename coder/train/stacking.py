@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
+from sklearn.base import clone
 
 from coder.candidates import CandidateSource, kind_of
 from coder.candidates.backfill import backfill
@@ -74,14 +75,9 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     ]
 
 
-def fresh(source: CandidateSource) -> CandidateSource:
-    """An unfitted copy of ``source`` with the same parameters."""
-    return type(source)(**source.get_params())
-
-
 def fit_sources(sources: Sequence[CandidateSource], corpus: Corpus, *, ontology: Ontology) -> list[CandidateSource]:
-    """Fresh copies of the ``sources`` that ``corpus`` can fit, fitted on it."""
-    return [fresh(source).fit(corpus, ontology=ontology) for source in sources if source.can_fit(corpus)]
+    """Unfitted copies (``clone``) of the ``sources`` that ``corpus`` can fit, fitted on it."""
+    return [clone(source).fit(corpus, ontology=ontology) for source in sources if source.can_fit(corpus)]
 
 
 def source_frames(sources: Sequence[CandidateSource], notes: pl.DataFrame, *,
@@ -138,7 +134,7 @@ def cross_fit(frame: pl.DataFrame, *, reranker: Reranker, folds: int = 5, seed: 
     frame, scored = (f.with_columns(pl.col(NOTE_ID).replace_strict(fold_of).alias("_fold")) for f in (frame, scored))
     parts = []
     for k in range(folds):
-        model = Reranker(**reranker.get_params()).fit(frame.filter(pl.col("_fold") != k).drop("_fold"), extra_rows=extra_rows)
+        model = clone(reranker).fit(frame.filter(pl.col("_fold") != k).drop("_fold"), extra_rows=extra_rows)
         parts.append(model.predict(scored.filter(pl.col("_fold") == k).drop("_fold")))
     return pl.concat(parts).sort(list(KEY))
 
@@ -187,7 +183,7 @@ def fit_stack(*, train: Corpus, ontology: Ontology, sources: Sequence[CandidateS
         parts = out_of_fold(corpus, sources=usable, ontology=ontology, known=known, folds=folds, seed=seed)
         names = tuple(s.name for s in usable)
         frames[names] = labelled_frame(parts, codes=corpus.codes)
-        rerankers[names] = Reranker(**reranker.get_params()).fit(frames[names], gold=corpus.codes)
+        rerankers[names] = clone(reranker).fit(frames[names], gold=corpus.codes)
     return Stack(tuple(fitted), rerankers, code_prior(train.codes), frames)
 
 
@@ -217,7 +213,7 @@ def add_plm_rerankers(stack: Stack, *, frames: dict[tuple[str, ...], pl.DataFram
     and the out-of-fold train frame of the same sources. Report such a stack's dev figures with
     ``cross_fit`` (same extra rows), never with these rerankers."""
     reranker = reranker or Reranker()
-    fitted = {sources: Reranker(**reranker.get_params()).fit(frame, gold=gold, extra_rows=without_plm(stack, sources))
+    fitted = {sources: clone(reranker).fit(frame, gold=gold, extra_rows=without_plm(stack, sources))
               for sources, frame in frames.items()}
     return replace(stack, rerankers={**stack.rerankers, **fitted})
 
@@ -226,7 +222,7 @@ def refit(sources: Sequence[CandidateSource], corpus: Corpus, *, ontology: Ontol
     """``sources`` with those that learn from notes fitted again on ``corpus`` (train and dev: every
     labelled note). A stack's rerankers and code prior stay: they learnt the features of the same
     sources fitted on fewer notes, which a bigger corpus only extends (more phrases and codes)."""
-    return tuple(fresh(source).fit(corpus, ontology=ontology) if source.learns_from_notes else source for source in sources)
+    return tuple(clone(source).fit(corpus, ontology=ontology) if source.learns_from_notes else source for source in sources)
 
 
 def dev_folds(sources: Sequence[CandidateSource], *, train: Corpus, dev: Corpus, ontology: Ontology, folds: int = 5,
