@@ -309,7 +309,7 @@ def predict_command(
     llm_api_key_env: Annotated[str | None, typer.Option(help="openai: environment variable holding the API key (default: OPENAI_API_KEY); the key is never recorded.")] = None,
     llm_required: Annotated[bool, typer.Option("--llm-required", help="Stop (exit 8) if the LLM cannot be loaded or reached, instead of going on without the stage.")] = False,
     llm_weight: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="How far a vote moves a code's score toward 1: score + weight * share * (1 - score) (default 0.1; 0 disables).")] = None,
-    llm_option: Annotated[list[str] | None, typer.Option(help="Any other LLM setting as KEY=VALUE, repeatable (e.g. scope=ontology, prompt_candidates=30, timeout_s=120; the fields of coder.llm.LLMSettings). The model config's llm entry sets them too.")] = None,
+    llm_option: Annotated[list[str] | None, typer.Option(help="Any other LLM setting as KEY=VALUE, repeatable (e.g. scope=ontology, prompt_candidates=30, timeout_s=120; the fields of coder.llm.settings.LLMSettings). The model config's llm entry sets them too.")] = None,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
     from coder.errors import UsageError

@@ -69,7 +69,7 @@ class PredictOptions:
     characters by every stage (evidence offsets point into them) and counted as ``truncated`` (and as
     ``over_max_note_chars`` in the manifest), so one huge note cannot take the machine's memory."""
     llm: Mapping[str, Any] = field(default_factory=dict)
-    """LLM stage settings given for this run (``coder.llm.LLMSettings`` field names, e.g. ``backend``, ``weight``);
+    """LLM stage settings given for this run (``coder.llm.settings.LLMSettings`` field names, e.g. ``backend``, ``weight``);
     they override the model config's ``llm`` entry. Empty and no such entry: the stage is off."""
 
     def __post_init__(self) -> None:

@@ -116,7 +116,8 @@ def extensions(frame: pl.DataFrame) -> pl.DataFrame:
 
 def assemble(frames: Mapping[str, pl.DataFrame], *, prior: pl.DataFrame, columns: Mapping[str, str] | None = None) -> pl.DataFrame:
     """Merge source frames (in evidence priority; ``columns``: see ``merge_candidates``) and add
-    features: the one path from sources to the reranker's input, at fitting and at prediction."""
+    features, for stacking and the benchmarks. Prediction takes the same two steps apart:
+    ``merge_candidates`` in ``coder.pipeline``, ``add_features`` in ``coder.rerank.score``."""
     return add_features(merge_candidates(frames, columns=columns), prior=prior, sources=tuple(frames))
 
 

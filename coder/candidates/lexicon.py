@@ -151,7 +151,7 @@ class EvidenceLexicon(ParamsMixin):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "present_"):
-            raise NotFittedError("EvidenceLexicon is not fitted: call fit(notes, evidence) or EvidenceLexicon.load(path)")
+            raise NotFittedError("EvidenceLexicon is not fitted: call fit(corpus) or EvidenceLexicon.load(path)")
 
     def _corrected(self, words: list[str]) -> tuple[list[str], list[bool]]:
         """Map words absent from the phrase vocabulary to their nearest phrase word, if close enough."""

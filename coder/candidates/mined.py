@@ -21,12 +21,14 @@ when the phrase's words are not in the description:
 of one description term's words found in the phrase. A note's code gets its best link score over its
 matches. An occurrence with a negation cue in its clause (within ``negation_window`` words before it,
 or an after-cue after it, no scope-ending word in between) is flagged and scores ``negated_weight``
-times its link. Words are ``\\w+`` folded (``coder.candidates.words``), so only the word lists of ``language`` and the description overlap
-depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
+times its link. Words are ``\\w+`` folded (``coder.candidates.words``), so only the word lists of
+``language`` and the description overlap depend on the language (descriptions are English: ``descriptions=False`` for notes in another one).
 
 Its dev figures alone are on the model card and in ``benchmarks/RESULTS.md`` (``python
-benchmarks/accuracy.py``). Description links, the log-likelihood ratio (over PMI), the best link (over a noisy-or of the links) and keeping negated matches (negation is a reranker feature: coders code some negated findings) were chosen over their
-alternatives in development runs whose scripts are not in the repository.
+benchmarks/accuracy.py``). Description links, the log-likelihood ratio (over PMI), the best link (over
+a noisy-or of the links) and keeping negated matches (negation is a reranker feature: coders code some
+negated findings) were chosen over their alternatives in development runs whose scripts are not in
+the repository.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class ModelConfig:
     thresholds: tuple[float, ...]
     """PLM-ICD decision threshold per label (used when no reranker scores the candidates)."""
     system_thresholds: dict[str, float]
-    """PLM-ICD threshold per system that maximised dev micro-F1."""
+    """PLM-ICD threshold per system that maximised dev micro-F1: written by training, read by nothing."""
     chunk_len: int
     """Tokens per chunk including [CLS] and [SEP]."""
     max_chunks: int
@@ -130,7 +130,7 @@ class ModelConfig:
     code_list: str | None = None
     """The code list file in the folder (``codes.tsv``) that validates the model's codes, if any."""
     llm: dict[str, Any] | None = None
-    """Settings of the optional LLM stage (``coder.llm.LLMSettings`` fields); None: off unless asked for."""
+    """Settings of the optional LLM stage (``coder.llm.settings.LLMSettings`` fields); None: off unless asked for."""
     evaluation: dict[str, Any] = field(default_factory=dict)
     """Dev figures of the whole model and the command that measured them (shown on the card)."""
     versions: dict[str, str] = field(default_factory=dict)
