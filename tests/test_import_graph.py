@@ -1,8 +1,13 @@
-"""The import graph of coder/: no cycles, and inference never imports training.
+"""The import graph of coder/: no cycles, and no import runs up the layers.
+
+The layers, from the top: training (``coder.train``), export (``coder.export``: torch and
+transformers), inference (every other module of ``coder``). A module imports its own layer or one
+below, never one above: inference imports neither export nor training, export does not import
+training. In the CLI only the train command imports training and only the export command imports
+export. ``KNOWN_UPWARD`` lists the one import up the layers that is known; any other fails.
 
 Every import counts, also those inside functions: a lazy import is still a dependency (imports
-for type checkers only, under ``if TYPE_CHECKING:``, never run and do not count). Only the
-training package itself and the CLI's train command may import ``coder.train``.
+for type checkers only, under ``if TYPE_CHECKING:``, never run and do not count).
 """
 
 from __future__ import annotations
@@ -10,9 +15,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "coder"
-TRAINING = "coder.train"
+TRAINING, EXPORT = "coder.train", "coder.export"
+LAYERS = (TRAINING, EXPORT, "coder")  # from the top; "coder": inference, all the rest
+KNOWN_UPWARD = {
+    # Issue 32, "assembly above the parts": the dense search exports its encoder to ONNX on first use,
+    # so prediction may import torch and transformers. Remove the entry with the import; add none.
+    "coder.candidates.dense_search -> coder.export.sentence",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -76,20 +89,28 @@ def test_coder_has_no_import_cycle():
             assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_only_training_imports_training():
+def _layer(module: str) -> int:
+    """Index in ``LAYERS`` of the layer ``module`` belongs to (0: the top)."""
+    return next(i for i, top in enumerate(LAYERS) if module == top or module.startswith(f"{top}."))
+
+
+def test_no_import_runs_up_the_layers():
     graph = _graph()
-    offenders = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
-                       if target.startswith(TRAINING) and not module.startswith(TRAINING))
-    assert offenders == []
+    upward = {f"{module} -> {target}" for module, targets in graph.items() for target in targets
+              if _layer(target) < _layer(module)}
+    assert sorted(upward - KNOWN_UPWARD) == [], f"imports up the layers {' > '.join(LAYERS)}"
+    assert sorted(KNOWN_UPWARD - upward) == [], "no longer imported: remove it from KNOWN_UPWARD"
 
 
-def test_the_cli_imports_training_only_in_its_train_command():
+@pytest.mark.parametrize(("package", "command"), [(TRAINING, "train_command"), (EXPORT, "export_command")],
+                         ids=["training", "export"])
+def test_the_cli_imports_a_layer_above_inference_only_in_its_command(package, command):
     tree = ast.parse((ROOT / "cli.py").read_text())
     outside = _imports(ast.Module(body=[n for n in tree.body if not isinstance(n, ast.FunctionDef)], type_ignores=[]), package="")
-    assert not [m for m in outside if m.startswith(TRAINING)]
+    assert not [m for m in outside if _layer(m) <= _layer(package)]
     for function in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
-        uses = [m for m in _imports(function, package="") if m.startswith(TRAINING)]
-        assert not uses or function.name == "train_command", f"{function.name} imports {uses}"
+        uses = [m for m in _imports(function, package="") if m == package or m.startswith(f"{package}.")]
+        assert not uses or function.name == command, f"{function.name} imports {uses}"
 
 
 def test_the_graph_sees_lazy_imports():
