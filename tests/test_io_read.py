@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from coder.errors import InputFileError, UsageError
-from coder.io.read import bound_notes, check_unchanged, iter_batches, plan_inputs, resolve_inputs
+from coder.errors import InputFileError, ModelBundleError, UsageError
+from coder.io.read import bound_notes, check_unchanged, iter_batches, plan_inputs, read_saved, resolve_inputs
 from coder.schema import NOTE_ID, TEXT, TEXT_ES
 from standin import write_notes
 
@@ -190,3 +190,18 @@ def test_bound_notes_cuts_every_text_column_and_names_the_notes_cut():
     assert ids == ("b", "c")
     assert cut.rows() == [("a", "fever", "fiebre"), ("b", "ababab", "x"), ("c", None, "ñ" * 6)]
     assert bound_notes(notes, columns=(TEXT,), max_chars=20) == (notes, ())
+
+
+def test_read_saved_reads_a_model_file_whole(tmp_path):
+    frame = pl.DataFrame({"term": ["asthma", "fever"], "code": ["J45", "R50"], "weight": [1.0, 0.5]})
+    frame.write_parquet(tmp_path / "terms.parquet")
+    assert read_saved(tmp_path / "terms.parquet").equals(frame)
+
+
+@pytest.mark.parametrize("broken", [None, b"not parquet"], ids=["missing", "not-parquet"])
+def test_read_saved_a_missing_or_broken_model_file_is_a_bundle_error_naming_it(tmp_path, broken):
+    path = tmp_path / "prior.parquet"
+    if broken is not None:
+        path.write_bytes(broken)
+    with pytest.raises(ModelBundleError, match=rf"{path}: cannot read this parquet file of the model folder \(\w+\); copy"):
+        read_saved(path)

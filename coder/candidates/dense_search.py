@@ -48,6 +48,7 @@ from coder.estimator import ParamsMixin, read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_atomically, write_parquet, write_text
 from coder.io.progress import Progress, announce
+from coder.io.read import read_saved
 from coder.model.folder import default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
@@ -272,7 +273,7 @@ class DenseSearch(ParamsMixin):
         params = state["params"]
         if params.get("encoder") is not None:
             params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
-        return cls(**params).index(pl.read_parquet(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
+        return cls(**params).index(read_saved(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
 
 
 def _copy_encoder(source: Path, target: Path) -> None:

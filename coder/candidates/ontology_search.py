@@ -50,6 +50,7 @@ from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, write_cache
 from coder.io.atomic import write_parquet, write_text
 from coder.io.progress import announce
+from coder.io.read import read_saved
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -380,7 +381,7 @@ class OntologySearch(ParamsMixin):
         params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
         params.setdefault("measure", "cosine")  # folders saved before the parameter
         params.setdefault("backfill", False)  # their rerankers learnt from searches that did not backfill
-        return cls(**params)._cached_index(pl.read_parquet(path / "terms.parquet"))
+        return cls(**params)._cached_index(read_saved(path / "terms.parquet"))
 
     def _cached_index(self, terms: pl.DataFrame) -> OntologySearch:
         """``index(terms)``, unless a search of the same terms (the other measure) holds their index in

@@ -35,6 +35,7 @@ from coder.candidates.words import WORD, Tokens, fold
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_parquet, write_text
+from coder.io.read import read_saved
 from coder.ontology import Ontology
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
 
@@ -237,5 +238,5 @@ class TermMatch(ParamsMixin):
         params = state["params"]
         self = cls(**{**params, "systems": tuple(params["systems"])})
         self.n_notes_, self.document_frequency_ = state["n_notes"], state["document_frequency"]
-        self._index(pl.read_parquet(path / TERMS_FILE))
+        self._index(read_saved(path / TERMS_FILE))
         return self

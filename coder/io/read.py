@@ -10,6 +10,8 @@ file that vanished or changed since stops the run (``check_unchanged``) when it 
 the outputs are published, so the manifest's sha256 is always that of the rows coded. A note longer
 than ``max_note_chars`` is coded on its first characters (``bound_notes``), so one huge note cannot
 take the machine's memory.
+
+The parquet files of a model folder, which coder wrote itself, are read through ``read_saved``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from coder.errors import InputFileError, UsageError
+from coder.errors import InputFileError, ModelBundleError, UsageError
 from coder.hashing import file_sha256
 from coder.schema import NOTE_ID
 
@@ -302,6 +304,17 @@ def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapp
     except (OSError, pl.exceptions.PolarsError) as error:
         raise InputFileError(f"{path}: unreadable {what} parquet ({type(error).__name__}); is the file truncated?") from None
     return frame.cast(dict.fromkeys(columns, pl.String))  # dictionary-encoded strings read as Categorical
+
+
+def read_saved(path: Path) -> pl.DataFrame:
+    """The whole parquet file ``path`` that coder saved into a model folder itself (a source's terms, the
+    rerankers' code prior): unchecked columns, as it wrote them; a missing or unreadable file is a
+    ModelBundleError naming it, for the folder is at fault, not the user's input."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as error:
+        raise ModelBundleError(f"{path}: cannot read this parquet file of the model folder ({type(error).__name__}); "
+                               "copy the whole model folder again or rebuild it with `coder train`") from None
 
 
 def _utf8(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, list[int]]:

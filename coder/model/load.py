@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import polars as pl
-
 from coder.candidates import SOURCES, CandidateSource
 from coder.candidates.features import PLM_ICD
 from coder.errors import CoderError, MissingDependencyError, ModelBundleError
+from coder.io.read import read_saved
 from coder.model.folder import (
     ONNX_FILES, RERANKERS_DIR, ModelConfig, check_versions, component_hashes, component_of, default_model_path,
     model_hash, read_config, verify_folder,
@@ -96,7 +95,7 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     ranking = Ranking(
         rerankers={spec.sources: _component(f"reranker.{'+'.join(spec.sources)}", folder,
                                             functools.partial(Reranker.load, folder / spec.folder)) for spec in config.rerankers},
-        prior=_component(component_of(PRIOR_FILE), folder, functools.partial(pl.read_parquet, folder / PRIOR_FILE))
+        prior=_component(component_of(PRIOR_FILE), folder, functools.partial(read_saved, folder / PRIOR_FILE))
         if config.rerankers else None,
         label_thresholds=scorer.label_thresholds(),
     )
