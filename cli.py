@@ -267,7 +267,7 @@ class Precision(str, enum.Enum):
     fp16 = "fp16"
 
 
-class Engine(str, enum.Enum):
+class EngineChoice(str, enum.Enum):
     """Choices of ``coder predict --engine``."""
 
     local = "local"
@@ -300,7 +300,7 @@ def predict_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs and model (starts afresh if there is none).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bar, lines, one-time preparations) or summary.")] = False,
     max_note_chars: Annotated[int, typer.Option(min=1, help="Characters of each note that are coded: a longer note is coded on its beginning by every source and counted as truncated (counts.over_max_note_chars in the manifest), so one huge note cannot exhaust memory.")] = 100_000,
-    engine: Annotated[Engine, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = Engine.local,
+    engine: Annotated[EngineChoice, typer.Option(help="local: this process; ray: Ray actors, one model each (needs the 'ray' extra).")] = EngineChoice.local,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else a local Ray).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local engine: worker processes coding batches side by side, each with its own model (about 1.5 GB for the shipped one) and an equal share of the cores; 1 codes in this process.")] = 1,
     llm: Annotated[LLMBackend | None, typer.Option(help="Optional LLM stage that votes on each note's codes: none, local (in-process model) or openai (OpenAI-compatible server). Default: the model config's llm entry, else none.")] = None,
@@ -328,7 +328,7 @@ def predict_command(
     if quiet:  # the one-time preparations' progress too
         logging.getLogger(PROGRESS_LOGGER).setLevel(logging.WARNING)
     run = predict_notes
-    if engine is Engine.ray:
+    if engine is EngineChoice.ray:
         from coder.engines.ray import RayOptions, predict_notes_ray
 
         if workers > 1:

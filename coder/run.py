@@ -125,7 +125,7 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
-class Scored:
+class EngineReport:
     """What an engine did, for the summary and the manifest."""
 
     batches: int
@@ -145,7 +145,7 @@ class Engine(Protocol):
     """Codes and writes (``code_and_write``) every batch of ``plan`` not in ``done``, adding its counts to ``done``."""
 
     def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored: ...
+                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport: ...
 
 
 @dataclass(frozen=True)
@@ -250,12 +250,12 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
     done = dict(resumed.done)
     resumed_batches = len(done)
     progress = Progress(total=plan.total_rows, quiet=options.quiet)
-    scored = engine(plan, model=model, parts=parts, done=done, progress=progress, options=options, llm=llm)
+    report = engine(plan, model=model, parts=parts, done=done, progress=progress, options=options, llm=llm)
     progress.close()
     for file in plan.files:
         check_unchanged(file)
-    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=scored.batches)
-    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=scored.batches)
+    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=report.batches)
+    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=report.batches)
     totals = _sum_counts(done)
     seconds = time.monotonic() - clock
     summary = RunSummary(
@@ -276,7 +276,7 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
         over_max_note_chars=totals[_LONG],
         max_note_chars=options.max_note_chars,
     )
-    model_seconds = sum(value for stage, value in scored.stage_seconds.items() if stage != "llm")
+    model_seconds = sum(value for stage, value in report.stage_seconds.items() if stage != "llm")
     manifest = {
         "coder_version": __version__,
         "started": started.isoformat(),
@@ -287,9 +287,9 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
         "text_columns": dict(plan.columns),
         "skipped_components": list(plan.skipped_columns),
         "model": {"name": model.config.name, "path": str(model_path or model.folder), "hash": model.hash,
-                  "components": dict(model.components), "execution_provider": scored.execution_provider,
-                  "precision": scored.precision, "truncations": dict(model.config.truncations)},
-        "engine": dict(scored.engine),
+                  "components": dict(model.components), "execution_provider": report.execution_provider,
+                  "precision": report.precision, "truncations": dict(model.config.truncations)},
+        "engine": dict(report.engine),
         "ontology": dict(model.ontology.release),
         "codes_file": {"path": str(model.code_list.resolve()), "sha256": file_sha256(model.code_list)} if model.code_list else None,
         "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size,
@@ -308,16 +308,16 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
             "seconds": round(seconds, 3),
             "resumed_batches": resumed_batches,
             "resume_recomputed_batches": len(resumed.recomputed),
-            "notes_this_run": scored.fresh_rows,
-            "notes_per_s": round(scored.fresh_rows / seconds, 3) if seconds else None,
+            "notes_this_run": report.fresh_rows,
+            "notes_per_s": round(report.fresh_rows / seconds, 3) if seconds else None,
             "model_seconds": round(model_seconds, 3),
-            "model_notes_per_s": round(scored.fresh_rows / model_seconds, 3) if model_seconds else None,
-            "stage_seconds": {stage: round(value, 3) for stage, value in scored.stage_seconds.items()},
+            "model_notes_per_s": round(report.fresh_rows / model_seconds, 3) if model_seconds else None,
+            "stage_seconds": {stage: round(value, 3) for stage, value in report.stage_seconds.items()},
         },
         "outputs": {"predictions": str(out), "quarantine": str(quarantine)},
         "llm": dict(summary.llm),
     }
     write_json(summary.manifest, manifest)
     parts.remove()
-    log.info("%d notes in %.1f s (%.1f notes/s)", scored.fresh_rows, seconds, scored.fresh_rows / seconds if seconds else 0.0)
+    log.info("%d notes in %.1f s (%.1f notes/s)", report.fresh_rows, seconds, report.fresh_rows / seconds if seconds else 0.0)
     return summary

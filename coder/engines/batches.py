@@ -21,7 +21,7 @@ from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
 from coder.io.read import InputPlan, NoteBatch, iter_batches, note_batch, open_planned
 from coder.io.screen import RowScreen, note_ids
-from coder.run import PredictOptions, Scored, code_and_write, stage_seconds
+from coder.run import EngineReport, PredictOptions, code_and_write, stage_seconds
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -174,10 +174,10 @@ class Tally:
         self.precisions.add(row["precision"])
         self.progress.update(self.rows[row["index"]])
 
-    def scored(self, *, batches: int, model: Model, engine: Mapping[str, Any]) -> Scored:
-        """The engine's ``Scored``: what the workers ran on (the driver's model where none ran)."""
-        return Scored(batches=batches, fresh_rows=sum(self.rows.values()), stage_seconds=dict(self.seconds),
-                      execution_provider=",".join(sorted(self.providers)) or model.execution_provider,
+    def report(self, *, batches: int, model: Model, engine: Mapping[str, Any]) -> EngineReport:
+        """The engine's ``EngineReport``: what the workers ran on (the driver's model where none ran)."""
+        return EngineReport(batches=batches, fresh_rows=sum(self.rows.values()), stage_seconds=dict(self.seconds),
+                            execution_provider=",".join(sorted(self.providers)) or model.execution_provider,
                       precision=",".join(sorted(self.precisions)) or model.precision, engine=engine)
 
 

@@ -10,14 +10,14 @@ from coder.io.progress import Progress
 from coder.io.read import InputPlan, iter_batches
 from coder.io.screen import RowScreen
 from coder.llm.vote import LLMStage
-from coder.run import PredictOptions, Scored, code_and_write, stage_seconds
+from coder.run import EngineReport, PredictOptions, code_and_write, stage_seconds
 
 if TYPE_CHECKING:
     from coder.model.load import Model
 
 
 def code_locally(plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
+                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport:
     """A ``coder.run.Engine``: every batch not in ``done``, in input order, in this process."""
     screen = RowScreen()
     seconds: Counter = Counter()
@@ -31,5 +31,5 @@ def code_locally(plan: InputPlan, *, model: Model, parts: PartsFolder, done: dic
             seconds.update(stage_seconds(done[batch.index]))
             fresh_rows += batch.frame.height
         progress.update(batch.frame.height)
-    return Scored(batches=batches, fresh_rows=fresh_rows, stage_seconds=dict(seconds),
-                  execution_provider=model.execution_provider, precision=model.precision, engine={"name": "local"})
+    return EngineReport(batches=batches, fresh_rows=fresh_rows, stage_seconds=dict(seconds),
+                        execution_provider=model.execution_provider, precision=model.precision, engine={"name": "local"})

@@ -29,7 +29,7 @@ from coder.io.progress import Progress
 from coder.io.read import InputPlan
 from coder.llm.vote import LLMStage
 from coder.predict import predict_notes
-from coder.run import PredictOptions, RunSummary, Scored
+from coder.run import EngineReport, PredictOptions, RunSummary
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -65,7 +65,7 @@ class ProcessesEngine:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
 
     def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
+                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport:
         if llm is not None:
             raise UsageError("the LLM stage runs in one process: drop --llm or --workers")
         batches, pending, tally = Tally.start(plan, batch_size=options.batch_size, done=done, progress=progress)
@@ -81,7 +81,7 @@ class ProcessesEngine:
                     tally.add(future.result())
             finally:  # on a failure, batches not started are dropped; a resume codes them
                 pool.shutdown(wait=True, cancel_futures=True)
-        return tally.scored(batches=batches, model=model, engine=engine)
+        return tally.report(batches=batches, model=model, engine=engine)
 
 
 def predict_notes_processes(source: str | Path, *, out: Path, workers: int, model: Path | None = None, device: str = "auto",

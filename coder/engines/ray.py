@@ -34,7 +34,7 @@ from coder.io.progress import Progress
 from coder.io.read import InputPlan
 from coder.llm.vote import LLMStage
 from coder.predict import predict_notes
-from coder.run import PredictOptions, RunSummary, Scored
+from coder.run import EngineReport, PredictOptions, RunSummary
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -124,7 +124,7 @@ class RayEngine:
     ray: RayOptions = RayOptions()
 
     def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> Scored:
+                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport:
         if llm is not None:
             raise UsageError("the LLM stage runs with --engine local only")
         batches, pending, tally = Tally.start(plan, batch_size=options.batch_size, done=done, progress=progress)
@@ -138,7 +138,7 @@ class RayEngine:
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
                 for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):
                     tally.add(row)
-        return tally.scored(batches=batches, model=model, engine=engine)
+        return tally.report(batches=batches, model=model, engine=engine)
 
     def _scored(
         self,

@@ -18,7 +18,7 @@ from typing import Protocol
 DELIMITER = "\n"
 
 
-class Ontology(Protocol):
+class OntologyView(Protocol):
     """The part of ``coder.ontology``'s interface this stage uses."""
 
     def lookup(self, code: str, system: str | None = None): ...
@@ -54,7 +54,7 @@ Assignable = Callable[[str, str], bool]
 """(code, system) -> whether the code may be written (``coder.validate.AssignableCodes``)."""
 
 
-def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: Ontology, assignable: Assignable) -> AllowedCodes:
+def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: OntologyView, assignable: Assignable) -> AllowedCodes:
     """The neighbourhood of one note's candidates: each (system, canonical code), its parent, children and
     siblings, keeping only assignable codes (CM blocks and chapters are parents too, and so are PCS
     prefixes that no model writes: ``10E0XZ`` is the parent of ``10E0XZZ``, not a code)."""
@@ -69,13 +69,13 @@ def allowed_codes(candidates: Iterable[tuple[str, str]], *, ontology: Ontology, 
     return _described({pair for pair in pairs if assignable(pair[1], pair[0])}, ontology=ontology)
 
 
-def ontology_codes(*, ontology: Ontology, systems: Iterable[str], assignable: Assignable) -> AllowedCodes:
+def ontology_codes(*, ontology: OntologyView, systems: Iterable[str], assignable: Assignable) -> AllowedCodes:
     """Every assignable code of ``systems`` (``scope="ontology"``): one set shared by all notes."""
     return _described({(system, code) for system in systems for code in ontology.codes(system) if assignable(code, system)},
                       ontology=ontology)
 
 
-def _described(pairs: set[tuple[str, str]], *, ontology: Ontology) -> AllowedCodes:
+def _described(pairs: set[tuple[str, str]], *, ontology: OntologyView) -> AllowedCodes:
     systems: dict[str, tuple[str, ...]] = {}
     descriptions: dict[str, str] = {}
     for system, code in sorted(pairs):

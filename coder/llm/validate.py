@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from rapidfuzz import fuzz, process, utils
 
 from coder.errors import CodeFormatError
-from coder.llm.constrain import AllowedCodes, Assignable, Ontology
+from coder.llm.constrain import AllowedCodes, Assignable, OntologyView
 
 # Code-shaped: 3-7 upper-case letters/digits with at least one digit, optionally a dot and up to four more
 # (ICD-10-CM ``E11.9``, ICD-10-PCS ``0DTJ4ZZ``, invented ``ZZZ.999``). Words, even upper-case ones like
@@ -83,7 +83,7 @@ def validate_answer(
     text: str,
     *,
     allowed: AllowedCodes,
-    ontology: Ontology,
+    ontology: OntologyView,
     assignable: Assignable,
     fuzzy_threshold: float,
     truncated: bool = False,
@@ -119,7 +119,7 @@ def validate_answer(
     return Validated(codes=tuple(accepted), counts=HallucinationCounts(**tally))
 
 
-def _judge_code(token: str, *, allowed: AllowedCodes, ontology: Ontology, assignable: Assignable) -> tuple[str | None, str | None]:
+def _judge_code(token: str, *, allowed: AllowedCodes, ontology: OntologyView, assignable: Assignable) -> tuple[str | None, str | None]:
     try:
         info = ontology.lookup(token)
     except CodeFormatError:
