@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from coder.candidates.dense_search import SENTENCE_TOKENS, TERM_TOKENS
-from coder.candidates.ontology_search import sentence_spans
+from coder.candidates.words import sentence_spans
 from coder.export.sentence import MeanPooled
 from coder.model.folder import default_encoder_path
 from coder.ontology import load_ontology

@@ -3,7 +3,7 @@
 import polars as pl
 
 from coder.schema import EVIDENCE_SCHEMA
-from coder.train.projection import WordAligner, corpus_aligners, fit_aligners, project_corpus, segments, symmetrize
+from coder.train.projection import WordAligner, corpus_aligners, fit_aligners, project_corpus, symmetrize
 
 # The same three findings in Spanish and English, in notes that share the words often enough to align.
 SPANISH = ["Paciente con fiebre y tos. Dolor abdominal intenso.", "Tos seca. Fiebre alta.", "Dolor abdominal y fiebre.",
@@ -11,11 +11,6 @@ SPANISH = ["Paciente con fiebre y tos. Dolor abdominal intenso.", "Tos seca. Fie
 ENGLISH = ["Patient with fever and cough.\nSevere abdominal pain.", "Dry cough.\nHigh fever.", "Abdominal pain and fever.",
            "Fever.\nCough.", "Abdominal pain."] * 4
 NOTES = pl.DataFrame({"note_id": [f"n{i}" for i in range(len(SPANISH))], "text_es": SPANISH, "text": ENGLISH})
-
-
-def test_segments_cut_spanish_sentences_and_english_lines():
-    assert segments("Tos seca. Fiebre alta.", "es") == [(0, 9), (10, 22)]
-    assert segments("Dry cough.\nHigh fever.", "en") == [(0, 10), (11, 22)]
 
 
 def test_symmetrize():

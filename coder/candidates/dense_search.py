@@ -40,8 +40,8 @@ import onnxruntime as ort
 import polars as pl
 from onnx import TensorProto, helper, numpy_helper
 
-from coder.candidates.ontology_search import (TERM, Found, ontology_terms, ordered_terms, search_frame,
-                                              sentence_spans)
+from coder.candidates.ontology_search import TERM, Found, ontology_terms, ordered_terms, search_frame
+from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state

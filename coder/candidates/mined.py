@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ from scipy import sparse
 from scipy.special import xlogy
 
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
-from coder.candidates.words import WORD, Tokens, fold, folded
+from coder.candidates.words import CLAUSE_END, WORD, Tokens, fold, folded, word_stem
 from coder.languages import language
 from coder.errors import ModelBundleError, NotFittedError
 from coder.estimator import ParamsMixin, read_state
@@ -57,10 +56,12 @@ from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
 if TYPE_CHECKING:
     from coder.io.corpus import Corpus
 
-_CLAUSE_END = re.compile(r"[.;:!?\n,()]")
 # Words of ICD-10 descriptions (English) that say nothing about the condition.
 _BOILERPLATE = frozenset("unspecified other specified nos elsewhere classified unknown not without".split())
-STEM = 5  # description overlap compares word prefixes of this length ("abdominal" ~ "abdomen")
+# Description overlap compares word stems of this length ("abdominal" ~ "abdomen"). 5 also conflates
+# "hypertension" and "hyperglycemia" (the term match uses 7), but the shipped model's mined lexicon
+# was fitted with 5: changing it changes that model's outputs.
+STEM = 5
 Describe = Callable[[str, str], "str | Sequence[str]"]
 
 
@@ -68,7 +69,7 @@ def tokenize(text: str, *, plural_es: bool) -> tuple[Tokens, np.ndarray]:
     """The text's words (``Tokens``) and the clause (a sentence also ended by a comma or
     parenthesis) each word is in."""
     tokens = Tokens.of(text, plural_es=plural_es)
-    cuts = [m.start() for m in _CLAUSE_END.finditer(text)]
+    cuts = [m.start() for m in CLAUSE_END.finditer(text)]
     return tokens, np.array([bisect.bisect_left(cuts, start) for start in tokens.starts], dtype=np.int64)
 
 
@@ -204,7 +205,7 @@ class MinedLexicon(ParamsMixin):
         present, carried = np.asarray(x.sum(axis=0)).ravel(), np.asarray(y.sum(axis=0)).ravel()
         together = (x.T @ y).tocsr()  # [n_phrases, n_labels] notes with both
         stop = self._folded(language(self.language).stopwords)
-        stems = [frozenset(w[:STEM] for w in p if w not in stop) for p in phrases]
+        stems = [frozenset(word_stem(w, STEM) for w in p if w not in stop) for p in phrases]
         terms = self._description_terms(describe)
         links = self._description_links(x, y, stems, terms)
         links |= self._statistical_links(together, present, carried, len(note_ids))
@@ -239,7 +240,7 @@ class MinedLexicon(ParamsMixin):
         for label in self.labels_:
             terms = describe(*label) or ()
             terms = [terms] if isinstance(terms, str) else terms
-            stems = (frozenset(w[:STEM] for w in (fold(x, plural_es=plural_es) for x in WORD.findall(t))
+            stems = (frozenset(word_stem(w, STEM) for w in (fold(x, plural_es=plural_es) for x in WORD.findall(t))
                                if w not in stop and not w.isdigit()) for t in terms)
             out[label] = [s for s in stems if s]
         return out

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
+from coder.candidates.words import sentence_spans
 from coder.cpus import capped, logical_cpus
 from coder.errors import NotFittedError, UsageError
 from coder.estimator import ParamsMixin, read_state
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 TERM = "term"
 TERMS_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, TERM: pl.String})
-_SENTENCE = re.compile(r"[^\n.;]+")
 PCS_PREFIX_LENGTH = 4  # CodiEsp often cuts PCS codes to their first 4 axes
 INDEX_VERSION = 1  # bump when the cached index's layout or the way it is fitted changes
 INDEX_TERMS_S = 10_000  # terms indexed a second, for the announced duration of a first use
@@ -104,13 +103,6 @@ def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.n
     ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
     starts = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
     return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts, np.append(starts[1:], ordered.height)
-
-
-def sentence_spans(text: str | None) -> np.ndarray:
-    """[n_sentences, 2] start/end offsets of the sentences of ``text`` (split at line ends, full
-    stops and semicolons; blank pieces left out)."""
-    return np.array([(m.start(), m.end()) for m in _SENTENCE.finditer(text or "") if m.group().strip()],
-                    dtype=np.int64).reshape(-1, 2)
 
 
 Found = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]

@@ -31,7 +31,7 @@ import polars as pl
 from scipy import sparse
 
 from coder.candidates.ontology_search import TERM, ontology_terms
-from coder.candidates.words import WORD, Tokens, fold
+from coder.candidates.words import WORD, Tokens, fold, word_stem
 from coder.errors import NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_parquet, write_text
@@ -58,7 +58,7 @@ NOTES_AT_ONCE = 16
 def content_stems(words: tuple[str, ...] | list[str], stem_length: int) -> list[str]:
     """The stems (first ``stem_length`` letters) of ``words`` that name something: filler words and
     single letters left out, single digits kept."""
-    return [word[:stem_length] for word in words if word not in FILLER and (len(word) > 1 or word.isdigit())]
+    return [word_stem(word, stem_length) for word in words if word not in FILLER and (len(word) > 1 or word.isdigit())]
 
 
 @dataclass(frozen=True)

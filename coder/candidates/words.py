@@ -1,5 +1,6 @@
-"""Words of a note for the lexicon sources: folding (lower case, accents removed, a plural ending
-stripped) and tokens with offsets. What depends on the language is in ``coder.languages``."""
+"""Words, stems and sentences of a note, for every source and the span projection: folding (lower
+case, accents removed, a plural ending stripped), stems, tokens with offsets and the four ways a
+text is cut into pieces. What depends on the language is in ``coder.languages``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import numpy as np
+
 WORD = re.compile(r"\w+")
+# The four cuts differ and each source was fitted with its own: unifying them changes outputs.
+# Tokens' sentences (lexicon sources, term match): a full stop, semicolon, colon, ! or ? or a line end.
 SENTENCE_END = re.compile(r"[.;:!?\n]")
+# The mined lexicon's clauses: a sentence also ended by a comma or a parenthesis.
+CLAUSE_END = re.compile(r"[.;:!?\n,()]")
+# The searches' sentences (``sentence_spans``): pieces between line ends, full stops and semicolons.
+_SEARCH_SENTENCE = re.compile(r"[^\n.;]+")
+# The projection's segments (``translation_segments``): English lines, or Spanish sentences (a line end, or
+# ". " before a capital, digit or opening mark).
+_LINE_BREAK = re.compile(r"\n+")
+_ES_BREAK = re.compile(r"\n+|(?<=[.!?])\s+(?=[¿¡(\"'«]?[A-ZÁÉÍÓÚÑÜ0-9])")
 # Texts whose tokens are kept: both text columns of a default 256-note batch.
 TOKENS_KEPT = 512
 
@@ -25,6 +38,11 @@ def fold(word: str, *, plural_es: bool = True) -> str:
     if len(word) > 3 and word.endswith("s") and not (not plural_es and word.endswith("ss")):
         return word[:-1]
     return word
+
+
+def word_stem(word: str, length: int) -> str:
+    """The first ``length`` letters of a folded word, standing for it ("prostatic" ~ "prostate" at 7)."""
+    return word[:length]
 
 
 @functools.lru_cache(maxsize=64)
@@ -55,3 +73,23 @@ class Tokens:
             ends.append(m.end())
             sentences.append(bisect.bisect_left(boundaries, m.start()))
         return Tokens(tuple(words), tuple(starts), tuple(ends), tuple(sentences))
+
+
+def sentence_spans(text: str | None) -> np.ndarray:
+    """[n_sentences, 2] start/end offsets of the sentences of ``text`` (split at line ends, full
+    stops and semicolons; blank pieces left out)."""
+    return np.array([(m.start(), m.end()) for m in _SEARCH_SENTENCE.finditer(text or "") if m.group().strip()],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def translation_segments(text: str, language: str) -> list[tuple[int, int]]:
+    """Character ranges of the sentences of ``text``, blank ends trimmed: English lines, or Spanish sentences."""
+    cuts = [m.span() for m in (_ES_BREAK if language == "es" else _LINE_BREAK).finditer(text)]
+    out, start = [], 0
+    for lo, hi in [*cuts, (len(text), len(text))]:
+        piece = text[start:lo]
+        if piece.strip():
+            left = len(piece) - len(piece.lstrip())
+            out.append((start + left, start + len(piece.rstrip())))
+        start = hi
+    return out

@@ -6,7 +6,8 @@ text its own evidence lexicon (``EvidenceLexicon(text_column="text", language="e
 evidence offsets. Projection is learned from parallel notes only (no labels: fitting it on every
 training note and unlabelled note leaks nothing into out-of-fold stacking):
 
-1. ``segments``: Spanish sentences (paragraphs cut after ``. `` before a capital) and English lines.
+1. ``translation_segments`` (``coder.candidates.words``): Spanish sentences (paragraphs cut after
+   ``. `` before a capital) and English lines.
 2. ``SentenceAligner``: Gale-Church dynamic programme on character lengths (beads 1-1, 1-2, 2-1,
    2-2, 1-3, 3-1, 1-0, 0-1) pairs Spanish sentences with English lines.
 3. ``WordAligner``: IBM Model 1 with a fixed fast_align-style diagonal prior, trained by EM over the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,28 +33,16 @@ import numpy as np
 import polars as pl
 from scipy.special import log_ndtr
 
-from coder.candidates.words import WORD, fold
+from coder.candidates.words import WORD, fold, translation_segments
 from coder.languages import LANGUAGES
 from coder.estimator import ParamsMixin
 from coder.schema import CODE, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, NOTE_ID, SYSTEM, TEXT, TEXT_ES
 
-_ES_BREAK = re.compile(r"\n+|(?<=[.!?])\s+(?=[¿¡(\"'«]?[A-ZÁÉÍÓÚÑÜ0-9])")
 # Gale & Church (1993) bead priors, with 1-3 / 3-1 added for lines the translator split twice.
 BEADS = {(1, 1): 0.89, (1, 2): 0.0445, (2, 1): 0.0445, (2, 2): 0.011, (1, 3): 0.005, (3, 1): 0.005,
          (1, 0): 0.005, (0, 1): 0.005}
 
 
-def segments(text: str, language: str) -> list[tuple[int, int]]:
-    """Character ranges of the sentences of ``text``: English lines, or Spanish sentences."""
-    cuts = [m.span() for m in (_ES_BREAK if language == "es" else re.compile(r"\n+")).finditer(text)]
-    out, start = [], 0
-    for lo, hi in [*cuts, (len(text), len(text))]:
-        piece = text[start:lo]
-        if piece.strip():
-            left = len(piece) - len(piece.lstrip())
-            out.append((start + left, start + len(piece.rstrip())))
-        start = hi
-    return out
 
 
 @dataclass
@@ -134,7 +122,7 @@ class SentenceAligner:
 
 def _parallel(notes: pl.DataFrame) -> Iterable[tuple[list, list]]:
     for text_es, text in notes.select(TEXT_ES, TEXT).iter_rows():
-        yield segments(text_es or "", "es"), segments(text or "", "en")
+        yield translation_segments(text_es or "", "es"), translation_segments(text or "", "en")
 
 
 class WordAligner(ParamsMixin):
@@ -269,7 +257,7 @@ class ParallelNote:
     """One note's Spanish and English words, sentence beads and (lazily) word links per bead."""
 
     def __init__(self, text_es: str, text: str, sentences: SentenceAligner, words: WordAligner):
-        es_seg, en_seg = segments(text_es, "es"), segments(text, "en")
+        es_seg, en_seg = translation_segments(text_es, "es"), translation_segments(text, "en")
         self.beads = sentences.align(es_seg, en_seg)
         es_bead = {k: b for b, (es, _) in enumerate(self.beads) for k in es}
         en_bead = {k: b for b, (_, en) in enumerate(self.beads) for k in en}
