@@ -9,6 +9,11 @@ import polars as pl
 from coder.schema import ABOVE_THRESHOLD, CODE, DESCRIPTION, NOTE_ID, PREDICTION_SCHEMA, RANK, SCORE, SYSTEM, THRESHOLD
 
 
+def score_rank(column: str) -> pl.Expr:
+    """The rank (1 = best, Int32) of ``column`` in its note and system, descending; ties in row order."""
+    return pl.col(column).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32)
+
+
 def ranked(frame: pl.DataFrame) -> pl.DataFrame:
     """Sort by note, system and descending score (ties by code) and add ``rank`` (1-based per note and system)."""
     return frame.sort([NOTE_ID, SYSTEM, SCORE, CODE], descending=[False, False, True, False]).with_columns(

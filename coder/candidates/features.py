@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
+from coder.rank import score_rank
 from coder.schema import CODE, EVIDENCE, EVIDENCE_COLUMNS, EVIDENCE_IN, KEY, NOTE_ID, SOURCE, SYSTEM
 
 LABEL = "label"
@@ -42,7 +43,7 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
     for name, frame in frames.items():
         if f"{name}_rank" not in frame.columns:
             frame = frame.with_columns(
-                pl.col(name).rank("ordinal", descending=True).over(SYSTEM, NOTE_ID).cast(pl.Int32).alias(f"{name}_rank"))
+                score_rank(name).alias(f"{name}_rank"))
         if EVIDENCE[0] in frame.columns:
             where = pl.when(pl.col(EVIDENCE[1]).is_not_null()).then(pl.lit((columns or {}).get(name)))
             frame = frame.with_columns(where.alias(EVIDENCE_IN)).rename({c: f"{c}:{name}" for c in (*EVIDENCE, EVIDENCE_IN)})

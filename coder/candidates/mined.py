@@ -51,6 +51,7 @@ from coder.languages import language
 from coder.errors import ModelBundleError, NotFittedError
 from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_atomically, write_text
+from coder.rank import score_rank
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -306,7 +307,7 @@ class MinedLexicon(ParamsMixin):
         }, schema=self._schema())
         if self.top_k is None:
             return frame
-        return frame.filter(pl.col(self.name).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM) <= self.top_k)
+        return frame.filter(score_rank(self.name) <= self.top_k)
 
     def _hits(self, texts: list[str]) -> tuple[np.ndarray, ...]:
         """(note, phrase, start, end, negated) of every occurrence of a known phrase in ``texts``, in text order."""

@@ -37,6 +37,7 @@ from coder.estimator import ParamsMixin, read_state
 from coder.io.atomic import write_parquet, write_text
 from coder.io.read import read_saved
 from coder.ontology import Ontology
+from coder.rank import score_rank
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -211,8 +212,7 @@ class TermMatch(ParamsMixin):
         """The ``top_k`` codes per note whose term a sentence holds whole, by matched idf: note_id,
         system, code, <name>, <name>_missing (0), <name>_rank."""
         best = self._best(notes)
-        rank = pl.col(self.name).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32)
-        return best.with_columns(rank.alias(f"{self.name}_rank")).filter(pl.col(f"{self.name}_rank") <= self.top_k).sort(
+        return best.with_columns(score_rank(self.name).alias(f"{self.name}_rank")).filter(pl.col(f"{self.name}_rank") <= self.top_k).sort(
             NOTE_ID, SYSTEM, f"{self.name}_rank")
 
     def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
