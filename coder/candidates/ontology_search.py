@@ -183,6 +183,10 @@ class OntologySearch(ParamsMixin):
     def index(self, terms: pl.DataFrame) -> OntologySearch:
         """Index ``terms`` (TERMS_SCHEMA)."""
         self._order_terms(terms)
+        return self._index_ordered()
+
+    def _index_ordered(self) -> OntologySearch:
+        """Fit the index of the terms ``_order_terms`` has set."""
         texts = self.terms_[TERM].to_list()
         self.vectorizer_ = self._vectorizer().fit(texts)
         # [n_features, n_terms], float32 CSR: a sentence-times-terms product is faster this way round
@@ -392,7 +396,7 @@ class OntologySearch(ParamsMixin):
             self._set_matrix(shared.matrix, shared.by_term)
         elif (index := self._read_index(file, key=key, n_terms=self.terms_.height)) is None:
             announce(f"the ontology search's index of {terms.height} terms", seconds=terms.height / INDEX_TERMS_S)
-            self.index(terms)
+            self._index_ordered()  # the terms are ordered above, for their hash
             arrays = self._index_arrays(key)
             write_cache(file, lambda handle: np.savez(handle, **arrays), what="search index", stale=f"{stem}-*.npz")
         else:
