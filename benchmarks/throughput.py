@@ -52,7 +52,6 @@ DEV_NOTES = ROOT / "data" / "codiesp" / "dev" / "notes.parquet"
 MODES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
 THREADS = 2  # the machine's cores; the peak matmul uses the same number
 REPEATS = 15  # the model-only notes repeated for the end-to-end rows with worker processes: 12 batches of 256
-BATCH_NOTES = NOTES_PER_PASS  # notes a forward pass `coder predict` runs
 PEAK_N = 4096
 
 # Encoder FLOPs of one chunk of T tokens (MiniLM: L=6 layers, hidden H=384, intermediate I=1536,
@@ -298,14 +297,14 @@ def _machine() -> str:
 
 
 def _int8_run(rows: list[tuple[str, int, dict[str, float]]]) -> dict[str, float]:
-    """The int8 model's run at BATCH_NOTES notes a pass (as `coder predict` runs it), else its fastest."""
+    """The int8 model's run at NOTES_PER_PASS notes a pass (as `coder predict` runs it), else its fastest."""
     runs = {size: r for mode, size, r in rows if mode == MODES[2]}
-    return runs.get(BATCH_NOTES) or min(runs.values(), key=lambda r: r["seconds"])
+    return runs.get(NOTES_PER_PASS) or min(runs.values(), key=lambda r: r["seconds"])
 
 
 def _pass_rows(run: dict[str, float]) -> int:
-    """Encoder rows (tokens) of one pass of BATCH_NOTES notes, at this run's mean chunks per note."""
-    return round(BATCH_NOTES * run["chunks"] / run["notes"]) * CHUNK_TOKENS
+    """Encoder rows (tokens) of one pass of NOTES_PER_PASS notes, at this run's mean chunks per note."""
+    return round(NOTES_PER_PASS * run["chunks"] / run["notes"]) * CHUNK_TOKENS
 
 
 def _why_int8(run: dict[str, float], *, int8_peak: float, shapes: dict[str, float], kernels: dict[str, float],
@@ -325,10 +324,10 @@ def _why_int8(run: dict[str, float], *, int8_peak: float, shapes: dict[str, floa
     at_shape = ", ".join(f"{name} {rate:.0f} GOP/s ({100 * rate / int8_peak:.0f}% of the peak)" for name, rate in shapes.items())
     return [
         f"Why the int8 encoder reaches {100 * work / seconds / int8_peak:.0f}% of the int8 peak. Its model's kernel time "
-        f"(onnxruntime's profiler, same notes, {BATCH_NOTES} notes a pass): {split} (the int8 matmuls include quantising "
+        f"(onnxruntime's profiler, same notes, {NOTES_PER_PASS} notes a pass): {split} (the int8 matmuls include quantising "
         "their activations; attention and everything else, layer norms, GELU, residual adds and the label-attention "
         f"head's softmax and peak, run in fp32). Alone at the encoder's own shapes ([{_pass_rows(run)}, K] x [K, N], "
-        f"{BATCH_NOTES} notes' chunks; 384 and 1536 wide): {at_shape}. With the other kernels as measured, the share "
+        f"{NOTES_PER_PASS} notes' chunks; 384 and 1536 wide): {at_shape}. With the other kernels as measured, the share "
         f"could reach at most {100 * share(int8_peak):.0f}% with every int8 matmul at the peak, "
         f"{100 * share(shapes['DynamicQuantizeMatMul']):.0f}% at DynamicQuantizeMatMul's rate at these shapes; 50% "
         f"needs attention and everything else at {100 * max(0.0, allowed) / rest:.0f}% of their time even then.",

@@ -178,7 +178,7 @@ class Tally:
         """The engine's ``EngineReport``: what the workers ran on (the driver's model where none ran)."""
         return EngineReport(batches=batches, fresh_rows=sum(self.rows.values()), stage_seconds=dict(self.seconds),
                             execution_provider=",".join(sorted(self.providers)) or model.execution_provider,
-                      precision=",".join(sorted(self.precisions)) or model.precision, engine=engine)
+                            precision=",".join(sorted(self.precisions)) or model.precision, engine=engine)
 
 
 def load_worker_model(model: Path, *, device: str, precision: str, codes_file: Path | None) -> Model:
