@@ -366,16 +366,67 @@ def audit_command(
     export: Annotated[Path | None, typer.Option(dir_okay=False, help="Review CSV to write: top codes of the sampled notes and a blank verdict column.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the review sample (same seed and file, same sample).")] = 0,
     review_top: Annotated[int, typer.Option(min=1, help="Codes per note and system in the review sample.")] = 8,
-    reviewed: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="A review CSV with verdicts filled in: report precision@k with 95% Wilson intervals.")] = None,
+    reviewed: Annotated[list[Path] | None, typer.Option(exists=True, dir_okay=False, readable=True, help="A review CSV with verdicts filled in, or the DECISIONS.parquet of `coder review`: report precision@k with 95% Wilson intervals; repeat it with each reviewer's decisions for their agreement and Cohen's kappa.")] = None,
 ) -> None:
     """Score predictions against coders (CodiEsp MAP, P@k, R@k, F1), write a report or a review sample."""
     import json
 
     from coder.auditing.score import run_audit
+@app.command("review", cls=_OneLineCommand)
+@_reported
+def review_command(
+    predictions: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Predictions parquet written by `coder predict`.")],
+    notes: Annotated[Path, typer.Option(exists=True, dir_okay=False, readable=True, help="The notes parquet that was coded (note_id, text and/or text_es).")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="DECISIONS.parquet: each decision is written to it at once; reopening it resumes at the first note not reviewed. One file per reviewer.")],
+    gold: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Gold codes parquet: review only its notes (its codes are not shown).")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="Review a seeded sample of this many notes (as `coder audit --sample` draws) instead of every note.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample (same seed and file, same sample: give two reviewers the same).")] = 0,
+    top: Annotated[int, typer.Option(min=1, help="Suggested codes shown per note and system, best first.")] = 8,
+    reviewer: Annotated[str | None, typer.Option(help="Name recorded with each decision [default: the login name].")] = None,
+    codes_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="User code list whose codes may be added too [default: the run's, from its manifest].")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default keeps the page to this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: a free one).")] = 0,
+) -> None:
+    """Review predictions in the browser, note by note: the evidence highlighted, accept or reject each suggested
+    code, add missed ones, comment. Prints the page's address (with its access token); Ctrl-C stops."""
+    import getpass
+
+    from coder.auditing.score import valid_codes
+    from coder.io.manifest import manifest_path, read_manifest
+    from coder.review.server import bind
+    from coder.review.session import Review
+
+    gate = valid_codes(predictions, read_manifest(manifest_path(predictions)), codes_file=codes_file).gate()
+    review = Review.open(predictions, notes=notes, out=out, reviewer=reviewer or getpass.getuser(), gate=gate,
+                         sample=sample, seed=seed, gold=gold, top=top)
+    served = bind(review, host=host, port=port)
+    progress = review.progress()
+    typer.echo(f"reviewing {progress['total']} notes ({progress['reviewed']} reviewed) into {out}; open {served.url}")
+    served.run()
+    typer.echo(f"stopped; the decisions are in {out}", err=True)
+
+
+@app.command("gold", cls=_OneLineCommand)
+@_reported
+def gold_command(
+    decisions: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True, help="DECISIONS.parquet files written by `coder review`.")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="Gold codes parquet to write (note_id, code, system).")],
+) -> None:
+    """Write the codes reviewers accepted or added as gold codes for `coder train --codes` or `coder audit --gold`;
+    with several reviewers' files, a code is kept when every reviewer who judged it gave it to the note."""
+    from coder.io.atomic import write_parquet
+    from coder.review.decisions import gold_codes
+
+    codes, disputed = gold_codes(decisions)
+    write_parquet(out, codes)
+    typer.echo(f"wrote {out}: {codes.height} codes on {codes.get_column('note_id').n_unique()} notes"
+               + (f"; left out {disputed} the reviewers disagreed on" if disputed else ""))
+
+
 
     outcome = run_audit(
         predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,
-        export=export, seed=seed, review_top=review_top, reviewed=reviewed,
+        export=export, seed=seed, review_top=review_top, reviewed=reviewed or (),
     )
     typer.echo(json.dumps(outcome.results, indent=2) if as_json else "\n".join(outcome.lines))
 

@@ -59,6 +59,27 @@ PREDICTION_SCHEMA = pl.Schema(
     }
 )
 
+# A reviewer's decisions, written by `coder review`: one row per (note, system, code) judged, and one per
+# note (system, code, rank and score null) once it is reviewed or commented. Rank and score are the
+# prediction's, null for a code the reviewer added.
+DECISION = "decision"
+REVIEWER = "reviewer"
+DECIDED_AT = "time"
+COMMENT = "comment"
+DECISION_SCHEMA = pl.Schema(
+    {
+        NOTE_ID: pl.String,
+        SYSTEM: pl.String,
+        CODE: pl.String,
+        DECISION: pl.String,  # accepted, rejected, added (a code); reviewed, or comment while still open (the note)
+        REVIEWER: pl.String,
+        DECIDED_AT: pl.Datetime("us", "UTC"),
+        RANK: pl.Int32,
+        SCORE: pl.Float64,
+        COMMENT: pl.String,
+    }
+)
+
 # Rows that could not be coded, with a reason code (QuarantineReason values).
 QUARANTINE_SCHEMA = pl.Schema(
     {NOTE_ID: pl.String, "row": pl.Int64, "file": pl.String, "reason": pl.String}

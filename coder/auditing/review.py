@@ -1,8 +1,9 @@
 """Human review: a seeded sample of notes with their top codes for coders to judge, and the verdicts read back.
 
 The sample CSV has one row per (note, system, code) and an empty ``verdict`` column that coders
-fill with ``correct`` or ``incorrect`` (blank rows are not counted). Precision@k from the verdicts
-comes with a Wilson 95% interval, treating each judged code as one trial.
+fill with ``correct`` or ``incorrect`` (blank rows are not counted); `coder review` writes decision
+files instead (``coder.review.decisions``). Precision@k from either comes with a Wilson 95% interval,
+treating each judged code as one trial; two reviewers' files give their agreement and Cohen's kappa.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import polars as pl
 
 from coder.auditing.keys import KEY, code_key
 from coder.errors import InputFileError
-from coder.schema import NOTE_ID, SYSTEM
+from coder.review.decisions import ACCEPTED, ADDED, ASSIGNED, CODE_DECISIONS, REVIEWED, read_decisions
+from coder.schema import DECISION, NOTE_ID, SYSTEM
 
 VERDICT = "verdict"
 IN_GOLD = "in_gold"
@@ -38,6 +40,17 @@ def wilson_interval(successes: int, trials: int, *, z: float = _Z95) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def sample_notes(note_ids: pl.Series, *, n: int | None, seed: int, gold: pl.DataFrame | None = None) -> tuple[str, ...]:
+    """``n`` of the distinct ``note_ids`` drawn with ``seed`` (the same seed and ids give the same sample), or all
+    of them in their order when ``n`` is None; with ``gold``, only the notes it has."""
+    if gold is not None:
+        note_ids = note_ids.filter(note_ids.is_in(gold.get_column(NOTE_ID).implode()))
+    if n is None:
+        return tuple(note_ids.unique(maintain_order=True).to_list())
+    distinct = sorted(note_ids.unique().to_list())
+    return tuple(random.Random(seed).sample(distinct, min(n, len(distinct))))
+
+
 def review_sample(
     predictions: pl.DataFrame, *, n: int, seed: int, top: int = 8, gold: pl.DataFrame | None = None
 ) -> pl.DataFrame:
@@ -45,12 +58,9 @@ def review_sample(
 
     With ``gold``, the notes come from the audited ones and ``in_gold`` marks codes the coders assigned.
     """
-    candidates = predictions.get_column(NOTE_ID).unique()
-    if gold is not None:
-        candidates = candidates.filter(candidates.is_in(gold.get_column(NOTE_ID).implode()))
-    chosen = random.Random(seed).sample(sorted(candidates.to_list()), min(n, candidates.len()))
+    chosen = sample_notes(predictions.get_column(NOTE_ID).unique(), n=n, seed=seed, gold=gold)
     sample = (
-        predictions.filter(pl.col(NOTE_ID).is_in(chosen), pl.col("rank") <= top)
+        predictions.filter(pl.col(NOTE_ID).is_in(list(chosen)), pl.col("rank") <= top)
         .select(c for c in _REVIEW_COLUMNS if c in predictions.columns)  # description and evidence when the file has them
         .sort(NOTE_ID, SYSTEM, "rank")
     )
@@ -81,7 +91,12 @@ def score_review(path: Path, *, ks: Sequence[int]) -> dict[str, Any]:
     if odd.height:
         lines = ", ".join(str(v) for v in odd.get_column("line").head(5))
         raise InputFileError(f"{path}: verdict must be 'correct', 'incorrect' or blank; see CSV line(s) {lines}")
-    judged = verdicts.filter(pl.col(VERDICT) != "")
+    return precision_at_k(verdicts.filter(pl.col(VERDICT) != ""), ks=ks)
+
+
+def precision_at_k(judged: pl.DataFrame, *, ks: Sequence[int]) -> dict[str, Any]:
+    """Precision@k per system of judged codes (note_id, system, rank, verdict ``correct`` or ``incorrect``),
+    each with its Wilson 95% interval."""
     result: dict[str, Any] = {}
     for (system,), rows in judged.group_by(SYSTEM, maintain_order=True):
         per_k = {}
@@ -92,4 +107,50 @@ def score_review(path: Path, *, ks: Sequence[int]) -> dict[str, Any]:
             per_k[f"p@{k}"] = {"precision": correct / top.height if top.height else None,
                                "judged": top.height, "ci95_low": low, "ci95_high": high}
         result[system] = {"notes": rows.get_column(NOTE_ID).n_unique(), "judged": rows.height, **per_k}
+    return result
+
+
+def score_decisions(paths: Sequence[Path], *, ks: Sequence[int]) -> dict[str, Any]:
+    """Precision@k per system from `coder review` decision files (accepted: correct, rejected: incorrect; added
+    codes are counted apart, as codes the model missed). One file: keyed by system, as ``score_review``; two or
+    more: ``precision`` keyed by file, and ``agreement`` of every pair of files (``agreement``)."""
+    decided = {str(path): read_decisions(path) for path in paths}
+    scores = {name: _decisions_precision(frame.filter(pl.col(DECISION).is_in(CODE_DECISIONS)), ks=ks)
+              for name, frame in decided.items()}
+    if len(paths) == 1:
+        return next(iter(scores.values()))
+    names = list(decided)
+    pairs = {f"{a} vs {b}": agreement(decided[a], decided[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"precision": scores, "agreement": pairs}
+
+
+def _decisions_precision(decided: pl.DataFrame, *, ks: Sequence[int]) -> dict[str, Any]:
+    judged = decided.filter(pl.col(DECISION) != ADDED).with_columns(
+        pl.when(pl.col(DECISION) == ACCEPTED).then(pl.lit(_VERDICTS[0])).otherwise(pl.lit(_VERDICTS[1])).alias(VERDICT))
+    result = precision_at_k(judged, ks=ks)
+    for (system,), added in decided.filter(pl.col(DECISION) == ADDED).group_by(SYSTEM):
+        result.setdefault(system, {"notes": 0, "judged": 0})["added"] = added.height
+    return result
+
+
+def agreement(first: pl.DataFrame, second: pl.DataFrame) -> dict[str, Any]:
+    """Per system, how two reviewers' decisions (``read_decisions``) agree on the notes both marked reviewed:
+    every code either judged there is one item, given to the note (accepted or added) or not by each; the
+    share of items they agree on and Cohen's kappa (None when chance alone explains the agreement, e.g. one
+    label throughout)."""
+    both = set.intersection(*(set(frame.filter(pl.col(DECISION) == REVIEWED).get_column(NOTE_ID).to_list())
+                              for frame in (first, second)))
+    given = [frame.filter(pl.col(NOTE_ID).is_in(list(both)), pl.col(DECISION).is_in(CODE_DECISIONS)).select(
+        NOTE_ID, SYSTEM, code_key(), pl.col(DECISION).is_in(ASSIGNED).alias(f"given_{i}")).unique([NOTE_ID, SYSTEM, KEY])
+        for i, frame in enumerate((first, second))]
+    items = given[0].join(given[1], on=[NOTE_ID, SYSTEM, KEY], how="full", coalesce=True).with_columns(
+        pl.col("given_0", "given_1").fill_null(False))
+    result: dict[str, Any] = {}
+    for (system,), rows in items.group_by(SYSTEM, maintain_order=True):
+        a, b = rows.get_column("given_0"), rows.get_column("given_1")
+        observed = float((a == b).mean())
+        chance = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+        kappa = (observed - chance) / (1 - chance) if chance < 1 else None
+        result[system] = {"notes": rows.get_column(NOTE_ID).n_unique(), "codes": rows.height,
+                          "agreement": observed, "kappa": kappa}
     return result

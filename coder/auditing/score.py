@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from coder.auditing.keys import KEY, code_key
 from coder.auditing.report import render_report
-from coder.auditing.review import review_sample, score_review
+from coder.auditing.review import review_sample, score_decisions, score_review
 from coder.errors import InputFileError, UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_text
@@ -353,6 +353,26 @@ def _questioned_gold(system: str, result: dict[str, Any]) -> list[str]:
     return [f"{system} gold: {'; '.join(said)}"] if said else []
 
 
+def _reviewed(paths: Sequence[Path], *, ks: Sequence[int]) -> AuditOutcome:
+    """Precision@k of a review CSV or of `coder review` decision files, and the decision files' agreement."""
+    csv = [path for path in paths if path.suffix.lower() == ".csv"]
+    if csv and len(paths) > 1:
+        raise UsageError("--reviewed takes one review CSV, or one or more DECISIONS.parquet files of `coder review`")
+    results = score_review(paths[0], ks=ks) if csv else score_decisions(paths, ks=ks)
+    per_file = results["precision"] if len(paths) > 1 and not csv else {"": results}
+    lines = [
+        f"{name + ': ' if name else ''}{system}: {r['judged']} codes judged on {r['notes']} notes"
+        + (f", {r['added']} added" if r.get("added") else "") + "; "
+        + ", ".join(f"{key.upper()} {v['precision'] if v['precision'] is not None else float('nan'):.3f} "
+                    f"[{v['ci95_low']:.3f}, {v['ci95_high']:.3f}]" for key, v in r.items() if key.startswith("p@"))
+        for name, scores in per_file.items() for system, r in scores.items()
+    ]
+    lines += [f"{pair}: {system}: {a['codes']} codes on {a['notes']} notes reviewed by both; agreement "
+              f"{a['agreement']:.3f}, Cohen's kappa " + (f"{a['kappa']:.3f}" if a["kappa"] is not None else "undefined")
+              for pair, systems in results.get("agreement", {}).items() for system, a in systems.items()]
+    return AuditOutcome(results=results, lines=tuple(lines))
+
+
 def run_audit(
     predictions: Path | None,
     *,
@@ -364,25 +384,19 @@ def run_audit(
     export: Path | None = None,
     seed: int = 0,
     review_top: int = 8,
-    reviewed: Path | None = None,
+    reviewed: Sequence[Path] = (),
 ) -> AuditOutcome:
     """Score ``predictions`` against ``gold``; optionally write an HTML ``report`` and a review sample to ``export``.
 
-    With ``reviewed`` (a review CSV with verdicts) only the coders' precision@k is computed.
+    With ``reviewed`` (a review CSV with verdicts, or the decision files of `coder review`) only the coders'
+    precision@k is computed, and with several decision files their agreement.
     """
     if not ks or min(ks) < 1:
         raise UsageError(f"--k needs positive integers, got {list(ks)}")
-    if reviewed is not None:
+    if reviewed:
         if predictions is not None or gold is not None:
-            raise UsageError("--reviewed scores a filled-in review CSV on its own; drop PREDICTIONS and --gold")
-        results = score_review(reviewed, ks=ks)
-        lines = tuple(
-            f"{system}: {r['judged']} codes judged on {r['notes']} notes; "
-            + ", ".join(f"{key.upper()} {v['precision'] if v['precision'] is not None else float('nan'):.3f} "
-                        f"[{v['ci95_low']:.3f}, {v['ci95_high']:.3f}]" for key, v in r.items() if key.startswith("p@"))
-            for system, r in results.items()
-        )
-        return AuditOutcome(results=results, lines=lines)
+            raise UsageError("--reviewed scores a filled-in review on its own; drop PREDICTIONS and --gold")
+        return _reviewed(reviewed, ks=ks)
     if predictions is None:
         raise UsageError("give the PREDICTIONS parquet written by `coder predict` (or --reviewed REVIEW.csv)")
     if (sample is None) != (export is None):

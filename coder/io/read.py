@@ -287,12 +287,14 @@ _KINDS = {"integer": pa.types.is_integer, "number": lambda kind: pa.types.is_int
 
 
 def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapping[str, str] | None = None,
-               optional: Sequence[str] = (), table: pa.Table | None = None) -> pl.DataFrame:
+               optional: Sequence[str] = (), table: pa.Table | None = None,
+               rows: tuple[int, int] | None = None) -> pl.DataFrame:
     """A parquet file's ``columns`` (string columns, name -> role: ``{"note_id": "id"}``) and
     ``typed`` columns (name -> ``integer``, ``number`` or ``boolean``), each checked present and of
     its type, with the errors ``plan_inputs`` gives, and the ``optional`` columns the file has: the
-    one reader of corpora (training notes, gold codes, evidence) and of audit inputs. ``table``: rows
-    already in memory (a Python API frame), checked the same way; ``path`` then only names them."""
+    one reader of corpora (training notes, gold codes, evidence), of audit and review inputs. ``table``:
+    rows already in memory (a Python API frame), checked the same way; ``path`` then only names them.
+    ``rows``: (offset, length) of the rows to read alone, without decoding the pages before them."""
     schema = _open(path).schema_arrow if table is None else table.schema
     for column, role in columns.items():
         _check_column(path, schema, column, role, what=what)
@@ -300,7 +302,12 @@ def read_table(path: Path, *, columns: Mapping[str, str], what: str, typed: Mapp
         _check_column(path, schema, column, kind, what=what, accepts=_KINDS[kind])
     read = [*columns, *(typed or {}), *(c for c in optional if c in schema.names)]
     try:
-        frame = pl.read_parquet(path, columns=read) if table is None else pl.from_arrow(table.select(read))
+        if table is not None:
+            frame = pl.from_arrow(table.select(read))
+        elif rows is not None:
+            frame = pl.scan_parquet(path).select(read).slice(*rows).collect()
+        else:
+            frame = pl.read_parquet(path, columns=read)
     except (OSError, pl.exceptions.PolarsError) as error:
         raise InputFileError(f"{path}: unreadable {what} parquet ({type(error).__name__}); is the file truncated?") from None
     return frame.cast(dict.fromkeys(columns, pl.String))  # dictionary-encoded strings read as Categorical
