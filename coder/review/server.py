@@ -79,6 +79,10 @@ def create_app(review: Review, *, token: str) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(page / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico")
+    def icon() -> Response:
+        return Response(status_code=204)  # no icon, and no 404 in the browser's console
+
     @app.get("/page/{name}")
     def page_file(name: str) -> Response:
         if name not in PAGE_FILES:
