@@ -226,3 +226,29 @@ def test_audit_of_the_default_models_predictions_equals_the_official_computation
     for system in (CM, PCS):
         assert audit[system]["map"] == pytest.approx(_official_map(predictions, gold, system), abs=1e-12)
     assert audit["valid_codes"]["code_list"].endswith("codiesp-minilm/codes.tsv")
+
+
+def test_reviewed_decision_files_give_precision_and_agreement(tmp_path):
+    from coder.schema import DECISION_SCHEMA
+
+    files = []
+    for reviewer, second in (("ana", "accepted"), ("ben", "rejected")):
+        rows = [("n1", CM, "R50.9", "accepted", reviewer, None, 1, 0.8, None),
+                ("n1", CM, "I10", second, reviewer, None, 2, 0.6, None),
+                ("n1", None, None, "reviewed", reviewer, None, None, None, None)]
+        files.append(tmp_path / f"{reviewer}.parquet")
+        pl.DataFrame(rows, schema=DECISION_SCHEMA, orient="row").write_parquet(files[-1])
+    one = runner.invoke(app, ["audit", "--reviewed", str(files[1]), "--k", "1,2"])
+    assert one.exit_code == 0, one.output
+    assert f"{CM}: 2 codes judged on 1 notes; P@1 1.000" in one.stdout and "P@2 0.500" in one.stdout
+    both = runner.invoke(app, ["audit", "--reviewed", str(files[0]), "--reviewed", str(files[1]), "--k", "2"])
+    assert both.exit_code == 0, both.output
+    assert f"{files[0]} vs {files[1]}: {CM}: 2 codes on 1 notes reviewed by both; agreement 0.500, Cohen's kappa 0.000" in both.stdout
+    mixed = runner.invoke(app, ["audit", "--reviewed", str(files[0]), "--reviewed", str(_csv(tmp_path))])
+    assert mixed.exit_code == 2 and "one review CSV, or one or more" in mixed.stderr
+
+
+def _csv(tmp_path):
+    path = tmp_path / "review.csv"
+    path.write_text("note_id,system,rank,code,verdict\nn1,ICD-10-CM,1,R50.9,correct\n")
+    return path
