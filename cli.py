@@ -312,6 +312,7 @@ def predict_command(
     llm_option: Annotated[list[str] | None, typer.Option(help="Any other LLM setting as KEY=VALUE, repeatable (e.g. scope=ontology, prompt_candidates=30, timeout_s=120; the fields of coder.llm.settings.LLMSettings). The model config's llm entry sets them too.")] = None,
 ) -> None:
     """Code every note of a parquet dump; writes OUT, OUT stem .quarantine.parquet and OUT stem .manifest.json."""
+    from coder.engines.ray import RayOptions
     from coder.errors import UsageError
     from coder.llm.settings import parse_settings
     from coder.predict import predict_notes
@@ -327,20 +328,11 @@ def predict_command(
     )
     if quiet:  # the one-time preparations' progress too
         logging.getLogger(PROGRESS_LOGGER).setLevel(logging.WARNING)
-    run = predict_notes
-    if engine is EngineChoice.ray:
-        from coder.engines.ray import RayOptions, predict_notes_ray
-
-        if workers > 1:
-            raise UsageError("--workers is for the local engine; Ray runs one model per actor")
-        run = functools.partial(predict_notes_ray, ray=RayOptions(address=ray_address))
-    elif ray_address:
+    if ray_address and engine is not EngineChoice.ray:
         raise UsageError("--ray-address needs --engine ray")
-    elif workers > 1:
-        from coder.engines.processes import predict_notes_processes
-
-        run = functools.partial(predict_notes_processes, workers=workers)
-    summary = run(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options)
+    ray = RayOptions(address=ray_address) if engine is EngineChoice.ray else None
+    summary = predict_notes(notes, out=out, model=model, device=device.value, codes_file=codes_file, options=options,
+                            workers=workers, ray=ray)
     if not quiet:
         for line in summary.lines():
             typer.echo(line, err=True)

@@ -27,13 +27,14 @@ import polars as pl
 import pyarrow as pa
 
 from coder.auditing.score import ValidCodes, audit_frames, read_predictions, run_audit
+from coder.batches import code_rows
 from coder.errors import InputFileError, UsageError
 from coder.io.corpus import read_codes
 from coder.io.read import InputPlan, note_batch, note_columns
 from coder.io.screen import RowScreen
 from coder.model.load import Model
 from coder.model.load import load_model as _load
-from coder.run import DEFAULT_BATCH_SIZE, process_batch
+from coder.run import DEFAULT_BATCH_SIZE
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class CodingModel:
                                         primary_column=text_column)
         plan = InputPlan(files=(), id_column=id_column, columns=columns, skipped_columns=skipped)
         screen = RowScreen()
-        outputs = [process_batch(self.model, note_batch(table.slice(start, batch_size), plan=plan, index=i, file=FRAME,
-                                                        first_row=start),
-                                 screen=screen, top_k=top_k, threshold_only=threshold_only)
+        outputs = [code_rows(self.model, note_batch(table.slice(start, batch_size), plan=plan, index=i, file=FRAME,
+                                                    first_row=start),
+                             screen=screen, top_k=top_k, threshold_only=threshold_only)
                    for i, start in enumerate(range(0, table.num_rows, batch_size))]
         return Coded(predictions=pl.concat([PREDICTION_SCHEMA.to_frame(), *(o.predictions for o in outputs)]),
                      quarantine=pl.concat([QUARANTINE_SCHEMA.to_frame(), *(o.quarantine for o in outputs)]))

@@ -1,8 +1,11 @@
-"""A `coder predict` run: plan the inputs, have an engine code every batch, combine the parts, write the manifest.
+"""A `coder predict` run: plan the inputs and the pending batches, fingerprint the run for ``--resume``,
+map the batch worker over the pending batches through an engine, combine the parts, write the manifest.
 
-``run_batches`` does the bookkeeping; an engine (``coder.engines.local``, ``coder.engines.processes`` or ``coder.engines.ray``)
-reads, screens, codes (``coder.pipeline.code_batch``) and writes each batch with
-``code_and_write``. ``coder.predict.predict_notes`` plans the inputs (``plan_run``), loads the model and starts a run.
+``run_batches`` owns these steps; the worker (``coder.batches.BatchWorker``) reads, screens, codes
+(``coder.pipeline.code_batch``) and writes one batch, and an engine (``coder.engines.local``,
+``coder.engines.processes`` or ``coder.engines.ray``) only maps it. What the run records of its model
+(``ModelRecord``) comes from the loaded model, or from its folder alone when the workers load it.
+``coder.predict.predict_notes`` composes a run: check the inputs (``plan_run``), choose the engine, run.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 
 from coder.version import __version__
+from coder.batches import OVER_MAX_NOTE_CHARS, QUARANTINED, BatchResult, BatchWorker, Engine, plan_batches
 from coder.errors import UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_json
 from coder.io.outputs import RunOutputs
 from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
-from coder.io.read import DEFAULT_MAX_NOTE_CHARS, InputPlan, NoteBatch, bound_notes, check_unchanged, plan_inputs
-from coder.io.screen import RowScreen, unprocessable
+from coder.io.read import DEFAULT_MAX_NOTE_CHARS, InputPlan, check_unchanged, plan_inputs
 from coder.llm.vote import LLMStage, manifest_section, summary_line
-from coder.pipeline import CodedBatch, code_batch
+from coder.model.folder import component_hashes, model_hash, read_config
+from coder.model.scorer import choose_precision, gpu_requested
+from coder.ontology.codelist import read_code_list
+from coder.ontology.sources import releases
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
@@ -37,9 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 256
-_QUARANTINED = "quarantined."
 _SECONDS = "seconds."
-_LONG = "over_max_note_chars"
 
 
 @dataclass(frozen=True)
@@ -125,82 +128,56 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
-class EngineReport:
-    """What an engine did, for the summary and the manifest."""
+class ModelRecord:
+    """What a run records of its model: the manifest's ``model``, ``ontology`` and ``codes_file``
+    sections and the model entries of the resume fingerprint. What the batches ran on (execution
+    provider, precision) is the workers' to say (``coder.batches.BatchResult.ran_on``)."""
 
-    batches: int
-    """Batches in the run, those done before a resume included."""
-    fresh_rows: int
-    """Input rows of the batches coded by this run."""
-    stage_seconds: Mapping[str, float]
-    """Seconds per pipeline stage over this run's batches, summed over workers that run in parallel."""
-    execution_provider: str
-    precision: str
-    """The ONNX variant the batches ran on (several, comma-separated, if workers differed)."""
-    engine: Mapping[str, Any]
-    """The manifest's ``engine`` section: which engine coded the batches, and how."""
+    name: str
+    path: Path
+    """The folder as the run was given it."""
+    hash: str
+    """sha256 of the config (``coder.model.folder.model_hash``)."""
+    components: Mapping[str, str]
+    """Component -> hash (``coder.model.folder.component_hashes``): what ``--resume`` compares."""
+    truncations: Mapping[str, str]
+    ontology: Mapping[str, str | None]
+    """The ontology's release and code list (``coder.ontology.Ontology.release``)."""
+    code_list: Path | None
+    """The code list in force: ``--codes-file``, else the folder's own, else none."""
 
+    @classmethod
+    def of(cls, model: Model, *, path: Path | None = None) -> ModelRecord:
+        """The record of a model loaded in this process (``path``: the folder as given, default the model's)."""
+        return cls(name=model.config.name, path=path or model.folder, hash=model.hash, components=dict(model.components),
+                   truncations=dict(model.config.truncations), ontology=dict(model.ontology.release),
+                   code_list=model.code_list)
 
-class Engine(Protocol):
-    """Codes and writes (``code_and_write``) every batch of ``plan`` not in ``done``, adding its counts to ``done``."""
-
-    def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport: ...
-
-
-@dataclass(frozen=True)
-class BatchOutput:
-    """What a batch of input rows became: predictions, quarantined rows, and its counts."""
-
-    predictions: pl.DataFrame
-    quarantine: pl.DataFrame
-    counts: dict[str, Any]
-
-
-def process_batch(model: Model, batch: NoteBatch, *, screen: RowScreen, top_k: int, threshold_only: bool,
-                  llm: LLMStage | None = None, max_note_chars: int = DEFAULT_MAX_NOTE_CHARS) -> BatchOutput:
-    """Screen ``batch`` (rows it cannot code go to quarantine with a reason), cut notes longer than
-    ``max_note_chars`` (``coder.io.read.bound_notes``) and code the rest."""
-    good, bad = screen.split(batch, text_column=model.scorer.text_column)
-    good, long = bound_notes(good, columns=model.text_columns, max_chars=max_note_chars)
-    coded = CodedBatch(predictions=PREDICTION_SCHEMA.to_frame())  # a batch whose rows were all quarantined
-    if not good.is_empty():
-        coded = code_batch(model, good.drop("row"), top_k=top_k, threshold_only=threshold_only, llm=llm)
-    if coded.unprocessable:
-        bad = pl.concat([bad, unprocessable(good, coded.unprocessable, file=batch.file)])
-    notes = good.height - len(coded.unprocessable)
-    counts = {
-        "input_rows": batch.frame.height,
-        "notes_coded": notes,
-        "notes_without_codes": notes - coded.predictions.get_column(NOTE_ID).n_unique(),
-        "codes_written": coded.predictions.height,
-        "truncated": len({*coded.truncated, *long}),
-        _LONG: len(long),
-        **coded.counts,
-        **{f"{_QUARANTINED}{reason}": n for reason, n in Counter(bad.get_column("reason")).items()},
-    }
-    return BatchOutput(coded.predictions, bad, counts)
+    @classmethod
+    def read(cls, folder: Path, *, device: str, precision: str, codes_file: Path | None) -> ModelRecord:
+        """The record of the model in ``folder`` that workers will load with these arguments, from its config and
+        the code list alone: no model is loaded here. The precision asked for is checked against the folder's
+        ONNX variants (``coder.model.scorer.choose_precision``, as each worker checks it), and a code list is
+        read (``coder.ontology.codelist.read_code_list``), so either mistake stops the run before any worker starts."""
+        config = read_config(folder)
+        choose_precision(folder, config, precision, gpu=gpu_requested(device))
+        code_list = codes_file or (folder / config.code_list if config.code_list else None)
+        listed = read_code_list(code_list.resolve()) if code_list else None
+        ontology = {**releases(), "code_list": str(listed.path) if listed else None,
+                    "code_list_sha256": listed.sha256 if listed else None}
+        return cls(name=config.name, path=folder, hash=model_hash(folder), components=component_hashes(config),
+                   truncations=dict(config.truncations), ontology=ontology, code_list=code_list)
 
 
-def code_and_write(model: Model, batch: NoteBatch, *, screen: RowScreen, parts: PartsFolder, options: PredictOptions,
-                   llm: LLMStage | None = None) -> dict[str, Any]:
-    """``process_batch``, then store the batch's parts with what it ran on; return its counts."""
-    output = process_batch(model, batch, screen=screen, top_k=options.top_k, threshold_only=options.threshold_only, llm=llm,
-                           max_note_chars=options.max_note_chars)
-    parts.write_batch(batch.index, predictions=output.predictions, quarantine=output.quarantine, counts=output.counts,
-                      ran_on=f"{model.execution_provider} {model.precision}")
-    return output.counts
-
-
-def stage_seconds(counts: Mapping[str, Any]) -> dict[str, float]:
-    """The ``seconds.<stage>`` entries of summed batch counts, by stage."""
+def _stage_seconds(counts: Mapping[str, Any]) -> dict[str, float]:
+    """The ``seconds.<stage>`` entries of a batch's counts, by stage."""
     return {key.removeprefix(_SECONDS): float(value) for key, value in counts.items() if key.startswith(_SECONDS)}
 
 
-def _fingerprint(plan: InputPlan, model: Model, *, options: PredictOptions, llm: LLMStage | None) -> dict[str, Any]:
+def _fingerprint(plan: InputPlan, model: ModelRecord, *, options: PredictOptions, llm: LLMStage | None) -> dict[str, Any]:
     """Everything that must match for ``--resume`` to continue a run rather than mix two; what the batches
-    run on (execution provider and precision: the Ray engine's workers, not this model) is checked per batch
-    (``PartsFolder.write_batch``)."""
+    run on (execution provider and precision: the workers', which the driver need not know) is checked per
+    batch (``PartsFolder.write_batch``)."""
     fingerprint = {
         "inputs": [{"path": str(f.path.resolve()), "sha256": f.sha256} for f in plan.files],
         "model": model.hash,
@@ -232,30 +209,42 @@ def plan_run(source: str | Path, *, text_columns: tuple[str, ...], options: Pred
     return plan_inputs(source, id_column=options.id_column, text_columns=text_columns, primary_column=options.text_column)
 
 
-def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: Engine,
-                options: PredictOptions = PredictOptions(), llm: LLMStage | None = None,
-                model_path: Path | None = None) -> RunSummary:
-    """Code every note of ``plan`` (``plan_run``) with ``model`` and write ``outputs`` (claimed with
-    ``coder.io.outputs.claim_outputs``: checked, and locked for this run).
+def run_batches(plan: InputPlan, *, model: ModelRecord, outputs: RunOutputs, engine: Engine,
+                options: PredictOptions = PredictOptions(), llm: LLMStage | None = None) -> RunSummary:
+    """Code every note of ``plan`` (``plan_run``) and write ``outputs`` (claimed with
+    ``coder.io.outputs.claim_outputs``: checked, and locked for this run); ``model`` is recorded in the
+    manifest and the fingerprint, ``llm`` (the stage the local engine runs, if on) too.
 
-    Input rows = notes coded + rows quarantined, always. ``engine`` codes the batches
-    (``coder.engines.local.code_locally``, ``coder.engines.processes.ProcessesEngine`` or ``coder.engines.ray.RayEngine``).
-    An input file that changed since it was planned stops the run before anything is published; the parts stay
-    for ``--resume``."""
+    Input rows = notes coded + rows quarantined, always. ``engine`` maps the batch worker over the batches
+    not done before a resume (``coder.engines.local.LocalEngine``, ``coder.engines.processes.ProcessesEngine``
+    or ``coder.engines.ray.RayEngine``). An input file that changed since it was planned stops the run before
+    anything is published; the parts stay for ``--resume``."""
     started = datetime.now(UTC)
     clock = time.monotonic()
     out, quarantine = outputs.predictions, outputs.quarantine
     parts = PartsFolder(out)
     resumed = parts.start(fingerprint=_fingerprint(plan, model, options=options, llm=llm), resume=options.resume)
     done = dict(resumed.done)
-    resumed_batches = len(done)
+    batches, pending = plan_batches(plan, batch_size=options.batch_size, done=done)
+    fresh_rows = sum(batch.rows for batch in pending)
     progress = Progress(total=plan.total_rows, quiet=options.quiet)
-    report = engine(plan, model=model, parts=parts, done=done, progress=progress, options=options, llm=llm)
+    progress.update(plan.total_rows - fresh_rows)  # the batches done before a resume
+    ran_on, stage_seconds = set(parts.ran_on), Counter()
+
+    def record(result: BatchResult) -> None:
+        done[result.index] = dict(result.counts)
+        ran_on.add(result.ran_on)
+        stage_seconds.update(_stage_seconds(result.counts))
+        progress.update(result.counts["input_rows"])
+
+    worker = BatchWorker(plan=plan, parts=parts, batch_size=options.batch_size, top_k=options.top_k,
+                         threshold_only=options.threshold_only, max_note_chars=options.max_note_chars)
+    engine_section = engine(worker, pending, record=record)
     progress.close()
     for file in plan.files:
         check_unchanged(file)
-    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=report.batches)
-    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=report.batches)
+    parts.combine("predictions", schema=PREDICTION_SCHEMA, dest=out, batches=batches)
+    parts.combine("quarantine", schema=QUARANTINE_SCHEMA, dest=quarantine, batches=batches)
     totals = _sum_counts(done)
     seconds = time.monotonic() - clock
     summary = RunSummary(
@@ -267,16 +256,18 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
         notes_without_codes=totals["notes_without_codes"],
         codes_written=totals["codes_written"],
         truncated=totals["truncated"],
-        quarantined={k.removeprefix(_QUARANTINED): v for k, v in sorted(totals.items()) if k.startswith(_QUARANTINED)},
+        quarantined={k.removeprefix(QUARANTINED): v for k, v in sorted(totals.items()) if k.startswith(QUARANTINED)},
         skipped_columns=plan.skipped_columns,
         seconds=seconds,
-        resumed_batches=resumed_batches,
+        resumed_batches=len(resumed.done),
         recomputed_batches=len(resumed.recomputed),
         llm=manifest_section(llm, totals),
-        over_max_note_chars=totals[_LONG],
+        over_max_note_chars=totals[OVER_MAX_NOTE_CHARS],
         max_note_chars=options.max_note_chars,
     )
-    model_seconds = sum(value for stage, value in report.stage_seconds.items() if stage != "llm")
+    model_seconds = sum(value for stage, value in stage_seconds.items() if stage != "llm")
+    # what every batch of the run ran on, those done before a resume included (several if workers differed)
+    providers, precisions = (",".join(sorted(set(names))) for names in zip(*(entry.rsplit(" ", 1) for entry in ran_on)))
     manifest = {
         "coder_version": __version__,
         "started": started.isoformat(),
@@ -286,11 +277,11 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
         "id_column": plan.id_column,
         "text_columns": dict(plan.columns),
         "skipped_components": list(plan.skipped_columns),
-        "model": {"name": model.config.name, "path": str(model_path or model.folder), "hash": model.hash,
-                  "components": dict(model.components), "execution_provider": report.execution_provider,
-                  "precision": report.precision, "truncations": dict(model.config.truncations)},
-        "engine": dict(report.engine),
-        "ontology": dict(model.ontology.release),
+        "model": {"name": model.name, "path": str(model.path), "hash": model.hash,
+                  "components": dict(model.components), "execution_provider": providers,
+                  "precision": precisions, "truncations": dict(model.truncations)},
+        "engine": engine_section,
+        "ontology": dict(model.ontology),
         "codes_file": {"path": str(model.code_list.resolve()), "sha256": file_sha256(model.code_list)} if model.code_list else None,
         "options": {"top_k": options.top_k, "threshold_only": options.threshold_only, "batch_size": options.batch_size,
                     "max_note_chars": options.max_note_chars},
@@ -300,24 +291,24 @@ def run_batches(plan: InputPlan, *, model: Model, outputs: RunOutputs, engine: E
             "notes_without_codes": summary.notes_without_codes,
             "quarantined": dict(summary.quarantined),
             "truncated": summary.truncated,
-            _LONG: summary.over_max_note_chars,
+            OVER_MAX_NOTE_CHARS: summary.over_max_note_chars,
             "codes_written": summary.codes_written,
             "skipped_components": len(plan.skipped_columns),
         },
         "timing": {
             "seconds": round(seconds, 3),
-            "resumed_batches": resumed_batches,
+            "resumed_batches": summary.resumed_batches,
             "resume_recomputed_batches": len(resumed.recomputed),
-            "notes_this_run": report.fresh_rows,
-            "notes_per_s": round(report.fresh_rows / seconds, 3) if seconds else None,
+            "notes_this_run": fresh_rows,
+            "notes_per_s": round(fresh_rows / seconds, 3) if seconds else None,
             "model_seconds": round(model_seconds, 3),
-            "model_notes_per_s": round(report.fresh_rows / model_seconds, 3) if model_seconds else None,
-            "stage_seconds": {stage: round(value, 3) for stage, value in report.stage_seconds.items()},
+            "model_notes_per_s": round(fresh_rows / model_seconds, 3) if model_seconds else None,
+            "stage_seconds": {stage: round(value, 3) for stage, value in stage_seconds.items()},
         },
         "outputs": {"predictions": str(out), "quarantine": str(quarantine)},
         "llm": dict(summary.llm),
     }
     write_json(summary.manifest, manifest)
     parts.remove()
-    log.info("%d notes in %.1f s (%.1f notes/s)", report.fresh_rows, seconds, report.fresh_rows / seconds if seconds else 0.0)
+    log.info("%d notes in %.1f s (%.1f notes/s)", fresh_rows, seconds, fresh_rows / seconds if seconds else 0.0)
     return summary

@@ -10,10 +10,10 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 import coder.run
-from coder.engines.local import code_locally
+from coder.engines.local import LocalEngine
 from coder.errors import ModelBundleError
 from coder.io.outputs import claim_outputs
-from coder.run import PredictOptions
+from coder.run import ModelRecord, PredictOptions
 from coder.schema import NOTE_ID, TEXT
 from standin import StandInModel, write_notes
 
@@ -22,12 +22,13 @@ CLI_ENGINE_ARGS = ("--batch-size", "3", "--device", "cpu", "--quiet")
 """What every engine's `coder predict` run of the tiny model is given besides its engine (``cli_local_run``)."""
 
 
-def run_batches(source, *, out, options, engine=code_locally, model=None):
-    """A run with a stand-in model on the driver (it only describes the run when workers code the batches)."""
+def run_batches(source, *, out, options, engine=None, model=None):
+    """A run described by a stand-in model, which codes the batches unless another ``engine``'s workers do."""
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
         model = model or StandInModel()
         plan = coder.run.plan_run(source, text_columns=model.text_columns, options=options)
-        return coder.run.run_batches(plan, model=model, outputs=outputs, options=options, engine=engine)
+        return coder.run.run_batches(plan, model=ModelRecord.of(model), outputs=outputs, options=options,
+                                     engine=engine or LocalEngine(model))
 
 
 def write_dump(folder: Path) -> Path:

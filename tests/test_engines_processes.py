@@ -1,15 +1,19 @@
 """The processes engine (`coder predict --workers N`) writes exactly what the local engine writes."""
 
 import functools
+import logging
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from coder.engines.processes import ProcessesEngine
 from coder.errors import ModelBundleError, UsageError, WorkerError
+from coder.predict import predict_notes
 from coder.run import PredictOptions
-from engine_cases import CLI_ENGINE_ARGS, OPTIONS, BrokenBundle, assert_same_outputs, run_batches
+from coder.schema import NOTE_ID, TEXT
+from engine_cases import CLI_ENGINE_ARGS, OPTIONS, BrokenBundle, assert_same_outputs, run_batches, run_outputs
 from standin import StandInModel as StandIn
 
 runner = CliRunner()
@@ -60,8 +64,22 @@ def test_cli_workers_write_what_the_local_engine_writes(tmp_path, cli_local_run,
     result = runner.invoke(app, ["predict", str(cli_local_run.dump), "--out", str(out), "--model", str(tiny_model_path),
                                  "--workers", "2", *CLI_ENGINE_ARGS])
     assert result.exit_code == 0, result.output
-    engine = assert_same_outputs(cli_local_run.out, out, engine="processes")["engine"]
-    assert engine["workers"] == 2 and engine["threads_per_worker"] >= 1
+    manifest = assert_same_outputs(cli_local_run.out, out, engine="processes")
+    assert manifest["engine"]["workers"] == 2 and manifest["engine"]["threads_per_worker"] >= 1
+    local = run_outputs(cli_local_run.out)[2]
+    for section in ("model", "ontology", "codes_file"):  # described from the folder, and by the workers
+        assert manifest[section] == local[section]
+
+
+def test_the_driver_loads_no_model_and_records_what_the_workers_ran_on(tmp_path, tiny_model_path, caplog):
+    notes = tmp_path / "notes.parquet"
+    pl.DataFrame({NOTE_ID: ["a", "b"], TEXT: ["fever", "cough"]}).write_parquet(notes)
+    out = _out(tmp_path)
+    with caplog.at_level(logging.INFO):
+        predict_notes(notes, out=out, model=tiny_model_path, device="cpu", options=PredictOptions(quiet=True), workers=2)
+    assert not [record for record in caplog.records if record.name.startswith(("coder.model", "coder.ontology"))]
+    model = run_outputs(out)[2]["model"]
+    assert (model["execution_provider"], model["precision"]) == ("CPUExecutionProvider", "int8")
 
 
 def test_cli_workers_with_ray_is_a_usage_error(tmp_path, dump):

@@ -10,14 +10,12 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from cli import app
 from coder.errors import MissingDependencyError, ModelBundleError, UsageError, WorkerError
-from coder.engines.batches import PendingBatch, plan_batches, read_batch
-from coder.engines.ray import RayEngine, RayOptions, actor_resources, predict_notes_ray
-from coder.io.read import iter_batches, plan_inputs
+from coder.engines.ray import RayEngine, RayOptions, actor_resources
+from coder.predict import predict_notes
 from coder.run import PredictOptions
 from coder.schema import NOTE_ID
 from engine_cases import CLI_ENGINE_ARGS, OPTIONS, BrokenBundle, assert_same_outputs, run_batches, run_outputs
@@ -91,28 +89,6 @@ def test_ray_resumes_a_local_run(ray_session, tmp_path, dump, local_run):
     assert run_outputs(out)[2]["timing"]["notes_this_run"] == 9
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 64], ids=["1", "2", "3", "5", "64"])
-def test_read_batch_gives_the_local_readers_batches(dump, batch_size):
-    plan = plan_inputs(dump, text_columns=StandIn().text_columns)
-    batches, pending = plan_batches(plan, batch_size=batch_size, done={})
-    local = list(iter_batches(plan, batch_size=batch_size))
-    assert batches == len(local) == len(pending)
-    for expected, job in zip(local, pending, strict=True):
-        got = read_batch(plan, PendingBatch.from_item(job.to_item()))
-        assert (got.index, got.file.resolve(), got.first_row) == (expected.index, expected.file.resolve(), expected.first_row)
-        assert_frame_equal(got.frame, expected.frame)
-        assert got.invalid_utf8 == expected.invalid_utf8
-
-
-def test_plan_batches_marks_ids_of_earlier_batches_and_skips_done_ones(dump):
-    plan = plan_inputs(dump, text_columns=StandIn().text_columns)
-    batches, pending = plan_batches(plan, batch_size=2, done={0: {}, 1: {}})
-    assert batches == 10
-    assert [(p.index, p.seen) for p in pending] == [
-        (2, ("b",)), (3, ()), (4, ()), (5, ("a",)), (6, ()), (7, ("k",)), (8, ("l",)), (9, ())
-    ]
-
-
 @pytest.mark.parametrize(
     "options",
     [{"actors": 0}, {"cpus_per_actor": 0}, {"gpus_per_actor": -1}, {"max_restarts": -1}],
@@ -123,10 +99,10 @@ def test_bad_ray_options_are_refused(options):
         RayOptions(**options)
 
 
-def test_predict_notes_ray_without_ray_names_the_pip_line(monkeypatch, tmp_path, dump):
+def test_predict_notes_on_ray_without_ray_names_the_pip_line(monkeypatch, tmp_path, dump):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"--engine ray needs .*pip install 'ray\[data\]==2\.60\.0'"):
-        predict_notes_ray(dump, out=tmp_path / "out.parquet", model=tmp_path)
+        predict_notes(dump, out=tmp_path / "out.parquet", model=tmp_path, ray=RayOptions())
 
 
 def test_cli_lists_the_engine_options():

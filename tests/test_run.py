@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import coder.engines.local
 import coder.io.atomic
 import coder.run
-from coder.engines.local import code_locally
+from coder.engines.local import LocalEngine
 from coder.errors import InputFileError, RunIOError, UsageError
 from coder.io.outputs import claim_outputs
-from coder.run import PredictOptions
+from coder.io.parts import PartsFolder
+from coder.run import ModelRecord, PredictOptions
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
 from standin import StandInModel, write_notes
 
@@ -31,7 +31,8 @@ def StandIn(fail_at_call: int | None = None) -> StandInModel:
 def run_batches(source, *, model, out, options):
     with claim_outputs(source, out=out, quarantine=options.quarantine) as outputs:
         plan = coder.run.plan_run(source, text_columns=model.text_columns, options=options)
-        return coder.run.run_batches(plan, model=model, outputs=outputs, options=options, engine=code_locally)
+        return coder.run.run_batches(plan, model=ModelRecord.of(model), outputs=outputs, options=options,
+                                     engine=LocalEngine(model))
 
 
 @pytest.fixture
@@ -259,15 +260,14 @@ def test_an_input_file_changed_during_the_run_stops_it_and_publishes_nothing(tmp
     original = victim.read_bytes()
     coded = []
 
-    def code_then_change(model, batch, **options):
-        counts = code_and_write(model, batch, **options)
-        coded.append(batch.index)
-        if batch.index == after_batch:  # a real rename over the input, or its removal, between two batches
+    def write_then_change(parts, index, **written):
+        write_batch(parts, index, **written)
+        coded.append(index)
+        if index == after_batch:  # a real rename over the input, or its removal, between two batches
             os.replace(six, victim) if change == "replace" else victim.unlink()
-        return counts
 
-    code_and_write = coder.engines.local.code_and_write
-    monkeypatch.setattr(coder.engines.local, "code_and_write", code_then_change)
+    write_batch = PartsFolder.write_batch
+    monkeypatch.setattr(PartsFolder, "write_batch", write_then_change)
     out = tmp_path / "out.parquet"
     options = PredictOptions(batch_size=1, quiet=True)
     with pytest.raises(InputFileError, match=f"{victim}: the input file {match}"):
@@ -315,3 +315,19 @@ def test_a_full_disk_stops_the_run_with_one_error_and_resume_finishes_it(tmp_pat
     summary = run_batches(dump, model=StandIn(), out=out, options=replace(options, resume=True))
     assert summary.resumed_batches == (2 if file.startswith(".predictions") else 5)
     assert sorted(pl.read_parquet(out).get_column(NOTE_ID).unique()) == ["a", "b", "g"]
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["no-code-list", "codes-file"])
+def test_a_record_read_from_the_folder_is_the_loaded_models(tmp_path, tiny_model_path, listed):
+    from coder.model.load import load_model  # the tiny model: loaded here only to compare
+
+    codes = tmp_path / "codes.tsv" if listed else None
+    if codes:
+        codes.write_text("code\tdescription\tsystem\n3E0T3CZ\tIntroduction of regional anesthetic\tICD-10-PCS\n")
+    read = ModelRecord.read(tiny_model_path, device="cpu", precision="auto", codes_file=codes)
+    assert read == ModelRecord.of(load_model(tiny_model_path, device="cpu", codes_file=codes))
+
+
+def test_a_record_read_from_the_folder_checks_the_precision_as_workers_will(tiny_model_path):
+    with pytest.raises(UsageError, match="precision must be one of"):
+        ModelRecord.read(tiny_model_path, device="cpu", precision="int4", codes_file=None)

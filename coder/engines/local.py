@@ -1,35 +1,28 @@
-"""The local engine: one batch after another in this process."""
+"""The local engine of ``coder predict``: the pending batches, in input order, in this process."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coder.io.parts import PartsFolder
-from coder.io.progress import Progress
-from coder.io.read import InputPlan, iter_batches
-from coder.io.screen import RowScreen
-from coder.llm.vote import LLMStage
-from coder.run import EngineReport, PredictOptions, code_and_write, stage_seconds
+from coder.batches import BatchResult, BatchWorker, PendingBatch
 
 if TYPE_CHECKING:
+    from coder.llm.vote import LLMStage
     from coder.model.load import Model
 
 
-def code_locally(plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport:
-    """A ``coder.run.Engine``: every batch not in ``done``, in input order, in this process."""
-    screen = RowScreen()
-    seconds: Counter = Counter()
-    fresh_rows = batches = 0
-    for batch in iter_batches(plan, batch_size=options.batch_size):
-        batches += 1
-        if batch.index in done:
-            screen.split(batch, text_column=model.scorer.text_column)  # it remembers the done batches' ids
-        else:
-            done[batch.index] = code_and_write(model, batch, screen=screen, parts=parts, options=options, llm=llm)
-            seconds.update(stage_seconds(done[batch.index]))
-            fresh_rows += batch.frame.height
-        progress.update(batch.frame.height)
-    return EngineReport(batches=batches, fresh_rows=fresh_rows, stage_seconds=dict(seconds),
-                        execution_provider=model.execution_provider, precision=model.precision, engine={"name": "local"})
+@dataclass(frozen=True)
+class LocalEngine:
+    """A ``coder.batches.Engine`` on ``model``, loaded here, with the LLM stage when it is on (it runs
+    in this process only); the batches are read in one pass over the files (``BatchWorker.stream``)."""
+
+    model: Model
+    llm: LLMStage | None = None
+
+    def __call__(self, worker: BatchWorker, pending: Sequence[PendingBatch], *,
+                 record: Callable[[BatchResult], None]) -> dict[str, Any]:
+        for batch, rows in worker.stream(pending):
+            record(worker(self.model, batch, rows=rows, llm=self.llm))
+        return {"name": "local"}

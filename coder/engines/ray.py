@@ -1,10 +1,10 @@
 """The Ray engine of ``coder predict``: the local engine's batches, scored by a pool of Ray actors.
 
-The driver plans the run exactly as the local engine does (``coder.run.run_batches``: same
-files, same batches, same part names, same fingerprint) and reads only the id column first, to
-settle the duplicate-id rule for the whole run. Each actor loads the model once, then for every
-batch it is given reads that batch's rows, screens them, scores them and writes the batch's parts.
-The driver then combines the parts and writes the quarantine and the manifest like a local run.
+The driver plans the run as for any engine (``coder.run.run_batches``: same files, same batches,
+same part names, same fingerprint, the duplicate-id rule settled over the id column first). Each
+actor loads the model once, then runs the run's worker (``coder.batches.BatchWorker``) on every
+batch it is given: it reads that batch's rows, screens them, codes them and writes the batch's
+parts. The driver then combines the parts and writes the quarantine and the manifest.
 The Ray dataset is the list of pending batches, not ``ray.data.read_parquet`` blocks: those carry
 no row numbers within a file and do not fall on the local engine's batch boundaries, which the
 quarantine's ``row`` column, the duplicate rule and resuming by batch all need.
@@ -20,21 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from coder.engines.batches import BatchCoder, PendingBatch, Tally, worker_load
+from coder.batches import BatchResult, BatchWorker, PendingBatch
+from coder.engines.remote import RemoteWorker, result_of
 from coder.errors import MissingDependencyError, UsageError
-from coder.io.parts import PartsFolder
-from coder.io.progress import Progress
-from coder.io.read import InputPlan
-from coder.llm.vote import LLMStage
-from coder.predict import predict_notes
-from coder.run import EngineReport, PredictOptions, RunSummary
 
 if TYPE_CHECKING:
     from coder.model.load import Model
@@ -115,7 +109,7 @@ def actor_resources(ray: ModuleType, options: RayOptions, *, pending: int) -> tu
 
 @dataclass(frozen=True)
 class RayEngine:
-    """A ``coder.run.Engine``: the pending batches go to Ray actors that each call ``load()`` once.
+    """A ``coder.batches.Engine``: the pending batches go to Ray actors that each call ``load()`` once.
 
     ``load`` must pickle (a module-level function, or ``functools.partial`` of one).
     """
@@ -123,11 +117,8 @@ class RayEngine:
     load: Callable[[], Model]
     ray: RayOptions = RayOptions()
 
-    def __call__(self, plan: InputPlan, *, model: Model, parts: PartsFolder, done: dict[int, dict[str, Any]],
-                 progress: Progress, options: PredictOptions, llm: LLMStage | None) -> EngineReport:
-        if llm is not None:
-            raise UsageError("the LLM stage runs with --engine local only")
-        batches, pending, tally = Tally.start(plan, batch_size=options.batch_size, done=done, progress=progress)
+    def __call__(self, worker: BatchWorker, pending: Sequence[PendingBatch], *,
+                 record: Callable[[BatchResult], None]) -> dict[str, Any]:
         engine: dict[str, Any] = {"name": "ray"}
         if pending:  # else an empty dump, or a finished run resumed: no cluster needed
             ray = import_ray()
@@ -136,20 +127,12 @@ class RayEngine:
                 engine.update(address=address, actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus)
                 log.info("scoring %d batches on %d Ray actors (%s CPU, %s GPU each)", len(pending), actors, cpus, gpus)
                 resources = {"concurrency": actors, "num_cpus": cpus, "num_gpus": gpus}
-                for row in self._scored(ray, pending, plan=plan, parts=parts, options=options, resources=resources):
-                    tally.add(row)
-        return tally.report(batches=batches, model=model, engine=engine)
+                for row in self._coded(ray, worker, pending, resources=resources):
+                    record(result_of(row))
+        return engine
 
-    def _scored(
-        self,
-        ray: ModuleType,
-        pending: list[PendingBatch],
-        *,
-        plan: InputPlan,
-        parts: PartsFolder,
-        options: PredictOptions,
-        resources: Mapping[str, Any],
-    ) -> Iterator[dict[str, Any]]:
+    def _coded(self, ray: ModuleType, worker: BatchWorker, pending: Sequence[PendingBatch], *,
+               resources: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """One result row per pending batch, in the order they finish."""
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts notes
         items = ray.data.from_items([p.to_item() for p in pending], override_num_blocks=len(pending))
@@ -158,33 +141,13 @@ class RayEngine:
             # marks deprecated for Ray 2.64; the extra pins 2.60.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             results = items.map_batches(
-                BatchCoder,
+                RemoteWorker,
                 batch_size=1,
                 batch_format="pyarrow",
-                fn_constructor_kwargs={"load": self.load, "plan": plan, "parts": parts, "options": options,
-                                       "where": "Ray worker"},
+                fn_constructor_kwargs={"load": self.load, "worker": worker, "where": "Ray worker"},
                 **resources,
                 max_restarts=self.ray.max_restarts,
                 max_task_retries=self.ray.max_restarts,
             )
         return results.iter_rows()
 
-
-def predict_notes_ray(
-    source: str | Path,
-    *,
-    out: Path,
-    model: Path | None = None,
-    device: str = "auto",
-    codes_file: Path | None = None,
-    options: PredictOptions = PredictOptions(),
-    ray: RayOptions = RayOptions(),
-) -> RunSummary:
-    """``coder predict --engine ray``: ``coder.predict.predict_notes`` with the batches coded on Ray actors.
-
-    The actors load the model with ``device``; the driver loads it on CPU only to describe the run.
-    """
-    import_ray()  # a missing Ray fails before the model and the ontology load
-    model_path, codes, load = worker_load(model, device=device, precision=options.precision, codes_file=codes_file)
-    engine = RayEngine(load=load, ray=ray)
-    return predict_notes(source, out=out, model=model_path, device="cpu", codes_file=codes, options=options, engine=engine)

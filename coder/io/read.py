@@ -375,6 +375,10 @@ def iter_batches(plan: InputPlan, *, batch_size: int) -> Iterator[NoteBatch]:
                 index += 1
                 first_row += record_batch.num_rows
         except (pa.ArrowException, OSError) as error:
-            raise InputFileError(
-                f"{file.path}: unreadable after row {first_row} ({type(error).__name__}); is the file truncated?"
-            ) from None
+            raise unreadable_after(file.path, first_row, error) from None
+
+
+def unreadable_after(path: Path, row: int, error: Exception) -> InputFileError:
+    """The error of an input file whose rows from ``row`` on cannot be read: the one message of the local
+    reader (``iter_batches``) and of a worker's (``coder.batches.read_batch``)."""
+    return InputFileError(f"{path}: unreadable after row {row} ({type(error).__name__}); is the file truncated?")
