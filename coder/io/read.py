@@ -350,8 +350,9 @@ def _decodes(value: bytes) -> bool:
 
 
 def note_batch(table: pa.Table, *, plan: InputPlan, index: int, file: Path, first_row: int) -> NoteBatch:
-    """Rows of ``file`` read by arrow -> a NoteBatch of string columns, renamed: the one conversion of
-    both engines and of the Ray engine's id pass (``coder.engines.batches.plan_batches``)."""
+    """Rows of ``file`` read by arrow -> a NoteBatch of string columns, renamed: the one conversion of the
+    local reader (``iter_batches``), of a worker's (``coder.batches.read_batch``), of the run's id pass
+    (``coder.batches.plan_batches``) and of the Python API."""
     columns, invalid = {}, set()
     for column, name in plan.renames.items():
         columns[name], rows = _utf8(table.column(column))
