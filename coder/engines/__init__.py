@@ -1,1 +1,3 @@
-"""Who runs the batches of a `coder predict` run: this process (local) or Ray actors (ray)."""
+"""Who maps a run's batch worker (``coder.batches.BatchWorker``) over its pending batches: this process
+(local), worker processes (processes) or Ray actors (ray). Engines only map: they import neither
+``coder.run`` nor ``coder.predict``."""
