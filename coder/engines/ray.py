@@ -1,4 +1,4 @@
-"""The Ray engine of ``coder predict``: the local engine's batches, scored by a pool of Ray actors.
+"""The Ray engine of ``coder predict``: a run's batches, coded by a pool of Ray actors.
 
 The driver plans the run as for any engine (``coder.run.run_batches``: same files, same batches,
 same part names, same fingerprint, the duplicate-id rule settled over the id column first). Each
@@ -6,7 +6,7 @@ actor loads the model once, then runs the run's worker (``coder.batches.BatchWor
 batch it is given: it reads that batch's rows, screens them, codes them and writes the batch's
 parts. The driver then combines the parts and writes the quarantine and the manifest.
 The Ray dataset is the list of pending batches, not ``ray.data.read_parquet`` blocks: those carry
-no row numbers within a file and do not fall on the local engine's batch boundaries, which the
+no row numbers within a file and do not fall on the run's batch boundaries, which the
 quarantine's ``row`` column, the duplicate rule and resuming by batch all need.
 
 A batch is the unit of work, of retry and of resume: an actor that dies is restarted and its batch
