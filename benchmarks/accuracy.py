@@ -34,18 +34,15 @@ from pathlib import Path
 import polars as pl
 from sklearn.base import clone
 
-from coder.candidates.backfill import backfill
-from coder.candidates.features import ABSENT_RANK, PLM_ICD, assemble, code_prior, with_labels
+from coder.candidates.features import ABSENT_RANK, PLM_ICD, code_prior, with_labels
+from coder.candidates.stack import CandidateStack
 from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, system_scores
-from coder.model.scorer import Scored
 from coder.ontology import load_ontology
 from coder.rerank.reranker import MODELS, Reranker
 from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
-from coder.train.stacking import (
-    cross_fit, default_sources, dev_folds, fit_sources, labelled_frame, out_of_fold, source_frames,
-)
+from coder.train.stacking import cross_fit, default_sources, dev_folds, labelled_frame, train_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
@@ -114,53 +111,46 @@ class Ablation:
             {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
         self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
         sources = default_sources(sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
-        fitted = fit_sources(sources, self.train, ontology=self.ontology)
-        self.order = [s.name for s in fitted]
-        self.columns = {**{s.name: s.text_column for s in fitted}, PLM_ICD: TEXT}
+        self.stack = CandidateStack(tuple(sources)).fit(self.train, ontology=self.ontology)
+        self.order = list(self.stack.names)
         self.ms_per_note, dev_found = {}, {}
-        for source in fitted:  # each source's dev candidates once, timed
+        for source in self.stack.sources:  # each source's dev candidates once, timed
             tick = time.perf_counter()
             dev_found[source.name] = source.candidates(self.dev.notes.select(NOTE_ID, source.text_column))
             self.ms_per_note[source.name] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
-        known = source_frames([s for s in fitted if not s.learns_from_notes], self.train.notes)
-        self.parts, self.dev_parts = {}, {}
+        known = self.stack.fitted_once().candidates(self.train.notes)
+        self.parts = {}
         for dump, columns in self.DUMPS.items():
-            usable = [s for s in fitted if s.text_column in columns]
             train = Corpus(self.train.notes.select(NOTE_ID, *columns), self.train.codes, self.train.evidence)
-            self.parts[dump] = out_of_fold(train, sources=usable, ontology=self.ontology, known=known, folds=folds)
-            self.dev_parts[dump] = {s.name: dev_found[s.name] for s in usable}
-        plm = None
+            self.parts[dump] = train_folds(self.stack.usable(columns), train, ontology=self.ontology, known=known, folds=folds)
+        self.plm = None
         if plm_model is not None:
             from coder.model.load import load_model
             from coder.rerank.score import STACK_PLM_TOP_K
 
             scorer = load_model(plm_model, device="cpu").scorer
             tick = time.perf_counter()
-            plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K)
+            self.plm = scorer.score(self.dev.notes, top_n=STACK_PLM_TOP_K)
             self.ms_per_note[PLM_ICD] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
-            for found in self.dev_parts.values():
-                found[PLM_ICD] = plm.candidates
-        self.backfill_ms = {}
-        for dump, found in self.dev_parts.items():  # after PLM-ICD, as in the pipeline
+        self.dev_parts, self.backfill_ms = {}, {}
+        for dump, columns in self.DUMPS.items():  # the timed candidates with PLM-ICD's, backfilled as in the pipeline
             tick = time.perf_counter()
-            self.dev_parts[dump] = backfill(found, sources=[*fitted, *([plm] if plm is not None else [])], notes=self.dev.notes)
+            self.dev_parts[dump] = self.stack.usable(columns).frames(self.dev.notes.select(NOTE_ID, *columns), plm=self.plm,
+                                                                     known=dev_found)
             self.backfill_ms[dump] = 1000 * (time.perf_counter() - tick) / self.dev.notes.height
-        self.held_parts = self.refitted_parts(fitted, plm)
+        self.held_parts = self.refitted_parts()
         self.prior = code_prior(self.train.codes)
 
-    def refitted_parts(self, fitted: list, plm: Scored | None) -> dict[str, dict[str, pl.DataFrame]]:
+    def refitted_parts(self) -> dict[str, dict[str, pl.DataFrame]]:
         """Per dump kind, each source's backfilled dev candidates, every dev fold's from the sources
         refitted on train and the other folds (``dev_folds``), PLM-ICD's as they are."""
         dev = self.dev.with_spans(self.projected["dev"], column=TEXT)
         parts: dict[str, dict[str, list[pl.DataFrame]]] = {dump: {} for dump in self.DUMPS}
-        for held, refitted in dev_folds(fitted, train=self.train, dev=dev, ontology=self.ontology):
-            found = {s.name: s.candidates(held.notes.select(NOTE_ID, s.text_column)) for s in refitted}  # once for every dump
-            if plm is not None:
-                found[PLM_ICD] = plm.candidates.join(held.notes.select(NOTE_ID), on=NOTE_ID, how="semi")
+        for held, _, refitted in dev_folds(self.stack, train=self.train, dev=dev, ontology=self.ontology):
+            found = refitted.candidates(held.notes)  # once for every dump
             for dump, columns in self.DUMPS.items():
-                usable = [s for s in refitted if s.text_column in columns] + ([plm] if plm is not None else [])
-                frames = {s.name: found[s.name] for s in usable}
-                for name, frame in backfill(frames, sources=usable, notes=held.notes).items():
+                frames = refitted.usable(columns).frames(held.notes.select(NOTE_ID, *columns), plm=self.plm, known=found)
+                for name, frame in frames.items():
                     parts[dump].setdefault(name, []).append(frame)
         return {dump: {name: pl.concat(frames, how="diagonal_relaxed") for name, frames in by_name.items()}
                 for dump, by_name in parts.items()}
@@ -170,7 +160,7 @@ class Ablation:
         (``held``), or from those fitted on train (what the rerankers over PLM-ICD learn from)."""
         parts = self.held_parts if held else self.dev_parts
         frames = {n: parts[dump][n] for n in sources}
-        return with_labels(assemble(frames, prior=self.prior, columns=self.columns), self.dev.codes)
+        return with_labels(self.stack.features(frames, prior=self.prior, plm=self.plm), self.dev.codes)
 
     def alone(self, source: str) -> pl.DataFrame:
         """A source's own score as the ranking, over its own candidates."""
@@ -181,7 +171,7 @@ class Ablation:
     def reranked(self, sources: tuple[str, ...], dump: str) -> pl.DataFrame:
         """Without PLM-ICD: a reranker fitted on out-of-fold train candidates. With it: cross-fitted on dev,
         each fold's reranker also fitted on the out-of-fold train candidates (PLM-ICD's features missing)."""
-        train = labelled_frame(self.parts[dump], codes=self.train.codes, sources=[n for n in sources if n != PLM_ICD])
+        train = labelled_frame(self.stack, self.parts[dump], codes=self.train.codes, sources=[n for n in sources if n != PLM_ICD])
         if PLM_ICD in sources:
             return cross_fit(self.dev_frame(sources, dump, held=False), reranker=self.reranker, extra_rows=train,
                              held_out=self.dev_frame(sources, dump))

@@ -265,7 +265,7 @@ def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     load_s = time.perf_counter() - start
     notes = pl.read_parquet(notes_path).head(DEFAULT_BATCH_SIZE)
     sources: dict[str, float] = {}
-    for source in loaded.sources:
+    for source in loaded.stack.sources:
         inner = source.candidates
 
         def timed(frame, inner=inner, name=source.name):

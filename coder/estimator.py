@@ -7,7 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
-from coder.errors import ModelBundleError
+from coder.errors import ModelBundleError, NotFittedError
 
 
 class ParamsMixin:
@@ -26,3 +26,11 @@ def read_state(folder: Path, name: str, *, what: str, also: tuple[str, ...] = ()
     if missing:
         raise ModelBundleError(f"no {what} in {folder}: expected {', '.join(missing)}; fit and save one there")
     return json.loads((folder / name).read_text())
+
+
+def check_fitted(estimator: object) -> None:
+    """NotFittedError unless ``fit`` or ``load`` has set the estimator's state: an attribute whose name
+    ends in ``_`` (scikit-learn's convention)."""
+    if not any(name.endswith("_") and not name.startswith("_") for name in vars(estimator)):
+        kind = type(estimator).__name__
+        raise NotFittedError(f"{kind} is not fitted: fit it, or read a saved one with {kind}.load(path)")

@@ -2,8 +2,8 @@
 
     read -> screen  (coder.io: the run reads a batch and quarantines the rows it cannot code)
     chunk and score (PLM-ICD, coder.model.scorer)
-    candidate sources (coder.candidates: every source the batch's columns allow; the ontology
-                    searches then score the other sources' codes too, coder.candidates.backfill)
+    candidate sources (coder.candidates.stack: every source the batch's columns allow, PLM-ICD's
+                    frame last; the ontology searches then score the other sources' codes too)
     rerank          (coder.rerank: calibrated score and threshold per candidate)
     LLM vote        (coder.llm.vote, optional)
     validate        (coder.validate: only assignable codes pass)
@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from coder.candidates.backfill import backfill
-from coder.candidates.features import PLM_ICD, merge_candidates
 from coder.llm.vote import LLMStage, merge_votes
 from coder.rank import rank_and_cut
 from coder.rerank.score import rerank
@@ -63,13 +61,9 @@ def code_batch(model: Model, notes: pl.DataFrame, *, top_k: int, threshold_only:
         scored = model.scorer.score(notes, **model.ranking.plm_request(top_k=top_k, threshold_only=threshold_only))
         notes = notes.filter(~pl.col(NOTE_ID).is_in(list(scored.unprocessable)))
     with _timed(counts, "candidates"):
-        sources = model.sources_for(notes.columns)
-        frames = {source.name: source.candidates(notes) for source in sources}
-        frames[PLM_ICD] = scored.candidates  # last: its evidence (an attention peak) is the weakest
-        frames = backfill(frames, sources=[*sources, scored], notes=notes)
+        frames = model.stack.frames(notes, plm=scored)
     with _timed(counts, "rerank"):
-        columns = {**{source.name: source.text_column for source in model.sources}, PLM_ICD: model.scorer.text_column}
-        candidates = rerank(merge_candidates(frames, columns=columns), ranking=model.ranking, sources=tuple(frames))
+        candidates = rerank(model.stack.merge(frames, plm=scored), ranking=model.ranking, sources=tuple(frames))
     if llm is not None:
         with _timed(counts, "llm"):
             votes = llm.vote(notes, candidates, text_column=model.scorer.text_column, per_note=top_k)

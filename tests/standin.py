@@ -14,6 +14,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coder.candidates.features import add_features, merge_candidates
+from coder.candidates.stack import CandidateStack
 from coder.model.scorer import FRAME_SCHEMA, Scored
 from coder.rerank.score import Ranking
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT, TEXT_ES
@@ -73,6 +75,7 @@ class StandInModel:
         self.scorer = StandInScorer(**scorer_options)
         self.sources = ()
         self.text_columns = (TEXT, TEXT_ES)
+        self.stack = CandidateStack(())
         self.ranking = Ranking(rerankers={}, prior=None, label_thresholds=pl.DataFrame(
             {SYSTEM: [CM] * len(CODES), CODE: list(CODES), "threshold": [0.5] * len(CODES)}))
         self.gate = SimpleNamespace(validate=lambda frame: frame.with_columns(pl.lit("release").alias("validity")))
@@ -81,9 +84,6 @@ class StandInModel:
         self.config = SimpleNamespace(name="stand-in", truncations={})
         self.folder, self.code_list = Path("stand-in"), None
         self.ontology = SimpleNamespace(release={CM: "test"})
-
-    def sources_for(self, columns):
-        return ()
 
     def describe(self, code: str, system: str) -> str:
         return f"about {code}"
@@ -105,3 +105,11 @@ def write_notes(path: Path, ids: list, texts: list, **options) -> Path:
     """A notes parquet (note_id, text) from ``byte_strings`` columns; ``options`` go to ``pq.write_table``."""
     pq.write_table(pa.table({NOTE_ID: byte_strings(ids), TEXT: byte_strings(texts)}), path, **options)
     return path
+
+
+def assemble(frames: dict[str, pl.DataFrame], *, prior: pl.DataFrame) -> pl.DataFrame:
+    """Hand-made candidate frames merged with their features, every column of a frame declared by its source
+    (``coder.candidates.stack.CandidateStack.features`` for frames without a source object)."""
+    merged = merge_candidates(frames, columns=dict.fromkeys(frames, TEXT),
+                              features={name: tuple(frame.columns) for name, frame in frames.items()})
+    return add_features(merged, prior=prior, sources=tuple(frames))

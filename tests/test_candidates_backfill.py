@@ -4,9 +4,10 @@ import polars as pl
 import pytest
 
 from coder.candidates.backfill import backfill
-from coder.candidates.features import ABSENT_RANK, assemble
+from coder.candidates.features import ABSENT_RANK
 from coder.candidates.ontology_search import TERMS_SCHEMA, OntologySearch
 from coder.schema import CM
+from standin import assemble
 
 TERMS = pl.DataFrame([(CM, "I10", "Essential (primary) hypertension"), (CM, "E11.9", "Type 2 diabetes mellitus"),
                       (CM, "E11.65", "Type 2 diabetes mellitus with hyperglycemia")], schema=TERMS_SCHEMA, orient="row")

@@ -3,9 +3,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from coder.candidates.features import ABSENT_RANK, LABEL, assemble, feature_columns, merge_candidates, with_labels
+from coder.candidates.features import ABSENT_RANK, LABEL, feature_columns, merge_candidates, with_labels
 from coder.metrics import rankings
 from coder.schema import CM
+from standin import assemble
 
 
 def _source(name: str, rows: list[tuple], evidence: bool = False) -> pl.DataFrame:
@@ -24,13 +25,17 @@ SOURCES = {  # in evidence priority
 PRIOR = pl.DataFrame({"system": [CM, CM], "code": ["I10", "E11.9"], "prior": [5, 1]})
 
 
+def _merged(frames):
+    return merge_candidates(frames, columns=dict.fromkeys(frames, "text"), features={name: (name,) for name in frames})
+
+
 def test_merge_outer_joins_and_prefers_the_first_sources_evidence():
-    merged = merge_candidates(SOURCES).sort("code")
+    merged = _merged(SOURCES).sort("code")
     assert merged["code"].to_list() == ["E11", "E11.9", "I10"]
     assert merged["evidence_text"].to_list() == ["ontology", "lexicon", "ontology"]
     assert merged.filter(pl.col("code") == "E11.9")["tfidf_rank"].item() == 2
     assert merged["source"].to_list() == ["ontology", "lexicon+tfidf", "ontology+tfidf"]
-    reversed_priority = merge_candidates(dict(reversed(SOURCES.items()))).sort("code")
+    reversed_priority = _merged(dict(reversed(SOURCES.items()))).sort("code")
     assert reversed_priority["evidence_text"].to_list() == ["ontology", "lexicon", "ontology"]  # tfidf has none
     assert reversed_priority["source"].to_list() == ["ontology", "tfidf+lexicon", "tfidf+ontology"]
 
@@ -50,3 +55,9 @@ def test_labels_and_rankings():
     frame = with_labels(assemble(SOURCES, prior=PRIOR), pl.DataFrame({"note_id": ["a"], "code": ["I10"], "system": [CM]}))
     assert frame.filter(pl.col(LABEL) == 1)["code"].to_list() == ["I10"]
     assert rankings(frame, score="tfidf") == {CM: {"a": ["I10", "E11.9", "E11"]}}
+
+
+def test_only_the_columns_a_source_declares_reach_the_rerankers():
+    frames = {"tfidf": SOURCES["tfidf"].with_columns(pl.lit(7.0).alias("tfidf_debug"))}
+    merged = merge_candidates(frames, columns={"tfidf": "text"}, features={"tfidf": ("tfidf", "tfidf_rank")})
+    assert "tfidf_debug" not in feature_columns(merged) and "tfidf" in feature_columns(merged)

@@ -13,17 +13,18 @@ import polars as pl
 from coder import candidates
 from coder.candidates.features import PLM_ICD
 from coder.candidates.tfidf import TfidfClassifier
-from coder.estimator import ParamsMixin, read_state
+from coder.candidates.base import CandidateSource
+from coder.estimator import read_state
 from coder.model.folder import read_config
 from coder.model.write import finalize
 from coder.model.load import load_model
 from coder.pipeline import code_batch
 from coder.rerank.reranker import Reranker
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
-from coder.train.stacking import add_plm_rerankers, dev_frames, fit_stack
+from coder.train.stacking import add_plm_rerankers, dev_frames, fit_stacking
 
 
-class KeywordSource(ParamsMixin):
+class KeywordSource(CandidateSource):
     """Proposes the codes seen in training with a note that holds ``keyword``."""
 
     learns_from_notes = True
@@ -32,9 +33,6 @@ class KeywordSource(ParamsMixin):
         self.name = name
         self.text_column = text_column
         self.keyword = keyword
-
-    def can_fit(self, corpus) -> bool:
-        return self.text_column in corpus.notes.columns
 
     def fit(self, corpus, *, ontology=None) -> KeywordSource:
         hits = corpus.notes.filter(pl.col(self.text_column).str.to_lowercase().str.contains(self.keyword))[NOTE_ID]
@@ -64,15 +62,16 @@ def test_a_new_source_flows_from_training_to_the_output(monkeypatch, tiny_model_
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_path, folder)
     sources = [KeywordSource(), TfidfClassifier(min_df=1, top_k=3)]
-    stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
+    stacking = fit_stacking(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2,
+                            reranker=Reranker(model="logistic"))
     plm = load_model(folder, device="cpu").scorer.score(tiny_corpus.notes, top_n=50)
-    frames = dev_frames(stack, dev=tiny_corpus, plm=plm)
-    stack = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
-    specs, rerankers = stack.save(folder)
+    frames = dev_frames(stacking, dev=tiny_corpus, plm=plm)
+    stacking = add_plm_rerankers(stacking, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
+    specs, rerankers = stacking.save(folder)
     finalize(folder, dataclasses.replace(read_config(folder), sources=specs, rerankers=rerankers))
 
     model = load_model(folder, device="cpu")
-    assert [source.name for source in model.sources] == ["keyword", "tfidf"]
+    assert model.stack.names == ("keyword", "tfidf")
     assert ("keyword", "tfidf", PLM_ICD) in model.ranking.rerankers
     predictions = code_batch(model, tiny_corpus.notes.select(NOTE_ID, TEXT), top_k=10).predictions
     asthma = predictions.filter(pl.col(NOTE_ID) == "n2", pl.col(CODE) == "J45.909")

@@ -7,11 +7,11 @@ import polars as pl
 import pytest
 
 from coder.candidates.backfill import backfill
-from coder.candidates.features import assemble
 from coder.candidates.term_match import TermMatch, term_stems
 from coder.io.corpus import Corpus
 from coder.schema import CM, EVIDENCE_SCHEMA, GOLD_SCHEMA, PCS
 from coder.train.stacking import default_sources
+from standin import assemble
 
 # Training notes: "diabetes" is in all three, "hyperglycemia" and "hypertension" in one each.
 TRAIN = pl.DataFrame({"note_id": ["t1", "t2", "t3"], "text": [

@@ -42,7 +42,7 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
     assert config.rerankers and "held-out fifth" in config.training["dev"]
     assert [row["ranking"] for row in config.evaluation["rows"]][-1].startswith("whole model")
     model = load_model(out, device="cpu")
-    tfidf = next(source for source in model.sources if source.name == "tfidf")
+    tfidf = next(source for source in model.stack.sources if source.name == "tfidf")
     assert tfidf.train_matrix_.shape[0] == notes.height  # the shipped sources learnt from every note, dev's too
     predictions = code_batch(model, notes.select("note_id", "text"), top_k=20).predictions
     assert set("+".join(predictions["source"]).split("+")) - {"plm_icd"}

@@ -12,9 +12,9 @@ from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.model.scorer import Scored
 from coder.rerank.reranker import Reranker, fold_ids
+from coder.candidates.stack import CandidateStack
 from coder.train.stacking import (
-    add_plm_rerankers, cross_fit, dev_frames, fit_sources, fit_stack, labelled_frame, out_of_fold, refit, refit_dev_frames,
-    source_frames, without_plm,
+    add_plm_rerankers, cross_fit, dev_frames, fit_stacking, labelled_frame, refit_dev_frames, train_folds, without_plm,
 )
 
 
@@ -31,11 +31,10 @@ def test_fold_ids_are_balanced_and_seeded():
 
 
 def _frame(tiny_corpus, tiny_ontology, sources):
-    search = OntologySearch(top_k=3).fit(tiny_corpus, ontology=tiny_ontology)
-    known = source_frames([search], tiny_corpus.notes)
-    sources = [search if s.name == search.name else s for s in sources]  # fitted, as it backfills each fold
-    parts = out_of_fold(tiny_corpus, sources=sources, ontology=tiny_ontology, known=known, folds=3)
-    return labelled_frame(parts, codes=tiny_corpus.codes)
+    stack = CandidateStack(tuple(sources)).fit(tiny_corpus, ontology=tiny_ontology)
+    known = stack.fitted_once().candidates(tiny_corpus.notes)  # the search, found once
+    parts = train_folds(stack, tiny_corpus, ontology=tiny_ontology, known=known, folds=3)
+    return labelled_frame(stack, parts, codes=tiny_corpus.codes)
 
 
 def test_out_of_fold_frame_never_scores_a_note_with_its_own_evidence(tiny_corpus, tiny_ontology, sources):
@@ -55,18 +54,18 @@ def test_cross_fit_scores_every_row_once(tiny_corpus, tiny_ontology, sources):
     assert scored.height == frame.height and scored["score"].is_between(0, 1).all()
 
 
-def test_fit_stack_fits_a_reranker_per_column_set_with_thresholds(tiny_corpus, tiny_ontology, sources):
-    stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
-    assert [s.name for s in stack.sources] == ["lexicon", "ontology", "tfidf"]
-    assert set(stack.rerankers) == {("lexicon", "ontology", "tfidf"), ("ontology", "tfidf")}
-    assert all(r.thresholds_ for r in stack.rerankers.values())
+def test_fit_stacking_fits_a_reranker_per_column_set_with_thresholds(tiny_corpus, tiny_ontology, sources):
+    stacking = fit_stacking(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
+    assert list(stacking.candidates.names) == ["lexicon", "ontology", "tfidf"]
+    assert set(stacking.rerankers) == {("lexicon", "ontology", "tfidf"), ("ontology", "tfidf")}
+    assert all(r.thresholds_ for r in stacking.rerankers.values())
 
 
 def test_sources_the_corpus_cannot_fit_are_left_out(tiny_corpus, tiny_ontology, sources):
     english = tiny_corpus.text_only("text")  # no text_es: no lexicon
-    stack = fit_stack(train=english, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"),
+    stacking = fit_stacking(train=english, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"),
                       degraded_column=None)
-    assert [s.name for s in stack.sources] == ["ontology", "tfidf"] and set(stack.rerankers) == {("ontology", "tfidf")}
+    assert list(stacking.candidates.names) == ["ontology", "tfidf"] and set(stacking.rerankers) == {("ontology", "tfidf")}
 
 
 def _plm(corpus):
@@ -78,31 +77,31 @@ def _plm(corpus):
 
 
 def test_plm_icd_rerankers_are_fitted_on_dev(tiny_corpus, tiny_ontology, sources):
-    stack = fit_stack(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
-    frames = dev_frames(stack, dev=tiny_corpus, plm=_plm(tiny_corpus))
+    stacking = fit_stacking(train=tiny_corpus, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
+    frames = dev_frames(stacking, dev=tiny_corpus, plm=_plm(tiny_corpus))
     # PLM-ICD's candidates too are backfilled, as in the pipeline, and PLM-ICD backfills the others'
     frame = frames[("ontology", "tfidf", PLM_ICD)]
     backfilled = frame.filter(pl.col("code") == "I10")["ontology_all"]
     assert backfilled.len() == tiny_corpus.notes.height and (backfilled > 0).sum() >= 4
     asthma = frame.filter(pl.col("code") == "J45.909")
     assert asthma.height and (asthma[f"{PLM_ICD}_all"] == 0.2).all() and (asthma[PLM_ICD] == 0).all()
-    with_plm = add_plm_rerankers(stack, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
+    with_plm = add_plm_rerankers(stacking, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
     assert ("lexicon", "ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     assert ("ontology", "tfidf", PLM_ICD) in with_plm.rerankers
     # they also learn from the out-of-fold train frame of the same sources, where PLM-ICD is missing
-    assert set(stack.out_of_fold) == set(stack.rerankers)
-    extra = without_plm(stack, ("ontology", "tfidf", PLM_ICD))
-    assert extra is stack.out_of_fold[("ontology", "tfidf")] and PLM_ICD not in extra.columns
+    assert set(stacking.out_of_fold) == set(stacking.rerankers)
+    extra = without_plm(stacking, ("ontology", "tfidf", PLM_ICD))
+    assert extra is stacking.out_of_fold[("ontology", "tfidf")] and PLM_ICD not in extra.columns
     scored = cross_fit(frames[("ontology", "tfidf", PLM_ICD)], reranker=Reranker(model="logistic"), folds=2, extra_rows=extra)
     assert scored.height == frames[("ontology", "tfidf", PLM_ICD)].height and scored["score"].is_finite().all()
 
 
 def test_refit_learns_from_the_added_notes_and_keeps_the_ontology_sources(tiny_corpus, tiny_ontology, sources):
     ids = tiny_corpus.notes["note_id"]
-    fitted = fit_sources(sources, tiny_corpus.subset(ids.filter(ids != "n6")), ontology=tiny_ontology)
+    fitted = CandidateStack(tuple(sources)).fit(tiny_corpus.subset(ids.filter(ids != "n6")), ontology=tiny_ontology).sources
     n6 = tiny_corpus.notes.filter(pl.col("note_id") == "n6")
     assert "0DTJ0ZZ" not in fitted[0].candidates(n6)["code"].to_list()  # its phrase is n6's alone
-    refitted = refit(fitted, tiny_corpus, ontology=tiny_ontology)
+    refitted = CandidateStack(fitted).refit(tiny_corpus, ontology=tiny_ontology).sources
     assert "0DTJ0ZZ" in refitted[0].candidates(n6)["code"].to_list()
     assert refitted[1] is fitted[1] and refitted[2] is not fitted[2]  # the ontology search learns from no note
 
@@ -110,9 +109,9 @@ def test_refit_learns_from_the_added_notes_and_keeps_the_ontology_sources(tiny_c
 def test_each_dev_fold_is_scored_by_sources_fitted_on_train_and_the_other_folds(tiny_corpus, tiny_ontology, sources):
     ids = tiny_corpus.notes["note_id"]
     train, dev = (tiny_corpus.subset(ids.filter(ids.is_in(part))) for part in (["n2", "n3", "n6"], ["n1", "n4", "n5"]))
-    stack = fit_stack(train=train, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
+    stacking = fit_stacking(train=train, ontology=tiny_ontology, sources=sources, folds=2, reranker=Reranker(model="logistic"))
     plm = _plm(dev)
-    frames, held_out = dev_frames(stack, dev=dev, plm=plm), refit_dev_frames(stack, train=train, dev=dev, plm=plm, ontology=tiny_ontology)
+    frames, held_out = dev_frames(stacking, dev=dev, plm=plm), refit_dev_frames(stacking, train=train, dev=dev, plm=plm, ontology=tiny_ontology)
     assert set(held_out) == set(frames)
     full = ("lexicon", "ontology", "tfidf", PLM_ICD)
     assert sorted(held_out[full]["note_id"].unique()) == ["n1", "n4", "n5"]
@@ -123,5 +122,5 @@ def test_each_dev_fold_is_scored_by_sources_fitted_on_train_and_the_other_folds(
     assert "E11.9" not in lexicon_codes(frames[full], "n4") and "E11.9" in lexicon_codes(held_out[full], "n4")
     assert "E11.9" not in lexicon_codes(held_out[full], "n1")  # never from the scored note's own spans
     scored = cross_fit(frames[full], reranker=Reranker(model="logistic"), folds=2, held_out=held_out[full],
-                       extra_rows=without_plm(stack, full))
+                       extra_rows=without_plm(stacking, full))
     assert scored.height == held_out[full].height and scored["score"].is_finite().all()

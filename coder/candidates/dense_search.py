@@ -40,11 +40,12 @@ import onnxruntime as ort
 import polars as pl
 from onnx import TensorProto, helper, numpy_helper
 
+from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import TERM, Found, ontology_terms, ordered_terms, search_frame
 from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
-from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.estimator import ParamsMixin, read_state
+from coder.errors import ModelBundleError, UsageError
+from coder.estimator import read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_atomically, write_parquet, write_text
 from coder.io.progress import Progress, announce
@@ -82,7 +83,7 @@ NOTE_BLOCK = 32
 TERM_CHUNK = 8_192
 
 
-class DenseSearch(ParamsMixin):
+class DenseSearch(CandidateSource):
     """Top codes per note and system by cosine between sentence vectors of note sentences and code terms.
 
     Parameters
@@ -100,10 +101,6 @@ class DenseSearch(ParamsMixin):
         self.text_column = text_column
         self.top_k = top_k
         self.encoder = encoder
-
-    def can_fit(self, corpus: Corpus) -> bool:
-        """The vectors come from the ontology alone; predicting needs the English text column."""
-        return self.text_column in corpus.notes.columns
 
     def fit(self, corpus: Corpus | None = None, *, ontology: Ontology) -> DenseSearch:
         """Embed every code's terms of ``ontology`` (``ontology_terms``); notes are not read."""
@@ -196,8 +193,7 @@ class DenseSearch(ParamsMixin):
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
         evidence_text/start/end (the best sentence, offsets into ``text_column``)."""
-        if not hasattr(self, "vectors_"):
-            raise NotFittedError("DenseSearch is not fitted: call fit(ontology=...) or DenseSearch.load(path)")
+        self.check_fitted()
         texts, spans = [], []
         for note_id, text in notes.select(NOTE_ID, self.text_column).iter_rows():
             if len(found := sentence_spans(text)):

@@ -1,14 +1,14 @@
 """One candidate frame per batch: every source's proposals merged, and the reranker's features.
 
 Training (out-of-fold stacking) and prediction turn source frames into features through the
-same functions, so the reranker never sees features computed differently from the ones it was
-fitted on. One row per (note_id, system, code); a source that did not propose a code leaves its
-score at 0 and its rank at ``ABSENT_RANK``.
+same functions (``coder.candidates.stack``), so the reranker never sees features computed
+differently from the ones it was fitted on. One row per (note_id, system, code); a source that did
+not propose a code leaves its score at 0 and its rank at ``ABSENT_RANK``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import polars as pl
 
@@ -24,16 +24,19 @@ PRIOR_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, PRIOR: pl.Int64})
 
 def code_prior(codes: pl.DataFrame) -> pl.DataFrame:
     """How many training notes carry each code (PRIOR_SCHEMA)."""
-    return codes.group_by(SYSTEM, CODE).agg(pl.col(NOTE_ID).n_unique().cast(pl.Int64).alias(PRIOR))
+    return codes.group_by(SYSTEM, CODE).agg(pl.col(NOTE_ID).n_unique().cast(pl.Int64).alias(PRIOR)).sort(SYSTEM, CODE)
 
 
-def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str, str] | None = None) -> pl.DataFrame:
+def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str, str],
+                     features: Mapping[str, Collection[str]]) -> pl.DataFrame:
     """Outer-join the sources' frames (given in evidence priority) on (note_id, system, code).
 
+    Of each frame, the key, the evidence and the columns its source declares in ``features`` (source ->
+    its ``get_feature_names_out()``) are kept: an undeclared column never becomes a reranker feature.
     Each source's score column is named after it; ``<source>_rank`` (1 = best in its note and
     system) is added where a source lacks one; the evidence columns come from the first source
-    that has evidence for the row, and with ``columns`` (source -> the text column it reads)
-    ``evidence_column`` names the column its offsets point into; ``source`` joins the names of the
+    that has evidence for the row, and ``evidence_column`` names the column its offsets point into
+    (``columns``: source -> the text column it reads); ``source`` joins the names of the
     sources that proposed the row. Rows without a rank (``coder.candidates.backfill``) only score:
     a code no source proposed is left out."""
     if not frames:
@@ -41,11 +44,12 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
     merged: pl.DataFrame | None = None
     with_evidence = []
     for name, frame in frames.items():
+        frame = frame.select(c for c in frame.columns if c in KEY or c in EVIDENCE or c in features[name])
         if f"{name}_rank" not in frame.columns:
             frame = frame.with_columns(
                 score_rank(name).alias(f"{name}_rank"))
         if EVIDENCE[0] in frame.columns:
-            where = pl.when(pl.col(EVIDENCE[1]).is_not_null()).then(pl.lit((columns or {}).get(name)))
+            where = pl.when(pl.col(EVIDENCE[1]).is_not_null()).then(pl.lit(columns[name]))
             frame = frame.with_columns(where.alias(EVIDENCE_IN)).rename({c: f"{c}:{name}" for c in (*EVIDENCE, EVIDENCE_IN)})
             with_evidence.append(name)
         merged = frame if merged is None else merged.join(frame, on=list(KEY), how="full", coalesce=True)
@@ -113,13 +117,6 @@ def extensions(frame: pl.DataFrame) -> pl.DataFrame:
                 .explode("_length").drop_nulls("_length")
                 .with_columns(pl.col("_bare").str.slice(0, pl.col("_length"))).drop("_length"))
     return codes.join(prefixes, on=[NOTE_ID, SYSTEM, "_bare"], suffix="_child").drop("_bare")
-
-
-def assemble(frames: Mapping[str, pl.DataFrame], *, prior: pl.DataFrame, columns: Mapping[str, str] | None = None) -> pl.DataFrame:
-    """Merge source frames (in evidence priority; ``columns``: see ``merge_candidates``) and add
-    features, for stacking and the benchmarks. Prediction takes the same two steps apart:
-    ``merge_candidates`` in ``coder.pipeline``, ``add_features`` in ``coder.rerank.score``."""
-    return add_features(merge_candidates(frames, columns=columns), prior=prior, sources=tuple(frames))
 
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:

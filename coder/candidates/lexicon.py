@@ -25,8 +25,8 @@ import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
 
-from coder.errors import NotFittedError
-from coder.estimator import ParamsMixin, read_state
+from coder.estimator import read_state
+from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import Tokens, folded
 from coder.languages import language
@@ -52,7 +52,7 @@ class Match:
     fuzzy: bool
 
 
-class EvidenceLexicon(ParamsMixin):
+class EvidenceLexicon(CandidateSource):
     """Codes proposed by training evidence phrases found in a note's Spanish text.
 
     Parameters
@@ -70,6 +70,7 @@ class EvidenceLexicon(ParamsMixin):
     """
 
     learns_from_notes = True
+    FEATURES = ("noisy_or", "support", "present", "share", "mentions", "tokens", "set", "fuzzy", "negated", "position")
 
     def __init__(
         self,
@@ -148,10 +149,6 @@ class EvidenceLexicon(ParamsMixin):
                 self.set_index_[max(words, key=len)].append(i)
 
     # --- matching ------------------------------------------------------------------------------
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "present_"):
-            raise NotFittedError("EvidenceLexicon is not fitted: call fit(corpus) or EvidenceLexicon.load(path)")
 
     def _corrected(self, words: list[str]) -> tuple[list[str], list[bool]]:
         """Map words absent from the phrase vocabulary to their nearest phrase word, if close enough."""
@@ -246,7 +243,7 @@ class EvidenceLexicon(ParamsMixin):
         <name>_position (where the best span starts, as a share of the note's length),
         evidence_text/start/end (offsets into ``text_column``).
         """
-        self._check_fitted()
+        self.check_fitted()
         texts = [text or "" for text in notes[self.text_column].to_list()]
         found = [(n, m) for n, text in enumerate(texts) for m in self.matches(text)]
         note = np.array([n for n, _ in found], dtype=np.int64)
@@ -289,7 +286,7 @@ class EvidenceLexicon(ParamsMixin):
 
     def save(self, path: Path) -> None:
         """Write ``lexicon.json`` (parameters and learned tables) into the folder ``path``."""
-        self._check_fitted()
+        self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
         state = {
             "params": self.get_params(),

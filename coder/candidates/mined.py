@@ -45,11 +45,12 @@ import polars as pl
 from scipy import sparse
 from scipy.special import xlogy
 
+from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import CLAUSE_END, WORD, Tokens, fold, folded, word_stem
 from coder.languages import language
-from coder.errors import ModelBundleError, NotFittedError
-from coder.estimator import ParamsMixin, read_state
+from coder.errors import ModelBundleError
+from coder.estimator import read_state
 from coder.io.atomic import write_atomically, write_text
 from coder.rank import score_rank
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
@@ -74,7 +75,7 @@ def tokenize(text: str, *, plural_es: bool) -> tuple[Tokens, np.ndarray]:
     return tokens, np.array([bisect.bisect_left(cuts, start) for start in tokens.starts], dtype=np.int64)
 
 
-class MinedLexicon(ParamsMixin):
+class MinedLexicon(CandidateSource):
     """Codes proposed by phrases that co-occurred with them in coded training notes.
 
     Parameters
@@ -98,6 +99,7 @@ class MinedLexicon(ParamsMixin):
     """
 
     learns_from_notes = True
+    FEATURES = ("support", "present", "share", "overlap", "coverage", "mentions", "tokens", "negated", "position")
 
     def __init__(
         self,
@@ -281,8 +283,7 @@ class MinedLexicon(ParamsMixin):
         <name>_negated (the best occurrence is negated), <name>_position (where it starts, as a share of
         the note's length), evidence_text/start/end (offsets into ``text_column``).
         """
-        if not hasattr(self, "link_score_"):
-            raise NotFittedError("MinedLexicon is not fitted: call fit(corpus) or MinedLexicon.load(path)")
+        self.check_fitted()
         texts = [text or "" for text in notes[self.text_column].to_list()]
         note, phrase, start, end, negated = self._hits(texts)
         # every (occurrence, link of its phrase), in text order: note-major, then occurrence, then link
@@ -333,8 +334,7 @@ class MinedLexicon(ParamsMixin):
 
     def save(self, path: Path) -> None:
         """Write ``mined.json`` (parameters, phrases, labels) and ``mined.npz`` (counts and links)."""
-        if not hasattr(self, "link_score_"):
-            raise NotFittedError("MinedLexicon is not fitted: nothing to save")
+        self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
         state = {"params": self.get_params(), "phrases": [" ".join(p) for p in self.phrases_], "labels": self.labels_}
         write_text(path / "mined.json", json.dumps(state, ensure_ascii=False), durable=False)

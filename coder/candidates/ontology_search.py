@@ -42,10 +42,11 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
+from coder.candidates.base import CandidateSource
 from coder.candidates.words import sentence_spans
 from coder.cpus import capped, logical_cpus
-from coder.errors import NotFittedError, UsageError
-from coder.estimator import ParamsMixin, read_state
+from coder.errors import UsageError
+from coder.estimator import read_state
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, write_cache
 from coder.io.atomic import write_parquet, write_text
@@ -131,7 +132,7 @@ def search_schema(name: str) -> pl.Schema:
                       f"{name}_rank": pl.Int32, **EVIDENCE_COLUMNS})
 
 
-class OntologySearch(ParamsMixin):
+class OntologySearch(CandidateSource):
     """Top codes per note and system by TF-IDF cosine between note sentences and code terms.
 
     Parameters
@@ -170,10 +171,6 @@ class OntologySearch(ParamsMixin):
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True,
                                 strip_accents="unicode", min_df=2, vocabulary=vocabularies[1])
         return FeatureUnion([("words", words), ("chars", chars)])
-
-    def can_fit(self, corpus: Corpus) -> bool:
-        """The index is built from the ontology alone; predicting needs the English text column."""
-        return self.text_column in corpus.notes.columns
 
     def fit(self, corpus: Corpus | None = None, *, ontology: Ontology) -> OntologySearch:
         """Index every code's terms of ``ontology`` (``ontology_terms``), or take their index from the
@@ -249,8 +246,7 @@ class OntologySearch(ParamsMixin):
         """``work`` over ``notes`` split across up to ``SEARCH_THREADS`` threads, no more than the
         process's CPUs (``coder.cpus``; scipy's sparse products release the GIL);
         each note's rows do not depend on the others, so the output is the same as in one thread."""
-        if not hasattr(self, "term_matrix_"):
-            raise NotFittedError("OntologySearch is not fitted: call fit(ontology=...) or OntologySearch.load(path)")
+        self.check_fitted()
         workers = capped(min(SEARCH_THREADS, logical_cpus()))
         threads = min(workers, notes.height)
         if threads < 2:

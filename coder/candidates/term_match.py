@@ -30,10 +30,10 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import TERM, ontology_terms
 from coder.candidates.words import WORD, Tokens, fold, word_stem
-from coder.errors import NotFittedError
-from coder.estimator import ParamsMixin, read_state
+from coder.estimator import read_state
 from coder.io.atomic import write_parquet, write_text
 from coder.io.read import read_saved
 from coder.ontology import Ontology
@@ -93,7 +93,7 @@ def term_stems(texts: tuple[str, ...], stem_length: int) -> TermStems:
     return TermStems(kept, MappingProxyType(vocabulary), matrix)
 
 
-class TermMatch(ParamsMixin):
+class TermMatch(CandidateSource):
     """Codes whose ontology term a sentence of the note holds, scored by the matched words' idf.
 
     Parameters
@@ -108,6 +108,7 @@ class TermMatch(ParamsMixin):
     """
 
     learns_from_notes = True  # the idf of words over the training notes' text (no codes read)
+    FEATURES = ("missing",)
 
     def __init__(self, *, name: str = "term_match", text_column: str = TEXT, systems: tuple[str, ...] = (CM,),
                  top_k: int = 30, stem_length: int = 7, backfill: bool = True):
@@ -118,10 +119,6 @@ class TermMatch(ParamsMixin):
         self.stem_length = stem_length
         self.backfill = backfill
 
-    def can_fit(self, corpus: Corpus) -> bool:
-        """Fitting reads the notes' text (for the idf) and the ontology."""
-        return self.text_column in corpus.notes.columns
-
     def fit(self, corpus: Corpus, *, ontology: Ontology) -> TermMatch:
         """Take the terms of ``systems`` from ``ontology`` and each stem's idf over ``corpus``'s notes."""
         texts = [text or "" for text in corpus.notes[self.text_column].to_list()]
@@ -131,7 +128,7 @@ class TermMatch(ParamsMixin):
                 frequency[stem] = frequency.get(stem, 0) + 1
         self.document_frequency_, self.n_notes_ = frequency, len(texts)
         self._index(ontology_terms(ontology, systems=self.systems))
-        self.document_frequency_ = {stem: n for stem, n in frequency.items() if stem in self.vocabulary_}
+        self.document_frequency_ = {stem: n for stem, n in sorted(frequency.items()) if stem in self.vocabulary_}
         logger.info("term match: %d terms of %d codes, idf over %d notes", self.term_code_.size, self.codes_.height,
                     self.n_notes_)
         return self
@@ -157,8 +154,7 @@ class TermMatch(ParamsMixin):
         term's matched idf (``<name>``) and missing idf (``<name>_missing``). The best term: the largest
         share of its words in one sentence, then the most idf. Without ``keys``, only codes whose term a
         sentence holds whole; with them, only those (note_id, system, code)."""
-        if not hasattr(self, "stem_terms_"):
-            raise NotFittedError("TermMatch is not fitted: call fit(corpus, ontology=...) or TermMatch.load(path)")
+        self.check_fitted()
         wanted = None
         if keys is not None:  # (note's index in the batch, code's index) of the pairs to keep
             known = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
@@ -225,8 +221,7 @@ class TermMatch(ParamsMixin):
 
     def save(self, path: Path) -> None:
         """Write the parameters and stem frequencies (``term_match.json``) and the terms (``terms.parquet``)."""
-        if not hasattr(self, "stem_terms_"):
-            raise NotFittedError("TermMatch is not fitted: call fit(corpus, ontology=...) before save")
+        self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
         write_parquet(path / TERMS_FILE, self.terms_, durable=False)
         state = {"params": self.get_params(), "n_notes": self.n_notes_, "document_frequency": self.document_frequency_}

@@ -20,8 +20,8 @@ from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
-from coder.errors import NotFittedError
-from coder.estimator import ParamsMixin, read_state
+from coder.candidates.base import CandidateSource
+from coder.estimator import read_state
 from coder.io.atomic import write_atomically, write_text
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class TfidfClassifier(ParamsMixin):
+class TfidfClassifier(CandidateSource):
     """Per-code ridge regressions over word (1-2)-gram TF-IDF of one text column.
 
     Parameters
@@ -88,8 +88,7 @@ class TfidfClassifier(ParamsMixin):
 
     def decision_function(self, notes: pl.DataFrame) -> np.ndarray:
         """[n_notes, n_labels] ridge score of each label in ``labels_`` (about 0 absent, 1 present)."""
-        if not hasattr(self, "dual_coef_"):
-            raise NotFittedError("TfidfClassifier is not fitted: call fit(notes, codes) or TfidfClassifier.load(path)")
+        self.check_fitted()
         counter = CountVectorizer(ngram_range=(1, 2), strip_accents="unicode", lowercase=True, vocabulary=self.vocabulary_)
         x = self._weigh(counter.transform(notes[self.text_column].fill_null("").to_list()))
         # sparse [n_notes, n_train] times dense: each note's row is summed over its own entries in their

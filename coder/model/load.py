@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from coder.candidates import SOURCES, CandidateSource
+from coder.candidates.stack import CandidateStack
 from coder.candidates.features import PLM_ICD
 from coder.errors import CoderError, MissingDependencyError, ModelBundleError
 from coder.io.read import read_saved
@@ -40,7 +41,7 @@ class Model:
     components: dict[str, str]
     """Component -> hash (``coder.model.folder.component_hashes``): what ``--resume`` compares."""
     scorer: PlmIcdScorer
-    sources: tuple[CandidateSource, ...]
+    stack: CandidateStack
     ranking: Ranking
     gate: AssignableCodes
     ontology: Ontology
@@ -59,10 +60,6 @@ class Model:
     @property
     def execution_provider(self) -> str:
         return self.scorer.execution_provider
-
-    def sources_for(self, columns: Sequence[str]) -> tuple[CandidateSource, ...]:
-        """The sources that can run on notes with ``columns``."""
-        return tuple(source for source in self.sources if source.text_column in columns)
 
     def describe(self, code: str, system: str) -> str:
         return self.ontology.description(code, system)
@@ -102,7 +99,7 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
     logger.info("model %s (%s, %d labels, sources: %s, %d rerankers) on %s", config.name, chosen, len(config.labels),
                 ", ".join([PLM_ICD, *(s.name for s in sources)]), len(ranking.rerankers), scorer.execution_provider)
     return Model(folder=folder, config=config, hash=model_hash(folder), components=component_hashes(config),
-                 scorer=scorer, sources=sources, ranking=ranking,
+                 scorer=scorer, stack=CandidateStack(sources), ranking=ranking,
                  gate=AssignableCodes(ontology, truncations=config.truncations), ontology=ontology, code_list=code_list)
 
 

@@ -20,7 +20,7 @@ from coder.errors import ModelBundleError, UsageError
 from coder.model.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer
 from coder.model.session import CPU_PROVIDER, create_session, gpu_present, onnx_forward, output_width
-from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM
+from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,14 @@ class Scored:
     note_ids: tuple[str, ...]
     labels: pl.DataFrame
     """(system, code, column): the label of each column of ``scores``."""
+    text_column: str = TEXT
+    """The note column scored (evidence offsets point into it)."""
     name: ClassVar[str] = PLM_ICD
     backfill: ClassVar[bool] = True
+
+    def get_feature_names_out(self) -> tuple[str, ...]:
+        """The columns of the frame the rerankers may read, as a candidate source declares them."""
+        return (PLM_ICD, f"{PLM_ICD}_rank", f"{PLM_ICD}_all")
 
     def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
         """``plm_icd`` of each (note_id, system, code) of ``keys`` whose code is a label and whose
@@ -100,7 +106,7 @@ class PlmIcdScorer:
             candidates=pl.DataFrame(rows, schema=FRAME_SCHEMA, orient="row"),
             truncated=tuple(note_ids[i] for i, note in enumerate(chunks) if note.truncated),
             unprocessable=tuple(note_ids[i] for i, note in enumerate(chunks) if note.unprocessable),
-            scores=scores, note_ids=tuple(note_ids), labels=self._labels,
+            scores=scores, note_ids=tuple(note_ids), labels=self._labels, text_column=self.text_column,
         )
 
     def _rows(self, note_id: str, text: str, note: ChunkedNote, scores: np.ndarray, peaks: np.ndarray, *,

@@ -28,10 +28,10 @@ from coder.ontology import load_ontology
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.rerank.score import STACK_PLM_TOP_K
 from coder.schema import NOTE_ID, TEXT_ES
-from coder.train.evaluation import evaluate_stack
+from coder.train.evaluation import evaluate_stacking
 from coder.train.plm import TrainingOptions, train
 from coder.train.projection import corpus_aligners, project_corpus
-from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stack, refit, refit_dev_frames
+from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stacking, refit_dev_frames
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +108,15 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     sources = default_sources(text_column=text_column, language=language,
                               sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
     logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
-    stack = fit_stack(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
+    stacking = fit_stacking(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
-    frames = dev_frames(stack, dev=dev, plm=plm, degraded_column=text_column)
-    stack = add_plm_rerankers(stack, frames=frames, gold=dev.codes)
-    held_out = refit_dev_frames(stack, train=train_corpus, dev=dev, plm=plm, ontology=ontology, degraded_column=text_column)
-    evaluation = evaluate_stack(stack, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(), dev_origin=dev_origin,
-                                degraded_column=text_column)
-    stack = dataclasses.replace(stack, sources=refit(stack.sources, train_corpus.plus(dev), ontology=ontology))  # every labelled note
-    source_specs, reranker_specs = stack.save(out)
+    frames = dev_frames(stacking, dev=dev, plm=plm, degraded_column=text_column)
+    stacking = add_plm_rerankers(stacking, frames=frames, gold=dev.codes)
+    held_out = refit_dev_frames(stacking, train=train_corpus, dev=dev, plm=plm, ontology=ontology, degraded_column=text_column)
+    evaluation = evaluate_stacking(stacking, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(),
+                                   dev_origin=dev_origin, degraded_column=text_column)
+    every_note = stacking.candidates.refit(train_corpus.plus(dev), ontology=ontology)
+    source_specs, reranker_specs = dataclasses.replace(stacking, candidates=every_note).save(out)
     config = read_config(out)
     training = {**config.training, "dev": dev_origin, "folds": folds}
     return finalize(out, dataclasses.replace(config, sources=source_specs, rerankers=reranker_specs, evaluation=evaluation,

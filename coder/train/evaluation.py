@@ -17,7 +17,7 @@ from coder.candidates.features import ABSENT_RANK, LABEL
 from coder.metrics import gold_sets, rankings, system_scores
 from coder.rerank.reranker import Reranker
 from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM
-from coder.train.stacking import Stack, cross_fit, without_plm
+from coder.train.stacking import Stacking, cross_fit, without_plm
 
 PROTOCOL = ("CodiEsp's MAP (mean over the dev notes with gold codes of the system and a prediction) and P@5, from "
             "components that never saw the scored dev note: rerankers over PLM-ICD's scores cross-fitted over 5 "
@@ -35,18 +35,18 @@ def row(name: str, scored: pl.DataFrame, gold: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def evaluate_stack(stack: Stack, frames: dict[tuple[str, ...], pl.DataFrame], *, held_out: dict[tuple[str, ...], pl.DataFrame],
+def evaluate_stacking(stacking: Stacking, frames: dict[tuple[str, ...], pl.DataFrame], *, held_out: dict[tuple[str, ...], pl.DataFrame],
                    gold: pl.DataFrame, reranker: Reranker, dev_origin: str, degraded_column: str) -> dict[str, Any]:
     """Rows: each source alone (its own score over its own candidates), then the whole model on each
     kind of dump. ``frames``: labelled dev frames per source set (``stacking.dev_frames``), which
     the rerankers learn from; ``held_out``: the same from sources refitted without the scored fold
-    (``stacking.refit_dev_frames``), which they score; ``stack``: the fitted stack, whose
+    (``stacking.refit_dev_frames``), which they score; ``stacking``: what was fitted, whose
     out-of-fold train frames the rerankers also learn from."""
     full = max(frames, key=len)
     rows = [row(f"{name} alone", held_out[full].filter(pl.col(f"{name}_rank") < ABSENT_RANK).with_columns(pl.col(name).alias(SCORE)), gold)
             for name in full]
     for sources, frame in sorted(frames.items(), key=lambda item: -len(item[0])):
-        scored = cross_fit(frame, reranker=reranker, extra_rows=without_plm(stack, sources), held_out=held_out[sources])
+        scored = cross_fit(frame, reranker=reranker, extra_rows=without_plm(stacking, sources), held_out=held_out[sources])
         scored = scored.select(NOTE_ID, SYSTEM, CODE, SCORE, LABEL)
         dump = "every text column" if sources == full else f"a dump with only `{degraded_column}`"
         rows.append(row(f"whole model on {dump}: {' + '.join(sources)}, reranked", scored, gold))
