@@ -364,6 +364,14 @@ def audit_command(
     import json
 
     from coder.auditing.score import run_audit
+
+    outcome = run_audit(
+        predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,
+        export=export, seed=seed, review_top=review_top, reviewed=reviewed or (),
+    )
+    typer.echo(json.dumps(outcome.results, indent=2) if as_json else "\n".join(outcome.lines))
+
+
 @app.command("review", cls=_OneLineCommand)
 @_reported
 def review_command(
@@ -384,12 +392,18 @@ def review_command(
     import getpass
 
     from coder.auditing.score import valid_codes
+    from coder.errors import UsageError
     from coder.io.manifest import manifest_path, read_manifest
     from coder.review.server import bind
     from coder.review.session import Review
 
     gate = valid_codes(predictions, read_manifest(manifest_path(predictions)), codes_file=codes_file).gate()
-    review = Review.open(predictions, notes=notes, out=out, reviewer=reviewer or getpass.getuser(), gate=gate,
+    if reviewer is None:
+        try:
+            reviewer = getpass.getuser()
+        except (KeyError, OSError):  # no login name in some containers
+            raise UsageError("no login name to record with the decisions: give --reviewer NAME") from None
+    review = Review.open(predictions, notes=notes, out=out, reviewer=reviewer, gate=gate,
                          sample=sample, seed=seed, gold=gold, top=top)
     served = bind(review, host=host, port=port)
     progress = review.progress()
@@ -413,14 +427,6 @@ def gold_command(
     write_parquet(out, codes)
     typer.echo(f"wrote {out}: {codes.height} codes on {codes.get_column('note_id').n_unique()} notes"
                + (f"; left out {disputed} the reviewers disagreed on" if disputed else ""))
-
-
-
-    outcome = run_audit(
-        predictions, gold=gold, codes_file=codes_file, ks=_ks(k), report=report, sample=sample,
-        export=export, seed=seed, review_top=review_top, reviewed=reviewed or (),
-    )
-    typer.echo(json.dumps(outcome.results, indent=2) if as_json else "\n".join(outcome.lines))
 
 
 @app.command("export")

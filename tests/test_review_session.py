@@ -38,6 +38,12 @@ def test_decisions_are_written_at_once_and_resume_where_the_reviewer_stopped(tmp
     assert decisions.filter(pl.col("code") == "I10").select("rank", "score", "reviewer").row(0) == (2, 0.4, "ana")
 
 
+def test_adding_a_suggested_code_accepts_it(tmp_path, tiny_ontology):
+    review = open_review(tmp_path, tiny_ontology)
+    review.decide(0, system=CM, code="i10", decision="added")
+    assert (review.note(0)["codes"][1]["decision"], review.note(0)["added"]) == ("accepted", [])
+
+
 @pytest.mark.parametrize(("system", "code", "decision", "match"), [
     (CM, "E08-E13", "added", "not an assignable"),
     (PCS, "0DTJ4", "added", "not an assignable"),

@@ -66,15 +66,19 @@ class Review:
                 "comment": own.get(COMMENT) or "", "reviewed": own.get(DECISION) == REVIEWED, **self.progress()}
 
     def decide(self, position: int, *, system: str, code: str, decision: str | None) -> None:
-        """Accept or reject a suggested code, add an assignable one, or take a decision back (None)."""
+        """Accept or reject a suggested code, add an assignable one (accept it, if it is suggested), or take a
+        decision back (None)."""
         note_id = self._note_id(position)
         if decision == ADDED:
             info = self.search.gate.ontology.lookup(code, system)
             if info.canonical is None or not self.search.gate(info.canonical, system):
                 raise UsageError(f"{code!r} is not an assignable {system} code; pick one the search offers")
-            self.store.decide(note_id, system, info.canonical, ADDED)
-            return
+            code = info.canonical
         suggested = self._suggested(note_id).filter(pl.col(SYSTEM) == system, pl.col(CODE) == code)
+        if decision == ADDED and suggested.is_empty():
+            self.store.decide(note_id, system, code, ADDED)
+            return
+        decision = ACCEPTED if decision == ADDED else decision
         if decision is not None and suggested.is_empty():
             raise UsageError(f"{system} {code!r} is not among the codes suggested for note {position + 1} of the queue")
         rank, score = (suggested.item(0, RANK), suggested.item(0, SCORE)) if suggested.height else (None, None)
