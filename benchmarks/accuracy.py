@@ -34,13 +34,13 @@ from pathlib import Path
 import polars as pl
 from sklearn.base import clone
 
-from coder.candidates.features import ABSENT_RANK, PLM_ICD, code_prior, with_labels
+from coder.candidates.features import ABSENT_RANK, code_prior, with_labels
 from coder.candidates.stack import CandidateStack
 from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, system_scores
 from coder.ontology import load_ontology
 from coder.rerank.reranker import MODELS, Reranker
-from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
+from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, PLM_ICD, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
 from coder.train.stacking import cross_fit, default_sources, dev_folds, labelled_frame, train_folds
 
@@ -125,7 +125,7 @@ class Ablation:
             self.parts[dump] = train_folds(self.stack.usable(columns), train, ontology=self.ontology, known=known, folds=folds)
         self.plm = None
         if plm_model is not None:
-            from coder.model.load import load_model
+            from coder.assembly import load_model
             from coder.rerank.score import STACK_PLM_TOP_K
 
             scorer = load_model(plm_model, device="cpu").scorer

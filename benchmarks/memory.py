@@ -102,7 +102,7 @@ def run_predict(notes: Path, out: Path, *, model: Path, batch_size: int) -> dict
 
 def model_only(notes: Path, *, model: Path, batch_size: int) -> float:
     """Notes/s of the pipeline's stages alone (``coder.pipeline.code_batch``), fed the batches the run reads."""
-    from coder.model.load import load_model
+    from coder.assembly import load_model
     from coder.pipeline import code_batch
 
     loaded = load_model(model, device="cpu")

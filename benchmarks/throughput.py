@@ -256,7 +256,7 @@ def _run_predict(notes_path: Path, precision: str = "auto", workers: int = 1) ->
 def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     """One pipeline batch (``coder.pipeline.code_batch``) on the first notes, its time split by stage
     (the counts every batch records) and by candidate source."""
-    from coder.model.load import load_model
+    from coder.assembly import load_model
     from coder.pipeline import code_batch
     from coder.run import DEFAULT_BATCH_SIZE
 

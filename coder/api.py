@@ -32,8 +32,8 @@ from coder.errors import InputFileError, UsageError
 from coder.io.corpus import read_codes
 from coder.io.read import InputPlan, note_batch, note_columns
 from coder.io.screen import RowScreen
-from coder.model.load import Model
-from coder.model.load import load_model as _load
+from coder.assembly import Model
+from coder.assembly import load_model as _load
 from coder.run import DEFAULT_BATCH_SIZE
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 

@@ -30,7 +30,7 @@ from coder.schema import NOTE_ID, PREDICTION_SCHEMA
 
 if TYPE_CHECKING:
     from coder.llm.vote import LLMStage
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 QUARANTINED = "quarantined."
 """Prefix of a batch's count of rows quarantined for one reason."""

@@ -29,7 +29,7 @@ from coder.rerank.score import rerank
 from coder.schema import NOTE_ID
 
 if TYPE_CHECKING:
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from coder.errors import UsageError
 from coder.io.outputs import claim_outputs
 from coder.llm.vote import LLMStage, llm_settings
 from coder.model.folder import default_model_path, read_config
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.run import ModelRecord, PredictOptions, RunSummary, plan_run, run_batches
 
 if TYPE_CHECKING:

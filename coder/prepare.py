@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coder.errors import RunIOError
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.ontology.cache import CACHE_DIR_ENV, cache_dir
 
 

@@ -37,7 +37,7 @@ from coder.ontology.sources import releases
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 log = logging.getLogger(__name__)
 

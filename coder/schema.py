@@ -37,6 +37,7 @@ RANK = "rank"
 ABOVE_THRESHOLD = "above_threshold"
 THRESHOLD = "threshold"  # a candidate's decision threshold (not written)
 SOURCE = "source"
+PLM_ICD = "plm_icd"  # the chunk-and-score stage's name among the candidate sources (coder.model.scorer)
 VALIDITY = "validity"  # where a written code's validity comes from (coder.validate): "release" or "code_list"
 EVIDENCE = ("evidence_text", "evidence_start", "evidence_end")
 EVIDENCE_IN = "evidence_column"  # the text column the evidence offsets point into

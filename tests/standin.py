@@ -1,4 +1,4 @@
-"""A stand-in for a loaded model (``coder.model.load.Model``) that the real pipeline runs: PLM-ICD's scores
+"""A stand-in for a loaded model (``coder.assembly.Model``) that the real pipeline runs: PLM-ICD's scores
 come from each note's text by a fixed rule, there are no other sources and no rerankers. Tests of the run
 mechanics (batches, parts, resume, engines) use it instead of a trained model; ``write_notes`` writes
 notes whose bytes need not be valid UTF-8, as a damaged dump has them."""

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner

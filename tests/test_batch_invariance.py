@@ -14,7 +14,7 @@ from cli import app
 from coder.api import CodingModel
 from coder.errors import ModelBundleError
 from coder.model.folder import default_model_path
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.schema import NOTE_ID, RANK, SYSTEM
 

@@ -11,16 +11,15 @@ from pathlib import Path
 import polars as pl
 
 from coder import candidates
-from coder.candidates.features import PLM_ICD
 from coder.candidates.tfidf import TfidfClassifier
 from coder.candidates.base import CandidateSource
 from coder.estimator import read_state
 from coder.model.folder import read_config
 from coder.model.write import finalize
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.rerank.reranker import Reranker
-from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
+from coder.schema import CM, CODE, NOTE_ID, PLM_ICD, SYSTEM, TEXT
 from coder.train.stacking import add_plm_rerankers, dev_frames, fit_stacking
 
 

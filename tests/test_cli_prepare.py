@@ -1,8 +1,6 @@
 """`coder prepare` builds a model's caches ahead of its first run, with the tiny model bundle."""
 
-from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cli import app

@@ -21,7 +21,7 @@ from coder.model.folder import (
     default_model_path, encoder_record, library_versions, model_hash, read_config,
 )
 from coder.model.write import finalize
-from coder.model.load import load_model
+from coder.assembly import load_model
 
 
 @pytest.fixture
@@ -227,7 +227,7 @@ def test_a_component_that_fails_unexpectedly_is_a_bundle_error_naming_it(bundle_
     def broken(*args, **kwargs):
         raise RuntimeError(SECRET)
 
-    monkeypatch.setattr("coder.model.load.load_scorer", broken)
+    monkeypatch.setattr("coder.assembly.load_scorer", broken)
     with pytest.raises(ModelBundleError, match=r"component plm_icd cannot be loaded \(RuntimeError\)") as error:
         load_model(bundle_copy, device="cpu", precision="fp32")
     assert "/bin/bash" not in str(error.value) and error.value.exit_code == 5

@@ -8,13 +8,12 @@ import polars as pl
 import pytest
 
 from coder.candidates.backfill import backfill
-from coder.candidates.features import PLM_ICD
 from coder.errors import ModelBundleError, UsageError
 from coder.model.folder import default_model_path, read_config
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.model.scorer import choose_precision
 from coder.pipeline import code_batch
-from coder.schema import CM, CODE, KEY, NOTE_ID, PREDICTION_SCHEMA, SYSTEM
+from coder.schema import CM, CODE, KEY, NOTE_ID, PLM_ICD, PREDICTION_SCHEMA, SYSTEM
 
 
 @pytest.fixture(scope="module")

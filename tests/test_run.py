@@ -319,7 +319,7 @@ def test_a_full_disk_stops_the_run_with_one_error_and_resume_finishes_it(tmp_pat
 
 @pytest.mark.parametrize("listed", [False, True], ids=["no-code-list", "codes-file"])
 def test_a_record_read_from_the_folder_is_the_loaded_models(tmp_path, tiny_model_path, listed):
-    from coder.model.load import load_model  # the tiny model: loaded here only to compare
+    from coder.assembly import load_model  # the tiny model: loaded here only to compare
 
     codes = tmp_path / "codes.tsv" if listed else None
     if codes:

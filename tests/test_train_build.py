@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from coder.model.folder import read_config
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.train.build import Inputs, build_model
 from coder.train.plm import TrainingOptions

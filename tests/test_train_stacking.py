@@ -6,13 +6,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from coder.candidates.features import PLM_ICD
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.model.scorer import Scored
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.candidates.stack import CandidateStack
+from coder.schema import PLM_ICD
 from coder.train.stacking import (
     add_plm_rerankers, cross_fit, dev_frames, fit_stacking, labelled_frame, refit_dev_frames, train_folds, without_plm,
 )

@@ -17,7 +17,6 @@ from coder.schema import CODE, EVIDENCE, EVIDENCE_COLUMNS, EVIDENCE_IN, KEY, NOT
 
 LABEL = "label"
 ABSENT_RANK = 100
-PLM_ICD = "plm_icd"  # the frame of the chunk-and-score stage (coder.model.scorer)
 PRIOR = "prior"
 PRIOR_SCHEMA = pl.Schema({SYSTEM: pl.String, CODE: pl.String, PRIOR: pl.Int64})
 

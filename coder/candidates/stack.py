@@ -23,8 +23,8 @@ from sklearn.base import clone
 
 from coder.candidates.backfill import backfill
 from coder.candidates.base import CandidateSource
-from coder.candidates.features import PLM_ICD, add_features, merge_candidates
-from coder.schema import NOTE_ID
+from coder.candidates.features import add_features, merge_candidates
+from coder.schema import NOTE_ID, PLM_ICD
 
 if TYPE_CHECKING:
     from coder.io.corpus import Corpus

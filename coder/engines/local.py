@@ -10,7 +10,7 @@ from coder.batches import BatchResult, BatchWorker, PendingBatch
 
 if TYPE_CHECKING:
     from coder.llm.vote import LLMStage
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from coder.engines.remote import RemoteWorker, result_of
 from coder.errors import UsageError
 
 if TYPE_CHECKING:
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from coder.batches import BatchResult, BatchWorker, PendingBatch
 from coder.errors import CoderError, WorkerError
 
 if TYPE_CHECKING:
-    from coder.model.load import Model
+    from coder.assembly import Model
 
 RESULT_SCHEMA = pa.schema(
     {"index": pa.int64(), "counts": pa.string(), "ran_on": pa.string(), "error": pa.string(), "exit_code": pa.int64()}

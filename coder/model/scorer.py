@@ -15,12 +15,11 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
-from coder.candidates.features import PLM_ICD
 from coder.errors import ModelBundleError, UsageError
 from coder.model.chunking import NO_OFFSET, ChunkedNote, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer
 from coder.model.session import CPU_PROVIDER, create_session, gpu_present, onnx_forward, output_width
-from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SYSTEM, TEXT
+from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, PLM_ICD, SYSTEM, TEXT
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from coder.candidates.features import PLM_ICD, add_features
+from coder.candidates.features import add_features
 from coder.errors import ModelBundleError
 from coder.rerank.reranker import Reranker
-from coder.schema import CODE, SCORE, SYSTEM, THRESHOLD
+from coder.schema import CODE, PLM_ICD, SCORE, SYSTEM, THRESHOLD
 
 STACK_PLM_TOP_K = 50  # PLM-ICD codes per note and system that rerankers read (fit and predict alike)
 

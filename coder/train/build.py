@@ -22,7 +22,7 @@ from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
 from coder.languages import language as check_language
 from coder.model.folder import ModelConfig, read_config
-from coder.model.load import load_model
+from coder.assembly import load_model
 from coder.model.write import finalize
 from coder.ontology import load_ontology
 from coder.rerank.reranker import Reranker, fold_ids

@@ -27,7 +27,7 @@ import polars as pl
 from sklearn.base import clone
 
 from coder.candidates import CandidateSource, kind_of
-from coder.candidates.features import PLM_ICD, code_prior, with_labels
+from coder.candidates.features import code_prior, with_labels
 from coder.candidates.dense_search import DenseSearch
 from coder.candidates.lexicon import EvidenceLexicon
 from coder.candidates.mined import MinedLexicon
@@ -39,10 +39,10 @@ from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
 from coder.model.folder import RerankerSpec, SourceSpec
 from coder.model.scorer import Scored
-from coder.model.load import PRIOR_FILE
+from coder.assembly import PRIOR_FILE
 from coder.ontology import Ontology
 from coder.rerank.reranker import Reranker, fold_ids
-from coder.schema import KEY, NOTE_ID, TEXT, TEXT_ES
+from coder.schema import KEY, NOTE_ID, PLM_ICD, TEXT, TEXT_ES
 
 logger = logging.getLogger(__name__)
 

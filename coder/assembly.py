@@ -1,4 +1,9 @@
-"""A loaded model folder: every component the pipeline's stages run, checked against the config."""
+"""Assembly: a model folder read and checked, and the parts the pipeline's stages run composed from it.
+
+PLM-ICD's runtime (``coder.model``), the candidate stack (``coder.candidates``), the rerankers
+(``coder.rerank``) and the assignable-code rule (``coder.validate``) know nothing of each other; this
+layer, above them all, builds each from the folder's config and checks it (``load_model``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from typing import TypeVar
 
 from coder.candidates import SOURCES, CandidateSource
 from coder.candidates.stack import CandidateStack
-from coder.candidates.features import PLM_ICD
 from coder.errors import CoderError, MissingDependencyError, ModelBundleError
 from coder.io.read import read_saved
 from coder.model.folder import (
@@ -23,6 +27,7 @@ from coder.ontology import Ontology, load_ontology
 from coder.rerank.reranker import Reranker
 from coder.rerank.score import Ranking
 from coder.validate import AssignableCodes
+from coder.schema import PLM_ICD
 
 logger = logging.getLogger(__name__)
 
