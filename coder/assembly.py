@@ -19,7 +19,7 @@ from coder.candidates.stack import CandidateStack
 from coder.errors import CoderError, MissingDependencyError, ModelBundleError
 from coder.io.read import read_saved
 from coder.model.folder import (
-    ONNX_FILES, RERANKERS_DIR, ModelConfig, check_versions, component_hashes, component_of, default_model_path,
+    ONNX_FILES, PRIOR_FILE, ModelConfig, check_versions, component_hashes, component_of, default_model_path,
     model_hash, read_config, verify_folder,
 )
 from coder.model.scorer import PlmIcdScorer, choose_precision, gpu_requested, load_scorer
@@ -31,7 +31,6 @@ from coder.schema import PLM_ICD
 
 logger = logging.getLogger(__name__)
 
-PRIOR_FILE = f"{RERANKERS_DIR}/prior.parquet"
 T = TypeVar("T")
 
 

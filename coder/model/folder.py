@@ -44,6 +44,7 @@ WEIGHTS_FILE = f"{TORCH_DIR}/model.safetensors"
 ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
 SOURCES_DIR = "sources"
 RERANKERS_DIR = "rerankers"
+PRIOR_FILE = f"{RERANKERS_DIR}/prior.parquet"  # training notes per code, a reranker feature
 MODEL_ENV = "CODER_MODEL"
 # Suffixes of pickle-based formats (joblib, torch checkpoints, Hugging Face .bin weights).
 _PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin"})

@@ -37,9 +37,8 @@ from coder.candidates.term_match import TermMatch
 from coder.candidates.tfidf import TfidfClassifier
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
-from coder.model.folder import RerankerSpec, SourceSpec
+from coder.model.folder import PRIOR_FILE, RerankerSpec, SourceSpec
 from coder.model.scorer import Scored
-from coder.assembly import PRIOR_FILE
 from coder.ontology import Ontology
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.schema import KEY, NOTE_ID, PLM_ICD, TEXT, TEXT_ES
@@ -80,7 +79,7 @@ def out_of_fold(corpus: Corpus, *, fold: Sequence[int], fit: Callable[[Corpus], 
     for k in sorted(set(fold.to_list())):
         rest = corpus.subset(ids.filter(fold != k))
         yield corpus.subset(ids.filter(fold == k)), rest, fit(rest)
-        logger.info("out of fold: fold %d of %d scored by sources fitted on the other folds", k + 1, fold.max() + 1)
+        logger.info("out of fold: fold %d of %d, sources fitted on the other folds", k + 1, fold.max() + 1)
 
 
 def train_folds(stack: CandidateStack, corpus: Corpus, *, ontology: Ontology, known: SourceFrames, folds: int = 5,
