@@ -32,6 +32,7 @@ class AssignableCodes:
     truncations: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """System -> code lengths (without dots) at which a truncation of real codes is assignable."""
     _memo: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
+    _origins: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     def __call__(self, code: str, system: str) -> bool:
         """Whether ``code`` may be written as a code of ``system``."""
@@ -46,8 +47,11 @@ class AssignableCodes:
 
     def origin(self, code: str, system: str) -> str:
         """Where an assignable code's validity comes from: ``release`` or ``code_list`` (the list alone)."""
-        listed = getattr(self.ontology, "listed", frozenset())
-        return CODE_LIST if (system, self.ontology.lookup(code, system).canonical) in listed else RELEASE
+        key = (code, system)
+        if key not in self._origins:  # a lookup per candidate and batch cost a tenth of the stages after rerank
+            listed = getattr(self.ontology, "listed", frozenset())
+            self._origins[key] = CODE_LIST if (system, self.ontology.lookup(code, system).canonical) in listed else RELEASE
+        return self._origins[key]
 
     def validate(self, candidates: pl.DataFrame) -> pl.DataFrame:
         """The rows of ``candidates`` (with ``system`` and ``code``) whose code is assignable, with
