@@ -137,11 +137,15 @@ class EvidenceLexicon(CandidateSource):
         return self
 
     def _index(self, keys: list[tuple[str, tuple[str, ...]]]) -> None:
-        """Lookup tables: exact phrases by their words, token sets by their longest word, known words."""
+        """Lookup tables: exact phrases by their words and their leading words, token sets by their longest
+        word, known words."""
         self.known_words_ = frozenset(w for _, words in keys for w in words)
         self.vocabulary_ = sorted(w for w in self.known_words_ if len(w) >= self.fuzzy_min_length)
         self.exact_index_: dict[tuple[str, ...], int] = {}
         self.set_index_: dict[str, list[int]] = defaultdict(list)
+        # every phrase's leading words, the phrase included: a run of the note's words that is none of
+        # them starts no longer phrase either, so matching stops there
+        self.prefixes_ = frozenset(words[:end] for kind, words in keys if kind == EXACT for end in range(1, len(words) + 1))
         for i, (kind, words) in enumerate(keys):
             if kind == EXACT:
                 self.exact_index_[words] = i
@@ -174,7 +178,10 @@ class EvidenceLexicon(CandidateSource):
         n = len(words)
         for i in range(n):
             for length in range(1, min(self.max_tokens, n - i) + 1):
-                key = self.exact_index_.get(tuple(words[i : i + length]))
+                run = tuple(words[i : i + length])
+                if run not in self.prefixes_:
+                    break
+                key = self.exact_index_.get(run)
                 if key is not None:
                     yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated[i], any(fuzzy[i : i + length]))
         yield from self._set_matches(tokens, words, fuzzy, negated)
