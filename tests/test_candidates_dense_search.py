@@ -167,16 +167,16 @@ def test_int8_cosines_stay_within_a_hundredth_of_float_ones():
     assert np.abs(products - sentences @ terms.T).max() < 0.01
 
 
-@pytest.mark.parametrize("lengths", [[3, 3, 4, 9, 30, 31], [40], list(range(1, 200))])
-def test_token_batches_cover_the_rows_in_order_within_both_bounds(lengths):
+@pytest.mark.parametrize("lengths", [[3, 3, 4, 9, 30, 31], [40], list(range(1, 200)), [2, 2, 2, 2, 3, 3, 5, 7]])
+def test_token_batches_cover_the_rows_in_order_within_the_bounds(lengths):
     lengths = np.array(lengths)
-    batches = list(dense_search._token_batches(lengths, rows=8, tokens=32))
+    batches = list(dense_search._token_batches(lengths, rows=8, tokens=32, spread=1.4))
     assert [i for b in batches for i in range(b.start, b.stop)] == list(range(len(lengths)))
     for b in batches:
-        rows = b.stop - b.start
-        assert rows <= 8 and (rows == 1 or rows * lengths[b.stop - 1] <= 32)
+        rows, longest = b.stop - b.start, lengths[b.stop - 1]
+        assert rows <= 8 and (rows == 1 or (rows * longest <= 32 and longest <= 1.4 * lengths[b.start]))
         if b.stop < len(lengths) and rows < 8:  # as large as the bounds allow
-            assert (rows + 1) * lengths[b.stop] > 32
+            assert (rows + 1) * lengths[b.stop] > 32 or lengths[b.stop] > 1.4 * lengths[b.start]
 
 
 def test_products_are_exact_at_the_extremes_of_both_ranges():

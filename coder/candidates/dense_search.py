@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
-VECTORS_VERSION = 3  # bump when the cached term vectors' layout or the way they are made changes
+VECTORS_VERSION = 4  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
@@ -76,6 +76,9 @@ EXPORT_S = 30
 # set the process's peak memory).
 ENCODE_BATCH = 128
 ENCODE_TOKENS = 1_024
+# The longest row of a batch at most this times its shortest: a note's sentences range from a few
+# tokens to 128, and padding every batch to its longest row nearly doubled the tokens encoded.
+ENCODE_SPREAD = 1.4
 # Blocks of the search (``_code_maxima``): int32 products [SENTENCE_BLOCK, TERM_CHUNK] (16 MB, one
 # buffer per call), code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and
 # a contiguous int8 chunk of terms (3 MB) at a time.
@@ -169,7 +172,8 @@ class DenseSearch(CandidateSource):
 
     def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
         """[len(texts), dim] float32 unit vectors. Texts are tokenised once, sorted by token count
-        and encoded in batches of at most ``ENCODE_BATCH`` rows and ``ENCODE_TOKENS`` padded tokens."""
+        and encoded in batches of at most ``ENCODE_BATCH`` rows and ``ENCODE_TOKENS`` padded tokens, the
+        longest row within ``ENCODE_SPREAD`` times the shortest."""
         if not texts:  # nothing to encode (no terms, or a batch without sentences): no rows are read
             return np.zeros((0, 0), dtype=np.float32)
         ids = self._token_ids(texts, max_length=max_length)
@@ -355,15 +359,17 @@ def _products_session() -> ort.InferenceSession:
     return create_session(model.SerializeToString(), device="cpu", arena=False)
 
 
-def _token_batches(lengths: np.ndarray, *, rows: int, tokens: int) -> Iterator[slice]:
-    """Consecutive slices of ``lengths`` (ascending token counts): each as many rows as fit in ``rows``
-    and in ``tokens`` once padded to its longest row (a row longer than ``tokens`` alone)."""
+def _token_batches(lengths: np.ndarray, *, rows: int, tokens: int, spread: float = ENCODE_SPREAD) -> Iterator[slice]:
+    """Consecutive slices of ``lengths`` (ascending token counts): each as many rows as fit in ``rows``,
+    in ``tokens`` once padded to its longest row, and within ``spread`` times its shortest row's length
+    (a row longer than ``tokens`` alone)."""
     start = 0
     while start < len(lengths):
         window = lengths[start : start + rows]  # ascending: padded size k * window[k - 1] grows with k
-        fit = int(np.count_nonzero(np.arange(1, len(window) + 1) * window <= tokens))
-        yield slice(start, start + max(fit, 1))
-        start += max(fit, 1)
+        fits = (np.arange(1, len(window) + 1) * window <= tokens) & (window <= spread * window[0])
+        fit = max(int(np.count_nonzero(fits)), 1)
+        yield slice(start, start + fit)
+        start += fit
 
 
 def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
