@@ -11,7 +11,8 @@ from coder.model.folder import read_config
 from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.train.build import Inputs, build_model
-from coder.train.plm import TrainingOptions
+from coder.errors import UsageError
+from coder.train.plm import TrainingOptions, finished
 
 runner = CliRunner()
 
@@ -71,3 +72,27 @@ def test_dev_notes_without_dev_codes_is_a_usage_error(tiny_model_path, tmp_path)
     result = runner.invoke(app, ["train", "--notes", str(data / "notes.parquet"), "--codes", str(data / "codes.parquet"),
                                  "--dev-notes", str(data / "notes.parquet"), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "give both --dev-notes and --dev-codes" in result.output
+
+
+@pytest.mark.slow
+def test_resume_keeps_a_trained_plm_icd_and_fits_the_rest_again(tiny_model_path, tiny_codiesp, tmp_path, monkeypatch):
+    notes, codes, _ = tiny_codiesp
+    paths = _write(tmp_path, {"notes": notes.select("note_id", "text"), "codes": codes})
+    inputs = Inputs(notes=paths["notes"], codes=paths["codes"])
+    out = _build(tmp_path, tiny_model_path, inputs)
+    first = read_config(out)
+    kept = {name: digest for name, digest in first.files.items() if name.startswith(("plm_icd/", "onnx/"))}
+    (out / "sources" / "stale").mkdir()  # a source an earlier stack had
+    (out / "sources" / "stale" / "x.json").write_text("{}")
+    monkeypatch.setattr("coder.train.build.train", lambda **_: pytest.fail("PLM-ICD trained again"))
+    build_model(inputs=inputs, out=out, text_column="text", encoder_path=tiny_model_path.parent / "encoder",
+                encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=True, command="test", folds=2,
+                sentence_encoder=tiny_model_path.parent / "encoder")
+    again = read_config(out)
+    assert {name: again.files[name] for name in kept} == kept and not (out / "sources" / "stale").exists()
+    assert again.sources == first.sources and again.rerankers == first.rerankers and again.training == first.training
+    assert code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=5).predictions.height
+    with pytest.raises(UsageError, match="other options"):
+        finished(out, sources=inputs.sha256(), options=TrainingOptions(epochs=2))
+    with pytest.raises(UsageError, match="other input files"):
+        finished(out, sources={**inputs.sha256(), "other.parquet": "0"}, options=TrainingOptions(epochs=1))

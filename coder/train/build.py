@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +22,7 @@ from coder.export.onnx import export_bundle
 from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
 from coder.languages import language as check_language
-from coder.model.folder import ModelConfig, read_config
+from coder.model.folder import RERANKERS_DIR, SOURCES_DIR, ModelConfig, read_config
 from coder.assembly import load_model
 from coder.model.write import finalize
 from coder.ontology import load_ontology
@@ -29,7 +30,7 @@ from coder.rerank.reranker import Reranker, fold_ids
 from coder.rerank.score import STACK_PLM_TOP_K
 from coder.schema import NOTE_ID, TEXT_ES
 from coder.train.evaluation import evaluate_stacking
-from coder.train.plm import TrainingOptions, train
+from coder.train.plm import TrainingOptions, finished, train
 from coder.train.projection import corpus_aligners, project_corpus
 from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stacking, refit_dev_frames
 
@@ -100,10 +101,16 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
     train_corpus, dev = with_projected_spans(train_corpus, dev, text_column=text_column, unlabelled=unlabelled)
-    config = train(train=train_corpus, dev=dev, out=out, text_column=text_column, encoder_path=encoder_path,
-                   encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume, command=command,
-                   sources=inputs.sha256())
-    export_bundle(out, dev=dev)
+    if resume and finished(out, sources=inputs.sha256(), options=options):
+        logger.info("--resume: PLM-ICD in %s is trained and exported; fitting the candidate sources and rerankers", out)
+        for part in (SOURCES_DIR, RERANKERS_DIR):  # the folder as export left it: PLM-ICD alone
+            shutil.rmtree(out / part, ignore_errors=True)
+        finalize(out, dataclasses.replace(read_config(out), sources=(), rerankers=(), evaluation={}))
+    else:
+        train(train=train_corpus, dev=dev, out=out, text_column=text_column, encoder_path=encoder_path,
+              encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume, command=command,
+              sources=inputs.sha256())
+        export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
     sources = default_sources(text_column=text_column, language=language,
                               sentence_encoder=str(sentence_encoder) if sentence_encoder else None)

@@ -318,6 +318,24 @@ def train(
     return read_config(out)
 
 
+def finished(out: Path, *, sources: dict[str, str], options: TrainingOptions) -> bool:
+    """Whether ``out`` holds a PLM-ICD whose training ended (no checkpoint left) and whose ONNX files
+    were written: ``--resume`` then keeps it and fits the rest of the model again. It must have been
+    trained on the same input files (``sources``: path -> sha256) with the same ``options``."""
+    if checkpoint_folder(out).exists() or not (out / CONFIG_FILE).is_file():
+        return False
+    config = read_config(out)
+    if not config.onnx:
+        return False
+    trained = {"input files": (config.training.get("data_sha256"), sources),
+               "options": (config.training.get("options"), dataclasses.asdict(options))}
+    differ = [what for what, (then, now) in trained.items() if then != now]
+    if differ:
+        raise UsageError(f"--resume: PLM-ICD in {out} was trained with other {' and '.join(differ)}; "
+                         "start without --resume")
+    return True
+
+
 def _describe_labels(model: PlmIcd, labels: LabelSet, *, tokenizer, ontology: Ontology, batch_size: int = 64) -> None:
     """Start each label's query (U) and output vector (O) from its code description, mean-pooled by
     the encoder, at the norm of the random start: a label attends to, and scores, the tokens that
