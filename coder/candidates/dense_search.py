@@ -77,7 +77,7 @@ EXPORT_S = 30
 ENCODE_BATCH = 128
 ENCODE_TOKENS = 1_024
 # The longest row of a batch at most this times its shortest: a note's sentences range from a few
-# tokens to 128, and padding every batch to its longest row nearly doubled the tokens encoded.
+# tokens to 128, and a batch padded to its longest row spent much of the encoder's time on padding.
 ENCODE_SPREAD = 1.4
 # Blocks of the search (``_code_maxima``): int32 products [SENTENCE_BLOCK, TERM_CHUNK] (16 MB, one
 # buffer per call), code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and
