@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from coder.rank import by_score
 from coder.schema import CODE, NOTE_ID, SYSTEM, SYSTEMS
 
 RANK_LIMIT = 1000  # the official scorer reads at most 1,000 codes per note
@@ -139,9 +140,9 @@ def best_f1_cut(scores: np.ndarray, hits: np.ndarray, *, n_gold: int) -> float:
 
 
 def rankings(frame: pl.DataFrame, *, score: str) -> dict[str, dict[str, list[str]]]:
-    """system -> note id -> codes of ``frame`` by descending ``score``."""
+    """system -> note id -> codes of ``frame`` by descending ``score``, equal scores by code (``coder.rank.by_score``)."""
     out: dict[str, dict[str, list[str]]] = {}
-    ordered = frame.sort([NOTE_ID, score], descending=[False, True])
+    ordered = by_score(frame, score)
     for (system,), part in ordered.group_by(SYSTEM):
         out[system] = {note_id: grp[CODE].to_list() for (note_id,), grp in part.group_by(NOTE_ID, maintain_order=True)}
     return out

@@ -14,10 +14,15 @@ def score_rank(column: str) -> pl.Expr:
     return pl.col(column).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32)
 
 
+def by_score(frame: pl.DataFrame, score: str = SCORE) -> pl.DataFrame:
+    """``frame`` by note, system and descending ``score``, equal scores by code: the order of the output's
+    ranks and of every ranking a metric reads (a sort that leaves ties unordered could move a figure)."""
+    return frame.sort([NOTE_ID, SYSTEM, score, CODE], descending=[False, False, True, False])
+
+
 def ranked(frame: pl.DataFrame) -> pl.DataFrame:
-    """Sort by note, system and descending score (ties by code) and add ``rank`` (1-based per note and system)."""
-    return frame.sort([NOTE_ID, SYSTEM, SCORE, CODE], descending=[False, False, True, False]).with_columns(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(NOTE_ID, SYSTEM).alias(RANK))
+    """``by_score`` with ``rank`` (1-based per note and system)."""
+    return by_score(frame).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(NOTE_ID, SYSTEM).alias(RANK))
 
 
 def rank_and_cut(candidates: pl.DataFrame, *, top_k: int, threshold_only: bool,

@@ -42,6 +42,13 @@ def test_frames_to_rankings_and_gold_sets():
     assert gold_sets(frame.select("note_id", "code", "system")) == {CM: {"a": {"I10", "E11.9"}}, PCS: {"a": {"0DT6"}}}
 
 
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]], ids=["as-given", "reversed", "shuffled"])
+def test_equal_scores_rank_by_code_whatever_the_row_order(order):
+    frame = pl.DataFrame({"note_id": ["a"] * 4, "system": [CM] * 4, "code": ["I10", "E11.9", "A09", "R51"],
+                          "score": [0.5, 0.5, 0.9, 0.5]})[order]
+    assert rankings(frame, score="score") == {CM: {"a": ["A09", "E11.9", "I10", "R51"]}}
+
+
 def test_matrix_scores_rank_every_label_of_a_system():
     labels = [(CM, "A"), (CM, "B"), (PCS, "P")]
     scores = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.4]])
