@@ -48,7 +48,7 @@ class AssignableCodes:
     def origin(self, code: str, system: str) -> str:
         """Where an assignable code's validity comes from: ``release`` or ``code_list`` (the list alone)."""
         key = (code, system)
-        if key not in self._origins:  # a lookup per candidate and batch cost a tenth of the stages after rerank
+        if key not in self._origins:  # looked up once: the same codes come back in every batch
             listed = getattr(self.ontology, "listed", frozenset())
             self._origins[key] = CODE_LIST if (system, self.ontology.lookup(code, system).canonical) in listed else RELEASE
         return self._origins[key]

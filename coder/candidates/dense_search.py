@@ -198,8 +198,8 @@ class DenseSearch(CandidateSource):
 
     def _token_ids(self, texts: list[str], *, max_length: int) -> list[list[int]]:
         """Each text's token ids with the special tokens, truncated to ``max_length``: the same ids as
-        the tokenizer's ``__call__``, straight from its Rust tokenizer (the Python wrapper cost a tenth of
-        the search's time), one configured copy per length."""
+        the tokenizer's ``__call__``, straight from its Rust tokenizer (without the Python wrapper's
+        per-call work), one configured copy per length."""
         if (backend := self._backends.get(max_length)) is None:
             backend = Tokenizer.from_str(self.tokenizer_.backend_tokenizer.to_str())
             backend.no_padding()
