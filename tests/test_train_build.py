@@ -92,7 +92,13 @@ def test_resume_keeps_a_trained_plm_icd_and_fits_the_rest_again(tiny_model_path,
     assert {name: again.files[name] for name in kept} == kept and not (out / "sources" / "stale").exists()
     assert again.sources == first.sources and again.rerankers == first.rerankers and again.training == first.training
     assert code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=5).predictions.height
-    with pytest.raises(UsageError, match="other options"):
-        finished(out, sources=inputs.sha256(), options=TrainingOptions(epochs=2))
-    with pytest.raises(UsageError, match="other input files"):
-        finished(out, sources={**inputs.sha256(), "other.parquet": "0"}, options=TrainingOptions(epochs=1))
+    as_built = {"sources": inputs.sha256(), "options": TrainingOptions(epochs=1), "text_column": "text",
+                "encoder": first.encoder, "codes_file": None}
+    assert finished(out, **as_built)
+    for changed, message in [({"options": TrainingOptions(epochs=2)}, "other options"),
+                             ({"sources": {**inputs.sha256(), "other.parquet": "0"}}, "other input files"),
+                             ({"text_column": "text_es"}, "other text column"),
+                             ({"encoder": {"name": "another", "sha256": "0"}}, "other encoder"),
+                             ({"codes_file": paths["codes"]}, "other code list")]:
+        with pytest.raises(UsageError, match=message):
+            finished(out, **{**as_built, **changed})

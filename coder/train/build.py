@@ -22,7 +22,7 @@ from coder.export.onnx import export_bundle
 from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
 from coder.languages import language as check_language
-from coder.model.folder import RERANKERS_DIR, SOURCES_DIR, ModelConfig, read_config
+from coder.model.folder import RERANKERS_DIR, SOURCES_DIR, ModelConfig, encoder_record, read_config
 from coder.assembly import load_model
 from coder.model.write import finalize
 from coder.ontology import load_ontology
@@ -101,7 +101,8 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
     train_corpus, dev = with_projected_spans(train_corpus, dev, text_column=text_column, unlabelled=unlabelled)
-    if resume and finished(out, sources=inputs.sha256(), options=options):
+    if resume and finished(out, sources=inputs.sha256(), options=options, text_column=text_column,
+                           encoder=encoder_record(encoder_path, name=encoder_name), codes_file=codes_file):
         logger.info("--resume: PLM-ICD in %s is trained and exported; fitting the candidate sources and rerankers", out)
         for part in (SOURCES_DIR, RERANKERS_DIR):  # the folder as export left it: PLM-ICD alone
             shutil.rmtree(out / part, ignore_errors=True)

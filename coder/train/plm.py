@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
 from coder.errors import UsageError
+from coder.hashing import file_sha256
 from coder.io.atomic import write_json
 from coder.io.corpus import Corpus
 from coder.model.chunking import ChunkedNote, chunk_notes, collate
@@ -318,17 +319,22 @@ def train(
     return read_config(out)
 
 
-def finished(out: Path, *, sources: dict[str, str], options: TrainingOptions) -> bool:
+def finished(out: Path, *, sources: dict[str, str], options: TrainingOptions, text_column: str, encoder: dict[str, str],
+             codes_file: Path | None) -> bool:
     """Whether ``out`` holds a PLM-ICD whose training ended (no checkpoint left) and whose ONNX files
     were written: ``--resume`` then keeps it and fits the rest of the model again. It must have been
-    trained on the same input files (``sources``: path -> sha256) with the same ``options``."""
+    trained as now: the same input files (``sources``: path -> sha256), ``options``, text column, encoder
+    (``encoder_record``) and code list."""
     if checkpoint_folder(out).exists() or not (out / CONFIG_FILE).is_file():
         return False
     config = read_config(out)
     if not config.onnx:
         return False
     trained = {"input files": (config.training.get("data_sha256"), sources),
-               "options": (config.training.get("options"), dataclasses.asdict(options))}
+               "options": (config.training.get("options"), dataclasses.asdict(options)),
+               "text column": (config.text_columns.get("encoder"), text_column),
+               "encoder": (config.encoder, encoder),
+               "code list": (config.ontology.get("code_list_sha256"), file_sha256(codes_file) if codes_file else None)}
     differ = [what for what, (then, now) in trained.items() if then != now]
     if differ:
         raise UsageError(f"--resume: PLM-ICD in {out} was trained with other {' and '.join(differ)}; "
