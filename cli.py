@@ -138,7 +138,7 @@ def train_command(
     patience: Annotated[int, typer.Option(min=1, help="Epochs without dev MAP gain before stopping.")] = 3,
     max_chunks: Annotated[int, typer.Option(min=1, help="Chunks of 128 tokens kept per note.")] = 24,
     seed: Annotated[int, typer.Option(help="Random seed (training is reproducible for a seed).")] = 13,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build in --out: PLM-ICD from its checkpoint, or, once PLM-ICD is trained and exported (same input files and options), the candidate sources and rerankers alone.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted build in --out: PLM-ICD from its checkpoint, or, once PLM-ICD is trained and exported as this command would (same input files, options, text column, encoder and code list), the candidate sources and rerankers alone.")] = False,
     evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Optional: coders' evidence spans (note_id, system, code, evidence_es, offsets_es into text_es): adds the evidence lexicons.")] = None,
     dev_evidence: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Dev evidence spans (same shape as --evidence); optional.")] = None,
     unlabelled_notes: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="Optional: notes without codes (note_id, text[, text_es]) for the unsupervised steps (word alignment of a second language).")] = None,
