@@ -31,27 +31,28 @@ class AssignableCodes:
     ontology: Ontology
     truncations: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """System -> code lengths (without dots) at which a truncation of real codes is assignable."""
-    _memo: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
-    _origins: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[str, str], tuple[bool, str]] = field(default_factory=dict, repr=False)
 
     def __call__(self, code: str, system: str) -> bool:
         """Whether ``code`` may be written as a code of ``system``."""
+        return self._verdict(code, system)[0]
+
+    def origin(self, code: str, system: str) -> str:
+        """Where an assignable code's validity comes from: ``release`` or ``code_list`` (the list alone)."""
+        return self._verdict(code, system)[1]
+
+    def _verdict(self, code: str, system: str) -> tuple[bool, str]:
+        """(assignable, origin) of ``code`` from one ontology lookup, kept: the same codes come back in every batch."""
         key = (code, system)
         if key not in self._memo:
             info = self.ontology.lookup(code, system)
             if info.status == PREFIX:
-                self._memo[key] = len(info.canonical.replace(".", "")) in self.truncations.get(system, ())
+                assignable = len(info.canonical.replace(".", "")) in self.truncations.get(system, ())
             else:
-                self._memo[key] = info.status != "unknown"
-        return self._memo[key]
-
-    def origin(self, code: str, system: str) -> str:
-        """Where an assignable code's validity comes from: ``release`` or ``code_list`` (the list alone)."""
-        key = (code, system)
-        if key not in self._origins:  # looked up once: the same codes come back in every batch
+                assignable = info.status != "unknown"
             listed = getattr(self.ontology, "listed", frozenset())
-            self._origins[key] = CODE_LIST if (system, self.ontology.lookup(code, system).canonical) in listed else RELEASE
-        return self._origins[key]
+            self._memo[key] = (assignable, CODE_LIST if (system, info.canonical) in listed else RELEASE)
+        return self._memo[key]
 
     def validate(self, candidates: pl.DataFrame) -> pl.DataFrame:
         """The rows of ``candidates`` (with ``system`` and ``code``) whose code is assignable, with
