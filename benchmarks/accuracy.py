@@ -40,7 +40,7 @@ from coder.io.corpus import Corpus, read_notes
 from coder.metrics import gold_sets, rankings, system_scores
 from coder.ontology import load_ontology
 from coder.rerank.reranker import MODELS, Reranker
-from coder.schema import CODE, EVIDENCE_OFFSETS, NOTE_ID, PLM_ICD, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
+from coder.schema import CODE, NOTE_ID, PLM_ICD, SCORE, SPAN_OFFSETS, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
 from coder.train.stacking import cross_fit, default_sources, dev_folds, labelled_frame, train_folds
 
@@ -71,9 +71,9 @@ def evidence_f1(predicted: pl.DataFrame, evidence: pl.DataFrame) -> dict[str, fl
     the note has that gold code and one of its gold evidence spans (any piece of a discontinuous
     span) overlaps [start, end); a gold (note, code, span) is found when some true positive
     overlaps it. Precision = true positives / predictions, recall = found / gold spans."""
-    pieces = evidence.filter(pl.col(EVIDENCE_OFFSETS).is_not_null()).with_row_index("span").with_columns(
-        pl.col(EVIDENCE_OFFSETS).str.split(";")).explode(EVIDENCE_OFFSETS)
-    pieces = pieces.with_columns(pl.col(EVIDENCE_OFFSETS).str.split(" ").list.eval(pl.element().cast(pl.Int64)).alias("o")).select(
+    pieces = evidence.filter(pl.col(SPAN_OFFSETS).is_not_null()).with_row_index("span").with_columns(
+        pl.col(SPAN_OFFSETS).str.split(";")).explode(SPAN_OFFSETS)
+    pieces = pieces.with_columns(pl.col(SPAN_OFFSETS).str.split(" ").list.eval(pl.element().cast(pl.Int64)).alias("o")).select(
         NOTE_ID, SYSTEM, CODE, "span", pl.col("o").list.get(0).alias("g_start"), pl.col("o").list.get(1).alias("g_end"))
     pred = predicted.select(NOTE_ID, SYSTEM, CODE, "evidence_start", "evidence_end").with_row_index("pred")
     hits = pred.join(pieces, on=[NOTE_ID, SYSTEM, CODE]).filter(

@@ -22,12 +22,15 @@ SYSTEM = "system"
 GOLD_SCHEMA = pl.Schema({NOTE_ID: pl.String, CODE: pl.String, SYSTEM: pl.String})
 
 # Evidence spans (CodiEsp-X shape): the text span a coder marked for a code, with
-# character offsets "start end" into the note, ";"-separated for discontinuous spans.
-EVIDENCE_TEXT = "evidence_es"
-EVIDENCE_OFFSETS = "offsets_es"
-EVIDENCE_SCHEMA = pl.Schema(
-    {NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, EVIDENCE_TEXT: pl.String, EVIDENCE_OFFSETS: pl.String}
-)
+# character offsets "start end" into a text column of the note, ";"-separated for discontinuous
+# spans. In memory the span columns name no language: ``coder.io.corpus.Corpus`` keeps with each
+# span the column its offsets point into (text_es for coders' spans, text for projected ones).
+SPAN_TEXT = "span_text"
+SPAN_OFFSETS = "span_offsets"
+SPAN_SCHEMA = pl.Schema({NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, SPAN_TEXT: pl.String, SPAN_OFFSETS: pl.String})
+# The evidence file's names for them (CodiEsp-X's, whichever column the offsets point into), renamed on read.
+EVIDENCE_FILE_TEXT = "evidence_es"
+EVIDENCE_FILE_OFFSETS = "offsets_es"
 
 # Columns of candidates and predictions.
 KEY = (NOTE_ID, SYSTEM, CODE)  # one candidate or prediction row per key

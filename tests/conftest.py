@@ -104,10 +104,10 @@ TINY_CODIESP = [
 @pytest.fixture(scope="session")
 def tiny_codiesp():
     """A six-note CodiEsp-shaped corpus: ``(notes, codes, evidence)`` frames (notes: note_id,
-    text, text_es; evidence offsets point into text_es)."""
+    text, text_es; evidence: SPAN_SCHEMA, offsets into text_es)."""
     import polars as pl
 
-    from coder.schema import EVIDENCE_SCHEMA, GOLD_SCHEMA
+    from coder.schema import GOLD_SCHEMA, SPAN_SCHEMA
 
     notes = pl.DataFrame([(n, en, es) for n, en, es, _ in TINY_CODIESP], schema=["note_id", "text", "text_es"], orient="row")
     evidence = []
@@ -115,7 +115,7 @@ def tiny_codiesp():
         for system, code, span in spans:
             start = es.index(span)
             evidence.append((note_id, system, code, span, f"{start} {start + len(span)}"))
-    evidence_frame = pl.DataFrame(evidence, schema=EVIDENCE_SCHEMA, orient="row")
+    evidence_frame = pl.DataFrame(evidence, schema=SPAN_SCHEMA, orient="row")
     codes = evidence_frame.select("note_id", "code", "system").unique(maintain_order=True).cast(dict(GOLD_SCHEMA))
     return notes, codes, evidence_frame
 
@@ -145,10 +145,13 @@ def trained_model(tmp_path_factory, tiny_codiesp, tiny_model_path) -> SimpleName
     from typer.testing import CliRunner
 
     from cli import app
+    from coder.schema import EVIDENCE_FILE_OFFSETS, EVIDENCE_FILE_TEXT, SPAN_OFFSETS, SPAN_TEXT
 
     folder = tmp_path_factory.mktemp("trained")
     files = {name: folder / f"{name}.parquet" for name in ("notes", "codes", "evidence")}
-    for frame, path in zip(tiny_codiesp, files.values(), strict=True):
+    notes, codes, spans = tiny_codiesp
+    evidence = spans.rename({SPAN_TEXT: EVIDENCE_FILE_TEXT, SPAN_OFFSETS: EVIDENCE_FILE_OFFSETS})  # the file's CodiEsp-X names
+    for frame, path in zip((notes, codes, evidence), files.values(), strict=True):
         frame.write_parquet(path)
     encoder = str(tiny_model_path.parent / "encoder")
     result = CliRunner().invoke(app, [

@@ -8,7 +8,7 @@ import pytest
 from coder.candidates.mined import MinedLexicon
 from coder.errors import ModelBundleError
 from coder.io.corpus import Corpus
-from coder.schema import EVIDENCE_SCHEMA
+from coder.schema import SPAN_SCHEMA
 
 NOTES = pl.DataFrame({"note_id": [f"n{i}" for i in range(6)], "text": [
     "Patient with acute pancreatitis.\nCT of the abdomen.", "Known acute pancreatitis. Fever.",
@@ -31,7 +31,7 @@ class Terms:
 
 
 def fitted(**params) -> MinedLexicon:
-    corpus = Corpus(NOTES, CODES, pl.DataFrame(schema=EVIDENCE_SCHEMA))
+    corpus = Corpus(NOTES, CODES, pl.DataFrame(schema=SPAN_SCHEMA))
     return MinedLexicon(min_llr=0.0, max_tokens=6, **params).fit(corpus, ontology=Terms())
 
 
@@ -107,7 +107,7 @@ def test_german_notes_have_their_own_negation_words():
     codes = pl.DataFrame({"note_id": ["d0", "d0", "d1", "d2"], "code": ["K85.9", "R50.9", "R50.9", "K85.9"],
                           "system": ["ICD-10-CM"] * 4})
     german = MinedLexicon(min_llr=0.0, max_tokens=6, language="de", descriptions=False).fit(
-        Corpus(notes, codes, pl.DataFrame(schema=EVIDENCE_SCHEMA)))
+        Corpus(notes, codes, pl.DataFrame(schema=SPAN_SCHEMA)))
 
     def negated(text: str) -> bool:
         return german.candidates(_one(text)).filter(pl.col("code") == "R50.9")["mined_negated"].item()

@@ -9,7 +9,7 @@ import pytest
 from coder.candidates.backfill import backfill
 from coder.candidates.term_match import TermMatch, term_stems
 from coder.io.corpus import Corpus
-from coder.schema import CM, EVIDENCE_SCHEMA, GOLD_SCHEMA, PCS
+from coder.schema import CM, GOLD_SCHEMA, PCS, SPAN_SCHEMA
 from coder.train.stacking import default_sources
 from standin import assemble
 
@@ -22,7 +22,7 @@ NOTES = pl.DataFrame({"note_id": ["a", "b", "c"], "text": [
     None]})
 
 
-CORPUS = Corpus(TRAIN, pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=EVIDENCE_SCHEMA))  # idf reads no codes
+CORPUS = Corpus(TRAIN, pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=SPAN_SCHEMA))  # idf reads no codes
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_a_batch_gives_each_note_what_it_gets_alone(fitted):
 def test_fits_of_the_same_terms_share_their_stems_and_fit_the_same_arrays(tiny_ontology):
     term_stems.cache_clear()
     first = TermMatch().fit(CORPUS, ontology=tiny_ontology)
-    other_notes = Corpus(TRAIN.head(2), pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=EVIDENCE_SCHEMA))
+    other_notes = Corpus(TRAIN.head(2), pl.DataFrame(schema=GOLD_SCHEMA), pl.DataFrame(schema=SPAN_SCHEMA))
     second = TermMatch().fit(other_notes, ontology=tiny_ontology)  # another fold: other notes, the same terms
     assert term_stems.cache_info().hits == 1 and second.stem_terms_ is first.stem_terms_
     term_stems.cache_clear()

@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from coder.schema import EVIDENCE_SCHEMA
+from coder.schema import SPAN_OFFSETS, SPAN_SCHEMA, SPAN_TEXT
 from coder.train.projection import WordAligner, corpus_aligners, fit_aligners, project_corpus, symmetrize
 
 # The same three findings in Spanish and English, in notes that share the words often enough to align.
@@ -21,9 +21,9 @@ def test_symmetrize():
 
 def test_spans_land_on_their_translation():
     start = SPANISH[0].index("fiebre")
-    evidence = pl.DataFrame([("n0", "ICD-10-CM", "R50.9", "fiebre", f"{start} {start + 6}")], schema=EVIDENCE_SCHEMA, orient="row")
+    evidence = pl.DataFrame([("n0", "ICD-10-CM", "R50.9", "fiebre", f"{start} {start + 6}")], schema=SPAN_SCHEMA, orient="row")
     projected = project_corpus(NOTES, evidence, corpus_aligners(NOTES))
-    (text, offsets), = projected.select("evidence_es", "offsets_es").rows()
+    (text, offsets), = projected.select(SPAN_TEXT, SPAN_OFFSETS).rows()
     begin, end = map(int, offsets.split())
     assert ENGLISH[0][begin:end] == text == "fever"
 

@@ -31,7 +31,7 @@ from coder.candidates.mentions import expand_links, group_mentions, relative_pos
 from coder.candidates.words import Tokens, folded
 from coder.languages import language
 from coder.io.atomic import write_text
-from coder.schema import CODE, EVIDENCE_COLUMNS, EVIDENCE_TEXT, NOTE_ID, SYSTEM, TEXT_ES
+from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SPAN_TEXT, SYSTEM, TEXT_ES
 
 if TYPE_CHECKING:
     from coder.io.corpus import Corpus
@@ -100,14 +100,14 @@ class EvidenceLexicon(CandidateSource):
         return self.text_column in corpus.notes.columns and corpus.spans(self.text_column).height > 0
 
     def fit(self, corpus: Corpus, *, ontology: Any = None) -> EvidenceLexicon:
-        """Learn phrases from the corpus's evidence (EVIDENCE_SCHEMA) and their reliability on its notes.
+        """Learn phrases from the corpus's evidence (SPAN_SCHEMA) and their reliability on its notes.
 
         The gold codes of a note are the codes of its evidence rows (CodiEsp-X gives a span for
         every gold code).
         """
         notes, evidence = corpus.notes, corpus.spans(self.text_column)
         phrase_codes: dict[tuple[str, ...], Counter] = defaultdict(Counter)
-        for system, code, span in evidence.select(SYSTEM, CODE, EVIDENCE_TEXT).iter_rows():
+        for system, code, span in evidence.select(SYSTEM, CODE, SPAN_TEXT).iter_rows():
             words = tuple(self._tokens(span or "").words)
             if 0 < len(words) <= self.max_tokens:
                 phrase_codes[words][(system, code)] += 1

@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from coder.errors import InputFileError
 from coder.io.read import read_table
-from coder.schema import CODE, EVIDENCE_IN, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, EVIDENCE_TEXT, GOLD_SCHEMA, NOTE_ID, SYSTEM, SYSTEMS, TEXT_ES
+from coder.schema import (CODE, EVIDENCE_FILE_OFFSETS, EVIDENCE_FILE_TEXT, EVIDENCE_IN, GOLD_SCHEMA, NOTE_ID, SPAN_OFFSETS,
+                          SPAN_SCHEMA, SPAN_TEXT, SYSTEM, SYSTEMS, TEXT_ES)
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +67,16 @@ def read_codes(path: Path, *, table: pa.Table | None = None) -> pl.DataFrame:
 
 
 def read_evidence(path: Path) -> pl.DataFrame:
-    """Coders' evidence spans (EVIDENCE_SCHEMA, CodiEsp-X shape), checked by ``check_codes``."""
-    columns = {NOTE_ID: "id", SYSTEM: "system", CODE: "code", EVIDENCE_TEXT: "evidence", EVIDENCE_OFFSETS: "offsets"}
-    return check_codes(read_table(path, columns=columns, what="evidence"), path)
+    """Coders' evidence spans of a CodiEsp-X-shaped file, checked by ``check_codes``, as SPAN_SCHEMA
+    (the file's evidence_es / offsets_es renamed to the language-neutral span columns)."""
+    columns = {NOTE_ID: "id", SYSTEM: "system", CODE: "code", EVIDENCE_FILE_TEXT: "evidence", EVIDENCE_FILE_OFFSETS: "offsets"}
+    spans = check_codes(read_table(path, columns=columns, what="evidence"), path)
+    return spans.rename({EVIDENCE_FILE_TEXT: SPAN_TEXT, EVIDENCE_FILE_OFFSETS: SPAN_OFFSETS})
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (may be empty).
+    """Labelled notes: notes (note_id, text columns), gold codes, evidence spans (SPAN_SCHEMA, may be empty).
 
     Each evidence row says in ``evidence_column`` which text column its offsets point into (rows
     without it point into ``text_es``, as CodiEsp-X's do); projection adds spans into another."""
@@ -92,17 +95,17 @@ class Corpus:
         """Read the three files (the spans' offsets point into ``evidence_column``); gold codes and
         spans of notes that are not in ``notes`` are dropped."""
         frame = read_notes(notes, text_columns=text_columns, optional=optional)
-        spans = read_evidence(evidence) if evidence is not None else pl.DataFrame(schema=EVIDENCE_SCHEMA)
+        spans = read_evidence(evidence) if evidence is not None else pl.DataFrame(schema=SPAN_SCHEMA)
         spans = spans.with_columns(pl.lit(evidence_column, dtype=pl.String).alias(EVIDENCE_IN))
         return cls(frame, read_codes(codes), spans).subset(frame[NOTE_ID])
 
     def spans(self, column: str) -> pl.DataFrame:
-        """The evidence spans whose offsets point into ``column`` (EVIDENCE_SCHEMA)."""
-        return self.evidence.filter(pl.col(EVIDENCE_IN) == column).select(EVIDENCE_SCHEMA.names())
+        """The evidence spans whose offsets point into ``column`` (SPAN_SCHEMA)."""
+        return self.evidence.filter(pl.col(EVIDENCE_IN) == column).select(SPAN_SCHEMA.names())
 
     def with_spans(self, spans: pl.DataFrame, *, column: str) -> Corpus:
-        """This corpus with ``spans`` (EVIDENCE_SCHEMA, offsets into ``column``) added to its evidence."""
-        added = spans.select(EVIDENCE_SCHEMA.names()).with_columns(pl.lit(column, dtype=pl.String).alias(EVIDENCE_IN))
+        """This corpus with ``spans`` (SPAN_SCHEMA, offsets into ``column``) added to its evidence."""
+        added = spans.select(SPAN_SCHEMA.names()).with_columns(pl.lit(column, dtype=pl.String).alias(EVIDENCE_IN))
         return Corpus(self.notes, self.codes, pl.concat([self.evidence, added]))
 
     def subset(self, note_ids: pl.Series) -> Corpus:

@@ -17,8 +17,8 @@ training note and unlabelled note leaks nothing into out-of-fold stacking):
    its words (intersection links, else grow-diag-final), inside one English line, cut at gaps,
    function words trimmed; implausibly long hulls are dropped.
 
-The projected frame keeps ``EVIDENCE_SCHEMA``: ``evidence_es`` then holds the *English* span and
-``offsets_es`` offsets into ``text``; the projected lexicon's dev figures are on the model card and in
+The projected frame is in ``SPAN_SCHEMA``, as coders' spans are: its span text is English and its
+offsets point into ``text``; the projected lexicon's dev figures are on the model card and in
 ``benchmarks/RESULTS.md`` (``python benchmarks/accuracy.py``). The symmetrisation, gap and trimming choices were made in development runs whose scripts are not in the repository.
 """
 
@@ -36,7 +36,7 @@ from scipy.special import log_ndtr
 from coder.candidates.words import WORD, fold, translation_segments
 from coder.languages import LANGUAGES
 from coder.estimator import ParamsMixin
-from coder.schema import CODE, EVIDENCE_OFFSETS, EVIDENCE_SCHEMA, NOTE_ID, SYSTEM, TEXT, TEXT_ES
+from coder.schema import CODE, NOTE_ID, SPAN_OFFSETS, SPAN_SCHEMA, SPAN_TEXT, SYSTEM, TEXT, TEXT_ES
 
 # Gale & Church (1993) bead priors, with 1-3 / 3-1 added for lines the translator split twice.
 BEADS = {(1, 1): 0.89, (1, 2): 0.0445, (2, 1): 0.0445, (2, 2): 0.011, (1, 3): 0.005, (3, 1): 0.005,
@@ -339,15 +339,14 @@ def fit_aligners(notes: pl.DataFrame, *, sentences: SentenceAligner | None = Non
 def project_spans(notes: pl.DataFrame, evidence: pl.DataFrame, sentences: SentenceAligner, words: WordAligner, *,
                   symmetrize: Sequence[str] = ("intersect", "grow-diag-final"), max_ratio: float = 2.0, slack: int = 2,
                   max_gap: int = 2, trim: bool = True) -> pl.DataFrame:
-    """``evidence`` (offsets into ``text_es``) projected onto ``text``, in ``EVIDENCE_SCHEMA``:
-    ``evidence_es`` holds the English span (pieces joined by a space), ``offsets_es`` offsets into
-    ``text``. Pieces that do not project are dropped, and rows left with none. Keywords: see
-    ``ParallelNote.project``."""
+    """``evidence`` (offsets into ``text_es``) projected onto ``text``, in ``SPAN_SCHEMA``: the
+    English span (pieces joined by a space) and its offsets into ``text``. Pieces that do not
+    project are dropped, and rows left with none. Keywords: see ``ParallelNote.project``."""
     texts = dict(notes.select(NOTE_ID, TEXT).iter_rows())
     parallel = parallel_notes(notes.filter(pl.col(NOTE_ID).is_in(evidence[NOTE_ID].unique().implode())),
                               sentences, words)
     rows = []
-    for note_id, system, code, offsets in evidence.select(NOTE_ID, SYSTEM, CODE, EVIDENCE_OFFSETS).iter_rows():
+    for note_id, system, code, offsets in evidence.select(NOTE_ID, SYSTEM, CODE, SPAN_OFFSETS).iter_rows():
         note = parallel[note_id]
         pieces = []
         for piece in offsets.split(";"):
@@ -360,7 +359,7 @@ def project_spans(notes: pl.DataFrame, evidence: pl.DataFrame, sentences: Senten
             pieces.sort()
             rows.append((note_id, system, code, " ".join(texts[note_id][s:e] for s, e in pieces),
                          ";".join(f"{s} {e}" for s, e in pieces)))
-    return pl.DataFrame(rows, schema=EVIDENCE_SCHEMA, orient="row")
+    return pl.DataFrame(rows, schema=SPAN_SCHEMA, orient="row")
 
 
 def corpus_aligners(*frames: pl.DataFrame | None) -> tuple[SentenceAligner, WordAligner]:
@@ -377,5 +376,5 @@ def project_corpus(notes: pl.DataFrame, evidence: pl.DataFrame, aligners: tuple[
     when none of its pieces projected."""
     projected = project_spans(notes, evidence, *aligners)
     unprojected = evidence.select(NOTE_ID, SYSTEM, CODE).unique().join(projected, on=[NOTE_ID, SYSTEM, CODE], how="anti")
-    return pl.concat([projected, unprojected.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in EVIDENCE_SCHEMA.names()[3:])
-                      .select(EVIDENCE_SCHEMA.names())])
+    return pl.concat([projected, unprojected.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (SPAN_TEXT, SPAN_OFFSETS))
+                      .select(SPAN_SCHEMA.names())])
