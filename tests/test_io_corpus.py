@@ -6,10 +6,11 @@ import re
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from coder.errors import InputFileError
 from coder.io.corpus import Corpus
-from coder.schema import CM, PCS
+from coder.schema import CM, EVIDENCE_FILE_OFFSETS, EVIDENCE_FILE_TEXT, PCS, SPAN_SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -29,3 +30,15 @@ def test_training_reads_code_rows_with_the_audits_checks(tmp_path, codes, spans,
                  | spans, schema_overrides={"code": pl.String}).write_parquet(evidence)
     with pytest.raises(InputFileError, match=re.escape(message)):
         Corpus.read(notes, gold, evidence, text_columns=["text"])
+
+
+@pytest.mark.parametrize("column", ["text_es", "text"], ids=["codiesp-default", "evidence-column"])
+def test_the_evidence_files_columns_are_read_as_spans_into_their_column(tmp_path, column):
+    notes, gold, evidence = (tmp_path / f"{name}.parquet" for name in ("notes", "codes", "evidence"))
+    pl.DataFrame({"note_id": ["n1"], "text": ["fever"], "text_es": ["fiebre"]}).write_parquet(notes)
+    pl.DataFrame({"note_id": ["n1"], "code": ["R50.9"], "system": [CM]}).write_parquet(gold)
+    pl.DataFrame({"note_id": ["n1"], "system": [CM], "code": ["R50.9"], EVIDENCE_FILE_TEXT: ["fiebre"],
+                  EVIDENCE_FILE_OFFSETS: ["0 6"]}).write_parquet(evidence)
+    corpus = Corpus.read(notes, gold, evidence, text_columns=["text"], optional=["text_es"], evidence_column=column)
+    assert_frame_equal(corpus.spans(column), pl.DataFrame([("n1", CM, "R50.9", "fiebre", "0 6")], schema=SPAN_SCHEMA, orient="row"))
+    assert corpus.spans({"text_es": "text", "text": "text_es"}[column]).is_empty()
