@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
 from coder.schema import ABOVE_THRESHOLD, CODE, DESCRIPTION, NOTE_ID, PREDICTION_SCHEMA, RANK, SCORE, SYSTEM, THRESHOLD
 
 
+def _best_first(score: str) -> tuple[list[str], list[bool]]:
+    """The one order of every ranking within a note and system, as sort keys and their ``descending``:
+    descending ``score``, equal scores by code."""
+    return [score, CODE], [True, False]
+
+
 def score_rank(column: str) -> pl.Expr:
-    """The rank (1 = best, Int32) of ``column`` in its note and system, descending; ties in row order."""
-    return pl.col(column).rank("ordinal", descending=True).over(NOTE_ID, SYSTEM).cast(pl.Int32)
+    """The rank (1 = best, Int32) of ``column`` in its note and system, in ``by_score``'s order
+    (equal scores by code, whatever the rows' order); null where ``column`` is null."""
+    keys, descending = _best_first(column)
+    rank = pl.int_range(pl.len()).sort_by(keys, descending=descending, nulls_last=True).arg_sort() + 1
+    return pl.when(pl.col(column).is_not_null()).then(rank.over(NOTE_ID, SYSTEM)).cast(pl.Int32)
+
+
+def within_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """A mask of ``scores`` ([..., n]) at or above the ``k``-th largest of their row (last axis): the
+    best ``k`` and every score tied with the ``k``-th, so that a cut at ``score_rank`` <= k breaks that tie."""
+    if k >= scores.shape[-1]:
+        return np.ones(scores.shape, dtype=bool)
+    return scores >= -np.partition(-scores, k - 1, axis=-1)[..., k - 1 : k]
 
 
 def by_score(frame: pl.DataFrame, score: str = SCORE) -> pl.DataFrame:
     """``frame`` by note, system and descending ``score``, equal scores by code: the order of the output's
     ranks and of every ranking a metric reads (a sort that leaves ties unordered could move a figure)."""
-    return frame.sort([NOTE_ID, SYSTEM, score, CODE], descending=[False, False, True, False])
+    keys, descending = _best_first(score)
+    return frame.sort([NOTE_ID, SYSTEM, *keys], descending=[False, False, *descending])
 
 
 def ranked(frame: pl.DataFrame) -> pl.DataFrame:

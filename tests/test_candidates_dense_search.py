@@ -97,6 +97,13 @@ def test_scores_are_the_best_cosine_over_terms_and_sentences(search, monkeypatch
     assert_frame_equal(search.candidates(notes), whole)
 
 
+def test_equal_scores_rank_and_cut_by_code_whatever_the_ontology_order(cache, encoder):
+    terms = pl.DataFrame([(CM, "C", "Chronic cough"), (CM, "B", "Chronic cough"), (CM, "A", "Chronic cough")],
+                         schema=TERMS_SCHEMA, orient="row")
+    found = DenseSearch(top_k=2, encoder=encoder).index(terms).candidates(pl.DataFrame({"note_id": ["a"], "text": ["Chronic cough."]}))
+    assert found.select("code", "dense_rank").rows() == [("A", 1), ("B", 2)]
+
+
 def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder(search, encoder, tmp_path, monkeypatch, caplog):
     """A saved search carries a copy of its encoder (other than the packaged one), never a path outside it."""
     search.save(tmp_path / "dense")

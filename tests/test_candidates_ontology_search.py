@@ -229,11 +229,13 @@ def test_features_in_more_terms_than_max_postings_are_left_out(cache, tmp_path):
     assert OntologySearch.load(tmp_path / "old").max_postings is None
 
 
-def test_equal_scores_at_the_cut_keep_the_code_listed_first():
-    terms = pl.DataFrame([(CM, "B", "Chronic cough"), (CM, "A", "Chronic cough"), (CM, "C", "Acute cough")],
-                         schema=TERMS_SCHEMA, orient="row")
-    found = OntologySearch(top_k=1).index(terms).candidates(pl.DataFrame({"note_id": ["a"], "text": ["Chronic cough."]}))
-    assert found["code"].to_list() == ["B"]
+@pytest.mark.parametrize("measure", MEASURES)
+def test_equal_scores_rank_and_cut_by_code_whatever_the_ontology_order(measure):
+    terms = pl.DataFrame([(CM, "C", "Chronic cough"), (CM, "B", "Chronic cough"), (CM, "A", "Chronic cough"),
+                          (CM, "D", "Acute cough")], schema=TERMS_SCHEMA, orient="row")
+    notes = pl.DataFrame({"note_id": ["a"], "text": ["Chronic cough."]})
+    found = OntologySearch(top_k=2, measure=measure).index(terms).candidates(notes)
+    assert found.select("code", "ontology_rank").rows() == [("A", 1), ("B", 2)]
 
 
 def test_coverage_of_a_term_wholly_in_a_sentence_is_one_whatever_the_sentence_length():

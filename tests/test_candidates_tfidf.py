@@ -49,3 +49,13 @@ def test_unfitted_and_missing_folder(tmp_path):
         TfidfClassifier().candidates(pl.DataFrame({"note_id": ["a"], "text": ["x"]}))
     with pytest.raises(ModelBundleError, match="tfidf.json"):
         TfidfClassifier.load(tmp_path)
+
+
+def test_codes_of_the_same_training_notes_tie_and_the_cut_keeps_the_first_by_code(tiny_codiesp):
+    notes = pl.DataFrame({"note_id": ["n0", "n1", "n2", "n3"],
+                          "text": ["chronic cough", "dry cough at night", "broken wrist", "wrist pain"]})
+    codes = pl.DataFrame({"note_id": ["n0", "n0", "n1", "n1", "n2", "n3"], "code": ["R05", "J41", "R05", "J41", "S62", "S62"],
+                          "system": "ICD-10-CM"})
+    classifier = TfidfClassifier(min_df=1, top_k=1).fit(Corpus(notes, codes, tiny_codiesp[2].clear()))
+    found = classifier.candidates(pl.DataFrame({"note_id": ["x"], "text": ["cough"]}))
+    assert found["code"].to_list() == ["J41"]

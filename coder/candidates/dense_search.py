@@ -55,6 +55,7 @@ from coder.model.folder import default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
+from coder.rank import within_top
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -228,12 +229,10 @@ class DenseSearch(CandidateSource):
         for note, code_scores in self._code_maxima(vectors, scales, starts):
             note_vectors = vectors[starts[note] : starts[note + 1]] * scales[note]
             for idx in by_system:
-                k = min(self.top_k, len(idx))
-                chosen = idx[np.argpartition(-code_scores[idx], k - 1)[:k]]
-                top = chosen[np.lexsort((chosen, -code_scores[chosen]))]  # equal scores: the code listed first
+                top = idx[within_top(code_scores[idx], self.top_k)]  # search_frame ranks them and cuts the ties
                 best = self._evidence(note_vectors, top)
                 results.append((*texts[note], top, code_scores[top].astype(np.float64), spans[note][best]))
-        return search_frame(self.name, results, codes=self.codes_[CODE].to_numpy(), systems=systems)
+        return search_frame(self.name, results, codes=self.codes_[CODE].to_numpy(), systems=systems, top_k=self.top_k)
 
     def _code_maxima(self, vectors: np.ndarray, scales: np.ndarray, starts: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Per note (index into ``starts``): each code's best cosine over its terms and the note's

@@ -52,6 +52,7 @@ from coder.ontology.cache import cache_dir, write_cache
 from coder.io.atomic import write_parquet, write_text
 from coder.io.progress import announce
 from coder.io.read import read_saved
+from coder.rank import score_rank, within_top
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -107,24 +108,28 @@ def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.n
 
 
 Found = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
-"""A note's search result: note id, text, top code indexes (best first), their scores, their evidence spans [k, 2]."""
+"""A note's search result in one system: note id, text, the indexes of its best codes (``within_top``: ties
+at the cut included, in any order), their scores, their evidence spans [k, 2]."""
 
 
-def search_frame(name: str, found: list[Found], *, codes: np.ndarray, systems: np.ndarray) -> pl.DataFrame:
-    """One frame of every note's top codes (``search_schema``), in note, system, rank order:
-    note_id, system, code, <name>, <name>_rank, evidence_text/start/end."""
+def search_frame(name: str, found: list[Found], *, codes: np.ndarray, systems: np.ndarray, top_k: int) -> pl.DataFrame:
+    """One frame of every note's ``top_k`` codes by ``score_rank`` (``search_schema``), in note, system,
+    rank order: note_id, system, code, <name>, <name>_rank, evidence_text/start/end."""
+    schema = search_schema(name)
     if not any(len(top) for _, _, top, _, _ in found):
-        return pl.DataFrame(schema=search_schema(name))
+        return pl.DataFrame(schema=schema)
     top = np.concatenate([top for _, _, top, _, _ in found])
     spans = np.concatenate([spans for _, _, _, _, spans in found])
-    return pl.DataFrame({
+    rank = f"{name}_rank"
+    frame = pl.DataFrame({
+        "_found": np.repeat(np.arange(len(found)), [len(top_) for _, _, top_, _, _ in found]),
         NOTE_ID: [note_id for note_id, _, top_, _, _ in found for _ in range(len(top_))],
         SYSTEM: systems[top].tolist(), CODE: codes[top].tolist(),
         name: np.concatenate([scores for _, _, _, scores, _ in found]),
-        f"{name}_rank": np.concatenate([np.arange(1, len(top_) + 1) for _, _, top_, _, _ in found]),
-        "evidence_text": [text[a:b] for _, text, _, _, spans_ in found for a, b in spans_.tolist()],
         "evidence_start": spans[:, 0], "evidence_end": spans[:, 1],
-    }, schema=search_schema(name))
+    }).with_columns(score_rank(name).alias(rank)).filter(pl.col(rank) <= top_k).sort("_found", rank)
+    evidence = [found[i][1][a:b] for i, a, b in frame.select("_found", "evidence_start", "evidence_end").iter_rows()]
+    return frame.with_columns(pl.Series("evidence_text", evidence, dtype=pl.String)).select(schema.names()).cast(dict(schema))
 
 
 def search_schema(name: str) -> pl.Schema:
@@ -271,13 +276,13 @@ class OntologySearch(CandidateSource):
             for idx in by_system.values():
                 top, scores, sentence = self._top_codes(by_feature, bounds, idx)
                 found.append((note_id, text, top, scores, spans[sentence]))
-        return search_frame(self.name, found, codes=codes, systems=systems)
+        return search_frame(self.name, found, codes=codes, systems=systems, top_k=self.top_k)
 
     def _top_codes(self, by_feature: sparse.csr_matrix, bounds: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The ``top_k`` codes of ``idx`` with a score > 0, best first, with their scores and
-        evidence sentences. Codes are scored exactly in decreasing order of their ``bounds``, more
-        of them while a code left out could still reach the k-th score: the same codes and scores
-        as scoring all of them, equal scores in ontology order."""
+        """The ``top_k`` codes of ``idx`` with a score > 0 and those tied with the k-th (``within_top``,
+        for ``search_frame`` to rank and cut), with their scores and evidence sentences. Codes are scored
+        exactly in decreasing order of their ``bounds``, more of them while a code left out could still
+        reach the k-th score: the same codes and scores as scoring all of them."""
         size = min(EXACT_FIRST * self.top_k, len(idx))
         while True:
             if size < len(idx):
@@ -292,8 +297,7 @@ class OntologySearch(CandidateSource):
             if rest <= 0 or rest * (1 + 1e-5) < kth:
                 break
             size = min(4 * size, len(idx))
-        top = np.lexsort((chosen, -scores))[: self.top_k]  # equal scores: the code listed first in the ontology
-        top = top[scores[top] > 0]
+        top = np.flatnonzero(within_top(scores, self.top_k) & (scores > 0))
         return chosen[top], scores[top], sentence[top]
 
     def _exact(self, by_feature: sparse.csr_matrix, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

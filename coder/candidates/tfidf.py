@@ -23,6 +23,7 @@ from sklearn.preprocessing import normalize
 from coder.candidates.base import CandidateSource
 from coder.estimator import read_state
 from coder.io.atomic import write_atomically, write_text
+from coder.rank import score_rank, within_top
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
 
 if TYPE_CHECKING:
@@ -97,21 +98,20 @@ class TfidfClassifier(CandidateSource):
         return (x @ self.train_matrix_.T) @ self.dual_coef_ + self.label_mean_
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
-        """The ``top_k`` labels per (note, system): note_id, system, code, <name>."""
+        """The ``top_k`` labels per (note, system) by ``score_rank``: note_id, system, code, <name>."""
         proba = self.decision_function(notes)
         systems = np.array([s for s, _ in self.labels_])
         frames = []
         for system in np.unique(systems):
             cols = np.flatnonzero(systems == system)
-            k = min(self.top_k, len(cols))
-            top = np.argsort(-proba[:, cols], axis=1)[:, :k]
+            note, top = np.nonzero(within_top(proba[:, cols], self.top_k))
             frames.append(pl.DataFrame({
-                NOTE_ID: np.repeat(notes[NOTE_ID].to_numpy(), k),
+                NOTE_ID: notes[NOTE_ID].gather(note),
                 SYSTEM: system,
-                CODE: [self.labels_[c][1] for c in cols[top].ravel()],
-                self.name: np.take_along_axis(proba[:, cols], top, axis=1).ravel(),
-            }))
-        return pl.concat(frames)
+                CODE: [self.labels_[c][1] for c in cols[top]],
+                self.name: proba[note, cols[top]],
+            }, schema={NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64}))
+        return pl.concat(frames).filter(score_rank(self.name) <= self.top_k)
 
     def save(self, path: Path) -> None:
         """Write ``tfidf.json`` (parameters, vocabulary, labels) and ``tfidf.npz`` into ``path``."""
