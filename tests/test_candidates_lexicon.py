@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import polars as pl
 from polars.testing import assert_frame_equal
 import pytest
@@ -12,7 +14,7 @@ from coder.schema import CM, PCS
 
 @pytest.fixture(scope="module")
 def lexicon(tiny_corpus) -> EvidenceLexicon:
-    return EvidenceLexicon(fuzzy_min_ratio=90).fit(tiny_corpus)
+    return EvidenceLexicon().fit(tiny_corpus)
 
 
 def _candidates(lexicon: EvidenceLexicon, text: str) -> pl.DataFrame:
@@ -62,14 +64,9 @@ def test_reordered_words_match_as_token_set(lexicon):
     assert found.height == 1 and found["lexicon_set"].item() and found["system"].item() == PCS
 
 
-def test_fuzzy_word_is_mapped_to_phrase_word(lexicon):
-    found = _candidates(lexicon, "Apendicectomia abiertta.").filter(pl.col("code") == "0DTJ0ZZ")
-    assert found["lexicon_fuzzy"].to_list() == [True]
-
-
-def test_fuzzy_can_be_turned_off(tiny_corpus):
-    strict = EvidenceLexicon().fit(tiny_corpus)
-    assert _candidates(strict, "Apendicectomia abiertta.").filter(pl.col("code") == "0DTJ0ZZ").is_empty()
+def test_a_misspelt_word_matches_no_phrase(lexicon):
+    assert _candidates(lexicon, "Apendicectomia abiertta.").filter(pl.col("code") == "0DTJ0ZZ").is_empty()
+    assert not _candidates(lexicon, "Apendicectomia abierta.").filter(pl.col("code") == "0DTJ0ZZ").is_empty()
 
 
 def test_save_load_round_trip(lexicon, tiny_codiesp, tmp_path):
@@ -78,6 +75,23 @@ def test_save_load_round_trip(lexicon, tiny_codiesp, tmp_path):
     loaded = EvidenceLexicon.load(tmp_path)
     assert loaded.get_params() == lexicon.get_params()
     assert_frame_equal(loaded.candidates(notes), lexicon.candidates(notes))
+
+
+@pytest.mark.parametrize(("retired", "error"), [
+    ({"fuzzy_min_ratio": 100.0, "fuzzy_min_length": 6}, None),
+    ({"fuzzy_min_ratio": 100.0, "fuzzy_min_length": 3}, None),
+    ({"fuzzy_min_ratio": 90.0, "fuzzy_min_length": 6}, "fuzzy_min_ratio=90.0"),
+], ids=["shipped-values", "off-any-length", "fuzzy-on"])
+def test_lexicons_saved_with_fuzzy_matching_parameters(lexicon, tiny_codiesp, tmp_path, retired, error):
+    lexicon.save(tmp_path)
+    state = json.loads((tmp_path / "lexicon.json").read_text())
+    state["params"] |= retired  # as the lexicons saved before fuzzy matching was removed
+    (tmp_path / "lexicon.json").write_text(json.dumps(state))
+    if error is None:
+        assert_frame_equal(EvidenceLexicon.load(tmp_path).candidates(tiny_codiesp[0]), lexicon.candidates(tiny_codiesp[0]))
+    else:
+        with pytest.raises(ModelBundleError, match=f"{error}.*refit it"):
+            EvidenceLexicon.load(tmp_path)
 
 
 def test_unfitted_and_missing_folder(tmp_path):

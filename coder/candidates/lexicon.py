@@ -4,10 +4,9 @@ CodiEsp-X gives, for every gold code, the span of the Spanish note that justifie
 becomes a phrase; a phrase found in a new note proposes the codes it carried in training, scored
 by its *reliability*: of the training notes where the phrase occurs, the share that carried the
 code (smoothed). Matching works on normalised tokens (lower case, accents folded, a light plural
-strip, punctuation ignored), so it respects word boundaries; OOV tokens are mapped to the nearest
-phrase token (rapidfuzz) to catch typos, and a phrase whose words appear in one sentence in any
-order (discontinuous spans, reordered words) matches as a weaker "set" match with its own
-reliability. Spans exist only in Spanish, so the lexicon reads ``text_es`` and is skipped for
+strip, punctuation ignored), so it respects word boundaries, and a phrase whose words appear in
+one sentence in any order (discontinuous spans, reordered words) matches as a weaker "set" match
+with its own reliability. Spans exist only in Spanish, so the lexicon reads ``text_es`` and is skipped for
 dumps that lack that column.
 """
 
@@ -23,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from rapidfuzz import fuzz, process
 
+from coder.errors import ModelBundleError
 from coder.estimator import read_state
 from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
@@ -49,7 +48,6 @@ class Match:
     start: int
     end: int
     negated: bool
-    fuzzy: bool
 
 
 class EvidenceLexicon(CandidateSource):
@@ -62,15 +60,11 @@ class EvidenceLexicon(CandidateSource):
     language: the notes' language (``coder.languages.LANGUAGES``): stopwords, negation cues, plural rule.
     max_tokens: longest phrase (in words) that is matched contiguously.
     smoothing: pseudo-count added to a phrase's occurrences: reliability = carried / (present + smoothing).
-    fuzzy_min_ratio: rapidfuzz ratio (0-100) for mapping an unknown word to a phrase word; 100 (the
-        default) turns it off: fuzzy matching multiplies the matching time and did not raise
-        lexicon-alone dev MAP.
-    fuzzy_min_length: words shorter than this are never mapped (short words collide too easily).
     negation_window: a negation cue this many words before a match, in its sentence, marks it negated.
     """
 
     learns_from_notes = True
-    FEATURES = ("noisy_or", "support", "present", "share", "mentions", "tokens", "set", "fuzzy", "negated", "position")
+    FEATURES = ("noisy_or", "support", "present", "share", "mentions", "tokens", "set", "negated", "position")
 
     def __init__(
         self,
@@ -80,8 +74,6 @@ class EvidenceLexicon(CandidateSource):
         language: str = "es",
         max_tokens: int = 10,
         smoothing: float = 1.0,
-        fuzzy_min_ratio: float = 100.0,
-        fuzzy_min_length: int = 6,
         negation_window: int = 5,
     ):
         self.name = name
@@ -89,8 +81,6 @@ class EvidenceLexicon(CandidateSource):
         self.language = language
         self.max_tokens = max_tokens
         self.smoothing = smoothing
-        self.fuzzy_min_ratio = fuzzy_min_ratio
-        self.fuzzy_min_length = fuzzy_min_length
         self.negation_window = negation_window
 
     # --- fitting -------------------------------------------------------------------------------
@@ -140,7 +130,6 @@ class EvidenceLexicon(CandidateSource):
         """Lookup tables: exact phrases by their words and their leading words, token sets by their longest
         word, known words."""
         self.known_words_ = frozenset(w for _, words in keys for w in words)
-        self.vocabulary_ = sorted(w for w in self.known_words_ if len(w) >= self.fuzzy_min_length)
         self.exact_index_: dict[tuple[str, ...], int] = {}
         self.set_index_: dict[str, list[int]] = defaultdict(list)
         # every phrase's leading words, the phrase included: a run of the note's words that is none of
@@ -154,26 +143,10 @@ class EvidenceLexicon(CandidateSource):
 
     # --- matching ------------------------------------------------------------------------------
 
-    def _corrected(self, words: list[str]) -> tuple[list[str], list[bool]]:
-        """Map words absent from the phrase vocabulary to their nearest phrase word, if close enough."""
-        known = self.known_words_
-        out, fuzzy, cache = [], [], {}
-        for word in words:
-            if word in known or len(word) < self.fuzzy_min_length or self.fuzzy_min_ratio >= 100:
-                out.append(word)
-                fuzzy.append(False)
-                continue
-            if word not in cache:
-                hit = process.extractOne(word, self.vocabulary_, scorer=fuzz.ratio, score_cutoff=self.fuzzy_min_ratio)
-                cache[word] = hit[0] if hit else word
-            out.append(cache[word])
-            fuzzy.append(cache[word] != word)
-        return out, fuzzy
-
     def matches(self, text: str) -> Iterator[Match]:
         """Every phrase occurrence in ``text``: contiguous phrases, then same-sentence token sets."""
         tokens = self._tokens(text)
-        words, fuzzy = self._corrected(tokens.words)
+        words = list(tokens.words)
         negated = self._negated(words, tokens.sentences)
         n = len(words)
         for i in range(n):
@@ -183,8 +156,8 @@ class EvidenceLexicon(CandidateSource):
                     break
                 key = self.exact_index_.get(run)
                 if key is not None:
-                    yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated[i], any(fuzzy[i : i + length]))
-        yield from self._set_matches(tokens, words, fuzzy, negated)
+                    yield Match(key, tokens.starts[i], tokens.ends[i + length - 1], negated[i])
+        yield from self._set_matches(tokens, words, negated)
 
     def _tokens(self, text: str) -> Tokens:
         return Tokens.of(text, plural_es=language(self.language).plural_es)
@@ -205,7 +178,7 @@ class EvidenceLexicon(CandidateSource):
         stopwords = language(self.language).stopwords
         return tuple(sorted({w for w in words if w not in stopwords and len(w) > 2}))
 
-    def _set_matches(self, tokens: Tokens, words: list[str], fuzzy: list[bool], negated: list[bool]) -> Iterator[Match]:
+    def _set_matches(self, tokens: Tokens, words: list[str], negated: list[bool]) -> Iterator[Match]:
         by_sentence: dict[int, dict[str, int]] = defaultdict(dict)
         for i, (word, sentence) in enumerate(zip(words, tokens.sentences)):
             by_sentence[sentence].setdefault(word, i)
@@ -219,8 +192,7 @@ class EvidenceLexicon(CandidateSource):
                     seen.add(key)
                     positions = [first[w] for w in key_words]
                     lo, hi = min(positions), max(positions)
-                    yield Match(key, tokens.starts[lo], tokens.ends[hi], negated[lo],
-                                any(fuzzy[p] for p in positions))
+                    yield Match(key, tokens.starts[lo], tokens.ends[hi], negated[lo])
 
     def _links(self) -> None:
         """Flat tables of every (key, code) link, in key order: the code (an index into ``labels_``),
@@ -246,7 +218,7 @@ class EvidenceLexicon(CandidateSource):
         Columns (``<name>`` is ``lexicon`` by default): note_id, system, code, <name> (best
         reliability), <name>_noisy_or, <name>_support (training notes where the best phrase carried
         the code), <name>_present (training notes with the phrase), <name>_share (the code's share of
-        the phrase's codes), <name>_mentions, <name>_tokens, <name>_set, <name>_fuzzy, <name>_negated,
+        the phrase's codes), <name>_mentions, <name>_tokens, <name>_set, <name>_negated,
         <name>_position (where the best span starts, as a share of the note's length),
         evidence_text/start/end (offsets into ``text_column``).
         """
@@ -273,7 +245,7 @@ class EvidenceLexicon(CandidateSource):
             f"{name}_support": carried[best], f"{name}_present": self.present_[key[hit]],
             f"{name}_share": self.link_share_[best_link], f"{name}_mentions": mentions.count,
             f"{name}_tokens": self.key_tokens_[key[hit]], f"{name}_set": self.key_is_set_[key[hit]],
-            f"{name}_fuzzy": [m.fuzzy for m in matched], f"{name}_negated": [m.negated for m in matched],
+            f"{name}_negated": [m.negated for m in matched],
             f"{name}_position": relative_position(start, note[hit], texts),
             "evidence_text": [texts[n][m.start : m.end] for n, m in zip(note[hit].tolist(), matched)],
             "evidence_start": start, "evidence_end": end,
@@ -285,7 +257,7 @@ class EvidenceLexicon(CandidateSource):
             NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String,
             name: pl.Float64, f"{name}_noisy_or": pl.Float64, f"{name}_support": pl.Int64,
             f"{name}_present": pl.Int64, f"{name}_share": pl.Float64, f"{name}_mentions": pl.Int64,
-            f"{name}_tokens": pl.Int64, f"{name}_set": pl.Boolean, f"{name}_fuzzy": pl.Boolean,
+            f"{name}_tokens": pl.Int64, f"{name}_set": pl.Boolean,
             f"{name}_negated": pl.Boolean, f"{name}_position": pl.Float64, **EVIDENCE_COLUMNS,
         })
 
@@ -307,7 +279,7 @@ class EvidenceLexicon(CandidateSource):
     @classmethod
     def load(cls, path: Path) -> EvidenceLexicon:
         state = read_state(path, "lexicon.json", what="lexicon")
-        self = cls(**state["params"])
+        self = cls(**_without_fuzzy(state["params"], path))
         keys = [(kind, tuple(words)) for kind, words in state["keys"]]
         self._index(keys)
         self.keys_ = keys
@@ -316,3 +288,14 @@ class EvidenceLexicon(CandidateSource):
         self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
         self._links()
         return self
+
+
+def _without_fuzzy(params: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``params`` without those of fuzzy matching, which lexicons saved before its removal carry: with it
+    off (``fuzzy_min_ratio`` 100, any ``fuzzy_min_length``) they matched as this version does; one
+    fitted with it on is refused."""
+    ratio = params.get("fuzzy_min_ratio", 100.0)
+    if ratio < 100:
+        raise ModelBundleError(f"the lexicon in {path} was fitted with fuzzy_min_ratio={ratio!r} (fuzzy matching), "
+                               f"which this version no longer does: refit it with `coder train`")
+    return {name: value for name, value in params.items() if name not in ("fuzzy_min_ratio", "fuzzy_min_length")}
