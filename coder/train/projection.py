@@ -375,6 +375,6 @@ def project_corpus(notes: pl.DataFrame, evidence: pl.DataFrame, aligners: tuple[
     (``corpus_aligners``). Every gold code of an evidence row stays a row of its note, with no span
     when none of its pieces projected."""
     projected = project_spans(notes, evidence, *aligners)
-    unprojected = evidence.select(NOTE_ID, SYSTEM, CODE).unique().join(projected, on=[NOTE_ID, SYSTEM, CODE], how="anti")
+    unprojected = evidence.select(NOTE_ID, SYSTEM, CODE).unique(maintain_order=True).join(projected, on=[NOTE_ID, SYSTEM, CODE], how="anti")
     return pl.concat([projected, unprojected.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (SPAN_TEXT, SPAN_OFFSETS))
                       .select(SPAN_SCHEMA.names())])
