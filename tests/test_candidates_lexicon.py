@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 import polars as pl
 from polars.testing import assert_frame_equal
 import pytest
@@ -75,23 +73,6 @@ def test_save_load_round_trip(lexicon, tiny_codiesp, tmp_path):
     loaded = EvidenceLexicon.load(tmp_path)
     assert loaded.get_params() == lexicon.get_params()
     assert_frame_equal(loaded.candidates(notes), lexicon.candidates(notes))
-
-
-@pytest.mark.parametrize(("retired", "error"), [
-    ({"fuzzy_min_ratio": 100.0, "fuzzy_min_length": 6}, None),
-    ({"fuzzy_min_ratio": 100.0, "fuzzy_min_length": 3}, None),
-    ({"fuzzy_min_ratio": 90.0, "fuzzy_min_length": 6}, "fuzzy_min_ratio=90.0"),
-], ids=["shipped-values", "off-any-length", "fuzzy-on"])
-def test_lexicons_saved_with_fuzzy_matching_parameters(lexicon, tiny_codiesp, tmp_path, retired, error):
-    lexicon.save(tmp_path)
-    state = json.loads((tmp_path / "lexicon.json").read_text())
-    state["params"] |= retired  # as the lexicons saved before fuzzy matching was removed
-    (tmp_path / "lexicon.json").write_text(json.dumps(state))
-    if error is None:
-        assert_frame_equal(EvidenceLexicon.load(tmp_path).candidates(tiny_codiesp[0]), lexicon.candidates(tiny_codiesp[0]))
-    else:
-        with pytest.raises(ModelBundleError, match=f"{error}.*refit it"):
-            EvidenceLexicon.load(tmp_path)
 
 
 def test_unfitted_and_missing_folder(tmp_path):

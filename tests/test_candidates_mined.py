@@ -1,7 +1,5 @@
 """MinedLexicon on synthetic notes: links from notes and codes alone, offsets, the negation flag, persistence."""
 
-import json
-
 import polars as pl
 import pytest
 
@@ -70,22 +68,11 @@ def test_save_load_round_trip(tmp_path):
     assert MinedLexicon.load(tmp_path).candidates(notes).equals(lexicon.candidates(notes))
 
 
-@pytest.mark.parametrize(("retired", "error"), [
-    ({"statistic": "llr", "min_pmi": 1.0, "combine": "max"}, None),
-    ({"statistic": "pmi", "min_pmi": 1.0, "combine": "max"}, "statistic='pmi'"),
-    ({"statistic": "llr", "min_pmi": 1.0, "combine": "noisy_or"}, "combine='noisy_or'"),
-], ids=["shipped-values", "pmi", "noisy-or"])
-def test_lexicons_saved_with_retired_parameters(tmp_path, retired, error):
-    lexicon = fitted()
-    lexicon.save(tmp_path)
-    state = json.loads((tmp_path / "mined.json").read_text())
-    state["params"] |= retired  # as the lexicons saved before those alternatives were dropped
-    (tmp_path / "mined.json").write_text(json.dumps(state))
-    if error is None:
-        assert MinedLexicon.load(tmp_path).candidates(NOTES).equals(lexicon.candidates(NOTES))
-    else:
-        with pytest.raises(ModelBundleError, match=f"{error}.*refit it"):
-            MinedLexicon.load(tmp_path)
+def test_a_folder_without_its_arrays_is_a_model_bundle_error(tmp_path):
+    fitted().save(tmp_path)
+    (tmp_path / "mined.npz").unlink()
+    with pytest.raises(ModelBundleError, match="mined.npz"):
+        MinedLexicon.load(tmp_path)
 
 
 def test_best_mention_and_mentions_per_note_and_code():

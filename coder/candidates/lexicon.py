@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from coder.errors import ModelBundleError
 from coder.estimator import read_state
 from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
@@ -279,7 +278,7 @@ class EvidenceLexicon(CandidateSource):
     @classmethod
     def load(cls, path: Path) -> EvidenceLexicon:
         state = read_state(path, "lexicon.json", what="lexicon")
-        self = cls(**_without_fuzzy(state["params"], path))
+        self = cls(**state["params"])
         keys = [(kind, tuple(words)) for kind, words in state["keys"]]
         self._index(keys)
         self.keys_ = keys
@@ -288,14 +287,3 @@ class EvidenceLexicon(CandidateSource):
         self.carried_ = [np.asarray(c, dtype=np.int64) for c in state["carried"]]
         self._links()
         return self
-
-
-def _without_fuzzy(params: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``params`` without those of fuzzy matching, which lexicons saved before its removal carry: with it
-    off (``fuzzy_min_ratio`` 100, any ``fuzzy_min_length``) they matched as this version does; one
-    fitted with it on is refused."""
-    ratio = params.get("fuzzy_min_ratio", 100.0)
-    if ratio < 100:
-        raise ModelBundleError(f"the lexicon in {path} was fitted with fuzzy_min_ratio={ratio!r} (fuzzy matching), "
-                               f"which this version no longer does: refit it with `coder train`")
-    return {name: value for name, value in params.items() if name not in ("fuzzy_min_ratio", "fuzzy_min_length")}

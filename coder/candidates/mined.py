@@ -49,7 +49,6 @@ from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
 from coder.candidates.words import CLAUSE_END, WORD, Tokens, fold, folded, word_stem
 from coder.languages import language
-from coder.errors import ModelBundleError
 from coder.estimator import read_state
 from coder.io.atomic import write_atomically, write_text
 from coder.rank import score_rank
@@ -344,7 +343,7 @@ class MinedLexicon(CandidateSource):
     @classmethod
     def load(cls, path: Path) -> MinedLexicon:
         state = read_state(path, "mined.json", what="mined lexicon", also=("mined.npz",))
-        self = cls(**_current(state["params"], path))
+        self = cls(**state["params"])
         with np.load(path / "mined.npz", allow_pickle=False) as arrays:
             for name in _ARRAYS:
                 setattr(self, f"{name}_", arrays[name])
@@ -374,18 +373,6 @@ def signed_llr(n11: np.ndarray, n_phrase: np.ndarray, n_code: np.ndarray, n: int
 
 
 _ARRAYS = ("present", "carried", "link_phrase", "link_code", "link_support", "link_overlap", "link_coverage")
-# Parameters of alternatives that were dropped, with the only value a saved lexicon may hold (None: any; unread).
-_RETIRED = {"statistic": "llr", "combine": "max", "min_pmi": None}
-
-
-def _current(params: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``params`` without the retired ones that lexicons saved before their removal carry."""
-    kept = {name: value for name, value in params.items() if name not in _RETIRED}
-    other = [f"{name}={params[name]!r}" for name, only in _RETIRED.items() if only is not None and params.get(name, only) != only]
-    if other:
-        raise ModelBundleError(f"the mined lexicon in {path} was fitted with {', '.join(other)}, which this version "
-                               f"no longer computes: refit it with `coder train`")
-    return kept
 
 
 def _describer(ontology: Any) -> Describe:
