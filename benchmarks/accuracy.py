@@ -110,7 +110,7 @@ class Ablation:
         self.unseen = {(s, c) for s, c in self.dev.codes.select(SYSTEM, CODE).iter_rows()} - \
             {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
         self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
-        sources = default_sources(sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
+        sources = default_sources(sentence_encoder=sentence_encoder)
         self.stack = CandidateStack(tuple(sources)).fit(self.train, ontology=self.ontology)
         self.order = list(self.stack.names)
         self.ms_per_note, dev_found = {}, {}

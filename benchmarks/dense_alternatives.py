@@ -27,6 +27,7 @@ CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -47,11 +48,13 @@ import numpy as np
 import polars as pl
 from safetensors.numpy import load_file, save
 from scipy import sparse
+from transformers import AutoTokenizer
 
 from accuracy import metrics  # benchmarks/: scripts run from this folder
 from coder.candidates.dense_search import TERM_LEVELS, TERM_TOKENS, DenseSearch, quantise
 from coder.candidates.ontology_search import TERM, ontology_terms
 from coder.export import sentence
+from coder.export.sentence import exported_sentence_encoder
 from coder.io.atomic import write_atomically, write_text
 from coder.io.corpus import Corpus
 from coder.model.folder import WEIGHTS_FILE, default_encoder_path
@@ -88,7 +91,7 @@ class StaticSearch(DenseSearch):
         return np.ascontiguousarray(vectors.T), scales
 
     def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
-        ids = self.tokenizer_(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+        ids = tokenizer()(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
         summed = _token_counts(ids, len(self.table)) @ self.table
         norms = np.linalg.norm(summed, axis=1, keepdims=True)
         return (summed / np.where(norms > 0, norms, 1)).astype(np.float32)
@@ -106,7 +109,7 @@ def truncated(terms: pl.DataFrame, scratch: Path) -> DenseSearch:
     folder = _encoder_copy(scratch / f"layers{LAYERS}")
     config = json.loads((folder / "config.json").read_text())
     write_text(folder / "config.json", json.dumps({**config, "num_hidden_layers": LAYERS}), durable=False)
-    return DenseSearch(encoder=str(folder)).index(terms)
+    return exported_search(folder, terms)
 
 
 def plm_encoder(terms: pl.DataFrame, scratch: Path, model: Path) -> DenseSearch:
@@ -116,7 +119,18 @@ def plm_encoder(terms: pl.DataFrame, scratch: Path, model: Path) -> DenseSearch:
                for name, tensor in load_file(model / WEIGHTS_FILE).items() if name.startswith("encoder.")}
     write_atomically(folder / "model.safetensors", lambda handle: handle.write(save(tensors)), durable=False)
     with mock.patch.object(sentence, "TOLERANCE", PLM_TOLERANCE):
-        return DenseSearch(encoder=str(folder)).index(terms)
+        return exported_search(folder, terms)
+
+
+def exported_search(folder: Path, terms: pl.DataFrame) -> DenseSearch:
+    """The dense search over ``terms`` with the encoder at ``folder`` (a Hugging Face folder), exported as coder train does."""
+    return DenseSearch(encoder=str(exported_sentence_encoder(folder, name=folder.name))).index(terms)
+
+
+@functools.cache
+def tokenizer():
+    """The shipped encoder's Hugging Face tokenizer (the distilled tables are indexed by its vocabulary)."""
+    return AutoTokenizer.from_pretrained(str(default_encoder_path()))
 
 
 def _encoder_copy(target: Path) -> Path:
@@ -127,15 +141,15 @@ def _encoder_copy(target: Path) -> Path:
 def static_tables(shipped: DenseSearch, terms: pl.DataFrame) -> dict[str, np.ndarray]:
     """Per weighting, [vocab, dim] static token vectors with the weights folded in: each token through
     ``shipped``'s encoder as ``[CLS] t [SEP]``, centred on the tokens the terms use."""
-    tokenizer = shipped.tokenizer_
-    vocab = len(tokenizer)
+    hf = tokenizer()
+    vocab = len(hf)
     parts = []
     for start in range(0, vocab, DISTIL_BATCH):
         ids = np.arange(start, min(vocab, start + DISTIL_BATCH))
-        rows = np.stack([np.full_like(ids, tokenizer.cls_token_id), ids, np.full_like(ids, tokenizer.sep_token_id)], axis=1)
+        rows = np.stack([np.full_like(ids, hf.cls_token_id), ids, np.full_like(ids, hf.sep_token_id)], axis=1)
         parts.append(shipped.session_.run(None, {"input_ids": rows, "attention_mask": np.ones_like(rows)})[0])
     vectors = np.concatenate(parts)
-    ids = tokenizer(terms[TERM].to_list(), add_special_tokens=False, truncation=True, max_length=TERM_TOKENS)["input_ids"]
+    ids = hf(terms[TERM].to_list(), add_special_tokens=False, truncation=True, max_length=TERM_TOKENS)["input_ids"]
     frequency = np.asarray((_token_counts(ids, vocab) > 0).sum(axis=0)).ravel()  # terms holding each token
     vectors -= vectors[frequency > 0].mean(axis=0)
     share = frequency / frequency.sum()
@@ -201,7 +215,7 @@ def main() -> None:
     load, commit = os.getloadavg()[0], code_version()  # at the start: the code this run imported
     with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {CACHE_DIR_ENV: str(Path(folder) / "cache")}):
         scratch = Path(folder)
-        shipped, seconds = timed(lambda: DenseSearch().index(terms))
+        shipped, seconds = timed(lambda: exported_search(default_encoder_path(), terms))
         rows = {"contextual (shipped)": evaluate(shipped, seconds, corpus, unseen)}
         tables, distil_s = timed(lambda: static_tables(shipped, terms))
         on_train = {name: mean_map(StaticSearch(table=vectors).index(terms), train) for name, vectors in tables.items()}

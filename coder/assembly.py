@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import polars as pl
+
 from coder.candidates import SOURCES, CandidateSource
 from coder.candidates.stack import CandidateStack
 from coder.errors import CoderError, MissingDependencyError, ModelBundleError
 from coder.io.read import read_saved
 from coder.model.folder import (
-    ONNX_FILES, PRIOR_FILE, ModelConfig, check_versions, component_hashes, component_of, default_model_path,
-    model_hash, read_config, verify_folder,
+    ONNX_FILES, PRIOR_FILE, ModelConfig, SourceSpec, check_versions, component_hashes, component_of,
+    default_model_path, model_hash, read_card, read_config, verify_folder,
 )
 from coder.model.scorer import PlmIcdScorer, choose_precision, gpu_requested, load_scorer
 from coder.ontology import Ontology, load_ontology
@@ -70,19 +72,20 @@ class Model:
 
 
 def load_model(path: Path | None = None, *, device: str = "auto", precision: str = "auto",
-               codes_file: Path | None = None) -> Model:
+               codes_file: Path | None = None, config: ModelConfig | None = None) -> Model:
     """Load and check a model folder (default ``default_model_path()``): no pickle, no unlisted
     file, no symbolic link, no path outside the folder, every file used matches its sha256, label count
     against the ONNX output width. A component that fails to load is a ModelBundleError naming it.
 
-    ``codes_file``: a code list that replaces the folder's own."""
+    ``codes_file``: a code list that replaces the folder's own. ``config``: the folder's config, when the
+    caller has read it already."""
     folder = path or default_model_path()
-    config = read_config(folder)
-    check_versions(config)
+    config = config or read_config(folder)
     chosen = choose_precision(folder, config, precision, gpu=gpu_requested(device))
     own_list = folder / config.code_list if config.code_list else None
     needed = [name for name in config.files if not name.startswith("onnx/")] + [ONNX_FILES[chosen]]
     verify_folder(folder, config, needed=needed)
+    check_versions(read_card(folder))
     code_list = codes_file or own_list
     load_codes = functools.partial(load_ontology, codes_file=code_list)
     # the folder's own list is one of its components; a --codes-file is the user's and fails as itself
@@ -91,12 +94,13 @@ def load_model(path: Path | None = None, *, device: str = "auto", precision: str
             k: v for k, v in ontology.release.items() if not k.startswith("code_list")}:
         logger.warning("model labels were checked against ontology %s, running with %s", config.ontology, ontology.release)
     scorer = _component("plm_icd", folder, functools.partial(load_scorer, folder, config, precision=chosen, device=device))
-    sources = tuple(_component(f"source.{spec.name}", folder, functools.partial(_load_source, folder, spec.kind, spec.folder,
-                                                                                 spec.name)) for spec in config.sources)
+    terms = _component("terms", folder, functools.partial(read_saved, folder / config.terms)) if config.terms else None
+    sources = tuple(_component(spec.name, folder, functools.partial(_load_source, folder, spec, terms=terms))
+                    for spec in config.sources)
     ranking = Ranking(
         rerankers={spec.sources: _component(f"reranker.{'+'.join(spec.sources)}", folder,
                                             functools.partial(Reranker.load, folder / spec.folder)) for spec in config.rerankers},
-        prior=_component(component_of(PRIOR_FILE), folder, functools.partial(read_saved, folder / PRIOR_FILE))
+        prior=_component(component_of(PRIOR_FILE, config), folder, functools.partial(read_saved, folder / PRIOR_FILE))
         if config.rerankers else None,
         label_thresholds=scorer.label_thresholds(),
     )
@@ -121,12 +125,15 @@ def _component(name: str, folder: Path, load: Callable[[], T]) -> T:
                                "model folder again or rebuild it with `coder train`") from error
 
 
-def _load_source(folder: Path, kind: str, relative: str, name: str) -> CandidateSource:
-    if kind not in SOURCES:
-        raise ModelBundleError(f"{folder}: source {name!r} is of kind {kind!r}, which this coder does not know "
+def _load_source(folder: Path, spec: SourceSpec, *, terms: pl.DataFrame | None) -> CandidateSource:
+    """The source ``spec`` names; one that reads terms gets the folder's stored ``terms``."""
+    if spec.kind not in SOURCES:
+        raise ModelBundleError(f"{folder}: source {spec.name!r} is of kind {spec.kind!r}, which this coder does not know "
                                f"(known: {', '.join(SOURCES)}); upgrade coder or rebuild the model")
-    source = SOURCES[kind].load(folder / relative)
-    if source.name != name:
-        raise ModelBundleError(f"{folder / relative}: the source saved there is named {source.name!r}, the config says {name!r}")
+    kind = SOURCES[spec.kind]
+    source = kind.load(folder / spec.folder, terms=terms) if kind.reads_terms else kind.load(folder / spec.folder)
+    if source.name != spec.name:
+        raise ModelBundleError(f"{folder / spec.folder}: the source saved there is named {source.name!r}, "
+                               f"the config says {spec.name!r}")
     return source
 

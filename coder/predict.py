@@ -43,7 +43,7 @@ def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, d
         plan = plan_run(source, text_columns=config.note_columns, options=options)
         settings = llm_settings(configured=config.llm, given=options.llm)
         if ray is None and workers == 1:
-            loaded = load_model(folder, device=device, precision=options.precision, codes_file=codes_file)
+            loaded = load_model(folder, device=device, precision=options.precision, codes_file=codes_file, config=config)
             llm = LLMStage(settings, gate=loaded.gate, backend=llm_backend) if settings.enabled else None
             return run_batches(plan, model=ModelRecord.of(loaded, path=model), outputs=outputs,
                                engine=LocalEngine(loaded, llm), options=options, llm=llm)
@@ -53,5 +53,5 @@ def predict_notes(source: str | Path, *, out: Path, model: Path | None = None, d
         folder, codes = folder.resolve(), codes_file.resolve() if codes_file else None
         load = functools.partial(load_model, folder, device=device, precision=options.precision, codes_file=codes)
         engine = ProcessesEngine(load=load, workers=workers) if ray is None else RayEngine(load=load, ray=ray)
-        record = ModelRecord.read(folder, device=device, precision=options.precision, codes_file=codes)
+        record = ModelRecord.read(folder, config, device=device, precision=options.precision, codes_file=codes)
         return run_batches(plan, model=record, outputs=outputs, engine=engine, options=options)

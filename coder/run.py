@@ -30,7 +30,7 @@ from coder.io.parts import PartsFolder
 from coder.io.progress import Progress
 from coder.io.read import DEFAULT_MAX_NOTE_CHARS, InputPlan, check_unchanged, plan_inputs
 from coder.llm.vote import LLMStage, manifest_section, summary_line
-from coder.model.folder import component_hashes, model_hash, read_config
+from coder.model.folder import ModelConfig, component_hashes, model_hash
 from coder.model.scorer import choose_precision, gpu_requested
 from coder.ontology.codelist import read_code_list
 from coder.ontology.sources import releases
@@ -154,12 +154,11 @@ class ModelRecord:
                    code_list=model.code_list)
 
     @classmethod
-    def read(cls, folder: Path, *, device: str, precision: str, codes_file: Path | None) -> ModelRecord:
-        """The record of the model in ``folder`` that workers will load with these arguments, from its config and
-        the code list alone: no model is loaded here. The precision asked for is checked against the folder's
+    def read(cls, folder: Path, config: ModelConfig, *, device: str, precision: str, codes_file: Path | None) -> ModelRecord:
+        """The record of the model in ``folder`` (its ``config``, read) that workers will load with these arguments,
+        from its config and the code list alone: no model is loaded here. The precision asked for is checked against the folder's
         ONNX variants (``coder.model.scorer.choose_precision``, as each worker checks it), and a code list is
         read (``coder.ontology.codelist.read_code_list``), so either mistake stops the run before any worker starts."""
-        config = read_config(folder)
         choose_precision(folder, config, precision, gpu=gpu_requested(device))
         code_list = codes_file or (folder / config.code_list if config.code_list else None)
         listed = read_code_list(code_list.resolve()) if code_list else None

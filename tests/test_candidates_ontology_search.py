@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
 from coder.candidates.ontology_search import (MEASURES, TERMS_SCHEMA, OntologySearch, _sentence_memo, ontology_terms,
-                                              sentence_spans)
+                                              sentence_spans, terms_digest)
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -64,14 +64,24 @@ def test_note_without_sentences_gives_no_rows(search):
 def test_save_load_round_trip(search, tmp_path):
     notes = pl.DataFrame({"note_id": ["a"], "text": ["asthma and type 2 diabetes"]})
     search.save(tmp_path)
-    assert_frame_equal(OntologySearch.load(tmp_path).candidates(notes), search.candidates(notes))
+    # the model folder stores the terms once for every source; the search records their digest
+    assert [path.name for path in tmp_path.iterdir()] == ["search.json"]
+    assert json.loads((tmp_path / "search.json").read_text())["terms_sha256"] == terms_digest(search.terms_)
+    assert_frame_equal(OntologySearch.load(tmp_path, terms=search.terms_).candidates(notes), search.candidates(notes))
+
+
+@pytest.mark.parametrize("terms", ["other", "none"], ids=["other-terms", "no-terms"])
+def test_loading_without_the_terms_it_was_fitted_on_is_a_model_bundle_error(search, tmp_path, terms):
+    search.save(tmp_path)
+    with pytest.raises(ModelBundleError, match="not the terms it was fitted on"):
+        OntologySearch.load(tmp_path, terms=search.terms_.head(3) if terms == "other" else None)
 
 
 def test_unfitted_and_missing_folder(tmp_path):
     with pytest.raises(NotFittedError, match="not fitted"):
         OntologySearch().candidates(pl.DataFrame({"note_id": ["a"], "text": ["x"]}))
-    with pytest.raises(ModelBundleError, match="terms.parquet"):
-        OntologySearch.load(tmp_path)
+    with pytest.raises(ModelBundleError, match="search.json"):
+        OntologySearch.load(tmp_path, terms=TERMS)
 
 
 NOTES = pl.DataFrame({
@@ -98,10 +108,10 @@ def _refuse_fit(monkeypatch) -> None:
 
 def test_cached_index_gives_the_fitted_candidates(search, cache, tmp_path, monkeypatch):
     search.save(tmp_path / "model")
-    first = OntologySearch.load(tmp_path / "model")  # fits and writes the index
+    first = OntologySearch.load(tmp_path / "model", terms=search.terms_)  # fits and writes the index
     assert [f.name.startswith("search-") for f in cache.iterdir()] == [True]
     _refuse_fit(monkeypatch)
-    cached = OntologySearch.load(tmp_path / "model")
+    cached = OntologySearch.load(tmp_path / "model", terms=search.terms_)
     expected = search.candidates(NOTES)
     assert not expected.is_empty()
     assert_frame_equal(first.candidates(NOTES), expected, check_exact=True)
@@ -110,21 +120,24 @@ def test_cached_index_gives_the_fitted_candidates(search, cache, tmp_path, monke
 
 
 def test_changed_terms_are_refitted_not_read_from_the_cache(cache, tmp_path, monkeypatch):
-    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "model")
-    OntologySearch.load(tmp_path / "model")
-    more = pl.concat([TERMS, pl.DataFrame([(CM, "R05", "Cough")], schema=TERMS_SCHEMA, orient="row")])
-    OntologySearch(top_k=2).index(more).save(tmp_path / "model")
-    found = OntologySearch.load(tmp_path / "model").candidates(pl.DataFrame({"note_id": ["a"], "text": ["a dry cough"]}))
+    first = OntologySearch(top_k=2).index(TERMS)
+    first.save(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model", terms=first.terms_)
+    more = OntologySearch(top_k=2).index(
+        pl.concat([TERMS, pl.DataFrame([(CM, "R05", "Cough")], schema=TERMS_SCHEMA, orient="row")]))
+    more.save(tmp_path / "model")
+    found = OntologySearch.load(tmp_path / "model", terms=more.terms_).candidates(
+        pl.DataFrame({"note_id": ["a"], "text": ["a dry cough"]}))
     assert found["code"].to_list() == ["R05"]
-    assert len(list(cache.iterdir())) == 2  # one index per terms file: models with other terms keep theirs
+    assert len(list(cache.iterdir())) == 2  # one index per terms: models with other terms keep theirs
 
 
 def test_index_of_older_code_is_replaced(search, cache, tmp_path, monkeypatch):
     search.save(tmp_path / "model")
-    OntologySearch.load(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model", terms=search.terms_)
     [old] = cache.iterdir()
     monkeypatch.setattr("coder.candidates.ontology_search.INDEX_VERSION", -1)
-    OntologySearch.load(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model", terms=search.terms_)
     [new] = cache.iterdir()
     assert new != old
 
@@ -145,14 +158,15 @@ def test_fits_of_the_same_terms_take_the_index_from_the_process_then_the_cache(t
     assert read.term_matrix_ is not fitted.term_matrix_ and (read.term_matrix_ != fitted.term_matrix_).nnz == 0
     assert_frame_equal(read.candidates(NOTES), fitted.candidates(NOTES), check_exact=True)
     fitted.save(tmp_path / "model")
-    assert OntologySearch.load(tmp_path / "model").term_matrix_ is read.term_matrix_  # a model's terms: its fit's key
+    loaded = OntologySearch.load(tmp_path / "model", terms=fitted.terms_)
+    assert loaded.term_matrix_ is read.term_matrix_  # a model's terms: its fit's key
     assert list(cache.iterdir()) == [file]
 
 
 @pytest.mark.parametrize("damage", ["garbage", "another key"], ids=["unreadable", "key-mismatch"])
 def test_unusable_index_is_refitted_with_a_warning(search, cache, tmp_path, damage, caplog):
     search.save(tmp_path / "model")
-    OntologySearch.load(tmp_path / "model")
+    OntologySearch.load(tmp_path / "model", terms=search.terms_)
     [file] = cache.iterdir()
     if damage == "garbage":
         file.write_bytes(b"not an npz")
@@ -161,7 +175,8 @@ def test_unusable_index_is_refitted_with_a_warning(search, cache, tmp_path, dama
             saved = dict(arrays)
         saved["header"] = np.frombuffer(json.dumps({"key": "x", "vocabularies": []}).encode(), dtype=np.uint8)
         np.savez(file, **saved)
-    assert_frame_equal(OntologySearch.load(tmp_path / "model").candidates(NOTES), search.candidates(NOTES))
+    loaded = OntologySearch.load(tmp_path / "model", terms=search.terms_)
+    assert_frame_equal(loaded.candidates(NOTES), search.candidates(NOTES))
     assert "refitting" in caplog.text
 
 
@@ -169,7 +184,8 @@ def test_unwritable_cache_only_warns(search, tmp_path, monkeypatch, caplog):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("CODER_CACHE_DIR", str(tmp_path / "file" / "cache"))
     search.save(tmp_path / "model")
-    assert_frame_equal(OntologySearch.load(tmp_path / "model").candidates(NOTES), search.candidates(NOTES))
+    loaded = OntologySearch.load(tmp_path / "model", terms=search.terms_)
+    assert_frame_equal(loaded.candidates(NOTES), search.candidates(NOTES))
     assert "cannot write search index" in caplog.text
 
 
@@ -213,7 +229,7 @@ def test_threads_do_not_change_candidates(search, monkeypatch, threads, omp):
 
 
 
-def test_features_in_more_terms_than_max_postings_are_left_out(cache, tmp_path):
+def test_features_in_more_terms_than_max_postings_are_left_out():
     terms = pl.concat([TERMS, pl.DataFrame([(CM, "I15.9", "Secondary hypertension")], schema=TERMS_SCHEMA, orient="row")])
     full = OntologySearch(char_ngrams=None, max_postings=None).index(terms)
     pruned = OntologySearch(char_ngrams=None, max_postings=1).index(terms)
@@ -221,12 +237,6 @@ def test_features_in_more_terms_than_max_postings_are_left_out(cache, tmp_path):
     postings = np.diff(full.term_matrix_.indptr)
     assert postings[common] == 2 and np.diff(pruned.term_matrix_.indptr)[common] == 0
     assert (np.delete(np.diff(pruned.term_matrix_.indptr), common) == np.delete(postings, common)).all()
-    # a search saved before the parameter existed keeps every feature
-    full.save(tmp_path / "old")
-    state = json.loads((tmp_path / "old" / "search.json").read_text())
-    del state["max_postings"]
-    (tmp_path / "old" / "search.json").write_text(json.dumps(state))
-    assert OntologySearch.load(tmp_path / "old").max_postings is None
 
 
 @pytest.mark.parametrize("measure", MEASURES)
@@ -278,18 +288,13 @@ def test_coverage_bounds_do_not_change_candidates(monkeypatch):
     assert_frame_equal(search.candidates(NOTES), expected, check_exact=True)
 
 
-def test_searches_of_the_same_terms_share_one_index_and_old_folders_read_as_cosine(cache, tmp_path):
-    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "cosine")
-    OntologySearch(name="coverage", top_k=2, measure="coverage").index(TERMS).save(tmp_path / "coverage")
-    cosine = OntologySearch.load(tmp_path / "cosine")
-    coverage = OntologySearch.load(tmp_path / "coverage")
+def test_searches_of_the_same_terms_share_one_index(cache, tmp_path):
+    fitted = {measure: OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS) for measure in MEASURES}
+    for measure, search in fitted.items():
+        search.save(tmp_path / measure)
+    cosine, coverage = (OntologySearch.load(tmp_path / measure, terms=fitted[measure].terms_) for measure in MEASURES)
     assert coverage.term_matrix_ is cosine.term_matrix_ and coverage.by_term_ is cosine.by_term_
-    assert_frame_equal(coverage.candidates(NOTES),
-                       OntologySearch(name="coverage", top_k=2, measure="coverage").index(TERMS).candidates(NOTES))
-    state = json.loads((tmp_path / "cosine" / "search.json").read_text())
-    del state["measure"]
-    (tmp_path / "cosine" / "search.json").write_text(json.dumps(state))
-    assert OntologySearch.load(tmp_path / "cosine").measure == "cosine"
+    assert_frame_equal(coverage.candidates(NOTES), fitted["coverage"].candidates(NOTES))
 
 
 def test_unknown_measure_is_a_usage_error():
@@ -316,22 +321,13 @@ def test_score_gives_the_exact_score_of_any_code_also_outside_the_top_k(measure,
     assert search.score(NOTES, keys.filter(pl.col("code") == "Z99.9")).schema == scored.schema
 
 
-def test_folders_saved_before_backfill_do_not_backfill(cache, tmp_path):
-    OntologySearch(top_k=2).index(TERMS).save(tmp_path / "old")
-    assert OntologySearch.load(tmp_path / "old").backfill is True
-    state = json.loads((tmp_path / "old" / "search.json").read_text())
-    del state["backfill"]
-    (tmp_path / "old" / "search.json").write_text(json.dumps(state))
-    assert OntologySearch.load(tmp_path / "old").backfill is False
-
-
 def test_searches_sharing_a_vectorizer_vectorise_each_note_once_with_unchanged_scores(cache, tmp_path, monkeypatch):
     keys = pl.DataFrame({"note_id": ["a", "c"], "system": [CM, CM], "code": ["E11.9", "I10"]})
-    expected = {measure: OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS) for measure in MEASURES}
-    expected = {measure: (search.candidates(NOTES), search.score(NOTES, keys)) for measure, search in expected.items()}
-    for measure in MEASURES:
-        OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS).save(tmp_path / measure)
-    loaded = {measure: OntologySearch.load(tmp_path / measure) for measure in MEASURES}
+    searches = {measure: OntologySearch(name=measure, top_k=2, measure=measure).index(TERMS) for measure in MEASURES}
+    expected = {measure: (search.candidates(NOTES), search.score(NOTES, keys)) for measure, search in searches.items()}
+    for measure, search in searches.items():
+        search.save(tmp_path / measure)
+    loaded = {measure: OntologySearch.load(tmp_path / measure, terms=searches[measure].terms_) for measure in MEASURES}
     vectorizer = loaded["cosine"].vectorizer_
     assert loaded["coverage"].vectorizer_ is vectorizer
     calls = []

@@ -3,7 +3,6 @@ stacking, saved in the model folder, listed in its config, loaded, and its codes
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from coder import candidates
 from coder.candidates.tfidf import TfidfClassifier
 from coder.candidates.base import CandidateSource
 from coder.estimator import read_state
-from coder.model.folder import read_config
+from coder.model.folder import read_card, read_config
 from coder.model.write import finalize
 from coder.assembly import load_model
 from coder.pipeline import code_batch
@@ -66,8 +65,7 @@ def test_a_new_source_flows_from_training_to_the_output(monkeypatch, tiny_model_
     plm = load_model(folder, device="cpu").scorer.score(tiny_corpus.notes, top_n=50)
     frames = dev_frames(stacking, dev=tiny_corpus, plm=plm)
     stacking = add_plm_rerankers(stacking, frames=frames, gold=tiny_corpus.codes, reranker=Reranker(model="logistic"))
-    specs, rerankers = stacking.save(folder)
-    finalize(folder, dataclasses.replace(read_config(folder), sources=specs, rerankers=rerankers))
+    finalize(folder, stacking.save(folder, read_config(folder)), read_card(folder))
 
     model = load_model(folder, device="cpu")
     assert model.stack.names == ("keyword", "tfidf")

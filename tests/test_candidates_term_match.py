@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,9 @@ import polars as pl
 import pytest
 
 from coder.candidates.backfill import backfill
+from coder.candidates.ontology_search import terms_digest
 from coder.candidates.term_match import TermMatch, term_stems
+from coder.errors import ModelBundleError
 from coder.io.corpus import Corpus
 from coder.schema import CM, GOLD_SCHEMA, PCS, SPAN_SCHEMA
 from coder.train.stacking import default_sources
@@ -79,11 +82,20 @@ def test_it_backfills_the_other_sources_candidates(fitted):
 
 def test_saved_and_loaded_it_gives_the_same_candidates_and_scores(fitted, tmp_path):
     fitted.save(tmp_path / "tm")
-    assert sorted(p.name for p in (tmp_path / "tm").iterdir()) == ["term_match.json", "terms.parquet"]
-    loaded = TermMatch.load(tmp_path / "tm")
+    # the model folder stores the terms once for every source; the term match records their digest
+    assert [p.name for p in (tmp_path / "tm").iterdir()] == ["term_match.json"]
+    assert json.loads((tmp_path / "tm" / "term_match.json").read_text())["terms_sha256"] == terms_digest(fitted.terms_)
+    loaded = TermMatch.load(tmp_path / "tm", terms=fitted.terms_)
     assert loaded.candidates(NOTES).equals(fitted.candidates(NOTES))
     keys = pl.DataFrame({"note_id": ["a", "b"], "system": [CM, CM], "code": ["I10", "E11.9"]})
     assert loaded.score(NOTES, keys).equals(fitted.score(NOTES, keys))
+
+
+@pytest.mark.parametrize("terms", ["other", "none"], ids=["other-terms", "no-terms"])
+def test_loading_without_the_terms_it_was_fitted_on_is_a_model_bundle_error(fitted, tmp_path, terms):
+    fitted.save(tmp_path)
+    with pytest.raises(ModelBundleError, match="not the terms it was fitted on"):
+        TermMatch.load(tmp_path, terms=fitted.terms_.head(3) if terms == "other" else None)
 
 
 def test_procedures_are_matched_when_asked(tiny_ontology):

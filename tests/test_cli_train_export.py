@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.model.folder import read_config
+from coder.model.folder import read_card, read_config
 from coder.assembly import load_model
 from coder.pipeline import code_batch
 
@@ -21,16 +21,16 @@ def test_help(command):
 
 
 def test_train_export_predict_end_to_end(trained_model, tmp_path):
-    config = read_config(trained_model.folder)  # trained by `coder train` (conftest)
-    assert config.dev_metrics["epoch"] == 1 and not trained_model.folder.with_name("model.checkpoint").exists()
+    card = read_card(trained_model.folder)  # trained by `coder train` (conftest)
+    assert card.dev_metrics["epoch"] == 1 and not trained_model.folder.with_name("model.checkpoint").exists()
     out = tmp_path / "model"
     shutil.copytree(trained_model.folder, out)  # exported again here: the session's folder stays as trained
     exported = runner.invoke(app, ["export", str(out), "--dev-notes", str(trained_model.notes), "--dev-codes",
                                    str(trained_model.codes), "--no-fp16"])
     assert exported.exit_code == 0, exported.output
-    config = read_config(out)
-    assert config.onnx["fp32"]["parity"]["logits"] <= 1e-4
-    assert "int8" in config.onnx and "dev_map" in config.onnx["int8"]
+    card = read_card(out)
+    assert card.onnx["fp32"]["parity"]["logits"] <= 1e-4
+    assert "int8" in card.onnx and "dev_map" in card.onnx["int8"] and "int8" in read_config(out).onnx_kept
     notes = pl.read_parquet(trained_model.notes)
     coded = code_batch(load_model(out, device="cpu", precision="fp32"), notes, top_k=2)
     assert coded.predictions.height == 2 * 2 * notes.height

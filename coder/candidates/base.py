@@ -36,6 +36,9 @@ class CandidateSource(ParamsMixin, ABC):
     FEATURES: ClassVar[tuple[str, ...]] = ()
     """The suffixes of the feature columns ``candidates`` writes beside ``<name>`` and ``<name>_rank``:
     ``("support",)`` declares ``<name>_support``. Only declared columns reach the rerankers."""
+    reads_terms: ClassVar[bool] = False
+    """True for a source fitted on the ontology's terms (``ontology_terms``, its ``terms_``): a model folder
+    stores the terms once for every such source (``terms.parquet``) and ``load`` takes them."""
     backfill: bool = False
     """True for a source that scores any code (``score``): it also scores the other sources' candidates
     (``coder.candidates.backfill``), into ``<name>_all``."""
@@ -62,12 +65,14 @@ class CandidateSource(ParamsMixin, ABC):
 
     @abstractmethod
     def save(self, path: Path) -> None:
-        """Write the fitted state into the folder ``path`` (JSON, parquet, npz: never pickle)."""
+        """Write the fitted state into the folder ``path`` (JSON, parquet, npz: never pickle); a source that
+        ``reads_terms`` records their digest (``terms_digest``), not the terms."""
 
     @classmethod
     @abstractmethod
     def load(cls, path: Path) -> Self:
-        """Read what ``save`` wrote."""
+        """Read what ``save`` wrote. A source that ``reads_terms`` takes the model's stored terms too,
+        ``load(path, terms=...)``, and checks them against their recorded digest."""
 
     def get_feature_names_out(self) -> tuple[str, ...]:
         """The columns of the candidate frame the rerankers may read: score, declared features, rank,

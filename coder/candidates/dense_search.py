@@ -6,13 +6,12 @@ code scores the best cosine between one of its terms and a sentence of the note.
 ontology search it reaches codes never seen in training, and it also finds them when the note words
 a condition differently from the ontology. Descriptions are English, so it reads ``text``.
 
-The packaged all-MiniLM-L6-v2 is not copied into the model folder (it would double its size): the
-folder records the sha256 of its files, checked on load. Any other encoder is copied into the
-source's folder (``encoder/``): a folder never names a path outside itself.
-What is derived from it is built on first use (announced, with a progress bar or periodic lines),
-or ahead of time by ``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as
-int8 ONNX (``coder.export.sentence``) and the term vectors (int8 with a scale per term, a quarter of
-float32), made once per encoder and ontology.
+The encoder runs as int8 ONNX: ``coder train`` exports it (``coder.export.sentence``) and the model
+folder carries that export in the source's folder (``encoder/``: ``model.int8.onnx``, ``tokenizer.json``,
+``encoder.json``), so predicting needs neither torch nor the encoder's package. The term vectors (int8
+with a scale per term, a quarter of float32) are made on first use (announced, with a progress bar or
+periodic lines) or ahead of time by ``coder prepare``, and kept in ``coder.ontology.cache``, once per
+encoder and ontology.
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
 sentences it is encoded beside: each note's sentences are encoded apart from every other note's (sorted
@@ -24,14 +23,11 @@ own; the rounding moves a cosine by less than 0.01 (tests).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from itertools import pairwise
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,16 +38,17 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
 from coder.candidates.base import CandidateSource
-from coder.candidates.ontology_search import TERM, Found, ontology_terms, ordered_terms, search_frame
+from coder.candidates.ontology_search import (
+    TERM, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
+)
 from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, UsageError
 from coder.estimator import read_state
 from coder.hashing import folder_sha256
-from coder.io.atomic import write_atomically, write_parquet, write_text
+from coder.io.atomic import write_atomically, write_text
 from coder.io.progress import Progress, announce
-from coder.io.read import read_saved
-from coder.model.folder import default_encoder_path, inside, is_pickle
+from coder.model.folder import inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
@@ -63,15 +60,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
-VECTORS_VERSION = 4  # bump when the cached term vectors' layout or the way they are made changes
+ENCODER_DIR = "encoder"  # a saved search's copy of its exported encoder
+# The exported encoder's files (written by coder.export.sentence.exported_sentence_encoder)
+ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
+VECTORS_VERSION = 5  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
 TERM_SLICE = 16_384  # terms embedded (and sorted by length) together on first use
-# What first use announces it will take: a core embeds about this many terms a second, and the
-# encoder's export and check take about this long (all-MiniLM-L6-v2 on a server core).
+# What first use announces it will take: a core embeds about this many terms a second
+# (all-MiniLM-L6-v2 on a server core).
 TERMS_PER_CORE_S = 1000
-EXPORT_S = 30
 # Texts per encoder call, sorted by token count so that a batch pads little; a call's padded tokens
 # are bounded because its attention scores grow with rows x length^2 (a call of the longest sentences
 # set the process's peak memory).
@@ -96,10 +94,12 @@ class DenseSearch(CandidateSource):
     name: the score column written by ``candidates`` (the candidate source's name).
     text_column: the notes column that is read (descriptions are English: ``text``).
     top_k: candidates kept per (note, system).
-    encoder: a local Hugging Face sentence encoder folder; None: the packaged all-MiniLM-L6-v2.
+    encoder: the exported sentence encoder's folder (``coder.export.sentence.exported_sentence_encoder``:
+        its int8 ONNX file, tokenizer and settings), copied into the saved search's folder.
     """
 
     learns_from_notes = False
+    reads_terms = True
 
     def __init__(self, *, name: str = "dense", text_column: str = TEXT, top_k: int = 30, encoder: str | None = None):
         self.name = name
@@ -114,18 +114,19 @@ class DenseSearch(CandidateSource):
     def index(self, terms: pl.DataFrame, *, encoder_sha256: str | None = None) -> DenseSearch:
         """Embed ``terms`` (TERMS_SCHEMA), or read their vectors from the cache. ``encoder_sha256``:
         the encoder files' hash the saved search was built with (a mismatch is a bundle error)."""
-        folder = Path(self.encoder) if self.encoder else default_encoder_path()
-        if not folder.is_dir():
-            raise ModelBundleError(f"dense search: encoder folder {folder} not found; install it or set the source's encoder")
+        if self.encoder is None:
+            raise UsageError("dense search: no encoder; give the folder coder.export.sentence.exported_sentence_encoder made")
+        folder = Path(self.encoder)
+        settings = read_state(folder, SETTINGS_FILE, what="exported sentence encoder", also=(ENCODER_FILE, TOKENIZER_FILE))
         self.encoder_sha256_ = folder_sha256(folder)
         if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
             raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
-                                   f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
-        from transformers import AutoTokenizer
-
-        self.tokenizer_ = AutoTokenizer.from_pretrained(str(folder))
+                                   f"was built with {encoder_sha256[:12]}…; copy the whole model folder again")
+        self.tokenizer_ = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self.pad_token_id_ = int(settings["pad_token_id"])
         self._backends: dict[int, Tokenizer] = {}
-        self.session_ = _encoder_session(folder, self.encoder_sha256_)
+        # no arena: the largest batch's activations would stay with the session for good
+        self.session_ = create_session(folder / ENCODER_FILE, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_, self.scales_ = self._term_vectors()
@@ -137,9 +138,10 @@ class DenseSearch(CandidateSource):
         """``terms_`` as unit vectors in int8, one column per term ([dim, n_terms]: a chunk of terms is
         then a row slice, the right operand of the int8 products), and each term's float32 scale
         ([n_terms]; vector = int8 column x scale), cached by the encoder and the terms."""
-        digest = hashlib.sha256("\n".join(f"{s}\t{c}\t{t}" for s, c, t in self.terms_.iter_rows()).encode()).hexdigest()
+        digest = terms_digest(self.terms_)
         key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.encoder_sha256_,
-                                                      "terms": digest, "tokens": TERM_TOKENS, **_export_versions()}))
+                                                      "terms": digest, "tokens": TERM_TOKENS,
+                                                      "onnxruntime": ort.__version__}))
         stem = f"dense-{self.encoder_sha256_[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         try:
@@ -180,7 +182,7 @@ class DenseSearch(CandidateSource):
         ids = self._token_ids(texts, max_length=max_length)
         lengths = np.array([len(row) for row in ids])
         order = np.argsort(lengths, kind="stable")
-        pad = self.tokenizer_.pad_token_id or 0
+        pad = self.pad_token_id_
         out: np.ndarray | None = None
         for rows in _token_batches(lengths[order], rows=ENCODE_BATCH, tokens=ENCODE_TOKENS):
             chosen = order[rows]
@@ -199,10 +201,10 @@ class DenseSearch(CandidateSource):
 
     def _token_ids(self, texts: list[str], *, max_length: int) -> list[list[int]]:
         """Each text's token ids with the special tokens, truncated to ``max_length``: the same ids as
-        the tokenizer's ``__call__``, straight from its Rust tokenizer (without the Python wrapper's
-        per-call work), one configured copy per length."""
+        the Hugging Face tokenizer's ``__call__``, straight from its Rust tokenizer, one configured copy
+        per length."""
         if (backend := self._backends.get(max_length)) is None:
-            backend = Tokenizer.from_str(self.tokenizer_.backend_tokenizer.to_str())
+            backend = Tokenizer.from_str(self.tokenizer_.to_str())
             backend.no_padding()
             backend.enable_truncation(max_length)
             self._backends[max_length] = backend
@@ -265,27 +267,24 @@ class DenseSearch(CandidateSource):
                          for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:
-        """Write the parameters, the encoder's sha256, the terms (``terms.parquet``) and a copy of an
-        encoder other than the packaged one (``encoder/``); ``load`` reads the term vectors from the
-        cache or embeds the terms again."""
+        """Write the parameters, the encoder's and the terms' digests (``dense.json``) and a copy of the
+        exported encoder (``encoder/``); ``load`` reads the term vectors from the cache or embeds the terms again."""
+        self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
-        write_parquet(path / "terms.parquet", self.terms_, durable=False)
-        params = self.get_params()
-        if self.encoder is not None:
-            _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
-            params["encoder"] = ENCODER_DIR
-        state = {"params": params, "encoder_sha256": self.encoder_sha256_}
+        _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
+        state = {"params": {**self.get_params(), "encoder": ENCODER_DIR}, "encoder_sha256": self.encoder_sha256_,
+                 "terms_sha256": terms_digest(self.terms_)}
         write_text(path / "dense.json", json.dumps(state), durable=False)
 
     @classmethod
-    def load(cls, path: Path) -> DenseSearch:
-        """The saved search, with the encoder it was built with (checked by sha256): the packaged one,
-        or its copy inside ``path`` (an encoder named anywhere else is refused)."""
-        state = read_state(path, "dense.json", what="dense search", also=("terms.parquet",))
+    def load(cls, path: Path, *, terms: pl.DataFrame | None = None) -> DenseSearch:
+        """The saved search over ``terms``, with the copy of its encoder inside ``path`` (checked by sha256;
+        an encoder named anywhere else is refused)."""
+        state = read_state(path, "dense.json", what="dense search")
         params = state["params"]
-        if params.get("encoder") is not None:
-            params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
-        return cls(**params).index(read_saved(path / "terms.parquet"), encoder_sha256=state["encoder_sha256"])
+        params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
+        return cls(**params).index(stored_terms(terms, state["terms_sha256"], what=f"dense search {path}"),
+                                   encoder_sha256=state["encoder_sha256"])
 
 
 def _copy_encoder(source: Path, target: Path) -> None:
@@ -379,26 +378,3 @@ def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
         cut = len(code_starts) if limit >= n_terms else int(np.searchsorted(code_starts, limit, side="right")) - 1
         cuts.append(max(cut, cuts[-1] + 1))
     return cuts
-
-
-def _export_versions() -> dict[str, str]:
-    """The packages that the int8 encoder file and the vectors made with it depend on."""
-    return {"torch": version("torch"), "transformers": version("transformers"), "onnxruntime": ort.__version__}
-
-
-def _encoder_session(folder: Path, sha256: str) -> ort.InferenceSession:
-    """A CPU session of the encoder at ``folder`` as int8 ONNX: from the cache, else exported (and cached)."""
-    key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **_export_versions()}))
-    file = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}.onnx"
-    if file.is_file():
-        # no arena: the largest batch's activations would stay with the session for good
-        return create_session(file, device="cpu", arena=False)
-    from coder.export.sentence import export_sentence_encoder
-
-    announce("the dense search's sentence encoder as int8 ONNX", seconds=EXPORT_S)
-    with tempfile.TemporaryDirectory() as scratch:
-        exported = Path(scratch) / "sentence.onnx"
-        export_sentence_encoder(folder, exported)
-        write_cache(file, lambda handle: handle.write(exported.read_bytes()), what="sentence encoder",
-                    stale=f"sentence-{sha256[:12]}-*.onnx")
-        return create_session(exported, device="cpu", arena=False)  # read now: an unwritable cache costs a new export next time

@@ -45,13 +45,12 @@ from sklearn.pipeline import FeatureUnion
 from coder.candidates.base import CandidateSource
 from coder.candidates.words import sentence_spans
 from coder.cpus import capped, logical_cpus
-from coder.errors import UsageError
+from coder.errors import ModelBundleError, UsageError
 from coder.estimator import read_state
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, write_cache
-from coder.io.atomic import write_parquet, write_text
+from coder.io.atomic import write_text
 from coder.io.progress import announce
-from coder.io.read import read_saved
 from coder.rank import score_rank, within_top
 from coder.schema import CM, CODE, EVIDENCE_COLUMNS, NOTE_ID, PCS, SYSTEM, TEXT
 
@@ -96,6 +95,23 @@ def ontology_terms(ontology: Ontology, *, systems: tuple[str, ...] = (CM, PCS)) 
             if system == CM:
                 rows.extend((system, code, term) for term in ontology.inclusion_terms(code))
     return pl.DataFrame(rows, schema=TERMS_SCHEMA, orient="row").filter(pl.col(TERM) != "").unique(maintain_order=True)
+
+
+def terms_digest(terms: pl.DataFrame) -> str:
+    """sha256 of ``terms``' rows in their order: the key of what is built from them, and what a saved
+    source records to check that it loads the terms it was fitted on."""
+    return hashlib.sha256(json.dumps(terms.rows(), ensure_ascii=False).encode()).hexdigest()
+
+
+def stored_terms(terms: pl.DataFrame | None, digest: str, *, systems: tuple[str, ...] = (CM, PCS), what: str
+                 ) -> pl.DataFrame:
+    """The rows of ``systems`` of a model folder's stored ``terms`` (``terms.parquet``), which must be
+    the terms a saved source was fitted on (``digest``); ``what`` names the source in the error."""
+    own = None if terms is None else terms.filter(pl.col(SYSTEM).is_in(systems))
+    if own is None or terms_digest(own) != digest:
+        raise ModelBundleError(f"{what}: the model folder's terms.parquet is missing or not the terms it was fitted "
+                               "on; copy the whole model folder again or rebuild it with `coder train`")
+    return own
 
 
 def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
@@ -155,6 +171,7 @@ class OntologySearch(CandidateSource):
     """
 
     learns_from_notes = False
+    reads_terms = True
 
     def __init__(self, *, name: str = "ontology", text_column: str = TEXT, top_k: int = 30,
                  char_ngrams: tuple[int, int] | None = (4, 5), max_postings: int | None = 20_000,
@@ -361,30 +378,28 @@ class OntologySearch(CandidateSource):
             offset += len(spans)
 
     def save(self, path: Path) -> None:
-        """Write the parameters and indexed terms (``terms.parquet``); ``load`` indexes them again
-        or reads the index from the cache."""
+        """Write the parameters and the digest of the indexed terms (``search.json``); ``load`` indexes
+        the model's stored terms again or reads the index from the cache."""
         path.mkdir(parents=True, exist_ok=True)
-        write_parquet(path / "terms.parquet", self.terms_, durable=False)
-        write_text(path / "search.json", json.dumps(self.get_params()), durable=False)
+        write_text(path / "search.json", json.dumps({"params": self.get_params(), "terms_sha256": terms_digest(self.terms_)}),
+                   durable=False)
 
     @classmethod
-    def load(cls, path: Path) -> OntologySearch:
-        """The saved search; its fitted index comes from the cache when the terms, the fitting code
-        and the packages are those it was built with, else it is fitted and cached (``_cached_index``)."""
-        params = read_state(path, "search.json", what="ontology search", also=("terms.parquet",))
+    def load(cls, path: Path, *, terms: pl.DataFrame | None = None) -> OntologySearch:
+        """The saved search over ``terms``; its fitted index comes from the cache when the terms, the fitting
+        code and the packages are those it was built with, else it is fitted and cached (``_cached_index``)."""
+        state = read_state(path, "search.json", what="ontology search")
+        params = state["params"]
         if params["char_ngrams"] is not None:
             params["char_ngrams"] = tuple(params["char_ngrams"])
-        params.setdefault("max_postings", None)  # folders saved before the parameter kept every feature
-        params.setdefault("measure", "cosine")  # folders saved before the parameter
-        params.setdefault("backfill", False)  # their rerankers learnt from searches that did not backfill
-        return cls(**params)._cached_index(read_saved(path / "terms.parquet"))
+        return cls(**params)._cached_index(stored_terms(terms, state["terms_sha256"], what=f"ontology search {path}"))
 
     def _cached_index(self, terms: pl.DataFrame) -> OntologySearch:
         """``index(terms)``, unless a search of the same terms (the other measure) holds their index in
         this process, or the cache folder (``coder.ontology.cache``) holds it from an earlier fit with the
         same fitting code and packages; a fitted index is written there."""
         self._order_terms(terms)
-        terms_hash = hashlib.sha256(json.dumps(self.terms_.rows(), ensure_ascii=False).encode()).hexdigest()
+        terms_hash = terms_digest(self.terms_)
         key = hashlib.sha256(f"{self._index_salt()}\0{terms_hash}".encode()).hexdigest()
         # Named by the terms too, so that an index of the same terms built by older code or packages
         # is found and removed; other terms' indexes stay.

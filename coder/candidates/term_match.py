@@ -31,11 +31,10 @@ import polars as pl
 from scipy import sparse
 
 from coder.candidates.base import CandidateSource
-from coder.candidates.ontology_search import TERM, ontology_terms
+from coder.candidates.ontology_search import TERM, ontology_terms, stored_terms, terms_digest
 from coder.candidates.words import WORD, Tokens, fold, word_stem
 from coder.estimator import read_state
-from coder.io.atomic import write_parquet, write_text
-from coder.io.read import read_saved
+from coder.io.atomic import write_text
 from coder.ontology import Ontology
 from coder.rank import score_rank
 from coder.schema import CM, CODE, NOTE_ID, SYSTEM, TEXT
@@ -49,7 +48,7 @@ logger = logging.getLogger(__name__)
 FILLER = frozenset(
     "unspecified other of the and with without nos site type due to in or by on for at as not elsewhere classified "
     "specified part parts region".split())
-STATE_FILE, TERMS_FILE = "term_match.json", "terms.parquet"
+STATE_FILE = "term_match.json"
 # idf is kept above 0 so that the products counting a term's words and summing their idf have the same nonzeros.
 IDF_FLOOR = 1e-6
 # Notes matched at once: the sentences of a CodiEsp note share a word with ~120k terms ("left", "fracture").
@@ -108,6 +107,7 @@ class TermMatch(CandidateSource):
     """
 
     learns_from_notes = True  # the idf of words over the training notes' text (no codes read)
+    reads_terms = True
     FEATURES = ("missing",)
 
     def __init__(self, *, name: str = "term_match", text_column: str = TEXT, systems: tuple[str, ...] = (CM,),
@@ -220,18 +220,19 @@ class TermMatch(CandidateSource):
     # --- persistence ---------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write the parameters and stem frequencies (``term_match.json``) and the terms (``terms.parquet``)."""
+        """Write the parameters, stem frequencies and the terms' digest (``term_match.json``)."""
         self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
-        write_parquet(path / TERMS_FILE, self.terms_, durable=False)
-        state = {"params": self.get_params(), "n_notes": self.n_notes_, "document_frequency": self.document_frequency_}
+        state = {"params": self.get_params(), "n_notes": self.n_notes_, "document_frequency": self.document_frequency_,
+                 "terms_sha256": terms_digest(self.terms_)}
         write_text(path / STATE_FILE, json.dumps(state, ensure_ascii=False), durable=False)
 
     @classmethod
-    def load(cls, path: Path) -> TermMatch:
-        state = read_state(path, STATE_FILE, what="term match", also=(TERMS_FILE,))
+    def load(cls, path: Path, *, terms: pl.DataFrame | None = None) -> TermMatch:
+        """The saved term match over its systems' rows of ``terms``."""
+        state = read_state(path, STATE_FILE, what="term match")
         params = state["params"]
         self = cls(**{**params, "systems": tuple(params["systems"])})
         self.n_notes_, self.document_frequency_ = state["n_notes"], state["document_frequency"]
-        self._index(read_saved(path / TERMS_FILE))
+        self._index(stored_terms(terms, state["terms_sha256"], systems=self.systems, what=f"term match {path}"))
         return self

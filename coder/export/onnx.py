@@ -27,7 +27,7 @@ from coder.export.parity import compare_outputs
 from coder.io.corpus import Corpus
 from coder.metrics import gold_sets, matrix_scores
 from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
-from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_config
+from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_card, read_config
 from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, load_torch, torch_forward
 from coder.model.session import create_session, onnx_forward
@@ -200,7 +200,8 @@ def export_bundle(
 
     if fp16:
         onnx_info["fp16"] = _export_fp16(folder, fp32, reference, example)
-    return finalize(folder, dataclasses.replace(config, onnx=onnx_info))
+    variants = tuple(variant for variant, info in onnx_info.items() if info["kept"])
+    return finalize(folder, config.with_components(onnx_kept=variants), dataclasses.replace(read_card(folder), onnx=onnx_info))
 
 
 def _export_fp16(folder: Path, fp32: Path, reference: dict[str, np.ndarray], example: Batch) -> dict[str, Any]:

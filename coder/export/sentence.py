@@ -1,22 +1,31 @@
 """Export a sentence encoder (mean-pooled, unit-length vectors) to int8 ONNX for the dense search.
 
+``exported_sentence_encoder`` gives the folder the dense search reads and a model folder carries
+(``coder.candidates.dense_search``): ``model.int8.onnx``, ``tokenizer.json`` (the tokenizer as the
+encoder's Hugging Face config sets it up) and ``encoder.json`` (its padding id, and where it came from);
+coder train makes it once per encoder and library versions, in the cache folder.
+
 Input ``input_ids`` / ``attention_mask`` [batch, length] (both axes dynamic); output
 ``sentence_vector`` [batch, hidden]. Attention stays decomposed: the single ``Attention`` node
 that PLM-ICD's export uses let padded positions in for this graph (padded rows far from torch),
-where decomposed fp32 matches torch within ``TOLERANCE``. Weights are quantised per output channel
-(MatMul only): per tensor, the int8 vectors were clearly further from fp32.
+where decomposed fp32 matches torch within ``TOLERANCE``. MatMul weights are quantised per output
+channel (per tensor, the int8 vectors were clearly further from fp32), and the token embeddings
+too, as PLM-ICD's int8 file does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AutoModel, AutoTokenizer
@@ -25,7 +34,12 @@ from transformers.utils import logging as hf_logging
 from coder.errors import ExportParityError
 from coder.export.onnx import OPSET, quiet
 from coder.export.parity import compare_outputs
+from coder.hashing import folder_sha256
+from coder.io.atomic import write_json, write_text
+from coder.io.progress import announce
+from coder.model.folder import encoder_record
 from coder.model.session import create_session
+from coder.ontology.cache import cache_dir, cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +47,10 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_vector"  # not "embedding": the exported graph has a node of that name
 TOLERANCE = 1e-4  # fp32 ONNX against torch, per vector component
 INT8_MIN_COSINE = 0.98  # the int8 file's vectors against torch's on the parity sentences
+ENCODER_FILE = "model.int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SETTINGS_FILE = "encoder.json"
+EXPORT_S = 30  # what the export announces it takes (all-MiniLM-L6-v2 on a server core)
 _PARITY = ["Fever and productive cough.", "Type 2 diabetes mellitus with hyperglycemia, treated with insulin glargine",
            "CT"]
 
@@ -50,6 +68,26 @@ class MeanPooled(torch.nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def exported_sentence_encoder(encoder: Path, *, name: str) -> Path:
+    """The dense search's folder of ``encoder`` (a local Hugging Face folder named ``name``): from the
+    cache folder, else exported there (announced) and checked (``export_sentence_encoder``)."""
+    versions = {"torch": version("torch"), "transformers": version("transformers"), "onnxruntime": onnxruntime.__version__}
+    sha256 = folder_sha256(encoder)
+    key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **versions}))
+    folder = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}"
+    if all((folder / file).is_file() for file in (ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE)):
+        return folder
+    announce("the dense search's sentence encoder as int8 ONNX", seconds=EXPORT_S)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_sentence_encoder(encoder, folder / ENCODER_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    write_text(folder / TOKENIZER_FILE, tokenizer.backend_tokenizer.to_str(), durable=False)
+    settings = {"pad_token_id": tokenizer.pad_token_id or 0, "exported_from": encoder_record(encoder, name=name),
+                "versions": versions}
+    write_json(folder / SETTINGS_FILE, settings, durable=False)  # last: it marks the folder complete
+    return folder
 
 
 def export_sentence_encoder(encoder: Path, target: Path) -> None:
@@ -79,7 +117,7 @@ def export_sentence_encoder(encoder: Path, target: Path) -> None:
         # the quantiser logs every tensor, and advice to pre-process the graph, on the root logger
         with quiet(None, level=logging.ERROR):
             quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"])
+                             op_types_to_quantize=["MatMul", "Gather"])
     int8 = create_session(target, device="cpu").run(None, feed)[0]
     cosine = float(np.min((int8 * reference).sum(axis=1)))
     if cosine < INT8_MIN_COSINE:

@@ -1,4 +1,4 @@
-"""The model card (``README.md`` of a model folder), rendered from its config alone.
+"""The model card (``README.md`` of a model folder), rendered from its config and ``card.json``.
 
 Nothing on the card is written by hand, so a rebuild with the same command reproduces it.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coder.io.atomic import write_text
-from coder.model.folder import CARD_FILE, CONFIG_FILE, ModelConfig
+from coder.model.folder import CARD_DATA_FILE, CARD_FILE, CONFIG_FILE, ModelCard, ModelConfig
 
 _CODIESP = """- Training data: CodiEsp corpus, CLEF eHealth 2020 Task 1 (Barcelona Supercomputing Center):
   Miranda-Escalada A., Gonzalez-Agirre A., Armengol-Estapé J., Krallinger M. (2020), "Overview of
@@ -40,7 +40,7 @@ def _evaluation(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "")
 
 
-def render_card(config: ModelConfig) -> str:
+def render_card(config: ModelConfig, card: ModelCard) -> str:
     """The card's Markdown."""
     counts: dict[str, int] = {}
     for label in config.labels:
@@ -54,23 +54,24 @@ def render_card(config: ModelConfig) -> str:
         ranking = "No reranker: PLM-ICD's scores rank the codes and its per-label thresholds decide them."
     variants = "\n".join(
         f"- {variant}: `{info.get('file')}`, kept: {info.get('kept')}, dev MAP: {info.get('dev_map')}"
-        for variant, info in config.onnx.items()
+        for variant, info in card.onnx.items()
     ) or "- none yet: run `coder export` on this folder"
     truncations = ", ".join(f"{system} at {', '.join(map(str, lengths))} characters"
                             for system, lengths in config.truncations.items()) or "none"
-    encoder = config.encoder.get("name", "")
-    commands = "\n".join(config.training.get("commands", [config.training.get("command", "")]))
+    encoder = card.encoder.get("name", "")
+    commands = "\n".join(card.training.get("commands", [card.training.get("command", "")]))
+    order = "\n".join(f"{i}. {c.stage}: `{c.path}` ({c.type})" for i, c in enumerate(config.components, start=1))
     return f"""# {config.name}
 
 ICD-10-CM (diagnoses) and ICD-10-PCS (procedures) coding model for `coder predict`. This card is
-generated from `{CONFIG_FILE}`; `coder train` and `coder export` rewrite it.
+generated from `{CONFIG_FILE}` and `{CARD_DATA_FILE}`; `coder train` and `coder export` rewrite it.
 
 ## Components
 
 - `plm_icd/`, `onnx/`: PLM-ICD, {encoder} fine-tuned per {config.chunk_len}-token chunk (at most
   {config.max_chunks} chunks per note) with masked label-wise attention over the joined chunks; reads
   `{config.text_columns.get("encoder")}`. Labels: {len(config.labels)} ({", ".join(f"{s}: {n}" for s, n in counts.items())});
-  training codes no ontology or code list knew (left out): {len(config.unknown_codes)}.
+  training codes no ontology or code list knew (left out): {len(card.unknown_codes)}.
 {sources}
 - Code list: {f"`{config.code_list}`" if config.code_list else "none"}; truncated codes assignable: {truncations}.
 - LLM stage: {"settings " + str(config.llm) if config.llm else "off unless `coder predict --llm` asks for it"}.
@@ -79,16 +80,20 @@ generated from `{CONFIG_FILE}`; `coder train` and `coder export` rewrite it.
 
 Ontology release: {config.ontology}
 
+The components in the order a batch meets them (`{CONFIG_FILE}`, `components`):
+
+{order}
+
 ## Dev figures of the whole model
 
-{_evaluation(config.evaluation)}
+{_evaluation(card.evaluation)}
 
-## PLM-ICD dev metrics (epoch {config.dev_metrics.get("epoch", "–")})
+## PLM-ICD dev metrics (epoch {card.dev_metrics.get("epoch", "–")})
 
 MAP as CodiEsp's official scorer computes it, over dev notes with gold codes of the system.
 Micro-F1 uses thresholds tuned on these same dev notes (optimistic) and counts every gold code.
 
-{_plm_metrics(config.dev_metrics)}
+{_plm_metrics(card.dev_metrics)}
 
 ## ONNX variants
 
@@ -102,7 +107,7 @@ A copy of this folder may leave out large variants; `coder export` on the folder
 {commands}
 ```
 
-Seed {config.training.get("seed")}; hyperparameters, data hashes and per-epoch history are in `{CONFIG_FILE}`.
+Seed {card.training.get("seed")}; hyperparameters, data hashes and per-epoch history are in `{CARD_DATA_FILE}`.
 
 ## Data and licences
 
@@ -112,5 +117,5 @@ Seed {config.training.get("seed")}; hyperparameters, data hashes and per-epoch h
 """
 
 
-def write_card(folder: Path, config: ModelConfig) -> None:
-    write_text(folder / CARD_FILE, render_card(config))
+def write_card(folder: Path, config: ModelConfig, card: ModelCard) -> None:
+    write_text(folder / CARD_FILE, render_card(config, card))

@@ -2,13 +2,20 @@
 
 Layout (each part named for what it holds)::
 
-    coder_model.json     ModelConfig: labels, thresholds, chunking, components, provenance, file hashes
-    README.md            model card, generated from the config (coder.model.card)
-    codes.tsv            the user code list the model was trained with (optional)
+    coder_model.json     ModelConfig: PLM-ICD's labels, thresholds and chunking, the ordered components,
+                         every file's sha256
+    card.json            ModelCard: provenance and figures (training command and data hashes, the
+                         pretrained encoder, dev figures, export checks, library versions)
+    README.md            the card rendered (coder.model.card)
     plm_icd/             encoder config, tokenizer, model.safetensors (encoder + head, stored fp16)
     onnx/                model.onnx (fp32), model.int8.onnx, model.fp16.onnx
+    terms.parquet        the ontology terms the candidate sources that read terms were fitted on (once for all)
     sources/<name>/      one folder per candidate source (coder.candidates)
     rerankers/           prior.parquet and one folder per reranker (coder.rerank)
+    codes.tsv            the user code list the model was trained with (optional)
+
+``ModelConfig.components`` lists the parts in the order a batch meets them (as sentence-transformers'
+``modules.json`` lists its modules): each with the stage it serves, its type, its path and its own settings.
 
 Model folders travel between hospitals, so loading one never runs code: there is no pickle in a
 folder (a file that is one is refused), and every file must be listed in the config with its
@@ -35,13 +42,16 @@ from coder.hashing import file_sha256, folder_sha256
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CONFIG_FILE = "coder_model.json"
 CARD_FILE = "README.md"
+CARD_DATA_FILE = "card.json"
+TERMS_FILE = "terms.parquet"
 CODE_LIST_FILE = "codes.tsv"
 TORCH_DIR = "plm_icd"
 WEIGHTS_FILE = f"{TORCH_DIR}/model.safetensors"
-ONNX_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model.int8.onnx", "fp16": "onnx/model.fp16.onnx"}
+ONNX_DIR = "onnx"
+ONNX_FILES = {"fp32": f"{ONNX_DIR}/model.onnx", "int8": f"{ONNX_DIR}/model.int8.onnx", "fp16": f"{ONNX_DIR}/model.fp16.onnx"}
 SOURCES_DIR = "sources"
 RERANKERS_DIR = "rerankers"
 PRIOR_FILE = f"{RERANKERS_DIR}/prior.parquet"  # training notes per code, a reranker feature
@@ -58,6 +68,26 @@ class Label:
     """schema.CM or schema.PCS."""
     code: str
     """Canonical code as the ontology writes it."""
+
+
+STAGES = ("score", "candidates", "rerank", "validate")
+"""The pipeline stages a model folder's components serve, in order (``coder.pipeline``)."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of a model folder: its files are at ``path`` (a file or a folder)."""
+
+    name: str
+    """``plm_icd``, ``onnx``, ``terms``, a candidate source's name, ``prior``, ``reranker.<a+b>``, ``code_list``."""
+    stage: str
+    """The stage it serves (``STAGES``)."""
+    type: str
+    """What reads it: ``plm_icd``, ``onnx``, ``terms``, a source kind (``coder.candidates.SOURCES``),
+    ``code_prior``, ``reranker``, ``code_list``."""
+    path: str
+    config: dict[str, Any] = field(default_factory=dict)
+    """Its own settings: a source's ``text_column``, a reranker's ``sources``, the ONNX variants ``kept``."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +119,37 @@ class RerankerSpec:
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """How a model folder was made and how well it does; saved as ``card.json`` and rendered as ``README.md``."""
+
+    training: dict[str, Any] = field(default_factory=dict)
+    """Command, seed, hyperparameters, data hashes, truncation counts, epochs run, how dev was made."""
+    encoder: dict[str, str] = field(default_factory=dict)
+    """PLM-ICD's pretrained encoder: its name, and the package (``name==version``) or the sha256 of the files
+    it came from (``encoder_record``)."""
+    dev_metrics: dict[str, Any] = field(default_factory=dict)
+    """PLM-ICD's dev metrics per system (MAP, P@5, P@10, micro-F1 at thresholds)."""
+    onnx: dict[str, Any] = field(default_factory=dict)
+    """Variant (fp32/int8/fp16) -> the export's checks ({"file", "kept", "dev_map", ...}), by ``coder export``."""
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    """Dev figures of the whole model and the command that measured them."""
+    unknown_codes: tuple[str, ...] = ()
+    """"system code" labels seen in training that the ontology did not know (left out)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Library versions that wrote the folder."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = CARD_DATA_FILE) -> ModelCard:
+        _check_keys(cls, data, source=source)
+        return cls(**{**data, "unknown_codes": tuple(data.get("unknown_codes", ()))})
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to use, check and reproduce a model folder; saved as ``coder_model.json``."""
+    """Everything needed to use and check a model folder; saved as ``coder_model.json``."""
 
     name: str
     """Model name (the folder name when trained)."""
@@ -98,8 +157,6 @@ class ModelConfig:
     """PLM-ICD output index -> (system, code)."""
     thresholds: tuple[float, ...]
     """PLM-ICD decision threshold per label (used when no reranker scores the candidates)."""
-    system_thresholds: dict[str, float]
-    """PLM-ICD threshold per system that maximised dev micro-F1: written by training, read by nothing."""
     chunk_len: int
     """Tokens per chunk including [CLS] and [SEP]."""
     max_chunks: int
@@ -108,38 +165,68 @@ class ModelConfig:
     """Width of the label-attention projection."""
     text_columns: dict[str, str]
     """Role -> input column, e.g. {"encoder": "text"}."""
-    encoder: dict[str, str]
-    """Pretrained encoder: its name, and the package (``name==version``) or the sha256 of the files it came from
-    (``encoder_record``). Folders written before recorded a ``source`` path instead: read, never used."""
     ontology: dict[str, Any]
     """Ontology release the labels were checked against (incl. code_list_sha256)."""
-    unknown_codes: tuple[str, ...]
-    """"system code" labels seen in training that the ontology did not know (kept only if vouched for)."""
-    training: dict[str, Any]
-    """Command, seed, hyperparameters, data hashes, truncation counts, epochs run."""
-    dev_metrics: dict[str, Any]
-    """PLM-ICD's dev metrics per system (MAP, P@5, P@10, micro-F1 at thresholds)."""
-    onnx: dict[str, Any] = field(default_factory=dict)
-    """Variant (fp32/int8/fp16) -> {"file", "kept", "dev_map", ...}, written by ``coder export``."""
-    sources: tuple[SourceSpec, ...] = ()
-    """Candidate sources besides PLM-ICD, in evidence priority (the first that has a span gives it)."""
-    rerankers: tuple[RerankerSpec, ...] = ()
-    """One reranker per set of sources a dump may allow; none: PLM-ICD's own scores and thresholds rank."""
+    components: tuple[Component, ...] = ()
+    """The folder's parts in the order a batch meets them: PLM-ICD and its ONNX files (score), the terms and
+    the candidate sources in evidence priority (candidates; the first that has a span gives it), the code
+    prior and one reranker per set of sources a dump may allow (rerank; none: PLM-ICD's own scores and
+    thresholds rank), the code list (validate)."""
     truncations: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """System -> code lengths (without dots) at which a truncated code is assignable: the levels the
     model's own labels use (CodiEsp's 4-character PCS codes: ``{"ICD-10-PCS": (4,)}``)."""
-    code_list: str | None = None
-    """The code list file in the folder (``codes.tsv``) that validates the model's codes, if any."""
     llm: dict[str, Any] | None = None
     """Settings of the optional LLM stage (``coder.llm.settings.LLMSettings`` fields); None: off unless asked for."""
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    """Dev figures of the whole model and the command that measured them (shown on the card)."""
-    versions: dict[str, str] = field(default_factory=dict)
-    """Library versions that wrote the folder: provenance, left out of the ``config`` component hash."""
     files: dict[str, str] = field(default_factory=dict)
     """Relative path -> sha256 of every file of the folder but this config."""
     format_version: int = FORMAT_VERSION
     """Layout version of the folder."""
+
+    @property
+    def sources(self) -> tuple[SourceSpec, ...]:
+        """The candidate sources besides PLM-ICD, in evidence priority."""
+        return tuple(SourceSpec(name=c.name, kind=c.type, text_column=c.config["text_column"])
+                     for c in self.components if c.stage == "candidates" and c.type != "terms")
+
+    @property
+    def rerankers(self) -> tuple[RerankerSpec, ...]:
+        return tuple(RerankerSpec(sources=tuple(c.config["sources"])) for c in self.components if c.type == "reranker")
+
+    @property
+    def code_list(self) -> str | None:
+        """The code list file in the folder (``codes.tsv``) that validates the model's codes, if any."""
+        return next((c.path for c in self.components if c.type == "code_list"), None)
+
+    @property
+    def onnx_kept(self) -> tuple[str, ...]:
+        """The ONNX variants ``coder export`` kept (a copy of the folder may leave some out)."""
+        return tuple(next((c.config["kept"] for c in self.components if c.type == "onnx"), ()))
+
+    @property
+    def terms(self) -> str | None:
+        """The ontology terms file the sources that read terms share, if any."""
+        return next((c.path for c in self.components if c.type == "terms"), None)
+
+    def with_components(self, *, sources: tuple[SourceSpec, ...] | None = None,
+                        rerankers: tuple[RerankerSpec, ...] | None = None, terms: bool | None = None,
+                        onnx_kept: tuple[str, ...] | None = None, code_list: str | None = None) -> ModelConfig:
+        """A copy whose components are rebuilt in their order, with these parts replaced (None: kept as they
+        are; ``terms``: whether the folder holds ``terms.parquet``)."""
+        sources = self.sources if sources is None else sources
+        rerankers = self.rerankers if rerankers is None else rerankers
+        terms = self.terms is not None if terms is None else terms
+        onnx_kept = self.onnx_kept if onnx_kept is None else onnx_kept
+        code_list = code_list or self.code_list
+        return dataclasses.replace(self, components=(
+            Component("plm_icd", "score", "plm_icd", TORCH_DIR),
+            *([Component("onnx", "score", "onnx", ONNX_DIR, {"kept": list(onnx_kept)})] if onnx_kept else []),
+            *([Component("terms", "candidates", "terms", TERMS_FILE)] if terms else []),
+            *(Component(s.name, "candidates", s.kind, s.folder, {"text_column": s.text_column}) for s in sources),
+            *([Component("prior", "rerank", "code_prior", PRIOR_FILE)] if rerankers else []),
+            *(Component(f"reranker.{'+'.join(r.sources)}", "rerank", "reranker", r.folder, {"sources": list(r.sources)})
+              for r in rerankers),
+            *([Component("code_list", "validate", "code_list", code_list)] if code_list else []),
+        ))
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -156,24 +243,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = CONFIG_FILE) -> ModelConfig:
-        """Build from parsed JSON, refusing unknown and missing keys (also in sources and rerankers)."""
-        _check_keys(cls, data, source=source)
-        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        """Build from parsed JSON, refusing unknown and missing keys (also in the components)."""
+        found = data.get("format_version", FORMAT_VERSION)
+        if found != FORMAT_VERSION:
             raise ModelBundleError(
-                f"{source}: format_version {data['format_version']}, this coder reads {FORMAT_VERSION}; "
-                "rebuild the model with `coder train`"
-            )
-        for item in data.get("sources", ()):
-            _check_keys(SourceSpec, item, source=f"{source} sources")
-        for item in data.get("rerankers", ()):
-            _check_keys(RerankerSpec, item, source=f"{source} rerankers")
+                f"{source}: format_version {found}, this coder reads {FORMAT_VERSION}; rebuild the model with "
+                "`coder train`" + (" (--resume keeps its trained PLM-ICD)" if found == 2 else ""))
+        _check_keys(cls, data, source=source)
+        for item in data.get("components", ()):
+            _check_keys(Component, item, source=f"{source} components")
         return cls(**{
             **data,
             "labels": tuple(Label(**label) for label in data["labels"]),
             "thresholds": tuple(float(t) for t in data["thresholds"]),
-            "unknown_codes": tuple(data["unknown_codes"]),
-            "sources": tuple(SourceSpec(**item) for item in data.get("sources", ())),
-            "rerankers": tuple(RerankerSpec(sources=tuple(item["sources"])) for item in data.get("rerankers", ())),
+            "components": tuple(Component(**item) for item in data.get("components", ())),
             "truncations": {system: tuple(lengths) for system, lengths in data.get("truncations", {}).items()},
         })
 
@@ -201,14 +284,40 @@ def library_versions() -> dict[str, str]:
 
 
 def read_config(folder: Path) -> ModelConfig:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise ModelBundleError(f"{folder} is not a coder model folder: {CONFIG_FILE} is missing")
+    return ModelConfig.from_dict(_read_json(folder / CONFIG_FILE), source=str(folder / CONFIG_FILE))
+
+
+_PLM_ICD_KEYS = ("name", "labels", "thresholds", "chunk_len", "max_chunks", "attention_dim", "text_columns", "ontology",
+                  "truncations", "llm")
+
+
+def read_plm_icd(folder: Path) -> tuple[ModelConfig, ModelCard]:
+    """The config and card of a model folder as far as its PLM-ICD goes (the candidate stack left out), for
+    ``coder train --resume`` to keep it; a folder of format 2 too, which that resume then rewrites in this format."""
+    data = _read_json(folder / CONFIG_FILE)
+    if data.get("format_version") != 2:
+        config = read_config(folder)
+        return config.with_components(sources=(), rerankers=(), terms=False), read_card(folder)
+    config = ModelConfig.from_dict({key: data[key] for key in _PLM_ICD_KEYS if key in data})
+    kept = tuple(variant for variant, info in data.get("onnx", {}).items() if info.get("kept"))
+    card = ModelCard(**{key: data.get(key, {}) for key in ("training", "encoder", "dev_metrics", "onnx", "versions")},
+                     unknown_codes=tuple(data.get("unknown_codes", ())))
+    return config.with_components(onnx_kept=kept, code_list=data.get("code_list")), card
+
+
+def read_card(folder: Path) -> ModelCard:
+    """The folder's ``card.json`` (an empty card when there is none yet)."""
+    path = folder / CARD_DATA_FILE
+    return ModelCard.from_dict(_read_json(path), source=str(path)) if path.is_file() else ModelCard()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelBundleError(f"{path} is not valid JSON: {error}") from None
-    return ModelConfig.from_dict(data, source=str(path))
 
 
 def model_hash(folder: Path) -> str:
@@ -258,9 +367,7 @@ def verify_folder(folder: Path, config: ModelConfig, *, needed: Iterable[str]) -
     files are missing or differ from their recorded sha256, or whose config names a path outside it;
     the message names the component."""
     present = folder_files(folder)
-    named = [*([(config.code_list, "code_list")] if config.code_list else []),
-             *((spec.folder, f"source.{spec.name}") for spec in config.sources),
-             *((spec.folder, f"reranker.{'+'.join(spec.sources)}") for spec in config.rerankers),
+    named = [*((component.path, component.name) for component in config.components),
              *((name, "files") for name in config.files)]
     for name, component in named:
         inside(folder, name, what=f"{CONFIG_FILE} ({component})")
@@ -279,45 +386,45 @@ def verify_folder(folder: Path, config: ModelConfig, *, needed: Iterable[str]) -
     for name in needed:
         path = folder / name
         if not path.is_file():
-            raise ModelBundleError(f"{path} is missing ({component_of(name)}); run `coder export {folder}` "
+            raise ModelBundleError(f"{path} is missing ({component_of(name, config)}); run `coder export {folder}` "
                                    "for ONNX files, or copy the whole model folder again")
         found, expected = file_sha256(path), config.files.get(name)
         if found != expected:
             raise ModelBundleError(
-                f"{path} ({component_of(name)}) has sha256 {found[:12]}…, {CONFIG_FILE} expects "
+                f"{path} ({component_of(name, config)}) has sha256 {found[:12]}…, {CONFIG_FILE} expects "
                 f"{(expected or 'none')[:12]}…; the file was changed after the model was built"
             )
 
 
-def component_of(name: str) -> str:
-    """The component a file of the folder belongs to: ``plm_icd``, ``onnx.int8``, ``source.lexicon``,
-    ``reranker.lexicon+plm_icd``, ``code_list``, ``card``."""
-    parts = name.split("/")
-    if parts[0] == "onnx":
-        return next((f"onnx.{variant}" for variant, file in ONNX_FILES.items() if file == name), "onnx")
-    if parts[0] in (SOURCES_DIR, RERANKERS_DIR) and len(parts) > 2:
-        return f"{parts[0].removesuffix('s')}.{parts[1]}"
-    return {CODE_LIST_FILE: "code_list", CARD_FILE: "card"}.get(name, parts[0])
+def component_of(name: str, config: ModelConfig) -> str:
+    """The component a file of the folder belongs to (``ModelConfig.components``; an ONNX file by its variant,
+    ``onnx.int8``), ``card`` for the card's two files."""
+    if name in (CARD_FILE, CARD_DATA_FILE):
+        return "card"
+    if name.startswith(f"{ONNX_DIR}/"):
+        return next((f"onnx.{variant}" for variant, file in ONNX_FILES.items() if file == name), ONNX_DIR)
+    return next((c.name for c in config.components if name == c.path or name.startswith(f"{c.path}/")),
+                name.split("/")[0])
 
 
 def component_hashes(config: ModelConfig) -> dict[str, str]:
-    """Component -> sha256 over its files' hashes, plus ``config`` (every setting but the file list and
-    the library versions): what ``--resume`` compares to name what changed in a model."""
+    """Component -> sha256 over its files' hashes, plus ``config`` (every setting but the file list): what
+    ``--resume`` compares to name what changed in a model. The card is left out: it says how the model was
+    made and how well it does (and which libraries wrote it), not how it codes."""
     grouped: dict[str, list[str]] = {}
     for name, sha in sorted(config.files.items()):
-        grouped.setdefault(component_of(name), []).append(f"{name}:{sha}")
-    # versions say which libraries wrote the folder, not how it codes: a rewrite by a newer release is the same model
-    settings = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in ("files", "versions")},
-                          sort_keys=True)
+        if (component := component_of(name, config)) != "card":
+            grouped.setdefault(component, []).append(f"{name}:{sha}")
+    settings = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "files"}, sort_keys=True)
     return {"config": hashlib.sha256(settings.encode()).hexdigest(),
             **{component: hashlib.sha256("\n".join(lines).encode()).hexdigest() for component, lines in grouped.items()}}
 
 
-def check_versions(config: ModelConfig) -> None:
+def check_versions(card: ModelCard) -> None:
     """Warn when a library that reads the model differs in major version from the one that wrote it;
     log any other difference at INFO (a pinned install runs the versions that wrote the shipped model)."""
     now = library_versions()
-    for name, written in config.versions.items():
+    for name, written in card.versions.items():
         current = now.get(name, "absent")
         if current != written:
             major = "absent" not in (written, current) and written.split(".")[0] != current.split(".")[0]

@@ -82,7 +82,10 @@ class PlmIcdScorer:
         self._codes = np.array([label.code for label in config.labels], dtype=object)
         self._thresholds = np.asarray(config.thresholds, dtype=np.float32)
         systems = np.asarray(config.systems)
-        self._systems = {system: np.flatnonzero(systems == system) for system in dict.fromkeys(config.systems)}
+        # each system's label columns by code: a stable sort of their scores then breaks ties by code,
+        # the tie rule of every rank (coder.rank)
+        self._systems = {system: (cols := np.flatnonzero(systems == system))[np.argsort(self._codes[cols], kind="stable")]
+                         for system in dict.fromkeys(config.systems)}
         self._labels = pl.DataFrame({SYSTEM: list(config.systems), CODE: self._codes.tolist(),
                                      "column": np.arange(len(self._codes))})
 
@@ -150,7 +153,7 @@ def choose_precision(folder: Path, config: ModelConfig, precision: str, *, gpu: 
     """``auto``: fp16 then fp32 on a GPU; int8 then fp32 on CPU; among the kept variants present on disk."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    kept = {name for name, info in config.onnx.items() if info.get("kept")}
+    kept = set(config.onnx_kept)
     if precision == "auto":
         preferred: Sequence[str] = ("fp16", "fp32", "int8") if gpu else ("int8", "fp32")
         present = [p for p in preferred if p in kept and (folder / ONNX_FILES[p]).is_file()]

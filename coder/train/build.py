@@ -22,7 +22,9 @@ from coder.export.onnx import export_bundle
 from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
 from coder.languages import language as check_language
-from coder.model.folder import RERANKERS_DIR, SOURCES_DIR, ModelConfig, encoder_record, read_config
+from coder.model.folder import (
+    RERANKERS_DIR, SOURCES_DIR, TERMS_FILE, ModelConfig, encoder_record, read_card, read_config, read_plm_icd,
+)
 from coder.assembly import load_model
 from coder.model.write import finalize
 from coder.ontology import load_ontology
@@ -106,15 +108,16 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
         logger.info("--resume: PLM-ICD in %s is trained and exported; fitting the candidate sources and rerankers", out)
         for part in (SOURCES_DIR, RERANKERS_DIR):  # the folder as export left it: PLM-ICD alone
             shutil.rmtree(out / part, ignore_errors=True)
-        finalize(out, dataclasses.replace(read_config(out), sources=(), rerankers=(), evaluation={}))
+        (out / TERMS_FILE).unlink(missing_ok=True)
+        config, card = read_plm_icd(out)
+        finalize(out, config, dataclasses.replace(card, evaluation={}))
     else:
         train(train=train_corpus, dev=dev, out=out, text_column=text_column, encoder_path=encoder_path,
               encoder_name=encoder_name, codes_file=codes_file, options=options, resume=resume, command=command,
               sources=inputs.sha256())
         export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
-    sources = default_sources(text_column=text_column, language=language,
-                              sentence_encoder=str(sentence_encoder) if sentence_encoder else None)
+    sources = default_sources(text_column=text_column, language=language, sentence_encoder=sentence_encoder)
     logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
     stacking = fit_stacking(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
@@ -124,8 +127,7 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
     evaluation = evaluate_stacking(stacking, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(),
                                    dev_origin=dev_origin, degraded_column=text_column)
     every_note = stacking.candidates.refit(train_corpus.plus(dev), ontology=ontology)
-    source_specs, reranker_specs = dataclasses.replace(stacking, candidates=every_note).save(out)
-    config = read_config(out)
-    training = {**config.training, "dev": dev_origin, "folds": folds}
-    return finalize(out, dataclasses.replace(config, sources=source_specs, rerankers=reranker_specs, evaluation=evaluation,
-                                             training=training))
+    config = dataclasses.replace(stacking, candidates=every_note).save(out, read_config(out))
+    card = read_card(out)
+    card = dataclasses.replace(card, evaluation=evaluation, training={**card.training, "dev": dev_origin, "folds": folds})
+    return finalize(out, config, card)

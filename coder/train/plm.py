@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from coder.hashing import file_sha256
 from coder.io.atomic import write_json
 from coder.io.corpus import Corpus
 from coder.model.chunking import ChunkedNote, chunk_notes, collate
-from coder.model.folder import CODE_LIST_FILE, CONFIG_FILE, ModelConfig, encoder_record, read_config
+from coder.model.folder import (
+    CODE_LIST_FILE, CONFIG_FILE, ModelCard, ModelConfig, encoder_record, read_config, read_plm_icd,
+)
 from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, predict_proba, save_torch
 from coder.ontology import Ontology, canonical_codes, load_ontology
@@ -163,7 +166,8 @@ def _load_data(train: Corpus, dev: Corpus | None, *, text_column: str, encoder_p
     labels = build_labels(train_canonical)
     if not labels.labels:
         raise UsageError("the training codes hold no code the ontology knows (pass --codes-file to vouch for others)")
-    logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in _count_systems(labels).items()))
+    counts = Counter(label.system for label in labels.labels)
+    logger.info("%d labels (%s)", len(labels.labels), ", ".join(f"{s}: {n}" for s, n in counts.items()))
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
     split_args = {"labels": labels, "tokenizer": tokenizer, "text_column": text_column, "options": options}
     return Data(labels=labels, tokenizer=tokenizer, train=_split(train.notes, train_canonical, name="train", **split_args),
@@ -171,8 +175,9 @@ def _load_data(train: Corpus, dev: Corpus | None, *, text_column: str, encoder_p
 
 
 def _base_config(out: Path, data: Data, *, ontology: Ontology, options: TrainingOptions, text_column: str, encoder_path: Path,
-                 encoder_name: str, sources: dict[str, str], command: str, code_list: str | None) -> ModelConfig:
-    """The config before any epoch: provenance now, thresholds and dev metrics filled in as training goes."""
+                 encoder_name: str, sources: dict[str, str], command: str, code_list: str | None
+                 ) -> tuple[ModelConfig, ModelCard]:
+    """The config and card before any epoch: provenance now, thresholds and dev metrics filled in as training goes."""
     splits = {"train": data.train, **({"dev": data.dev} if data.dev else {})}
     provenance = {
         "command": command,
@@ -183,24 +188,20 @@ def _base_config(out: Path, data: Data, *, ontology: Ontology, options: Training
         "truncated": {name: split.truncated for name, split in splits.items()},
         "unprocessable": {name: split.unprocessable for name, split in splits.items()},
     }
-    return ModelConfig(
+    config = ModelConfig(
         name=out.name,
         labels=data.labels.labels,
         thresholds=tuple(0.5 for _ in data.labels.labels),
-        system_thresholds={system: 0.5 for system in _count_systems(data.labels)},
         chunk_len=options.chunk_len,
         max_chunks=options.max_chunks,
         attention_dim=options.attention_dim,
         text_columns={"encoder": text_column},
-        encoder=encoder_record(encoder_path, name=encoder_name),
         # the folder's own copy of the code list, not the path it was trained from (folders travel)
         ontology={**ontology.release, "code_list": code_list} if code_list else dict(ontology.release),
-        unknown_codes=data.labels.unknown,
-        training=provenance,
-        dev_metrics={},
         truncations=truncation_levels([(label.system, label.code) for label in data.labels.labels], ontology=ontology),
-        code_list=code_list,
-    )
+    ).with_components(code_list=code_list)
+    return config, ModelCard(training=provenance, encoder=encoder_record(encoder_path, name=encoder_name),
+                             unknown_codes=data.labels.unknown)
 
 
 def _dev_metrics(scores: np.ndarray, dev: Split, *, labels) -> dict[str, dict[str, float]]:
@@ -273,7 +274,7 @@ def train(
     torch.manual_seed(options.seed)
     ontology = load_ontology(codes_file=codes_file)
     data = _load_data(train, dev, text_column=text_column, encoder_path=encoder_path, ontology=ontology, options=options)
-    base = _base_config(
+    base, card = _base_config(
         out, data, ontology=ontology, options=options, text_column=text_column, encoder_path=encoder_path,
         encoder_name=encoder_name, sources=sources or {}, command=command, code_list=CODE_LIST_FILE if codes_file else None,
     )
@@ -309,7 +310,7 @@ def train(
         state["epoch"] = epoch + 1
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         if improved:
-            _write_folder(out, base, model=model, tokenizer=data.tokenizer, dev=data.dev, dev_scores=scores, state=state)
+            _write_folder(out, base, card, model=model, tokenizer=data.tokenizer, dev=data.dev, dev_scores=scores, state=state)
         if state["bad_epochs"] >= options.patience:
             logger.info("no dev MAP gain for %d epochs: stopping after epoch %d", options.patience, epoch + 1)
             break
@@ -327,13 +328,13 @@ def finished(out: Path, *, sources: dict[str, str], options: TrainingOptions, te
     (``encoder_record``) and code list."""
     if checkpoint_folder(out).exists() or not (out / CONFIG_FILE).is_file():
         return False
-    config = read_config(out)
-    if not config.onnx:
+    config, card = read_plm_icd(out)
+    if not card.onnx:
         return False
-    trained = {"input files": (config.training.get("data_sha256"), sources),
-               "options": (config.training.get("options"), dataclasses.asdict(options)),
+    trained = {"input files": (card.training.get("data_sha256"), sources),
+               "options": (card.training.get("options"), dataclasses.asdict(options)),
                "text column": (config.text_columns.get("encoder"), text_column),
-               "encoder": (config.encoder, encoder),
+               "encoder": (card.encoder, encoder),
                "code list": (config.ontology.get("code_list_sha256"), file_sha256(codes_file) if codes_file else None)}
     differ = [what for what, (then, now) in trained.items() if then != now]
     if differ:
@@ -364,13 +365,6 @@ def _describe_labels(model: PlmIcd, labels: LabelSet, *, tokenizer, ontology: On
     model.train()
 
 
-def _count_systems(labels: LabelSet) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for label in labels.labels:
-        counts[label.system] = counts.get(label.system, 0) + 1
-    return counts
-
-
 def _train_epoch(model: PlmIcd, split: Split, *, optimizer, scheduler, options: TrainingOptions, epoch: int, pad_id: int) -> float:
     model.train()
     groups = _epoch_batches(split, options=options, epoch=epoch)
@@ -392,21 +386,18 @@ def _train_epoch(model: PlmIcd, split: Split, *, optimizer, scheduler, options: 
     return total / max(1, len(groups))
 
 
-def _write_folder(out: Path, base: ModelConfig, *, model: PlmIcd, tokenizer, dev: Split | None, dev_scores: np.ndarray | None, state: dict) -> None:
+def _write_folder(out: Path, config: ModelConfig, card: ModelCard, *, model: PlmIcd, tokenizer, dev: Split | None,
+                  dev_scores: np.ndarray | None, state: dict) -> None:
     """Write weights, thresholds (tuned on dev when given), config and card for the current model."""
     save_torch(out, model=model, tokenizer=tokenizer)
-    config = dataclasses.replace(base, training={**base.training, "epochs_run": state["epoch"], "history": state["history"]})
+    card = dataclasses.replace(card, training={**card.training, "epochs_run": state["epoch"], "history": state["history"]})
     if dev is not None and dev_scores is not None:
         tuner = ThresholdTuner().fit(dev_scores, dev.targets, systems=config.systems)
         metrics = _dev_metrics(dev_scores, dev, labels=config.labels)
         f1 = micro_f1(tuner.predict(dev_scores), dev.targets, systems=config.systems, gold=dev.gold)
         for system, value in f1.items():
             metrics.setdefault(system, {})["micro_f1_at_threshold"] = value
-        config = dataclasses.replace(
-            config,
-            thresholds=tuple(float(t) for t in tuner.thresholds_),
-            system_thresholds=tuner.system_thresholds_,
-            dev_metrics={"epoch": state["epoch"], **metrics},
-        )
-    finalize(out, config)
+        config = dataclasses.replace(config, thresholds=tuple(float(t) for t in tuner.thresholds_))
+        card = dataclasses.replace(card, dev_metrics={"epoch": state["epoch"], **metrics})
+    finalize(out, config, card)
     logger.info("wrote %s (epoch %d)", out, state["epoch"])

@@ -35,18 +35,21 @@ from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.stack import CandidateStack, SourceFrames
 from coder.candidates.term_match import TermMatch
 from coder.candidates.tfidf import TfidfClassifier
+from coder.export.sentence import exported_sentence_encoder
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
-from coder.model.folder import PRIOR_FILE, RerankerSpec, SourceSpec
+from coder.model.folder import (
+    DEFAULT_ENCODER_NAME, PRIOR_FILE, TERMS_FILE, ModelConfig, RerankerSpec, SourceSpec, default_encoder_path,
+)
 from coder.model.scorer import Scored
 from coder.ontology import Ontology
 from coder.rerank.reranker import Reranker, fold_ids
-from coder.schema import KEY, NOTE_ID, PLM_ICD, TEXT, TEXT_ES
+from coder.schema import KEY, NOTE_ID, PLM_ICD, SYSTEM, TEXT, TEXT_ES
 
 logger = logging.getLogger(__name__)
 
 def default_sources(*, text_column: str = TEXT, language: str = "en",
-                    sentence_encoder: str | None = None) -> list[CandidateSource]:
+                    sentence_encoder: Path | None = None) -> list[CandidateSource]:
     """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
     are left out when fitting): the lexicons of coders' spans (the second language's, then the main
     text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF
@@ -54,8 +57,12 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     ``language``: the notes' main text and its language (the ontology's descriptions are English:
     other languages mine without them, and the term match and the dense search, English words and
     an English sentence encoder against English terms, are left out).
-    ``sentence_encoder``: the dense search's encoder folder (None: the packaged all-MiniLM-L6-v2)."""
+    ``sentence_encoder``: the dense search's encoder, a local Hugging Face folder (None: the packaged
+    all-MiniLM-L6-v2), exported to int8 ONNX for it (``coder.export.sentence``)."""
     second = [column for column in (TEXT_ES,) if column != text_column]
+    english = language == "en"
+    exported = exported_sentence_encoder(sentence_encoder or default_encoder_path(),
+                                         name=str(sentence_encoder) if sentence_encoder else DEFAULT_ENCODER_NAME) if english else None
     return [
         *(EvidenceLexicon(name=f"lexicon_{c.removeprefix('text_')}", text_column=c, language="es") for c in second),
         EvidenceLexicon(name="lexicon", text_column=text_column, language=language),
@@ -65,7 +72,7 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
         OntologySearch(name="ontology", text_column=text_column),
         OntologySearch(name="coverage", text_column=text_column, measure="coverage"),
         *([TermMatch(name="term_match", text_column=text_column),
-           DenseSearch(name="dense", text_column=text_column, encoder=sentence_encoder)] if language == "en" else []),
+           DenseSearch(name="dense", text_column=text_column, encoder=str(exported))] if english else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
 
@@ -134,10 +141,14 @@ class Stacking:
     out_of_fold: dict[tuple[str, ...], pl.DataFrame]
     """The labelled out-of-fold train frame each of ``rerankers`` was fitted on (not saved)."""
 
-    def save(self, folder: Path) -> tuple[tuple[SourceSpec, ...], tuple[RerankerSpec, ...]]:
-        """Write ``sources/<name>/``, ``rerankers/<a+b>/`` and ``rerankers/prior.parquet`` into a
-        model folder; returns their config entries."""
+    def save(self, folder: Path, config: ModelConfig) -> ModelConfig:
+        """Write ``terms.parquet`` (once for the sources that read terms), ``sources/<name>/``,
+        ``rerankers/<a+b>/`` and ``rerankers/prior.parquet`` into a model folder; returns ``config`` with
+        them as its components."""
         sources = self.candidates.sources
+        terms = shared_terms([source.terms_ for source in sources if source.reads_terms])
+        if terms is not None:
+            write_parquet(folder / TERMS_FILE, terms, durable=False)
         specs = tuple(SourceSpec(name=s.name, kind=kind_of(s), text_column=s.text_column) for s in sources)
         for spec, source in zip(specs, sources, strict=True):
             source.save(folder / spec.folder)
@@ -146,7 +157,19 @@ class Stacking:
             self.rerankers[spec.sources].save(folder / spec.folder)
         (folder / PRIOR_FILE).parent.mkdir(parents=True, exist_ok=True)
         write_parquet(folder / PRIOR_FILE, self.prior, durable=False)
-        return specs, rerankers
+        return config.with_components(sources=specs, rerankers=rerankers, terms=terms is not None)
+
+
+def shared_terms(fitted: Sequence[pl.DataFrame]) -> pl.DataFrame | None:
+    """The one table of ontology terms that holds what each source in ``fitted`` read, as its rows of the
+    systems it read (``stored_terms``): the sources of one model read the same ontology."""
+    if not fitted:
+        return None
+    terms = pl.concat(fitted).unique(maintain_order=True)
+    for own in fitted:
+        if not terms.filter(pl.col(SYSTEM).is_in(own[SYSTEM].unique())).equals(own):
+            raise ValueError("the candidate sources read different ontology terms: fit them on one ontology")
+    return terms
 
 
 def fit_stacking(*, train: Corpus, ontology: Ontology, sources: Sequence[CandidateSource] | None = None, folds: int = 5,
