@@ -155,6 +155,7 @@ def train_command(
     from coder.errors import UsageError
     from coder.model.folder import read_card
     from coder.train.build import Inputs, build_model
+    from coder.train.stacking import default_sources
     from coder.train.plm import TrainingOptions
 
     if encoder is None:
@@ -173,7 +174,8 @@ def train_command(
                     dev_evidence=dev_evidence, unlabelled=unlabelled_notes, evidence_column=evidence_column)
     config = build_model(inputs=inputs, out=out, text_column=text_column, encoder_path=encoder, encoder_name=encoder_name,
                          codes_file=codes_file, options=options, resume=resume, command=shlex.join(["coder", *sys.argv[1:]]),
-                         language=language.value, sentence_encoder=sentence_encoder)
+                         sources=default_sources(text_column=text_column, language=language.value,
+                                                 sentence_encoder=sentence_encoder))
     figures = "; ".join(f"{row['ranking']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("MAP"))
                         for row in read_card(out).evaluation.get("rows", []) if row["ranking"].startswith("whole model"))
     typer.echo(f"wrote {out} ({len(config.labels)} labels, {len(config.sources)} candidate sources); dev: {figures}")

@@ -7,12 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.model.folder import read_config
+from coder.model.folder import read_card, read_config
 from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.train.build import Inputs, build_model
 from coder.errors import UsageError
 from coder.train.plm import TrainingOptions, finished
+from coder.train.stacking import default_sources
 
 runner = CliRunner()
 
@@ -29,7 +30,7 @@ def _build(tmp_path, tiny_model_path, inputs: Inputs):
     out = tmp_path / "model"
     build_model(inputs=inputs, out=out, text_column="text", encoder_path=tiny_model_path.parent / "encoder",
                 encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=False, command="test", folds=2,
-                sentence_encoder=tiny_model_path.parent / "encoder")
+                sources=default_sources(sentence_encoder=tiny_model_path.parent / "encoder"))
     return out
 
 
@@ -40,8 +41,11 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
     out = _build(tmp_path, tiny_model_path, Inputs(notes=paths["notes"], codes=paths["codes"]))
     config = read_config(out)
     assert {s.name for s in config.sources} >= {"ontology", "dense", "tfidf"} and "lexicon" not in {s.name for s in config.sources}
-    assert config.rerankers and "held-out fifth" in config.training["dev"]
-    assert [row["ranking"] for row in config.evaluation["rows"]][-1].startswith("whole model")
+    card = read_card(out)
+    assert config.rerankers and "held-out fifth" in card.training["dev"] and config.terms == "terms.parquet"
+    assert [row["ranking"] for row in card.evaluation["rows"]][-1].startswith("whole model")
+    assert sorted(p.name for p in (out / "sources" / "dense" / "encoder").iterdir()) == [
+        "encoder.json", "model.int8.onnx", "tokenizer.json"]
     model = load_model(out, device="cpu")
     tfidf = next(source for source in model.stack.sources if source.name == "tfidf")
     assert tfidf.train_matrix_.shape[0] == notes.height  # the shipped sources learnt from every note, dev's too
@@ -56,7 +60,7 @@ def test_spans_and_a_second_language_add_the_evidence_lexicon(trained_model, tin
     notes, _, _ = tiny_codiesp
     out = trained_model.folder  # notes with text_es, spans and dev files (conftest)
     config = read_config(out)
-    assert {"lexicon_es", "lexicon"} <= {s.name for s in config.sources} and config.training["dev"] == "dev files"
+    assert {"lexicon_es", "lexicon"} <= {s.name for s in config.sources} and read_card(out).training["dev"] == "dev files"
     assert not [f for f in out.rglob("*") if f.suffix in (".pkl", ".joblib", ".pt")]
     model = load_model(out, device="cpu")
     assert model.text_columns[:2] == ("text", "text_es")
@@ -80,20 +84,20 @@ def test_resume_keeps_a_trained_plm_icd_and_fits_the_rest_again(tiny_model_path,
     paths = _write(tmp_path, {"notes": notes.select("note_id", "text"), "codes": codes})
     inputs = Inputs(notes=paths["notes"], codes=paths["codes"])
     out = _build(tmp_path, tiny_model_path, inputs)
-    first = read_config(out)
+    first, first_card = read_config(out), read_card(out)
     kept = {name: digest for name, digest in first.files.items() if name.startswith(("plm_icd/", "onnx/"))}
     (out / "sources" / "stale").mkdir()  # a source an earlier stack had
     (out / "sources" / "stale" / "x.json").write_text("{}")
     monkeypatch.setattr("coder.train.build.train", lambda **_: pytest.fail("PLM-ICD trained again"))
     build_model(inputs=inputs, out=out, text_column="text", encoder_path=tiny_model_path.parent / "encoder",
                 encoder_name="tiny", codes_file=None, options=TrainingOptions(epochs=1), resume=True, command="test", folds=2,
-                sentence_encoder=tiny_model_path.parent / "encoder")
+                sources=default_sources(sentence_encoder=tiny_model_path.parent / "encoder"))
     again = read_config(out)
     assert {name: again.files[name] for name in kept} == kept and not (out / "sources" / "stale").exists()
-    assert again.sources == first.sources and again.rerankers == first.rerankers and again.training == first.training
+    assert again.components == first.components and read_card(out).training == first_card.training
     assert code_batch(load_model(out, device="cpu"), notes.select("note_id", "text"), top_k=5).predictions.height
     as_built = {"sources": inputs.sha256(), "options": TrainingOptions(epochs=1), "text_column": "text",
-                "encoder": first.encoder, "codes_file": None}
+                "encoder": first_card.encoder, "codes_file": None}
     assert finished(out, **as_built)
     for changed, message in [({"options": TrainingOptions(epochs=2)}, "other options"),
                              ({"sources": {**inputs.sha256(), "other.parquet": "0"}}, "other input files"),

@@ -14,14 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
+from coder.candidates import CandidateSource
 from coder.export.onnx import export_bundle
 from coder.hashing import file_sha256
 from coder.io.corpus import Corpus, read_notes
-from coder.languages import language as check_language
 from coder.model.folder import (
     RERANKERS_DIR, SOURCES_DIR, TERMS_FILE, ModelConfig, encoder_record, read_card, read_config, read_plm_icd,
 )
@@ -34,7 +35,7 @@ from coder.schema import NOTE_ID, TEXT_ES
 from coder.train.evaluation import evaluate_stacking
 from coder.train.plm import TrainingOptions, finished, train
 from coder.train.projection import corpus_aligners, project_corpus
-from coder.train.stacking import add_plm_rerankers, default_sources, dev_frames, fit_stacking, refit_dev_frames
+from coder.train.stacking import add_plm_rerankers, dev_frames, fit_stacking, refit_dev_frames
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +96,10 @@ def with_projected_spans(train: Corpus, dev: Corpus, *, text_column: str, unlabe
 
 
 def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Path, encoder_name: str,
-                codes_file: Path | None, options: TrainingOptions, resume: bool, command: str, folds: int = 5,
-                language: str = "en", sentence_encoder: Path | None = None) -> ModelConfig:
-    """Train PLM-ICD into ``out``, export it, and fit the candidate sources and rerankers beside it
-    (``sentence_encoder``: the dense search's, None for the packaged all-MiniLM-L6-v2)."""
-    check_language(language)  # an unknown language fails now, not after PLM-ICD's training
+                codes_file: Path | None, options: TrainingOptions, resume: bool, command: str,
+                sources: Sequence[CandidateSource], folds: int = 5) -> ModelConfig:
+    """Train PLM-ICD into ``out``, export it, and fit ``sources`` (unfitted: ``default_sources``, those the
+    corpus cannot fit are left out) and the rerankers beside it."""
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
     train_corpus, dev = with_projected_spans(train_corpus, dev, text_column=text_column, unlabelled=unlabelled)
@@ -117,7 +117,6 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
               sources=inputs.sha256())
         export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
-    sources = default_sources(text_column=text_column, language=language, sentence_encoder=sentence_encoder)
     logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
     stacking = fit_stacking(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
     plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)

@@ -38,6 +38,7 @@ from coder.candidates.tfidf import TfidfClassifier
 from coder.export.sentence import exported_sentence_encoder
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
+from coder.languages import language as check_language
 from coder.model.folder import (
     DEFAULT_ENCODER_NAME, PRIOR_FILE, TERMS_FILE, ModelConfig, RerankerSpec, SourceSpec, default_encoder_path,
 )
@@ -59,6 +60,7 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     an English sentence encoder against English terms, are left out).
     ``sentence_encoder``: the dense search's encoder, a local Hugging Face folder (None: the packaged
     all-MiniLM-L6-v2), exported to int8 ONNX for it (``coder.export.sentence``)."""
+    check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     second = [column for column in (TEXT_ES,) if column != text_column]
     english = language == "en"
     exported = exported_sentence_encoder(sentence_encoder or default_encoder_path(),
