@@ -26,7 +26,7 @@ def backfill(frames: Mapping[str, pl.DataFrame], *, sources: Iterable, notes: pl
     code) keys of the other frames it lacks; ``notes`` holds the text columns the sources read."""
     out = dict(frames)
     backfilling = [source for source in sources if getattr(source, "backfill", False) and source.name in frames]
-    if not backfilling:  # models saved before backfill: no key set to build per batch
+    if not backfilling:  # no source scores the others' codes: no key set to build per batch
         return out
     keys = pl.concat([frame.select(KEY) for frame in frames.values()]).unique()
     for source in backfilling:
