@@ -170,7 +170,9 @@ def matrix_scores(scores: np.ndarray, *, note_ids: Sequence[str], labels: Sequen
     system (``gold``: system -> note id -> codes)."""
     out = {}
     for system, truth in gold.items():
-        cols = np.array([j for j, (label_system, _) in enumerate(labels) if label_system == system], dtype=np.int64)
+        # the system's columns by code: the stable sort below then breaks equal scores by code (coder.rank)
+        cols = np.array(sorted((j for j, (label_system, _) in enumerate(labels) if label_system == system),
+                               key=lambda j: labels[j][1]), dtype=np.int64)
         rows = [i for i, note_id in enumerate(note_ids) if truth.get(note_id)]
         if not rows or not cols.size:
             continue

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import http.client
 import importlib.util
 import json
@@ -20,6 +19,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -30,7 +30,7 @@ from coder.llm.prompt import estimate_tokens
 from coder.llm.redact import redact
 from coder.llm.settings import LLMSettings
 from coder.llm.transport import fetch_json
-from coder.ontology.cache import cache_dir
+from coder.ontology.cache import cache_dir, cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def local_model_folder(model: str | Path | None) -> Path:
         raise LLMBackendError(f"local LLM {path} does not exist: pass a model folder or a .gguf file")
     if path.is_dir():
         return path
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    # keyed on the file's content and the converting library, as every cache is (coder.ontology.cache)
+    key = cache_key(sources=[path], salt=json.dumps({"transformers": version("transformers")}))[:12]
     folder = cache_dir() / "llm" / f"{path.stem}-{key}"
     if not folder.exists():
         _dequantise(path, folder)
