@@ -462,7 +462,7 @@ def prepare_command(
     model: Annotated[Path | None, typer.Option(file_okay=False, help="Model folder whose caches are built (default: $CODER_MODEL, else models/codiesp-minilm).")] = None,
 ) -> None:
     """Build every cache the model's first `coder predict` would build (the ontology tables, the ontology
-    searches' index, the dense search's int8 encoder and term vectors: minutes on a few cores), in
+    searches' index, the dense search's term vectors: minutes on a few cores), in
     $CODER_CACHE_DIR or else the user's cache folder; for a container build or before a first night.
     Prints what it built and where."""
     from coder.prepare import prepare_caches
