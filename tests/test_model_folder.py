@@ -60,9 +60,13 @@ def _drop_last_label(data):
         (lambda d: d.update(format_version=2), r"format_version 2, .* \(--resume keeps its trained PLM-ICD\)"),
         (lambda d: d["components"].append({"name": "x", "stage": "candidates", "path": "sources/x"}),
          r"components: unknown keys \[\] and missing keys \['type'\]"),
+        (lambda d: d["components"].insert(0, {"name": "terms", "stage": "candidates", "type": "terms", "path": "terms.parquet"}),
+         "components must serve the stages score, candidates, rerank, validate, in that order"),
+        (lambda d: d["components"][0].update(stage="guess"), "components must serve the stages"),
         (_drop_last_label, r"outputs 7 logits, the config lists 6 labels"),
     ],
-    ids=["unknown-key", "missing-key", "format-version", "format-2", "bad-component", "label-count-vs-onnx-width"],
+    ids=["unknown-key", "missing-key", "format-version", "format-2", "bad-component", "stages-out-of-order",
+         "unknown-stage", "label-count-vs-onnx-width"],
 )
 def test_loader_says_what_does_not_match(bundle_copy, edit, message):
     _edit_config(bundle_copy, edit)

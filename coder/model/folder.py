@@ -252,11 +252,16 @@ class ModelConfig:
         _check_keys(cls, data, source=source)
         for item in data.get("components", ()):
             _check_keys(Component, item, source=f"{source} components")
+        components = tuple(Component(**item) for item in data.get("components", ()))
+        order = [STAGES.index(c.stage) if c.stage in STAGES else -1 for c in components]
+        if -1 in order or order != sorted(order):
+            raise ModelBundleError(f"{source}: the components must serve the stages {', '.join(STAGES)}, in that order; "
+                                   "rebuild the model with `coder train`")
         return cls(**{
             **data,
             "labels": tuple(Label(**label) for label in data["labels"]),
             "thresholds": tuple(float(t) for t in data["thresholds"]),
-            "components": tuple(Component(**item) for item in data.get("components", ())),
+            "components": components,
             "truncations": {system: tuple(lengths) for system, lengths in data.get("truncations", {}).items()},
         })
 
