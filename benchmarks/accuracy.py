@@ -15,7 +15,7 @@ against the dev spans projected by the same aligners). Prints the tables and add
 this benchmark's section of benchmarks/RESULTS.md.
 
     python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH]
-        [--reranker '{"max_leaf_nodes": 31}'] [--no-write]
+        [--reranker '{"max_leaf_nodes": 31}'] [--without SOURCE ...] [--no-write]
 
 CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 """
@@ -96,7 +96,7 @@ class Ablation:
     DUMPS = {"full": (TEXT, TEXT_ES), "English-only": (TEXT,)}
 
     def __init__(self, *, folds: int, plm_model: Path | None, sentence_encoder: Path | None = None,
-                 reranker: Reranker | None = None):
+                 reranker: Reranker | None = None, without: tuple[str, ...] = ()):
         self.reranker = reranker or Reranker()
         read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
                                   text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
@@ -110,7 +110,7 @@ class Ablation:
         self.unseen = {(s, c) for s, c in self.dev.codes.select(SYSTEM, CODE).iter_rows()} - \
             {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
         self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
-        sources = default_sources(sentence_encoder=sentence_encoder)
+        sources = [source for source in default_sources(sentence_encoder=sentence_encoder) if source.name not in without]
         self.stack = CandidateStack(tuple(sources)).fit(self.train, ontology=self.ontology)
         self.order = list(self.stack.names)
         self.ms_per_note, dev_found = {}, {}
@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--reranker", type=json.loads, default={},
                         help="JSON of coder.rerank.reranker.Reranker parameters for every reranked row, e.g. "
                              "'{\"max_leaf_nodes\": 31}' (default: its defaults, those coder train uses)")
+    parser.add_argument("--without", action="append", default=[], choices=[s.name for s in default_sources()],
+                        help="leave this candidate source out of every row (repeatable): the last rows then price it, "
+                             "against a run without --without")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     try:  # a wrong setting fails here, not after the sources have been fitted
@@ -218,10 +221,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder,
-                        reranker=reranker)
+                        reranker=reranker, without=tuple(args.without))
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
         f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "") + (
-        f" --reranker '{json.dumps(args.reranker)}'" if args.reranker else "")
+        f" --reranker '{json.dumps(args.reranker)}'" if args.reranker else "") + "".join(
+        f" --without {name}" for name in args.without)
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | recall CM | recall PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     scored = {}
