@@ -1,7 +1,7 @@
 """``coder prepare``: build ahead of time every cache that a model's first run builds.
 
 Loading a model builds what its first run needs and keeps it in ``coder.ontology.cache.cache_dir()``:
-the ontology tables, the ontology searches' index, the dense search's term vectors.
+the ontology tables, the ontology searches' index, the dense search's int8 encoder and term vectors.
 Preparing loads the model once, so that a container build or a machine's first night does that work.
 """
 

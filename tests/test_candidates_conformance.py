@@ -12,7 +12,6 @@ from sklearn.base import clone
 from coder.candidates import SOURCES
 from coder.candidates.base import CandidateSource
 from coder.errors import NotFittedError
-from coder.export.sentence import exported_sentence_encoder
 from coder.model.folder import is_pickle
 from coder.schema import EVIDENCE, KEY, NOTE_ID
 
@@ -35,8 +34,7 @@ def fitted(tiny_corpus, tiny_ontology, tiny_model_path, tmp_path_factory):
         patch.setenv("CODER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         out = {}
         for kind, params in SMALL.items():
-            extra = {"encoder": str(exported_sentence_encoder(tiny_model_path.parent / "encoder", name="tiny-random-bert"))
-                     } if kind == "dense_search" else {}
+            extra = {"encoder": str(tiny_model_path.parent / "encoder")} if kind == "dense_search" else {}
             source = SOURCES[kind](**params, **extra)
             out[kind] = source, clone(source).fit(tiny_corpus, ontology=tiny_ontology)
         yield out

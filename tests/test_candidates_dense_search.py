@@ -1,5 +1,5 @@
-"""Dense search with the tiny random encoder (exported to int8 ONNX once per module): exact-text matches,
-brute-force equality, evidence, the term vectors' cache, and the encoder and terms checks on load."""
+"""Dense search with the tiny random encoder: exact-text matches, brute-force equality, evidence,
+the cache (encoder ONNX and term vectors built once), and the encoder and terms checks on load."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import coder.candidates.dense_search as dense_search
 from coder.candidates.dense_search import DenseSearch
 from coder.candidates.ontology_search import TERMS_SCHEMA
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.export.sentence import SETTINGS_FILE, exported_sentence_encoder
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -51,8 +50,8 @@ def cache(cache_folder, monkeypatch):
 
 
 @pytest.fixture
-def encoder(cache, tiny_model_path):
-    return str(exported_sentence_encoder(tiny_model_path.parent / "encoder", name="tiny-random-bert"))
+def encoder(tiny_model_path):
+    return str(tiny_model_path.parent / "encoder")
 
 
 @pytest.fixture
@@ -105,14 +104,17 @@ def test_equal_scores_rank_and_cut_by_code_whatever_the_ontology_order(cache, en
     assert found.select("code", "dense_rank").rows() == [("A", 1), ("B", 2)]
 
 
-def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder_and_terms(search, tmp_path, caplog):
-    """A saved search carries a copy of its exported encoder, never a path outside it, and the digest of
-    its terms, which the model folder stores once for every source."""
+def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder_and_terms(search, tmp_path, monkeypatch, caplog):
+    """A saved search carries a copy of its encoder (other than the packaged one), never a path outside it, and
+    the digest of its terms, which the model folder stores once for every source."""
     search.save(tmp_path / "dense")
     assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.json", "encoder"]
-    assert sorted(p.name for p in (tmp_path / "dense" / "encoder").iterdir()) == [
-        SETTINGS_FILE, "model.int8.onnx", "tokenizer.json"]
     assert json.loads((tmp_path / "dense" / "dense.json").read_text())["params"]["encoder"] == "encoder"
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached encoder file should be used")
+
+    monkeypatch.setattr("coder.export.sentence.export_sentence_encoder", no_export)
     with caplog.at_level(logging.INFO, logger="coder.candidates.dense_search"):
         loaded = DenseSearch.load(tmp_path / "dense", terms=search.terms_)
     assert "term vectors from" in caplog.text
@@ -121,7 +123,7 @@ def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder_and_terms(s
         DenseSearch.load(tmp_path / "dense", terms=search.terms_.head(3))
 
     loaded.save(tmp_path / "dense")  # saved where it was loaded from: its copy stays
-    changed = tmp_path / "dense" / "encoder" / SETTINGS_FILE
+    changed = tmp_path / "dense" / "encoder" / "config.json"
     changed.write_text(changed.read_text() + "\n")
     with pytest.raises(ModelBundleError, match="was built with"):
         DenseSearch.load(tmp_path / "dense", terms=search.terms_)
@@ -141,10 +143,8 @@ def test_unfitted_missing_folder_and_missing_encoder(cache, tmp_path):
         DenseSearch().candidates(NOTES)
     with pytest.raises(ModelBundleError, match="dense.json"):
         DenseSearch.load(tmp_path)
-    with pytest.raises(ModelBundleError, match="no exported sentence encoder in .*nowhere: expected encoder.json"):
+    with pytest.raises(ModelBundleError, match="encoder folder .* not found"):
         DenseSearch(encoder=str(tmp_path / "nowhere")).index(TERMS)
-    with pytest.raises(UsageError, match="no encoder"):
-        DenseSearch().index(TERMS)
 
 
 def test_fit_reads_the_ontology_and_no_notes(cache, encoder, tiny_ontology):

@@ -44,8 +44,8 @@ def test_notes_and_codes_alone_build_a_model_of_more_than_plm_icd(tiny_model_pat
     card = read_card(out)
     assert config.rerankers and "held-out fifth" in card.training["dev"] and config.terms == "terms.parquet"
     assert [row["ranking"] for row in card.evaluation["rows"]][-1].startswith("whole model")
-    assert sorted(p.name for p in (out / "sources" / "dense" / "encoder").iterdir()) == [
-        "encoder.json", "model.int8.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in (out / "sources" / "dense" / "encoder").iterdir()) == sorted(
+        p.name for p in (tiny_model_path.parent / "encoder").iterdir())  # a copy of an encoder not packaged
     model = load_model(out, device="cpu")
     tfidf = next(source for source in model.stack.sources if source.name == "tfidf")
     assert tfidf.train_matrix_.shape[0] == notes.height  # the shipped sources learnt from every note, dev's too

@@ -6,12 +6,13 @@ code scores the best cosine between one of its terms and a sentence of the note.
 ontology search it reaches codes never seen in training, and it also finds them when the note words
 a condition differently from the ontology. Descriptions are English, so it reads ``text``.
 
-The encoder runs as int8 ONNX: ``coder train`` exports it (``coder.export.sentence``) and the model
-folder carries that export in the source's folder (``encoder/``: ``model.int8.onnx``, ``tokenizer.json``,
-``encoder.json``), so predicting needs neither torch nor the encoder's package. The term vectors (int8
-with a scale per term, a quarter of float32) are made on first use (announced, with a progress bar or
-periodic lines) or ahead of time by ``coder prepare``, and kept in ``coder.ontology.cache``, once per
-encoder and ontology.
+The packaged all-MiniLM-L6-v2 is not copied into the model folder (a model folder stays under 100 MB):
+the folder records the sha256 of its files, checked on load. Any other encoder is copied into the
+source's folder (``encoder/``): a folder never names a path outside itself. What is derived from it
+is built on first use (announced, with a progress bar or periodic lines), or ahead of time by
+``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as int8 ONNX
+(``coder.export.sentence.exported_sentence_encoder``) and the term vectors (int8 with a scale per
+term, a quarter of float32), made once per encoder and ontology.
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
 sentences it is encoded beside: each note's sentences are encoded apart from every other note's (sorted
@@ -48,7 +49,7 @@ from coder.estimator import read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_atomically, write_text
 from coder.io.progress import Progress, announce
-from coder.model.folder import inside, is_pickle
+from coder.model.folder import DEFAULT_ENCODER_NAME, default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENCODER_DIR = "encoder"  # a saved search's copy of its exported encoder
+ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
 # The exported encoder's files (written by coder.export.sentence.exported_sentence_encoder)
 ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
 VECTORS_VERSION = 5  # bump when the cached term vectors' layout or the way they are made changes
@@ -94,8 +95,7 @@ class DenseSearch(CandidateSource):
     name: the score column written by ``candidates`` (the candidate source's name).
     text_column: the notes column that is read (descriptions are English: ``text``).
     top_k: candidates kept per (note, system).
-    encoder: the exported sentence encoder's folder (``coder.export.sentence.exported_sentence_encoder``:
-        its int8 ONNX file, tokenizer and settings), copied into the saved search's folder.
+    encoder: a local Hugging Face sentence encoder folder; None: the packaged all-MiniLM-L6-v2.
     """
 
     learns_from_notes = False
@@ -114,19 +114,21 @@ class DenseSearch(CandidateSource):
     def index(self, terms: pl.DataFrame, *, encoder_sha256: str | None = None) -> DenseSearch:
         """Embed ``terms`` (TERMS_SCHEMA), or read their vectors from the cache. ``encoder_sha256``:
         the encoder files' hash the saved search was built with (a mismatch is a bundle error)."""
-        if self.encoder is None:
-            raise UsageError("dense search: no encoder; give the folder coder.export.sentence.exported_sentence_encoder made")
-        folder = Path(self.encoder)
-        settings = read_state(folder, SETTINGS_FILE, what="exported sentence encoder", also=(ENCODER_FILE, TOKENIZER_FILE))
+        folder = Path(self.encoder) if self.encoder else default_encoder_path()
+        if not folder.is_dir():
+            raise ModelBundleError(f"dense search: encoder folder {folder} not found; install it or set the source's encoder")
         self.encoder_sha256_ = folder_sha256(folder)
         if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
             raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
-                                   f"was built with {encoder_sha256[:12]}…; copy the whole model folder again")
-        self.tokenizer_ = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+                                   f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
+        exported = _exported(folder)
+        settings = read_state(exported, SETTINGS_FILE, what="exported sentence encoder", also=(ENCODER_FILE, TOKENIZER_FILE))
+        self.exported_sha256_ = folder_sha256(exported)  # what the term vectors are made with
+        self.tokenizer_ = Tokenizer.from_file(str(exported / TOKENIZER_FILE))
         self.pad_token_id_ = int(settings["pad_token_id"])
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
-        self.session_ = create_session(folder / ENCODER_FILE, device="cpu", arena=False)
+        self.session_ = create_session(exported / ENCODER_FILE, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_, self.scales_ = self._term_vectors()
@@ -139,10 +141,10 @@ class DenseSearch(CandidateSource):
         then a row slice, the right operand of the int8 products), and each term's float32 scale
         ([n_terms]; vector = int8 column x scale), cached by the encoder and the terms."""
         digest = terms_digest(self.terms_)
-        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.encoder_sha256_,
+        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.exported_sha256_,
                                                       "terms": digest, "tokens": TERM_TOKENS,
                                                       "onnxruntime": ort.__version__}))
-        stem = f"dense-{self.encoder_sha256_[:12]}"
+        stem = f"dense-{self.exported_sha256_[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         try:
             with np.load(file, allow_pickle=False) as arrays:
@@ -267,22 +269,26 @@ class DenseSearch(CandidateSource):
                          for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:
-        """Write the parameters, the encoder's and the terms' digests (``dense.json``) and a copy of the
-        exported encoder (``encoder/``); ``load`` reads the term vectors from the cache or embeds the terms again."""
+        """Write the parameters, the encoder's and the terms' digests (``dense.json``) and a copy of an
+        encoder other than the packaged one (``encoder/``); ``load`` reads the term vectors from the cache
+        or embeds the terms again."""
         self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
-        _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
-        state = {"params": {**self.get_params(), "encoder": ENCODER_DIR}, "encoder_sha256": self.encoder_sha256_,
-                 "terms_sha256": terms_digest(self.terms_)}
+        params = self.get_params()
+        if self.encoder is not None:
+            _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
+            params["encoder"] = ENCODER_DIR
+        state = {"params": params, "encoder_sha256": self.encoder_sha256_, "terms_sha256": terms_digest(self.terms_)}
         write_text(path / "dense.json", json.dumps(state), durable=False)
 
     @classmethod
     def load(cls, path: Path, *, terms: pl.DataFrame | None = None) -> DenseSearch:
-        """The saved search over ``terms``, with the copy of its encoder inside ``path`` (checked by sha256;
-        an encoder named anywhere else is refused)."""
+        """The saved search over ``terms``, with the encoder it was built with (checked by sha256): the
+        packaged one, or its copy inside ``path`` (an encoder named anywhere else is refused)."""
         state = read_state(path, "dense.json", what="dense search")
         params = state["params"]
-        params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
+        if params.get("encoder") is not None:
+            params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
         return cls(**params).index(stored_terms(terms, state["terms_sha256"], what=f"dense search {path}"),
                                    encoder_sha256=state["encoder_sha256"])
 
@@ -378,3 +384,12 @@ def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
         cut = len(code_starts) if limit >= n_terms else int(np.searchsorted(code_starts, limit, side="right")) - 1
         cuts.append(max(cut, cuts[-1] + 1))
     return cuts
+
+
+def _exported(folder: Path) -> Path:
+    """The encoder at ``folder`` as the int8 ONNX folder the search runs: exported on first use (torch, the one
+    import up the layers: the file is derived, so the model folder stays under 100 MB without it) and cached."""
+    from coder.export.sentence import exported_sentence_encoder
+
+    name = DEFAULT_ENCODER_NAME if folder.resolve() == default_encoder_path().resolve() else folder.name
+    return exported_sentence_encoder(folder, name=name)

@@ -1,9 +1,9 @@
 """Export a sentence encoder (mean-pooled, unit-length vectors) to int8 ONNX for the dense search.
 
-``exported_sentence_encoder`` gives the folder the dense search reads and a model folder carries
-(``coder.candidates.dense_search``): ``model.int8.onnx``, ``tokenizer.json`` (the tokenizer as the
-encoder's Hugging Face config sets it up) and ``encoder.json`` (its padding id, and where it came from);
-coder train makes it once per encoder and library versions, in the cache folder.
+``exported_sentence_encoder`` gives the folder the dense search runs (``coder.candidates.dense_search``):
+``model.int8.onnx``, ``tokenizer.json`` (the tokenizer as the encoder's Hugging Face config sets it up)
+and ``encoder.json`` (its padding id, and where it came from), made on first use once per encoder and
+library versions, in the cache folder.
 
 Input ``input_ids`` / ``attention_mask`` [batch, length] (both axes dynamic); output
 ``sentence_vector`` [batch, hidden]. Attention stays decomposed: the single ``Attention`` node

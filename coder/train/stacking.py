@@ -35,13 +35,10 @@ from coder.candidates.ontology_search import OntologySearch
 from coder.candidates.stack import CandidateStack, SourceFrames
 from coder.candidates.term_match import TermMatch
 from coder.candidates.tfidf import TfidfClassifier
-from coder.export.sentence import exported_sentence_encoder
 from coder.io.atomic import write_parquet
 from coder.io.corpus import Corpus
 from coder.languages import language as check_language
-from coder.model.folder import (
-    DEFAULT_ENCODER_NAME, PRIOR_FILE, TERMS_FILE, ModelConfig, RerankerSpec, SourceSpec, default_encoder_path,
-)
+from coder.model.folder import PRIOR_FILE, TERMS_FILE, ModelConfig, RerankerSpec, SourceSpec
 from coder.model.scorer import Scored
 from coder.ontology import Ontology
 from coder.rerank.reranker import Reranker, fold_ids
@@ -59,12 +56,9 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     other languages mine without them, and the term match and the dense search, English words and
     an English sentence encoder against English terms, are left out).
     ``sentence_encoder``: the dense search's encoder, a local Hugging Face folder (None: the packaged
-    all-MiniLM-L6-v2), exported to int8 ONNX for it (``coder.export.sentence``)."""
+    all-MiniLM-L6-v2)."""
     check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     second = [column for column in (TEXT_ES,) if column != text_column]
-    english = language == "en"
-    exported = exported_sentence_encoder(sentence_encoder or default_encoder_path(),
-                                         name=str(sentence_encoder) if sentence_encoder else DEFAULT_ENCODER_NAME) if english else None
     return [
         *(EvidenceLexicon(name=f"lexicon_{c.removeprefix('text_')}", text_column=c, language="es") for c in second),
         EvidenceLexicon(name="lexicon", text_column=text_column, language=language),
@@ -74,7 +68,8 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
         OntologySearch(name="ontology", text_column=text_column),
         OntologySearch(name="coverage", text_column=text_column, measure="coverage"),
         *([TermMatch(name="term_match", text_column=text_column),
-           DenseSearch(name="dense", text_column=text_column, encoder=str(exported))] if english else []),
+           DenseSearch(name="dense", text_column=text_column, encoder=str(sentence_encoder) if sentence_encoder else None)]
+          if language == "en" else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
 
