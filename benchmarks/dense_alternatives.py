@@ -54,7 +54,6 @@ from accuracy import metrics  # benchmarks/: scripts run from this folder
 from coder.candidates.dense_search import TERM_LEVELS, TERM_TOKENS, DenseSearch, quantise
 from coder.candidates.ontology_search import TERM, ontology_terms
 from coder.export import sentence
-from coder.export.sentence import exported_sentence_encoder
 from coder.io.atomic import write_atomically, write_text
 from coder.io.corpus import Corpus
 from coder.model.folder import WEIGHTS_FILE, default_encoder_path
@@ -109,7 +108,7 @@ def truncated(terms: pl.DataFrame, scratch: Path) -> DenseSearch:
     folder = _encoder_copy(scratch / f"layers{LAYERS}")
     config = json.loads((folder / "config.json").read_text())
     write_text(folder / "config.json", json.dumps({**config, "num_hidden_layers": LAYERS}), durable=False)
-    return exported_search(folder, terms)
+    return DenseSearch(encoder=str(folder)).index(terms)
 
 
 def plm_encoder(terms: pl.DataFrame, scratch: Path, model: Path) -> DenseSearch:
@@ -119,12 +118,7 @@ def plm_encoder(terms: pl.DataFrame, scratch: Path, model: Path) -> DenseSearch:
                for name, tensor in load_file(model / WEIGHTS_FILE).items() if name.startswith("encoder.")}
     write_atomically(folder / "model.safetensors", lambda handle: handle.write(save(tensors)), durable=False)
     with mock.patch.object(sentence, "TOLERANCE", PLM_TOLERANCE):
-        return exported_search(folder, terms)
-
-
-def exported_search(folder: Path, terms: pl.DataFrame) -> DenseSearch:
-    """The dense search over ``terms`` with the encoder at ``folder`` (a Hugging Face folder), exported as coder train does."""
-    return DenseSearch(encoder=str(exported_sentence_encoder(folder, name=folder.name))).index(terms)
+        return DenseSearch(encoder=str(folder)).index(terms)
 
 
 @functools.cache
@@ -215,7 +209,7 @@ def main() -> None:
     load, commit = os.getloadavg()[0], code_version()  # at the start: the code this run imported
     with tempfile.TemporaryDirectory() as folder, mock.patch.dict(os.environ, {CACHE_DIR_ENV: str(Path(folder) / "cache")}):
         scratch = Path(folder)
-        shipped, seconds = timed(lambda: exported_search(default_encoder_path(), terms))
+        shipped, seconds = timed(lambda: DenseSearch().index(terms))
         rows = {"contextual (shipped)": evaluate(shipped, seconds, corpus, unseen)}
         tables, distil_s = timed(lambda: static_tables(shipped, terms))
         on_train = {name: mean_map(StaticSearch(table=vectors).index(terms), train) for name, vectors in tables.items()}

@@ -138,6 +138,16 @@ def test_an_encoder_holding_a_pickle_is_not_saved(search, encoder, tmp_path):
         search.save(tmp_path / "dense")
 
 
+def test_an_unwritable_cache_folder_costs_a_warning_not_the_search(search, encoder, tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the cache "folder" is a file: nothing can be written under it
+    monkeypatch.setenv("CODER_CACHE_DIR", str(blocked))
+    with caplog.at_level(logging.WARNING):
+        found = DenseSearch(top_k=2, encoder=encoder).index(TERMS).candidates(NOTES)
+    assert "cannot write the sentence encoder" in caplog.text
+    assert_frame_equal(found, search.candidates(NOTES))
+
+
 def test_unfitted_missing_folder_and_missing_encoder(cache, tmp_path):
     with pytest.raises(NotFittedError, match="not fitted"):
         DenseSearch().candidates(NOTES)

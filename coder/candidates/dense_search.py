@@ -62,8 +62,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
-# The exported encoder's files (written by coder.export.sentence.exported_sentence_encoder)
-ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
 VECTORS_VERSION = 5  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
@@ -121,14 +119,13 @@ class DenseSearch(CandidateSource):
         if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
             raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
                                    f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
-        exported = _exported(folder)
-        settings = read_state(exported, SETTINGS_FILE, what="exported sentence encoder", also=(ENCODER_FILE, TOKENIZER_FILE))
-        self.exported_sha256_ = folder_sha256(exported)  # what the term vectors are made with
-        self.tokenizer_ = Tokenizer.from_file(str(exported / TOKENIZER_FILE))
-        self.pad_token_id_ = int(settings["pad_token_id"])
+        onnx, tokenizer, settings = _exported(folder, sha256=self.encoder_sha256_)
+        self.exported_sha256_ = folder_sha256(onnx.parent)  # what the term vectors are made with
+        self.tokenizer_ = Tokenizer.from_file(str(tokenizer))
+        self.pad_token_id_ = int(read_state(settings.parent, settings.name, what="exported sentence encoder")["pad_token_id"])
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
-        self.session_ = create_session(exported / ENCODER_FILE, device="cpu", arena=False)
+        self.session_ = create_session(onnx, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_, self.scales_ = self._term_vectors()
@@ -386,10 +383,12 @@ def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
     return cuts
 
 
-def _exported(folder: Path) -> Path:
-    """The encoder at ``folder`` as the int8 ONNX folder the search runs: exported on first use (torch, the one
-    import up the layers: the file is derived, so the model folder stays under 100 MB without it) and cached."""
-    from coder.export.sentence import exported_sentence_encoder
+def _exported(folder: Path, *, sha256: str) -> tuple[Path, Path, Path]:
+    """The encoder at ``folder`` (its files' ``sha256``) as the search runs it: its int8 ONNX file, tokenizer and
+    settings, exported on first use (torch, the one import up the layers: the files are derived, so the model
+    folder stays under 100 MB without them) and cached."""
+    from coder.export.sentence import ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, exported_sentence_encoder
 
     name = DEFAULT_ENCODER_NAME if folder.resolve() == default_encoder_path().resolve() else folder.name
-    return exported_sentence_encoder(folder, name=name)
+    exported = exported_sentence_encoder(folder, name=name, sha256=sha256)
+    return exported / ENCODER_FILE, exported / TOKENIZER_FILE, exported / SETTINGS_FILE

@@ -15,9 +15,11 @@ too, as PLM-ICD's int8 file does.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -34,12 +36,11 @@ from transformers.utils import logging as hf_logging
 from coder.errors import ExportParityError
 from coder.export.onnx import OPSET, quiet
 from coder.export.parity import compare_outputs
-from coder.hashing import folder_sha256
 from coder.io.atomic import write_json, write_text
 from coder.io.progress import announce
 from coder.model.folder import encoder_record
 from coder.model.session import create_session
-from coder.ontology.cache import cache_dir, cache_key
+from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_vector"  # not "embedding": the exported graph has a node of that name
 TOLERANCE = 1e-4  # fp32 ONNX against torch, per vector component
 INT8_MIN_COSINE = 0.98  # the int8 file's vectors against torch's on the parity sentences
-ENCODER_FILE = "model.int8.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-SETTINGS_FILE = "encoder.json"
+ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
 EXPORT_S = 30  # what the export announces it takes (all-MiniLM-L6-v2 on a server core)
 _PARITY = ["Fever and productive cough.", "Type 2 diabetes mellitus with hyperglycemia, treated with insulin glargine",
            "CT"]
@@ -70,23 +69,38 @@ class MeanPooled(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-def exported_sentence_encoder(encoder: Path, *, name: str) -> Path:
-    """The dense search's folder of ``encoder`` (a local Hugging Face folder named ``name``): from the
-    cache folder, else exported there (announced) and checked (``export_sentence_encoder``)."""
+def exported_sentence_encoder(encoder: Path, *, name: str, sha256: str) -> Path:
+    """The dense search's folder of ``encoder`` (a local Hugging Face folder named ``name``, its files'
+    ``sha256``): from the cache folder, else exported (announced) and checked (``export_sentence_encoder``)
+    into a staging folder there, then renamed into place, so a run sees a whole folder or none. An unwritable
+    cache folder costs a warning: the export goes to a temporary folder, removed when the process ends."""
     versions = {"torch": version("torch"), "transformers": version("transformers"), "onnxruntime": onnxruntime.__version__}
-    sha256 = folder_sha256(encoder)
     key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **versions}))
     folder = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}"
     if all((folder / file).is_file() for file in (ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE)):
         return folder
     announce("the dense search's sentence encoder as int8 ONNX", seconds=EXPORT_S)
-    folder.mkdir(parents=True, exist_ok=True)
-    export_sentence_encoder(encoder, folder / ENCODER_FILE)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging, cached = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-")), True
+    except OSError as error:
+        logger.warning("cannot write the sentence encoder into %s (%s): it is exported again on every run until %s "
+                       "names a writable folder", folder.parent, error, CACHE_DIR_ENV)
+        staging, cached = Path(tempfile.mkdtemp(prefix="coder-sentence-")), False
+        atexit.register(shutil.rmtree, staging, True)
+    export_sentence_encoder(encoder, staging / ENCODER_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    write_text(folder / TOKENIZER_FILE, tokenizer.backend_tokenizer.to_str(), durable=False)
+    write_text(staging / TOKENIZER_FILE, tokenizer.backend_tokenizer.to_str(), durable=False)
     settings = {"pad_token_id": tokenizer.pad_token_id or 0, "exported_from": encoder_record(encoder, name=name),
                 "versions": versions}
-    write_json(folder / SETTINGS_FILE, settings, durable=False)  # last: it marks the folder complete
+    write_json(staging / SETTINGS_FILE, settings, durable=False)
+    if not cached:
+        return staging
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted run of an older coder left
+    try:
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another run finished first
     return folder
 
 
