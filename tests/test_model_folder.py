@@ -175,7 +175,7 @@ def test_a_format_2_folder_gives_its_plm_icd_to_resume(bundle_copy):
     and rewrites it in this format: its PLM-ICD settings and provenance read as a format-3 folder holds them."""
     config, card = read_config(bundle_copy), read_card(bundle_copy)
     old = {**{k: v for k, v in json.loads(config.to_json()).items() if k not in ("components", "format_version")},
-           **{k: v for k, v in json.loads(card.to_json()).items()}, "system_thresholds": {}, "sources": [],
+           **json.loads(json.dumps(dataclasses.asdict(card))), "system_thresholds": {}, "sources": [],
            "rerankers": [], "code_list": None, "evaluation": {}, "format_version": 2,
            "onnx": {variant: {"kept": True} for variant in config.onnx_kept}}
     (bundle_copy / CONFIG_FILE).write_text(json.dumps(old))

@@ -138,9 +138,6 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     """Library versions that wrote the folder."""
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = CARD_DATA_FILE) -> ModelCard:
         _check_keys(cls, data, source=source)

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from coder.hashing import file_sha256
-from coder.io.atomic import write_text
+from coder.io.atomic import write_json, write_text
 from coder.model.card import write_card
 from coder.model.folder import CARD_DATA_FILE, CONFIG_FILE, ModelCard, ModelConfig, folder_files, library_versions
 
@@ -16,7 +16,7 @@ def finalize(folder: Path, config: ModelConfig, card: ModelCard) -> ModelConfig:
     """Write the card (with the library versions writing it), then the config with the sha256 of every file
     of the folder (atomically)."""
     card = dataclasses.replace(card, versions=library_versions())
-    write_text(folder / CARD_DATA_FILE, card.to_json())
+    write_json(folder / CARD_DATA_FILE, dataclasses.asdict(card))
     write_card(folder, config, card)
     config = dataclasses.replace(config, files={name: file_sha256(folder / name) for name in folder_files(folder)})
     write_text(folder / CONFIG_FILE, config.to_json())
