@@ -26,7 +26,6 @@ from transformers import AutoModel, AutoTokenizer
 
 from coder.candidates.dense_search import SENTENCE_TOKENS, TERM_TOKENS
 from coder.candidates.words import sentence_spans
-from coder.export.sentence import MeanPooled
 from coder.model.folder import default_encoder_path
 from coder.ontology import load_ontology
 from coder.schema import CODE, NOTE_ID, SYSTEM, TEXT
@@ -36,6 +35,21 @@ DATA = ROOT / "data" / "codiesp" / "train"
 MIN_COSINE = 0.3  # a pair only where some sentence is near the description at all
 SCALE = 20.0  # cosine -> logit, as sentence-transformers' MultipleNegativesRankingLoss
 logger = logging.getLogger("finetune")
+
+
+class MeanPooled(torch.nn.Module):
+    """The encoder's last hidden states averaged over the real tokens, scaled to unit length, as the dense
+    search's graph computes them (``coder.candidates.sentence_encoder``)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def mine_pairs(model: MeanPooled, tokenizer, notes: pl.DataFrame, codes: pl.DataFrame, ontology) -> list[tuple[str, str]]:

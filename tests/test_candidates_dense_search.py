@@ -114,7 +114,7 @@ def test_save_load_round_trip_reads_the_cache_and_checks_the_encoder_and_terms(s
     def no_export(*args, **kwargs):
         raise AssertionError("the cached encoder file should be used")
 
-    monkeypatch.setattr("coder.export.sentence.export_sentence_encoder", no_export)
+    monkeypatch.setattr("coder.candidates.sentence_encoder.build_sentence_encoder", no_export)
     with caplog.at_level(logging.INFO, logger="coder.candidates.dense_search"):
         loaded = DenseSearch.load(tmp_path / "dense", terms=search.terms_)
     assert "term vectors from" in caplog.text

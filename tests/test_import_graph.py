@@ -7,8 +7,8 @@ folder (``coder.assembly``: PLM-ICD, the sources, the rerankers); the stages' pa
 stage, candidate sources); PLM-ICD's runtime (``coder.model``); the ontology and its validity rule;
 the base (schema, errors, reading and writing, metrics). A module imports its own layer or one below,
 never one above: inference imports neither export nor training. In the CLI only the train command
-imports training and only the export command imports export. ``KNOWN_UPWARD`` lists the one import
-up the layers that is known; any other fails, and so does a module in no layer.
+imports training and only the export command imports export. An import up the layers fails, and so
+does a module in no layer.
 
 Every import counts, also those inside functions: a lazy import is still a dependency (imports
 for type checkers only, under ``if TYPE_CHECKING:``, never run and do not count).
@@ -39,11 +39,6 @@ LAYERS = (  # from the top: a module belongs to the layer of its longest listed 
     ("coder.io", "coder.metrics", "coder.rank", "coder.schema", "coder.errors", "coder.hashing", "coder.cpus",
      "coder.estimator", "coder.languages", "coder.version"),
 )
-KNOWN_UPWARD = {
-    # The dense search exports its sentence encoder to int8 ONNX on first use (cached): the file is
-    # derived, and the model folder stays under 100 MB without it. Remove the entry with the import; add none.
-    "coder.candidates.dense_search -> coder.export.sentence",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -125,8 +120,7 @@ def test_no_import_runs_up_the_layers():
     graph = _graph()
     upward = {f"{module} -> {target}" for module, targets in graph.items() for target in targets
               if _layer(target) < _layer(module)}
-    assert sorted(upward - KNOWN_UPWARD) == [], "imports up the layers"
-    assert sorted(KNOWN_UPWARD - upward) == [], "no longer imported: remove it from KNOWN_UPWARD"
+    assert sorted(upward) == [], "imports up the layers"
 
 
 @pytest.mark.parametrize(("package", "command"), [(TRAINING, "train_command"), (EXPORT, "export_command")],

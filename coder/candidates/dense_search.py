@@ -11,7 +11,7 @@ the folder records the sha256 of its files, checked on load. Any other encoder i
 source's folder (``encoder/``): a folder never names a path outside itself. What is derived from it
 is built on first use (announced, with a progress bar or periodic lines), or ahead of time by
 ``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as int8 ONNX
-(``coder.export.sentence.exported_sentence_encoder``) and the term vectors (int8 with a scale per
+(``coder.candidates.sentence_encoder``, built from its weights without torch) and the term vectors (int8 with a scale per
 term, a quarter of float32), made once per encoder and ontology.
 
 The encoder quantises its activations per call, so a sentence's vector moves a little with the
@@ -42,6 +42,7 @@ from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import (
     TERM, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
 )
+from coder.candidates.sentence_encoder import ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, sentence_encoder
 from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, UsageError
@@ -119,10 +120,12 @@ class DenseSearch(CandidateSource):
         if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
             raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
                                    f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
-        onnx, tokenizer, settings = _exported(folder, sha256=self.encoder_sha256_)
-        self.exported_sha256_ = folder_sha256(onnx.parent)  # what the term vectors are made with
+        name = DEFAULT_ENCODER_NAME if folder.resolve() == default_encoder_path().resolve() else folder.name
+        built = sentence_encoder(folder, name=name, sha256=self.encoder_sha256_)
+        onnx, tokenizer, settings = built / ENCODER_FILE, built / TOKENIZER_FILE, built / SETTINGS_FILE
+        self.built_sha256_ = folder_sha256(onnx.parent)  # what the term vectors are made with
         self.tokenizer_ = Tokenizer.from_file(str(tokenizer))
-        self.pad_token_id_ = int(read_state(settings.parent, settings.name, what="exported sentence encoder")["pad_token_id"])
+        self.pad_token_id_ = int(read_state(settings.parent, settings.name, what="sentence encoder")["pad_token_id"])
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
         self.session_ = create_session(onnx, device="cpu", arena=False)
@@ -138,10 +141,10 @@ class DenseSearch(CandidateSource):
         then a row slice, the right operand of the int8 products), and each term's float32 scale
         ([n_terms]; vector = int8 column x scale), cached by the encoder and the terms."""
         digest = terms_digest(self.terms_)
-        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.exported_sha256_,
+        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.built_sha256_,
                                                       "terms": digest, "tokens": TERM_TOKENS,
                                                       "onnxruntime": ort.__version__}))
-        stem = f"dense-{self.exported_sha256_[:12]}"
+        stem = f"dense-{self.built_sha256_[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         try:
             with np.load(file, allow_pickle=False) as arrays:
@@ -381,14 +384,3 @@ def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
         cut = len(code_starts) if limit >= n_terms else int(np.searchsorted(code_starts, limit, side="right")) - 1
         cuts.append(max(cut, cuts[-1] + 1))
     return cuts
-
-
-def _exported(folder: Path, *, sha256: str) -> tuple[Path, Path, Path]:
-    """The encoder at ``folder`` (its files' ``sha256``) as the search runs it: its int8 ONNX file, tokenizer and
-    settings, exported on first use (torch, the one import up the layers: the files are derived, so the model
-    folder stays under 100 MB without them) and cached."""
-    from coder.export.sentence import ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, exported_sentence_encoder
-
-    name = DEFAULT_ENCODER_NAME if folder.resolve() == default_encoder_path().resolve() else folder.name
-    exported = exported_sentence_encoder(folder, name=name, sha256=sha256)
-    return exported / ENCODER_FILE, exported / TOKENIZER_FILE, exported / SETTINGS_FILE

@@ -25,6 +25,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from coder.export.parity import compare_outputs
 from coder.io.corpus import Corpus
+from coder.io.progress import quiet
 from coder.metrics import gold_sets, matrix_scores
 from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_card, read_config
@@ -44,20 +45,6 @@ FP32_TOLERANCE = 1e-4
 INT8_MAX_MAP_DROP = 0.01  # int8 is kept only if its dev MAP is within this of fp32, per system
 # Text for the parity batch when no dev notes are given: three lengths, so the batch has padding chunks.
 _SAMPLE = "Patient admitted with fever, productive cough and right lower lobe consolidation on chest radiograph. "
-
-
-@contextlib.contextmanager
-def quiet(*names: str | None, level: int = logging.WARNING) -> Iterator[None]:
-    """Hold chatty third-party loggers (None: the root logger) at ``level`` for the duration of a call."""
-    targets = [logging.getLogger(name) for name in names]
-    levels = [target.level for target in targets]
-    for target, previous in zip(targets, levels, strict=True):
-        target.setLevel(max(previous, level))
-    try:
-        yield
-    finally:
-        for target, previous in zip(targets, levels, strict=True):
-            target.setLevel(previous)
 
 
 def export_onnx(model: PlmIcd, path: Path, *, example: Batch) -> None:

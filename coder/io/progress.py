@@ -8,9 +8,11 @@ announced here too, with their expected duration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -72,3 +74,17 @@ def duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+@contextlib.contextmanager
+def quiet(*names: str | None, level: int = logging.WARNING) -> Iterator[None]:
+    """Hold chatty third-party loggers (None: the root logger) at ``level`` for the duration of a call."""
+    targets = [logging.getLogger(name) for name in names]
+    levels = [target.level for target in targets]
+    for target, previous in zip(targets, levels, strict=True):
+        target.setLevel(max(previous, level))
+    try:
+        yield
+    finally:
+        for target, previous in zip(targets, levels, strict=True):
+            target.setLevel(previous)

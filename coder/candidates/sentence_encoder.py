@@ -1,0 +1,222 @@
+"""The dense search's sentence encoder: a BERT folder's weights as an int8 ONNX graph, built without torch.
+
+``sentence_encoder`` gives the folder the dense search runs (``coder.candidates.dense_search``):
+``model.int8.onnx``, ``tokenizer.json`` (the folder's own) and ``encoder.json`` (its padding id, and where
+it came from), made on first use once per encoder and library versions, in the cache folder. The graph
+is written node by node from ``config.json`` and ``model.safetensors`` (``bert_graph``), as the dense
+search's products are: predicting never imports torch, and reading the weights runs no code (no pickle).
+
+Input ``input_ids`` / ``attention_mask`` [batch, length] (both axes dynamic); output
+``sentence_vector`` [batch, hidden]: the last hidden states averaged over the real tokens, scaled to unit
+length (sentence-transformers' recipe for all-MiniLM-L6-v2). The fp32 graph matches Hugging Face's
+``BertModel`` within 1e-4 per component (tests). MatMul weights are quantised per output channel (per
+tensor, the int8 vectors were clearly further from fp32), and the embedding tables too, as PLM-ICD's
+int8 file does; the int8 vectors are checked against the fp32 graph's before the file is kept.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import shutil
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+from coder.errors import ExportParityError, ModelBundleError
+from coder.io.atomic import write_json, write_text
+from coder.io.progress import announce, quiet
+from coder.model.folder import encoder_record
+from coder.model.session import GRAPH_IR_VERSION, create_session
+from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, cache_key
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "sentence_vector"
+ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
+GRAPH_VERSION = 1  # bump when the graph ``bert_graph`` writes changes: cached files are made again
+INT8_MIN_COSINE = 0.98  # the int8 file's vectors against the fp32 graph's on the check sentences
+BUILD_S = 15  # what the build announces it takes (all-MiniLM-L6-v2 on a server core)
+ATTENTION_OPSET = 23  # the first with the Attention operator (one node a layer, as torch exports it)
+MASKED = -1e9  # added to the attention scores of padded keys: their softmax weight is exactly 0
+_CHECK = ["Fever and productive cough.", "Type 2 diabetes mellitus with hyperglycemia, treated with insulin glargine",
+          "CT"]
+
+
+def sentence_encoder(encoder: Path, *, name: str, sha256: str) -> Path:
+    """The dense search's folder of ``encoder`` (a local Hugging Face BERT folder named ``name``, its files'
+    ``sha256``): from the cache folder, else built (announced) and checked (``build_sentence_encoder``) into a
+    staging folder there, then renamed into place, so a run sees a whole folder or none. An unwritable cache
+    folder costs a warning: the file goes to a temporary folder, removed when the process ends."""
+    versions = {"graph": GRAPH_VERSION, "onnx": version("onnx"), "onnxruntime": onnxruntime.__version__}
+    key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **versions}))
+    folder = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}"
+    if all((folder / file).is_file() for file in (ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE)):
+        return folder
+    announce("the dense search's sentence encoder as int8 ONNX", seconds=BUILD_S)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging, cached = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-")), True
+    except OSError as error:
+        logger.warning("cannot write the sentence encoder into %s (%s): it is built again on every run until %s "
+                       "names a writable folder", folder.parent, error, CACHE_DIR_ENV)
+        staging, cached = Path(tempfile.mkdtemp(prefix="coder-sentence-")), False
+        atexit.register(shutil.rmtree, staging, True)
+    build_sentence_encoder(encoder, staging / ENCODER_FILE)
+    write_text(staging / TOKENIZER_FILE, (encoder / TOKENIZER_FILE).read_text(encoding="utf-8"), durable=False)
+    settings = {"pad_token_id": _pad_token_id(encoder), "exported_from": encoder_record(encoder, name=name),
+                "versions": versions}
+    write_json(staging / SETTINGS_FILE, settings, durable=False)
+    if not cached:
+        return staging
+    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted run of an older coder left
+    try:
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another run finished first
+    return folder
+
+
+def build_sentence_encoder(encoder: Path, target: Path) -> None:
+    """Write ``encoder`` (a local Hugging Face BERT folder) as int8 ONNX to ``target``, after checking the
+    int8 vectors against the fp32 graph's (``ExportParityError``)."""
+    tokenizer = Tokenizer.from_file(str(encoder / TOKENIZER_FILE))
+    tokenizer.enable_padding(pad_id=_pad_token_id(encoder))  # padded rows: the mask is exercised
+    rows = tokenizer.encode_batch(_CHECK)
+    feed = {"input_ids": np.array([row.ids for row in rows], dtype=np.int64),
+            "attention_mask": np.array([row.attention_mask for row in rows], dtype=np.int64)}
+    with tempfile.TemporaryDirectory() as folder:
+        fp32 = Path(folder) / "sentence.onnx"
+        onnx.save(bert_graph(encoder), str(fp32))
+        reference = create_session(fp32, device="cpu").run(None, feed)[0]
+        # the quantiser logs every tensor, and advice to pre-process the graph, on the root logger
+        with quiet(None, level=logging.ERROR):
+            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gather"])
+    int8 = create_session(target, device="cpu").run(None, feed)[0]
+    cosine = float(np.min((int8 * reference).sum(axis=1)))
+    if cosine < INT8_MIN_COSINE:
+        target.unlink()
+        raise ExportParityError(f"int8 sentence encoder of {encoder}: cosine to fp32 {cosine:.3f} < {INT8_MIN_COSINE}")
+    logger.info("sentence encoder %s built as int8 ONNX (cosine to fp32 >= %.4f)", encoder, cosine)
+
+
+def bert_graph(encoder: Path) -> onnx.ModelProto:
+    """The fp32 graph of a Hugging Face BERT folder (``config.json``, ``model.safetensors``) in eval mode,
+    mean pooled and scaled to unit length; every token's type is 0, as the dense search feeds one text a row."""
+    config = _bert_config(encoder)
+    weights = _bert_weights(encoder)
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    graph = _Graph()
+
+    def linear(x: str, prefix: str) -> str:
+        product = graph.node("MatMul", x, graph.constant(f"{prefix}.weight", weights[f"{prefix}.weight"].T))
+        return graph.node("Add", product, graph.constant(f"{prefix}.bias", weights[f"{prefix}.bias"]))
+
+    def layer_norm(x: str, prefix: str) -> str:
+        return graph.node("LayerNormalization", x, graph.constant(f"{prefix}.weight", weights[f"{prefix}.weight"]),
+                          graph.constant(f"{prefix}.bias", weights[f"{prefix}.bias"]), axis=-1, epsilon=eps)
+
+    # embeddings: words, then the first `length` rows of the positions table, token type 0 added in
+    length = graph.node("Shape", "input_ids", start=1, end=2)
+    table = weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
+    positions = graph.node("Slice", graph.constant("position_embeddings", table),
+                           graph.constant("zero", np.array([0], dtype=np.int64)), length,
+                           graph.constant("axis_0", np.array([0], dtype=np.int64)))
+    words = graph.node("Gather", graph.constant("word_embeddings", weights["embeddings.word_embeddings.weight"]), "input_ids")
+    x = graph.node("Add", words, positions)
+    x = layer_norm(x, "embeddings.LayerNorm")
+    # padded keys masked
+    mask = graph.node("Cast", "attention_mask", to=TensorProto.FLOAT)
+    bias = graph.node("Mul", graph.node("Sub", graph.constant("f_one", np.array(1.0, dtype=np.float32)), mask),
+                      graph.constant("masked", np.array(MASKED, dtype=np.float32)))
+    bias = graph.node("Unsqueeze", bias, graph.constant("axes_1_2", np.array([1, 2], dtype=np.int64)))
+    # onnxruntime wants a row of the mask per query position: [batch, 1, length, length]
+    rows = graph.node("Concat", graph.node("Shape", "input_ids", end=1), graph.constant("one", np.array([1], dtype=np.int64)),
+                      length, length, axis=0)
+    bias = graph.node("Expand", bias, rows)
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+        query, key, value = (linear(x, f"{p}.attention.self.{part}") for part in ("query", "key", "value"))
+        context = graph.node("Attention", query, key, value, bias, q_num_heads=heads, kv_num_heads=heads)
+        x = layer_norm(graph.node("Add", linear(context, f"{p}.attention.output.dense"), x), f"{p}.attention.output.LayerNorm")
+        inner = graph.node("Gelu", linear(x, f"{p}.intermediate.dense"))
+        x = layer_norm(graph.node("Add", linear(inner, f"{p}.output.dense"), x), f"{p}.output.LayerNorm")
+    # mean over the real tokens, then unit length (the norm at least 1e-12, as torch's normalize)
+    weights3 = graph.node("Unsqueeze", mask, graph.constant("axis_2", np.array([2], dtype=np.int64)))
+    axis_1 = graph.constant("axis_1", np.array([1], dtype=np.int64))
+    total = graph.node("ReduceSum", graph.node("Mul", x, weights3), axis_1, keepdims=0)
+    count = graph.node("Max", graph.node("ReduceSum", weights3, axis_1, keepdims=0),
+                       graph.constant("tiny_count", np.array(1e-9, dtype=np.float32)))
+    pooled = graph.node("Div", total, count)
+    norm = graph.node("Max", graph.node("ReduceL2", pooled, graph.constant("axis_last", np.array([-1], dtype=np.int64)),
+                                        keepdims=1),
+                      graph.constant("tiny_norm", np.array(1e-12, dtype=np.float32)))
+    graph.node("Div", pooled, norm, output=OUTPUT_NAME)
+    return graph.model("sentence_encoder", hidden)
+
+
+class _Graph:
+    """Nodes and initializers of a graph being written: each node's output gets a fresh name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        return name
+
+    def node(self, op: str, *inputs: str, output: str | None = None, **attributes) -> str:
+        output = output or f"{op.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
+        return output
+
+    def model(self, name: str, hidden: int) -> onnx.ModelProto:
+        inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "length"]) for n in INPUT_NAMES]
+        outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", hidden])]
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=list(self.initializers.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ATTENTION_OPSET)])
+        model.ir_version = GRAPH_IR_VERSION
+        onnx.checker.check_model(model)
+        return model
+
+
+def _bert_config(encoder: Path) -> dict:
+    """``config.json`` of a BERT encoder with absolute positions and exact GELU, the architecture ``bert_graph``
+    writes; any other is refused with the reason."""
+    try:
+        config = json.loads((encoder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelBundleError(f"dense search: cannot read {encoder / 'config.json'}: {error}") from None
+    found = (config.get("model_type"), config.get("hidden_act", "gelu"), config.get("position_embedding_type", "absolute"))
+    if found != ("bert", "gelu", "absolute"):
+        raise ModelBundleError(f"dense search: the encoder at {encoder} is model_type={found[0]!r}, hidden_act={found[1]!r}, "
+                               f"position_embedding_type={found[2]!r}; the dense search runs BERT encoders (model_type "
+                               "'bert', hidden_act 'gelu', absolute positions), such as all-MiniLM-L6-v2")
+    return config
+
+
+def _bert_weights(encoder: Path) -> dict[str, np.ndarray]:
+    """The encoder's float32 tensors by name, without a model-class prefix (``bert.``)."""
+    file = encoder / "model.safetensors"
+    if not file.is_file():
+        raise ModelBundleError(f"dense search: the encoder at {encoder} has no model.safetensors (the weights are read "
+                               "without running code, so pickle checkpoints are not read)")
+    return {name.removeprefix("bert."): np.asarray(tensor, dtype=np.float32) for name, tensor in load_file(str(file)).items()
+            if tensor.dtype.kind == "f"}
+
+
+def _pad_token_id(encoder: Path) -> int:
+    return int(_bert_config(encoder).get("pad_token_id") or 0)

@@ -1,0 +1,86 @@
+"""The dense search's sentence encoder built without torch: its fp32 graph against Hugging Face's BertModel
+(the packaged all-MiniLM-L6-v2 and the tiny test encoder), the tokenizer it ships against the Hugging Face
+tokenizer's ids, the int8 file's check, and the encoders it refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import AutoModel, AutoTokenizer
+
+from coder.candidates.sentence_encoder import (
+    ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, bert_graph, sentence_encoder,
+)
+from coder.errors import ModelBundleError
+from coder.hashing import folder_sha256
+from coder.model.folder import default_encoder_path
+from coder.model.session import create_session
+
+TEXTS = ["Fever and productive cough.", "CT",
+         "A 45-year-old man with type 2 diabetes mellitus and chronic kidney disease stage 3 was admitted.",
+         "Resección de apéndice; ácido acetilsalicílico 100 mg/día."]
+
+
+def _torch_vectors(folder, texts):
+    """Hugging Face's BertModel, mean pooled over the real tokens and scaled to unit length."""
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        vectors = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    return batch, vectors.numpy()
+
+
+@pytest.mark.parametrize("which", ["packaged", "tiny"])
+def test_the_fp32_graph_matches_hugging_face_bert_on_padded_rows(which, tiny_model_path):
+    folder = default_encoder_path() if which == "packaged" else tiny_model_path.parent / "encoder"
+    batch, expected = _torch_vectors(folder, TEXTS)
+    session = create_session(bert_graph(folder).SerializeToString(), device="cpu")
+    found = session.run(None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]
+    np.testing.assert_allclose(found, expected, atol=1e-4)
+
+
+def test_the_shipped_tokenizer_gives_hugging_faces_ids():
+    folder = default_encoder_path()
+    ours = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    ours.no_padding()
+    ours.enable_truncation(128)
+    expected = AutoTokenizer.from_pretrained(str(folder))(TEXTS * 3, truncation=True, max_length=128)["input_ids"]
+    assert [row.ids for row in ours.encode_batch_fast(TEXTS * 3)] == expected
+
+
+def test_the_int8_file_is_close_to_torch_and_built_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODER_CACHE_DIR", str(tmp_path / "cache"))
+    folder = default_encoder_path()
+    sha256 = folder_sha256(folder)
+    built = sentence_encoder(folder, name="all-MiniLM-L6-v2", sha256=sha256)
+    assert sorted(p.name for p in built.iterdir()) == sorted([ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE])
+    assert json.loads((built / SETTINGS_FILE).read_text())["pad_token_id"] == 0
+    batch, expected = _torch_vectors(folder, TEXTS)
+    session = create_session(built / ENCODER_FILE, device="cpu")
+    found = session.run(None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]
+    assert (found * expected).sum(axis=1).min() > 0.95
+    stamp = (built / ENCODER_FILE).stat().st_mtime_ns
+    assert sentence_encoder(folder, name="all-MiniLM-L6-v2", sha256=sha256) == built
+    assert (built / ENCODER_FILE).stat().st_mtime_ns == stamp  # from the cache
+    assert [p.name for p in built.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(tmp_path, tiny_model_path):
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    with pytest.raises(ModelBundleError, match="model_type='roberta'.*runs BERT encoders"):
+        bert_graph(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelBundleError, match="no model.safetensors"):
+        bert_graph(folder)
