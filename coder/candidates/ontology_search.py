@@ -99,8 +99,16 @@ def ontology_terms(ontology: Ontology, *, systems: tuple[str, ...] = (CM, PCS)) 
 
 def terms_digest(terms: pl.DataFrame) -> str:
     """sha256 of ``terms``' rows in their order: the key of what is built from them, and what a saved
-    source records to check that it loads the terms it was fitted on."""
-    return hashlib.sha256(json.dumps(terms.rows(), ensure_ascii=False).encode()).hexdigest()
+    source records to check that it loads the terms it was fitted on. Column by column, each value's UTF-8
+    bytes after every value's byte length (-1: null), so that no two tables share a digest; a model load checks
+    it for each source that reads terms, in milliseconds (a JSON of the rows took 0.3 s)."""
+    digest = hashlib.sha256()
+    for name in terms.columns:
+        values = terms[name].cast(pl.String)
+        digest.update(json.dumps([name, terms.height]).encode())
+        digest.update(values.str.len_bytes().cast(pl.Int64).fill_null(-1).to_numpy().astype("<i8").tobytes())
+        digest.update(values.str.join("").item().encode())
+    return digest.hexdigest()
 
 
 def stored_terms(terms: pl.DataFrame | None, digest: str, *, systems: tuple[str, ...] = (CM, PCS), what: str
