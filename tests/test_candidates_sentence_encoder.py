@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
@@ -81,6 +82,22 @@ def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(tmp_path, 
     with pytest.raises(ModelBundleError, match="model_type='roberta'.*runs BERT encoders"):
         bert_graph(folder)
     (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({name: tensor for name, tensor in weights.items() if "layer.1.output.dense.bias" not in name},
+              str(folder / "model.safetensors"))
+    with pytest.raises(ModelBundleError, match="no tensor 'encoder.layer.1.output.dense.bias'"):
+        bert_graph(folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelBundleError, match="no model.safetensors"):
         bert_graph(folder)
+
+
+def test_older_layer_norm_names_are_read(tmp_path, tiny_model_path):
+    """Checkpoints of the original BERT name LayerNorm's tensors gamma and beta, as Hugging Face still loads them."""
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    renamed = {name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): tensor
+               for name, tensor in weights.items()}
+    save_file(renamed, str(folder / "model.safetensors"))
+    assert bert_graph(folder).SerializeToString() == bert_graph(tiny_model_path.parent / "encoder").SerializeToString()

@@ -22,6 +22,7 @@ import logging
 import shutil
 import tempfile
 from importlib.metadata import version
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,26 +116,26 @@ def bert_graph(encoder: Path) -> onnx.ModelProto:
     """The fp32 graph of a Hugging Face BERT folder (``config.json``, ``model.safetensors``) in eval mode,
     mean pooled and scaled to unit length; every token's type is 0, as the dense search feeds one text a row."""
     config = _bert_config(encoder)
-    weights = _bert_weights(encoder)
+    weight = _bert_weights(encoder)
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     eps = float(config.get("layer_norm_eps", 1e-12))
     graph = _Graph()
 
     def linear(x: str, prefix: str) -> str:
-        product = graph.node("MatMul", x, graph.constant(f"{prefix}.weight", weights[f"{prefix}.weight"].T))
-        return graph.node("Add", product, graph.constant(f"{prefix}.bias", weights[f"{prefix}.bias"]))
+        product = graph.node("MatMul", x, graph.constant(f"{prefix}.weight", weight(f"{prefix}.weight").T))
+        return graph.node("Add", product, graph.constant(f"{prefix}.bias", weight(f"{prefix}.bias")))
 
     def layer_norm(x: str, prefix: str) -> str:
-        return graph.node("LayerNormalization", x, graph.constant(f"{prefix}.weight", weights[f"{prefix}.weight"]),
-                          graph.constant(f"{prefix}.bias", weights[f"{prefix}.bias"]), axis=-1, epsilon=eps)
+        return graph.node("LayerNormalization", x, graph.constant(f"{prefix}.weight", weight(f"{prefix}.weight")),
+                          graph.constant(f"{prefix}.bias", weight(f"{prefix}.bias")), axis=-1, epsilon=eps)
 
     # embeddings: words, then the first `length` rows of the positions table, token type 0 added in
     length = graph.node("Shape", "input_ids", start=1, end=2)
-    table = weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
+    table = weight("embeddings.position_embeddings.weight") + weight("embeddings.token_type_embeddings.weight")[0]
     positions = graph.node("Slice", graph.constant("position_embeddings", table),
                            graph.constant("zero", np.array([0], dtype=np.int64)), length,
                            graph.constant("axis_0", np.array([0], dtype=np.int64)))
-    words = graph.node("Gather", graph.constant("word_embeddings", weights["embeddings.word_embeddings.weight"]), "input_ids")
+    words = graph.node("Gather", graph.constant("word_embeddings", weight("embeddings.word_embeddings.weight")), "input_ids")
     x = graph.node("Add", words, positions)
     x = layer_norm(x, "embeddings.LayerNorm")
     # padded keys masked
@@ -208,14 +209,31 @@ def _bert_config(encoder: Path) -> dict:
     return config
 
 
-def _bert_weights(encoder: Path) -> dict[str, np.ndarray]:
-    """The encoder's float32 tensors by name, without a model-class prefix (``bert.``)."""
+def _bert_weights(encoder: Path) -> Callable[[str], np.ndarray]:
+    """The encoder's float32 tensor of a name, without a model-class prefix (``bert.``) and with older
+    checkpoints' LayerNorm names (``gamma``, ``beta``) read as ``weight``, ``bias``; a missing one is a bundle error."""
     file = encoder / "model.safetensors"
     if not file.is_file():
         raise ModelBundleError(f"dense search: the encoder at {encoder} has no model.safetensors (the weights are read "
                                "without running code, so pickle checkpoints are not read)")
-    return {name.removeprefix("bert."): np.asarray(tensor, dtype=np.float32) for name, tensor in load_file(str(file)).items()
-            if tensor.dtype.kind == "f"}
+    try:
+        tensors = load_file(str(file))
+    except (OSError, ValueError, TypeError) as error:  # unreadable, or a dtype numpy lacks (bfloat16)
+        raise ModelBundleError(f"dense search: cannot read {file}: {error}") from None
+    renamed = {".gamma": ".weight", ".beta": ".bias"}
+    weights = {}
+    for name, tensor in tensors.items():
+        name = name.removeprefix("bert.")
+        for old, new in renamed.items():
+            name = name[: -len(old)] + new if name.endswith(old) else name
+        weights[name] = tensor
+
+    def weight(name: str) -> np.ndarray:
+        if name not in weights:
+            raise ModelBundleError(f"dense search: {file} has no tensor {name!r}: not a BERT encoder's weights")
+        return np.asarray(weights[name], dtype=np.float32)
+
+    return weight
 
 
 def _pad_token_id(encoder: Path) -> int:

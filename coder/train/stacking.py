@@ -164,7 +164,7 @@ def shared_terms(fitted: Sequence[pl.DataFrame]) -> pl.DataFrame | None:
         return None
     terms = pl.concat(fitted).unique(maintain_order=True)
     for own in fitted:
-        if not terms.filter(pl.col(SYSTEM).is_in(own[SYSTEM].unique())).equals(own):
+        if not terms.filter(pl.col(SYSTEM).is_in(own[SYSTEM].unique().to_list())).equals(own):
             raise ValueError("the candidate sources read different ontology terms: fit them on one ontology")
     return terms
 
