@@ -17,6 +17,8 @@ for type checkers only, under ``if TYPE_CHECKING:``, never run and do not count)
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,14 @@ def test_the_graph_sees_lazy_imports():
     """A function-level import is an edge too (the test would miss the old predictor <-> stacking cycle otherwise)."""
     tree = ast.parse("def f():\n    from coder.train.stacking import Stack\n")
     assert "coder.train.stacking" in _imports(tree, package="coder")
+
+
+def test_predicting_imports_neither_torch_nor_transformers(trained_model):
+    """PLM-ICD's tokenizer and the dense search's encoder are read with ``tokenizers`` and ``onnx`` alone: a
+    nightly process carries neither library (importing torch alone takes about 200 MB)."""
+    script = ("import sys, polars as pl; from coder.api import load_model; "
+              f"load_model({str(trained_model.folder)!r}, device='cpu').predict(pl.read_parquet({str(trained_model.notes)!r})); "
+              "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from coder.model.chunking import NO_OFFSET, batches, chunk_notes, collate
+from coder.errors import ModelBundleError
+from coder.model.chunking import NO_OFFSET, WordPieces, batches, chunk_notes, collate
+from coder.model.folder import TORCH_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_path):
-    return AutoTokenizer.from_pretrained(str(tiny_model_path.parent / "encoder"))
+    return WordPieces.read(tiny_model_path.parent / "encoder")
 
 
 def _words(n: int) -> str:
@@ -62,3 +69,32 @@ def test_batches_bucket_by_length_and_skip_unprocessable(tokenizer):
 def test_rejects_a_chunk_too_short_for_special_tokens(tokenizer):
     with pytest.raises(ValueError, match="chunk_len must be >= 3"):
         chunk_notes(["x"], tokenizer=tokenizer, chunk_len=2)
+
+
+@pytest.mark.parametrize("column", ["text", "text_es"])
+def test_word_pieces_give_hugging_faces_ids_and_offsets(column):
+    """The shipped model's tokenizer read with ``tokenizers`` alone, and taken from a Hugging Face tokenizer,
+    against the Hugging Face call PLM-ICD was trained with, on CodiEsp dev notes in both languages."""
+    folder = ROOT / "models" / "codiesp-minilm" / TORCH_DIR
+    texts = pl.read_parquet(ROOT / "data" / "codiesp" / "dev" / "notes.parquet")[column].to_list()
+    hugging_face = AutoTokenizer.from_pretrained(str(folder))
+    expected = hugging_face(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    for pieces in (WordPieces.read(folder), WordPieces.of(hugging_face)):
+        ids, offsets = pieces.encode(texts)
+        assert ids == expected["input_ids"]
+        assert [[tuple(span) for span in note] for note in offsets] == [[tuple(span) for span in note]
+                                                                          for note in expected["offset_mapping"]]
+        assert (pieces.cls_token_id, pieces.sep_token_id, pieces.pad_token_id) == (
+            hugging_face.cls_token_id, hugging_face.sep_token_id, hugging_face.pad_token_id)
+
+
+def test_a_tokenizer_folder_without_its_special_tokens_is_a_bundle_error(tmp_path, tiny_model_path):
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text((tiny_model_path.parent / "encoder" / "tokenizer.json").read_text())
+    (folder / "tokenizer_config.json").write_text('{"cls_token": "<s>"}')
+    with pytest.raises(ModelBundleError, match="vocabulary lacks <s>"):
+        WordPieces.read(folder)
+    (folder / "tokenizer.json").write_text("{")
+    with pytest.raises(ModelBundleError, match="cannot read the tokenizer"):
+        WordPieces.read(folder)

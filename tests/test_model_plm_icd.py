@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from coder.model.chunking import chunk_notes, collate
+from coder.model.chunking import WordPieces, chunk_notes, collate
 from coder.model.plm_icd import LabelAttention, PlmIcd
 
 
@@ -14,7 +14,7 @@ def model_and_tokenizer(tiny_model_path):
     encoder_dir = str(tiny_model_path.parent / "encoder")
     torch.manual_seed(0)
     model = PlmIcd(encoder=AutoModel.from_pretrained(encoder_dir), n_labels=5, attention_dim=8).eval()
-    return model, AutoTokenizer.from_pretrained(encoder_dir)
+    return model, WordPieces.of(AutoTokenizer.from_pretrained(encoder_dir))
 
 
 def test_a_note_scores_the_same_alone_and_in_a_padded_batch(model_and_tokenizer):

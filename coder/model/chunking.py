@@ -7,18 +7,77 @@ offsets are kept so that a label-attention peak can point back into the note tex
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
+from tokenizers import Tokenizer
+
+from coder.errors import ModelBundleError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_LEN = 128
 DEFAULT_MAX_CHUNKS = 24
 NO_OFFSET = -1  # offsets of [CLS], [SEP] and padding
+SPECIAL_TOKENS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]"}  # BERT's, where a folder names none
+
+
+@dataclass(frozen=True)
+class WordPieces:
+    """PLM-ICD's tokenizer: a fast tokenizer's Rust backend, padding and truncation off, and the ids of its
+    [CLS], [SEP] and [PAD] tokens. ``read`` takes it from a folder with ``tokenizers`` alone, so scoring
+    imports neither transformers nor torch; ``of`` from a Hugging Face tokenizer, as training holds one.
+    Both give the ids and offsets of the Hugging Face tokenizer's call without special tokens (tests)."""
+
+    backend: Tokenizer
+    cls_token_id: int
+    sep_token_id: int
+    pad_token_id: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> WordPieces:
+        """From a Hugging Face fast tokenizer."""
+        return cls._with(tokenizer.backend_tokenizer, {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS},
+                         where="the tokenizer")
+
+    @classmethod
+    def read(cls, folder: Path) -> WordPieces:
+        """From a tokenizer folder: ``tokenizer.json``, and the special tokens ``tokenizer_config.json`` or
+        ``special_tokens_map.json`` names."""
+        try:
+            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            named = {}
+            for file in ("special_tokens_map.json", "tokenizer_config.json"):  # the config's names win
+                if (folder / file).is_file():
+                    named |= json.loads((folder / file).read_text(encoding="utf-8"))
+        except Exception as error:  # tokenizers raises its own Exception subclass for a malformed file
+            raise ModelBundleError(f"cannot read the tokenizer in {folder}: {error}") from None
+        tokens = {}
+        for name, default in SPECIAL_TOKENS.items():
+            token = named.get(name) or default
+            tokens[name] = token["content"] if isinstance(token, dict) else token  # an AddedToken as saved
+        return cls._with(backend, tokens, where=str(folder))
+
+    @classmethod
+    def _with(cls, backend: Tokenizer, tokens: dict[str, str], *, where: str) -> WordPieces:
+        backend = Tokenizer.from_str(backend.to_str())  # a copy: the caller's keeps its settings
+        backend.no_padding()
+        backend.no_truncation()
+        ids = {name: backend.token_to_id(token) for name, token in tokens.items()}
+        missing = [tokens[name] for name, token_id in ids.items() if token_id is None]
+        if missing:
+            raise ModelBundleError(f"{where}: the vocabulary lacks {', '.join(missing)}")
+        return cls(backend, ids["cls_token"], ids["sep_token"], ids["pad_token"])
+
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """Each text's word-piece ids and character offsets, without special tokens, not truncated."""
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
 
 
 @dataclass(frozen=True)
@@ -42,19 +101,16 @@ class ChunkedNote:
 def chunk_notes(
     texts: Sequence[str],
     *,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: WordPieces,
     chunk_len: int = DEFAULT_CHUNK_LEN,
     max_chunks: int = DEFAULT_MAX_CHUNKS,
 ) -> list[ChunkedNote]:
     """Tokenise ``texts`` in one call (no special tokens) and cut each into chunks."""
     if chunk_len < 3 or max_chunks < 1:
         raise ValueError(f"chunk_len must be >= 3 and max_chunks >= 1, got {chunk_len} and {max_chunks}")
-    encoded = tokenizer(
-        list(texts), add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
-    )
     return [
         _cut(ids, offsets, tokenizer=tokenizer, chunk_len=chunk_len, max_chunks=max_chunks)
-        for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        for ids, offsets in zip(*tokenizer.encode(texts), strict=True)
     ]
 
 
@@ -62,7 +118,7 @@ def _cut(
     ids: Sequence[int],
     offsets: Sequence[tuple[int, int]],
     *,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: WordPieces,
     chunk_len: int,
     max_chunks: int,
 ) -> ChunkedNote:

@@ -39,6 +39,7 @@ from typing import Any
 
 from coder.errors import ModelBundleError
 from coder.hashing import file_sha256, folder_sha256
+from coder.model.chunking import WordPieces
 
 logger = logging.getLogger(__name__)
 
@@ -434,11 +435,9 @@ def check_versions(card: ModelCard) -> None:
                        name, written, current)
 
 
-def load_tokenizer(folder: Path):
-    """The PLM-ICD tokenizer of a model folder (a fast Hugging Face tokenizer)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder / TORCH_DIR))
+def load_tokenizer(folder: Path) -> WordPieces:
+    """The PLM-ICD tokenizer of a model folder, read without transformers."""
+    return WordPieces.read(folder / TORCH_DIR)
 
 
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"

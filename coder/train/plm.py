@@ -29,7 +29,7 @@ from coder.errors import UsageError
 from coder.hashing import file_sha256
 from coder.io.atomic import write_json
 from coder.io.corpus import Corpus
-from coder.model.chunking import ChunkedNote, chunk_notes, collate
+from coder.model.chunking import ChunkedNote, WordPieces, chunk_notes, collate
 from coder.model.folder import (
     CODE_LIST_FILE, CONFIG_FILE, ModelCard, ModelConfig, encoder_record, read_config, read_plm_icd,
 )
@@ -95,7 +95,8 @@ class Split:
 
 def _split(notes: pl.DataFrame, canonical: pl.DataFrame, *, labels: LabelSet, tokenizer, text_column: str, options: TrainingOptions, name: str) -> Split:
     note_ids = notes[NOTE_ID].to_list()
-    chunks = chunk_notes(notes[text_column].to_list(), tokenizer=tokenizer, chunk_len=options.chunk_len, max_chunks=options.max_chunks)
+    chunks = chunk_notes(notes[text_column].to_list(), tokenizer=WordPieces.of(tokenizer), chunk_len=options.chunk_len,
+                         max_chunks=options.max_chunks)
     canonical = canonical.filter(pl.col(NOTE_ID).is_in(note_ids))
     split = Split(
         note_ids=note_ids,
