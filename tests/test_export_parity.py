@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
-from coder.model.folder import ONNX_FILES, read_card, read_config
+from coder.model.folder import ONNX_FILES, load_tokenizer, read_card, read_config
 from coder.model.chunking import chunk_notes, collate
 from coder.errors import ExportParityError
 from coder.export.onnx import FP32_TOLERANCE, OUTPUT_NAMES
@@ -27,7 +26,7 @@ def test_shape_mismatch_is_reported():
 
 def test_tiny_fp32_onnx_matches_torch(tiny_model_path):
     config = read_config(tiny_model_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path / "plm_icd"))
+    tokenizer = load_tokenizer(tiny_model_path)
     texts = ["fever and cough", "the patient was admitted to the hospital with pneumonia " * 3]
     notes = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     batch = collate(notes, indices=[0, 1], pad_id=tokenizer.pad_token_id)

@@ -27,7 +27,7 @@ from coder.export.parity import compare_outputs
 from coder.io.corpus import Corpus
 from coder.io.progress import quiet
 from coder.metrics import gold_sets, matrix_scores
-from coder.model.chunking import Batch, batches, chunk_notes, score_in_batches
+from coder.model.chunking import Batch, WordPieces, batches, chunk_notes, score_in_batches
 from coder.model.folder import ONNX_FILES, ModelConfig, load_tokenizer, read_card, read_config
 from coder.model.write import finalize
 from coder.model.plm_icd import PlmIcd, load_torch, torch_forward
@@ -120,7 +120,7 @@ def convert_fp16(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def _parity_batch(tokenizer, config: ModelConfig, texts: list[str] | None) -> Batch:
+def _parity_batch(tokenizer: WordPieces, config: ModelConfig, texts: list[str] | None) -> Batch:
     texts = texts or [_SAMPLE * n for n in (1, 12, 30)]
     notes = chunk_notes(texts, tokenizer=tokenizer, chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     return next(batches(notes, batch_size=len(texts), pad_id=tokenizer.pad_token_id))
