@@ -14,9 +14,7 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from coder.candidates.sentence_encoder import (
-    ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, bert_graph, sentence_encoder,
-)
+from coder.candidates.sentence_encoder import TOKENIZER_FILE, bert_graph, pad_token_id, sentence_encoder
 from coder.errors import ModelBundleError
 from coder.hashing import folder_sha256
 from coder.model.folder import default_encoder_path
@@ -61,17 +59,18 @@ def test_the_int8_file_is_close_to_torch_and_built_once(tmp_path, monkeypatch):
     monkeypatch.setenv("CODER_CACHE_DIR", str(tmp_path / "cache"))
     folder = default_encoder_path()
     sha256 = folder_sha256(folder)
-    built = sentence_encoder(folder, name="all-MiniLM-L6-v2", sha256=sha256)
-    assert sorted(p.name for p in built.iterdir()) == sorted([ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE])
-    assert json.loads((built / SETTINGS_FILE).read_text())["pad_token_id"] == 0
+    built = sentence_encoder(folder, sha256=sha256)
+    [cached] = (tmp_path / "cache").iterdir()
+    assert cached.read_bytes() == built.model
+    assert pad_token_id(folder) == 0
     batch, expected = _torch_vectors(folder, TEXTS)
-    session = create_session(built / ENCODER_FILE, device="cpu")
+    session = create_session(built.model, device="cpu")
     found = session.run(None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]
     assert (found * expected).sum(axis=1).min() > 0.95
-    stamp = (built / ENCODER_FILE).stat().st_mtime_ns
-    assert sentence_encoder(folder, name="all-MiniLM-L6-v2", sha256=sha256) == built
-    assert (built / ENCODER_FILE).stat().st_mtime_ns == stamp  # from the cache
-    assert [p.name for p in built.parent.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    stamp = cached.stat().st_mtime_ns
+    assert sentence_encoder(folder, sha256=sha256) == built
+    assert cached.stat().st_mtime_ns == stamp  # from the cache
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no partial file left
 
 
 def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(tmp_path, tiny_model_path):

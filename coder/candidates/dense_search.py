@@ -42,7 +42,7 @@ from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import (
     TERM, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
 )
-from coder.candidates.sentence_encoder import ENCODER_FILE, SETTINGS_FILE, TOKENIZER_FILE, sentence_encoder
+from coder.candidates.sentence_encoder import TOKENIZER_FILE, pad_token_id, sentence_encoder
 from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, UsageError
@@ -50,7 +50,7 @@ from coder.estimator import read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_atomically, write_text
 from coder.io.progress import Progress, announce
-from coder.model.folder import DEFAULT_ENCODER_NAME, default_encoder_path, inside, is_pickle
+from coder.model.folder import default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
 from coder.ontology.cache import cache_dir, cache_key, write_cache
@@ -120,15 +120,13 @@ class DenseSearch(CandidateSource):
         if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
             raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
                                    f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
-        name = DEFAULT_ENCODER_NAME if folder.resolve() == default_encoder_path().resolve() else folder.name
-        built = sentence_encoder(folder, name=name, sha256=self.encoder_sha256_)
-        onnx, tokenizer, settings = built / ENCODER_FILE, built / TOKENIZER_FILE, built / SETTINGS_FILE
-        self.built_sha256_ = folder_sha256(onnx.parent)  # what the term vectors are made with
-        self.tokenizer_ = Tokenizer.from_file(str(tokenizer))
-        self.pad_token_id_ = int(read_state(settings.parent, settings.name, what="sentence encoder")["pad_token_id"])
+        built = sentence_encoder(folder, sha256=self.encoder_sha256_)
+        self.built_key_ = built.key  # what the term vectors are made with
+        self.tokenizer_ = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self.pad_token_id_ = pad_token_id(folder)
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
-        self.session_ = create_session(onnx, device="cpu", arena=False)
+        self.session_ = create_session(built.model, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         self.vectors_, self.scales_ = self._term_vectors()
@@ -141,10 +139,10 @@ class DenseSearch(CandidateSource):
         then a row slice, the right operand of the int8 products), and each term's float32 scale
         ([n_terms]; vector = int8 column x scale), cached by the encoder and the terms."""
         digest = terms_digest(self.terms_)
-        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.built_sha256_,
+        key = cache_key(sources=[], salt=json.dumps({"vectors": VECTORS_VERSION, "encoder": self.built_key_,
                                                       "terms": digest, "tokens": TERM_TOKENS,
                                                       "onnxruntime": ort.__version__}))
-        stem = f"dense-{self.built_sha256_[:12]}"
+        stem = f"dense-{self.built_key_[:12]}"
         file = cache_dir() / f"{stem}-{key[:12]}.npz"
         try:
             with np.load(file, allow_pickle=False) as arrays:

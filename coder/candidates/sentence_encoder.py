@@ -1,8 +1,8 @@
 """The dense search's sentence encoder: a BERT folder's weights as an int8 ONNX graph, built without torch.
 
-``sentence_encoder`` gives the folder the dense search runs (``coder.candidates.dense_search``):
-``model.int8.onnx``, ``tokenizer.json`` (the folder's own) and ``encoder.json`` (its padding id, and where
-it came from), made on first use once per encoder and library versions, in the cache folder. The graph
+``sentence_encoder`` gives the int8 ONNX file the dense search runs (``coder.candidates.dense_search``),
+made on first use once per encoder and library versions and kept in the cache folder
+(``coder.ontology.cache``); the dense search reads the encoder folder's own ``tokenizer.json``. The graph
 is written node by node from ``config.json`` and ``model.safetensors`` (``bert_graph``), as the dense
 search's products are: predicting never imports torch, and reading the weights runs no code (no pickle).
 
@@ -16,13 +16,12 @@ int8 file does; the int8 vectors are checked against the fp32 graph's before the
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import shutil
 import tempfile
-from importlib.metadata import version
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +33,15 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from coder.errors import ExportParityError, ModelBundleError
-from coder.io.atomic import write_json, write_text
 from coder.io.progress import announce, quiet
-from coder.model.folder import encoder_record
 from coder.model.session import GRAPH_IR_VERSION, create_session
-from coder.ontology.cache import CACHE_DIR_ENV, cache_dir, cache_key
+from coder.ontology.cache import cache_dir, cache_key, write_cache
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_vector"
-ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE = "model.int8.onnx", "tokenizer.json", "encoder.json"
+TOKENIZER_FILE = "tokenizer.json"
 GRAPH_VERSION = 1  # bump when the graph ``bert_graph`` writes changes: cached files are made again
 INT8_MIN_COSINE = 0.98  # the int8 file's vectors against the fp32 graph's on the check sentences
 BUILD_S = 15  # what the build announces it takes (all-MiniLM-L6-v2 on a server core)
@@ -54,62 +51,52 @@ _CHECK = ["Fever and productive cough.", "Type 2 diabetes mellitus with hypergly
           "CT"]
 
 
-def sentence_encoder(encoder: Path, *, name: str, sha256: str) -> Path:
-    """The dense search's folder of ``encoder`` (a local Hugging Face BERT folder named ``name``, its files'
-    ``sha256``): from the cache folder, else built (announced) and checked (``build_sentence_encoder``) into a
-    staging folder there, then renamed into place, so a run sees a whole folder or none. An unwritable cache
-    folder costs a warning: the file goes to a temporary folder, removed when the process ends."""
+@dataclass(frozen=True)
+class BuiltEncoder:
+    """The int8 ONNX file of an encoder, and the cache key it is kept under (what the term vectors made
+    with it are keyed on: the encoder's files and the versions that build it)."""
+
+    model: bytes
+    key: str
+
+
+def sentence_encoder(encoder: Path, *, sha256: str) -> BuiltEncoder:
+    """``encoder`` (a local Hugging Face BERT folder, its files' ``sha256``) as int8 ONNX: from the cache
+    folder, else built (announced, ``build_sentence_encoder``) and cached; an unwritable cache folder costs
+    a warning and a build on every run (``write_cache``)."""
     versions = {"graph": GRAPH_VERSION, "onnx": version("onnx"), "onnxruntime": onnxruntime.__version__}
     key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **versions}))
-    folder = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}"
-    if all((folder / file).is_file() for file in (ENCODER_FILE, TOKENIZER_FILE, SETTINGS_FILE)):
-        return folder
+    file = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}.onnx"
+    if file.is_file():
+        return BuiltEncoder(file.read_bytes(), key)
     announce("the dense search's sentence encoder as int8 ONNX", seconds=BUILD_S)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging, cached = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-")), True
-    except OSError as error:
-        logger.warning("cannot write the sentence encoder into %s (%s): it is built again on every run until %s "
-                       "names a writable folder", folder.parent, error, CACHE_DIR_ENV)
-        staging, cached = Path(tempfile.mkdtemp(prefix="coder-sentence-")), False
-        atexit.register(shutil.rmtree, staging, True)
-    build_sentence_encoder(encoder, staging / ENCODER_FILE)
-    write_text(staging / TOKENIZER_FILE, (encoder / TOKENIZER_FILE).read_text(encoding="utf-8"), durable=False)
-    settings = {"pad_token_id": _pad_token_id(encoder), "exported_from": encoder_record(encoder, name=name),
-                "versions": versions}
-    write_json(staging / SETTINGS_FILE, settings, durable=False)
-    if not cached:
-        return staging
-    shutil.rmtree(folder, ignore_errors=True)  # what an interrupted run of an older coder left
-    try:
-        staging.rename(folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # another run finished first
-    return folder
+    model = build_sentence_encoder(encoder)
+    write_cache(file, lambda handle: handle.write(model), what="the sentence encoder", stale=f"sentence-{sha256[:12]}-*.onnx")
+    return BuiltEncoder(model, key)
 
 
-def build_sentence_encoder(encoder: Path, target: Path) -> None:
-    """Write ``encoder`` (a local Hugging Face BERT folder) as int8 ONNX to ``target``, after checking the
-    int8 vectors against the fp32 graph's (``ExportParityError``)."""
+def build_sentence_encoder(encoder: Path) -> bytes:
+    """``encoder`` (a local Hugging Face BERT folder) as int8 ONNX, after checking the int8 vectors against
+    the fp32 graph's (``ExportParityError``)."""
     tokenizer = Tokenizer.from_file(str(encoder / TOKENIZER_FILE))
-    tokenizer.enable_padding(pad_id=_pad_token_id(encoder))  # padded rows: the mask is exercised
+    tokenizer.enable_padding(pad_id=pad_token_id(encoder))  # padded rows: the mask is exercised
     rows = tokenizer.encode_batch(_CHECK)
     feed = {"input_ids": np.array([row.ids for row in rows], dtype=np.int64),
             "attention_mask": np.array([row.attention_mask for row in rows], dtype=np.int64)}
     with tempfile.TemporaryDirectory() as folder:
-        fp32 = Path(folder) / "sentence.onnx"
+        fp32, int8 = Path(folder) / "sentence.onnx", Path(folder) / "sentence.int8.onnx"
         onnx.save(bert_graph(encoder), str(fp32))
         reference = create_session(fp32, device="cpu").run(None, feed)[0]
         # the quantiser logs every tensor, and advice to pre-process the graph, on the root logger
         with quiet(None, level=logging.ERROR):
-            quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gather"])
-    int8 = create_session(target, device="cpu").run(None, feed)[0]
-    cosine = float(np.min((int8 * reference).sum(axis=1)))
+        model = int8.read_bytes()
+    cosine = float(np.min((create_session(model, device="cpu").run(None, feed)[0] * reference).sum(axis=1)))
     if cosine < INT8_MIN_COSINE:
-        target.unlink()
         raise ExportParityError(f"int8 sentence encoder of {encoder}: cosine to fp32 {cosine:.3f} < {INT8_MIN_COSINE}")
     logger.info("sentence encoder %s built as int8 ONNX (cosine to fp32 >= %.4f)", encoder, cosine)
+    return model
 
 
 def bert_graph(encoder: Path) -> onnx.ModelProto:
@@ -236,5 +223,6 @@ def _bert_weights(encoder: Path) -> Callable[[str], np.ndarray]:
     return weight
 
 
-def _pad_token_id(encoder: Path) -> int:
+def pad_token_id(encoder: Path) -> int:
+    """The encoder's padding id (``config.json``; BERT's 0 where it names none)."""
     return int(_bert_config(encoder).get("pad_token_id") or 0)

@@ -301,7 +301,7 @@ def read_plm_icd(folder: Path) -> tuple[ModelConfig, ModelCard]:
     ``coder train --resume`` to keep it; a folder of format 2 too, which that resume then rewrites in this format."""
     data = _read_json(folder / CONFIG_FILE)
     if data.get("format_version") != 2:
-        config = read_config(folder)
+        config = ModelConfig.from_dict(data, source=str(folder / CONFIG_FILE))
         return config.with_components(sources=(), rerankers=(), terms=False), read_card(folder)
     config = ModelConfig.from_dict({key: data[key] for key in _PLM_ICD_KEYS if key in data})
     kept = tuple(variant for variant, info in data.get("onnx", {}).items() if info.get("kept"))
