@@ -209,3 +209,11 @@ def test_products_are_exact_at_the_extremes_of_both_ranges():
     session = dense_search._products_session()
     (products,) = session.run(None, {"sentences": (sentences.astype(np.int16) + 128).astype(np.uint8), "terms": terms})
     assert (products == sentences.astype(np.int64) @ terms.astype(np.int64)).all()
+
+
+def test_an_encoder_folder_without_its_tokenizer_is_a_bundle_error(cache, encoder, tmp_path):
+    folder = tmp_path / "encoder"
+    shutil.copytree(encoder, folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ModelBundleError, match="cannot read the tokenizer in .*encoder"):
+        DenseSearch(encoder=str(folder)).index(TERMS)

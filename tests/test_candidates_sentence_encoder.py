@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
-from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from coder.candidates.sentence_encoder import TOKENIZER_FILE, bert_graph, pad_token_id, sentence_encoder
+from coder.candidates.sentence_encoder import bert_graph, sentence_encoder
 from coder.errors import ModelBundleError
 from coder.hashing import folder_sha256
+from coder.model.chunking import WordPieces
 from coder.model.folder import default_encoder_path
 from coder.model.session import create_session
 
@@ -48,7 +48,7 @@ def test_the_fp32_graph_matches_hugging_face_bert_on_padded_rows(which, tiny_mod
 
 def test_the_shipped_tokenizer_gives_hugging_faces_ids():
     folder = default_encoder_path()
-    ours = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    ours = WordPieces.read(folder).backend
     ours.no_padding()
     ours.enable_truncation(128)
     expected = AutoTokenizer.from_pretrained(str(folder))(TEXTS * 3, truncation=True, max_length=128)["input_ids"]
@@ -62,7 +62,7 @@ def test_the_int8_file_is_close_to_torch_and_built_once(tmp_path, monkeypatch):
     built = sentence_encoder(folder, sha256=sha256)
     [cached] = (tmp_path / "cache").iterdir()
     assert cached.read_bytes() == built.model
-    assert pad_token_id(folder) == 0
+    assert WordPieces.read(folder).pad_token_id == 0
     batch, expected = _torch_vectors(folder, TEXTS)
     session = create_session(built.model, device="cpu")
     found = session.run(None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]

@@ -42,7 +42,7 @@ from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import (
     TERM, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
 )
-from coder.candidates.sentence_encoder import TOKENIZER_FILE, pad_token_id, sentence_encoder
+from coder.candidates.sentence_encoder import sentence_encoder
 from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, UsageError
@@ -50,6 +50,7 @@ from coder.estimator import read_state
 from coder.hashing import folder_sha256
 from coder.io.atomic import write_atomically, write_text
 from coder.io.progress import Progress, announce
+from coder.model.chunking import WordPieces
 from coder.model.folder import default_encoder_path, inside, is_pickle
 from coder.model.session import GRAPH_IR_VERSION, GRAPH_OPSET, create_session
 from coder.ontology import Ontology
@@ -122,8 +123,8 @@ class DenseSearch(CandidateSource):
                                    f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
         built = sentence_encoder(folder, sha256=self.encoder_sha256_)
         self.built_key_ = built.key  # what the term vectors are made with
-        self.tokenizer_ = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        self.pad_token_id_ = pad_token_id(folder)
+        pieces = WordPieces.read(folder)
+        self.tokenizer_, self.pad_token_id_ = pieces.backend, pieces.pad_token_id
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
         self.session_ = create_session(built.model, device="cpu", arena=False)

@@ -2,7 +2,7 @@
 
 ``sentence_encoder`` gives the int8 ONNX file the dense search runs (``coder.candidates.dense_search``),
 made on first use once per encoder and library versions and kept in the cache folder
-(``coder.ontology.cache``); the dense search reads the encoder folder's own ``tokenizer.json``. The graph
+(``coder.ontology.cache``); the encoder folder's own tokenizer (``coder.model.chunking.WordPieces``) feeds it. The graph
 is written node by node from ``config.json`` and ``model.safetensors`` (``bert_graph``), as the dense
 search's products are: predicting never imports torch, and reading the weights runs no code (no pickle).
 
@@ -30,10 +30,10 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from safetensors.numpy import load_file
-from tokenizers import Tokenizer
 
 from coder.errors import ExportParityError, ModelBundleError
 from coder.io.progress import announce, quiet
+from coder.model.chunking import WordPieces
 from coder.model.session import GRAPH_IR_VERSION, create_session
 from coder.ontology.cache import cache_dir, cache_key, write_cache
 
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_vector"
-TOKENIZER_FILE = "tokenizer.json"
 GRAPH_VERSION = 1  # bump when the graph ``bert_graph`` writes changes: cached files are made again
 INT8_MIN_COSINE = 0.98  # the int8 file's vectors against the fp32 graph's on the check sentences
 BUILD_S = 15  # what the build announces it takes (all-MiniLM-L6-v2 on a server core)
@@ -78,8 +77,9 @@ def sentence_encoder(encoder: Path, *, sha256: str) -> BuiltEncoder:
 def build_sentence_encoder(encoder: Path) -> bytes:
     """``encoder`` (a local Hugging Face BERT folder) as int8 ONNX, after checking the int8 vectors against
     the fp32 graph's (``ExportParityError``)."""
-    tokenizer = Tokenizer.from_file(str(encoder / TOKENIZER_FILE))
-    tokenizer.enable_padding(pad_id=pad_token_id(encoder))  # padded rows: the mask is exercised
+    pieces = WordPieces.read(encoder)
+    tokenizer = pieces.backend
+    tokenizer.enable_padding(pad_id=pieces.pad_token_id)  # padded rows: the mask is exercised
     rows = tokenizer.encode_batch(_CHECK)
     feed = {"input_ids": np.array([row.ids for row in rows], dtype=np.int64),
             "attention_mask": np.array([row.attention_mask for row in rows], dtype=np.int64)}
@@ -221,8 +221,3 @@ def _bert_weights(encoder: Path) -> Callable[[str], np.ndarray]:
         return np.asarray(weights[name], dtype=np.float32)
 
     return weight
-
-
-def pad_token_id(encoder: Path) -> int:
-    """The encoder's padding id (``config.json``; BERT's 0 where it names none)."""
-    return int(_bert_config(encoder).get("pad_token_id") or 0)
