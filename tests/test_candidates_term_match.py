@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -134,3 +135,20 @@ def test_fits_of_the_same_terms_share_their_stems_and_fit_the_same_arrays(tiny_o
         assert np.array_equal(getattr(alone, name), getattr(second, name))
     assert not np.array_equal(first.idf_, second.idf_)  # the idf is each fit's own
     assert not first.stem_terms_.data.flags.writeable  # shared, so never changed
+
+
+def test_matching_only_the_terms_that_can_be_kept_gives_what_every_term_gives(fitted):
+    # candidates read only the terms whose rarest stem a sentence holds; the backfill only the terms of
+    # the codes asked for
+    holders = np.diff(fitted.stem_terms_.indptr)
+    for column in range(fitted.anchor_terms_.shape[1]):
+        stems = fitted.stem_terms_[:, column].indices
+        (anchor,) = fitted.anchor_terms_[:, column].indices
+        assert anchor in stems and holders[anchor] == holders[stems].min()
+    every_stem = copy.copy(fitted)
+    every_stem.anchor_terms_ = fitted.stem_terms_  # every term sharing a stem with a sentence is read
+    assert every_stem.candidates(NOTES).equals(fitted.candidates(NOTES))
+    keys = NOTES.select("note_id").join(fitted.codes_, how="cross")
+    asked = keys.filter(pl.col("code").is_in(["E11.65", "I10", "J45.909"]))
+    every_code = fitted.score(NOTES, keys).join(asked, on=["note_id", "system", "code"], how="semi")
+    assert every_code.sort("note_id", "code").equals(fitted.score(NOTES, asked).sort("note_id", "code"))

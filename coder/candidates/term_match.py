@@ -72,6 +72,9 @@ class TermStems:
     """Stem -> its row in ``stem_terms``."""
     stem_terms: sparse.csr_matrix
     """[n_stems, n_kept_terms]: 1 where a term holds a stem."""
+    anchor_terms: sparse.csr_matrix
+    """[n_stems, n_kept_terms]: 1 at each term's rarest stem (the fewest terms hold it): a sentence can hold
+    a term whole only if it holds that stem."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,9 +90,14 @@ def term_stems(texts: tuple[str, ...], stem_length: int) -> TermStems:
     columns = np.repeat(np.arange(len(stems)), [len(term) for term in stems])
     matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
                                shape=(len(vocabulary), len(stems)))
-    for array in (kept, matrix.data, matrix.indices, matrix.indptr):
+    holders = np.diff(matrix.indptr)  # terms per stem
+    by_term = matrix.T.tocsr()
+    anchors = [int(stem[np.argmin(holders[stem])]) for stem in np.split(by_term.indices, by_term.indptr[1:-1])]
+    anchor = sparse.csr_matrix((np.ones(len(stems), dtype=np.float32), (anchors, np.arange(len(stems)))),
+                               shape=matrix.shape)
+    for array in (kept, matrix.data, matrix.indices, matrix.indptr, anchor.data, anchor.indices, anchor.indptr):
         array.flags.writeable = False
-    return TermStems(kept, MappingProxyType(vocabulary), matrix)
+    return TermStems(kept, MappingProxyType(vocabulary), matrix, anchor)
 
 
 class TermMatch(CandidateSource):
@@ -137,10 +145,13 @@ class TermMatch(CandidateSource):
         """The terms' content stems as a matrix [n_stems, n_terms] (1 where a term holds a stem) and the stems' idf."""
         self.terms_ = terms
         stems = term_stems(tuple(terms[TERM].to_list()), self.stem_length)
-        self.vocabulary_, self.stem_terms_ = stems.vocabulary, stems.stem_terms
+        self.vocabulary_, self.stem_terms_, self.anchor_terms_ = stems.vocabulary, stems.stem_terms, stems.anchor_terms
         codes = terms.filter(pl.Series(stems.kept)).select(SYSTEM, CODE)
         self.codes_ = codes.unique(maintain_order=True)
         self.term_code_ = codes.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE], how="left")["_code"].to_numpy()
+        # each code's terms: code_terms_[code_term_starts_[c] : code_term_starts_[c + 1]], ascending
+        self.code_terms_ = np.argsort(self.term_code_, kind="stable")
+        self.code_term_starts_ = np.searchsorted(self.term_code_[self.code_terms_], np.arange(self.codes_.height + 1))
         n = self.n_notes_
         self.idf_ = np.log((n + 1) / (np.array([self.document_frequency_.get(s, 0) for s in self.vocabulary_],
                                                dtype=np.float64) + 1)).astype(np.float32)
@@ -183,20 +194,28 @@ class TermMatch(CandidateSource):
             columns += [stem for _, stem in found]
             owners += [note] * len(at)
         held = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), shape=(len(owners), len(self.vocabulary_)))
-        # [sentences, terms]: how many of a term's words a sentence holds, and their idf. The two term
-        # matrices share their nonzeros (idf > 0), so the products list the same pairs in the same order.
-        words, weight = held @ self.stem_terms_, held @ self.idf_terms_
-        assert np.array_equal(words.indptr, weight.indptr) and np.array_equal(words.indices, weight.indices)
-        sentence = np.repeat(np.arange(len(owners)), np.diff(words.indptr))
-        term, share = words.indices, words.data / self.term_words_[words.indices]
-        note, code = np.asarray(owners, dtype=np.int64)[sentence], self.term_code_[term]
+        # Only the terms that can be kept below: held whole (their rarest stem is in a sentence), or of a
+        # wanted code. A sentence shares a word with ~120k terms; each pair's values are the same in
+        # the product of the terms' columns alone (a row's sum runs over its own stems).
         if wanted is None:
-            keep = share >= 1.0
+            terms = np.unique((held @ self.anchor_terms_).indices)
         else:  # a [notes, codes] mask of these notes: a lookup per pair
             mask = np.zeros((notes.height, self.codes_.height), dtype=bool)
             inside = (wanted[0] >= offset) & (wanted[0] < offset + notes.height)
             mask[wanted[0][inside] - offset, wanted[1][inside]] = True
-            keep = mask[note - offset, code]
+            codes = np.unique(wanted[1][inside])
+            starts, ends = self.code_term_starts_[codes], self.code_term_starts_[codes + 1]
+            terms = np.sort(self.code_terms_[np.repeat(ends - np.cumsum(ends - starts), ends - starts)
+                                             + np.arange((ends - starts).sum())])
+        # [sentences, terms]: how many of a term's words a sentence holds, and their idf. The two term
+        # matrices share their nonzeros (idf > 0), so the products list the same pairs in the same order.
+        words, weight = held @ self.stem_terms_[:, terms], held @ self.idf_terms_[:, terms]
+        assert np.array_equal(words.indptr, weight.indptr) and np.array_equal(words.indices, weight.indices)
+        sentence = np.repeat(np.arange(len(owners)), np.diff(words.indptr))
+        term = terms[words.indices]
+        share = words.data / self.term_words_[term]
+        note, code = np.asarray(owners, dtype=np.int64)[sentence], self.term_code_[term]
+        keep = share >= 1.0 if wanted is None else mask[note - offset, code]
         term, share, note, code, matched = term[keep], share[keep], note[keep], code[keep], weight.data[keep].astype(np.float64)
         missing = np.maximum(self.term_idf_[term] - matched, 0.0)
         order = np.lexsort((missing, -matched, -share, code, note))
