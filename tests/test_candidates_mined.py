@@ -101,3 +101,11 @@ def test_german_notes_have_their_own_negation_words():
 
     assert negated("Kein Fieber, akute Pankreatitis.") and negated("Fieber wird verneint.")
     assert not negated("Fieber seit gestern.") and not negated("Kein Husten, aber Fieber.")
+
+
+def test_looking_only_for_the_known_phrases_finds_each_occurrence_every_n_gram_finds():
+    lexicon = fitted()
+    text = "Acute pancreatitis with fever. CT of the abdomen: no acute pancreatitis; cough and fever again."
+    known = [[found for found in lexicon.occurrences(text, within=within) if found[0] in lexicon.phrase_index_]
+             for within in (None, lexicon.prefixes_)]
+    assert known[0] and known[1] == known[0]

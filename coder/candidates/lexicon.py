@@ -130,7 +130,8 @@ class EvidenceLexicon(CandidateSource):
         word, known words."""
         self.known_words_ = frozenset(w for _, words in keys for w in words)
         self.exact_index_: dict[tuple[str, ...], int] = {}
-        self.set_index_: dict[str, list[int]] = defaultdict(list)
+        # a token set's key, words and their set (``_set_matches`` tests the set at C speed)
+        self.set_index_: dict[str, list[tuple[int, tuple[str, ...], frozenset[str]]]] = defaultdict(list)
         # every phrase's leading words, the phrase included: a run of the note's words that is none of
         # them starts no longer phrase either, so matching stops there
         self.prefixes_ = frozenset(words[:end] for kind, words in keys if kind == EXACT for end in range(1, len(words) + 1))
@@ -138,7 +139,7 @@ class EvidenceLexicon(CandidateSource):
             if kind == EXACT:
                 self.exact_index_[words] = i
             else:
-                self.set_index_[max(words, key=len)].append(i)
+                self.set_index_[max(words, key=len)].append((i, words, frozenset(words)))
 
     # --- matching ------------------------------------------------------------------------------
 
@@ -183,10 +184,10 @@ class EvidenceLexicon(CandidateSource):
             by_sentence[sentence].setdefault(word, i)
         for first in by_sentence.values():
             seen: set[int] = set()
+            held = first.keys()
             for word in first:
-                for key in self.set_index_.get(word, ()):
-                    key_words = self.keys_[key][1]
-                    if key in seen or not all(w in first for w in key_words):
+                for key, key_words, needed in self.set_index_.get(word, ()):
+                    if key in seen or not held >= needed:
                         continue
                     seen.add(key)
                     positions = [first[w] for w in key_words]

@@ -140,8 +140,10 @@ class MinedLexicon(CandidateSource):
 
     # --- phrases of a text -----------------------------------------------------------------------
 
-    def occurrences(self, text: str) -> Iterator[tuple[tuple[str, ...], int, int, bool]]:
-        """(phrase words, start, end, negated) of every admissible n-gram of ``text``."""
+    def occurrences(self, text: str, *, within: frozenset[tuple[str, ...]] | None = None
+                    ) -> Iterator[tuple[tuple[str, ...], int, int, bool]]:
+        """(phrase words, start, end, negated) of every admissible n-gram of ``text``; ``within``: the
+        leading words of the phrases looked for (a run that is none of them starts no longer one either)."""
         tokens, clauses = tokenize(text, plural_es=language(self.language).plural_es)
         words, sentences = tokens.words, tokens.sentences
         stop = self._folded(language(self.language).stopwords)
@@ -152,8 +154,11 @@ class MinedLexicon(CandidateSource):
             for j in range(i, min(i + self.max_tokens, len(words))):
                 if sentences[j] != sentences[i]:
                     break
+                run = tuple(words[i : j + 1])
+                if within is not None and run not in within:
+                    break
                 if words[j] not in stop:
-                    yield tuple(words[i : j + 1]), tokens.starts[i], tokens.ends[j], bool(negated[i])
+                    yield run, tokens.starts[i], tokens.ends[j], bool(negated[i])
 
     def _negated(self, words: list[str], clauses: np.ndarray) -> np.ndarray:
         """[n_words] whether a negation cue reaches the word (see the module docstring)."""
@@ -264,6 +269,7 @@ class MinedLexicon(CandidateSource):
 
     def _index(self) -> None:
         self.phrase_index_ = {p: i for i, p in enumerate(self.phrases_)}
+        self.prefixes_ = frozenset(p[:end] for p in self.phrases_ for end in range(1, len(p) + 1))
         self.phrase_length_ = np.array([len(p) for p in self.phrases_], dtype=np.int64)
         self.link_ptr_ = np.searchsorted(self.link_phrase_, np.arange(len(self.phrases_) + 1))
         prior = self.smoothing * self.description_prior * self.link_coverage_
@@ -313,7 +319,7 @@ class MinedLexicon(CandidateSource):
         """(note, phrase, start, end, negated) of every occurrence of a known phrase in ``texts``, in text order."""
         columns: tuple[list, ...] = ([], [], [], [], [])
         for n, text in enumerate(texts):
-            for words, start, end, negated in self.occurrences(text):
+            for words, start, end, negated in self.occurrences(text, within=self.prefixes_):
                 phrase = self.phrase_index_.get(words)
                 if phrase is not None:
                     for column, value in zip(columns, (n, phrase, start, end, negated)):

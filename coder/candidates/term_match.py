@@ -187,8 +187,10 @@ class TermMatch(CandidateSource):
         rows, columns, owners = [], [], []
         for note, text in enumerate(notes[self.text_column].to_list(), start=offset):
             tokens = Tokens.of(text or "", plural_es=False)
-            found = {(sentence, self.vocabulary_[stem]) for word, sentence in zip(tokens.words, tokens.sentences)
-                     for stem in content_stems([word], self.stem_length) if stem in self.vocabulary_}
+            stem_of = {word: self.vocabulary_.get(stem) for word in set(tokens.words)
+                       for stem in content_stems([word], self.stem_length)}  # each distinct word once
+            found = {(sentence, stem) for word, sentence in zip(tokens.words, tokens.sentences)
+                     if (stem := stem_of.get(word)) is not None}
             at = {sentence: len(owners) + i for i, sentence in enumerate(sorted({sentence for sentence, _ in found}))}
             rows += [at[sentence] for sentence, _ in found]
             columns += [stem for _, stem in found]

@@ -66,13 +66,16 @@ class Tokens:
         """The tokens of ``text``; the same text read by two lexicon sources of a batch (the
         evidence and the mined lexicon of a column) is tokenized once."""
         boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
-        words, starts, ends, sentences = [], [], [], []
-        for m in WORD.finditer(text):
-            words.append(fold(m.group(), plural_es=plural_es))
-            starts.append(m.start())
-            ends.append(m.end())
-            sentences.append(bisect.bisect_left(boundaries, m.start()))
-        return Tokens(tuple(words), tuple(starts), tuple(ends), tuple(sentences))
+        found = list(WORD.finditer(text))
+        starts = tuple(m.start() for m in found)
+        return Tokens(tuple(_fold_word(m.group(), plural_es) for m in found), starts, tuple(m.end() for m in found),
+                      tuple(bisect.bisect_left(boundaries, start) for start in starts))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _fold_word(word: str, plural_es: bool) -> str:
+    """``fold``, remembered: a note's words are mostly words other notes of the batch have."""
+    return fold(word, plural_es=plural_es)
 
 
 def sentence_spans(text: str | None) -> np.ndarray:
