@@ -92,9 +92,11 @@ def test_scores_are_the_best_cosine_over_terms_and_sentences(search, monkeypatch
     assert_frame_equal(pl.concat([search.candidates(notes.slice(i, 1)) for i in range(notes.height)]), whole)  # alone
     # blocks of one sentence and chunks of one term: each note alone, a sentence and a code at a time; the same rows
     monkeypatch.setattr(dense_search, "SENTENCE_BLOCK", 1)
-    search.chunks_ = dense_search._term_chunks(search.code_starts_, search.terms_.height, 1)
-    assert search.chunks_ == list(range(search.codes_.height + 1))  # I10's two terms: one chunk
-    assert_frame_equal(search.candidates(notes), whole)
+    monkeypatch.setattr(dense_search, "TERM_CHUNK", 1)
+    small = DenseSearch(top_k=2, encoder=search.encoder).index(TERMS)
+    assert small.chunks_ == list(range(small.codes_.height + 1))  # I10's two terms: one chunk
+    assert [block.shape[1] for block in small.term_blocks_] == np.diff(small.code_starts_.tolist() + [small.terms_.height]).tolist()
+    assert_frame_equal(small.candidates(notes), whole)
 
 
 def test_equal_scores_rank_and_cut_by_code_whatever_the_ontology_order(cache, encoder):
@@ -159,9 +161,11 @@ def test_unfitted_missing_folder_and_missing_encoder(cache, tmp_path):
 
 def test_fit_reads_the_ontology_and_no_notes(cache, encoder, tiny_ontology):
     search = DenseSearch(encoder=encoder).fit(ontology=tiny_ontology)
-    assert (CM, "I10") in set(search.codes_.iter_rows()) and search.vectors_.shape[1] == search.terms_.height
-    assert search.vectors_.dtype == np.int8
-    np.testing.assert_allclose(np.linalg.norm(search._terms(0, search.terms_.height), axis=1), 1.0, atol=1e-2)
+    assert (CM, "I10") in set(search.codes_.iter_rows()) and sum(block.shape[1] for block in search.term_blocks_) == search.terms_.height
+    assert all(block.dtype == np.int8 and block.flags.c_contiguous for block in search.term_blocks_)
+    every = np.concatenate([search._terms(code) for code in range(search.codes_.height)])
+    assert len(every) == search.terms_.height
+    np.testing.assert_allclose(np.linalg.norm(every, axis=1), 1.0, atol=1e-2)
 
 
 @pytest.mark.parametrize("bounds", [None, np.array([0, 3, 4, 50])])
