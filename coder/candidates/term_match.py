@@ -90,10 +90,10 @@ def term_stems(texts: tuple[str, ...], stem_length: int) -> TermStems:
     columns = np.repeat(np.arange(len(stems)), [len(term) for term in stems])
     matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
                                shape=(len(vocabulary), len(stems)))
-    holders = np.diff(matrix.indptr)  # terms per stem
     by_term = matrix.T.tocsr()
-    anchors = [int(stem[np.argmin(holders[stem])]) for stem in np.split(by_term.indices, by_term.indptr[1:-1])]
-    anchor = sparse.csr_matrix((np.ones(len(stems), dtype=np.float32), (anchors, np.arange(len(stems)))),
+    term = np.repeat(np.arange(len(stems)), np.diff(by_term.indptr))
+    rarest = np.lexsort((by_term.indices, np.diff(matrix.indptr)[by_term.indices], term))[by_term.indptr[:-1]]
+    anchor = sparse.csr_matrix((np.ones(len(stems), dtype=np.float32), (by_term.indices[rarest], np.arange(len(stems)))),
                                shape=matrix.shape)
     for array in (kept, matrix.data, matrix.indices, matrix.indptr, anchor.data, anchor.indices, anchor.indptr):
         array.flags.writeable = False

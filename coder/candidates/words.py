@@ -28,8 +28,10 @@ _ES_BREAK = re.compile(r"\n+|(?<=[.!?])\s+(?=[¿¡(\"'«]?[A-ZÁÉÍÓÚÑÜ0-9]
 TOKENS_KEPT = 512
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def fold(word: str, *, plural_es: bool = True) -> str:
-    """Lower case, accents removed, a trailing plural ``-s`` (and, with ``plural_es``, ``-es``) stripped."""
+    """Lower case, accents removed, a trailing plural ``-s`` (and, with ``plural_es``, ``-es``) stripped.
+    Remembered: the notes of a batch and the ontology's terms repeat the same words."""
     word = word.lower()
     if not word.isascii():  # most words are, and Unicode decomposition is the costly step
         word = "".join(ch for ch in unicodedata.normalize("NFD", word) if not unicodedata.combining(ch))
@@ -68,14 +70,8 @@ class Tokens:
         boundaries = [m.start() for m in SENTENCE_END.finditer(text)]
         found = list(WORD.finditer(text))
         starts = tuple(m.start() for m in found)
-        return Tokens(tuple(_fold_word(m.group(), plural_es) for m in found), starts, tuple(m.end() for m in found),
+        return Tokens(tuple(fold(m.group(), plural_es=plural_es) for m in found), starts, tuple(m.end() for m in found),
                       tuple(bisect.bisect_left(boundaries, start) for start in starts))
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _fold_word(word: str, plural_es: bool) -> str:
-    """``fold``, remembered: a note's words are mostly words other notes of the batch have."""
-    return fold(word, plural_es=plural_es)
 
 
 def sentence_spans(text: str | None) -> np.ndarray:
