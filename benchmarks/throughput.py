@@ -409,6 +409,19 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, int8
     ]
     for stage, seconds in stages.items():
         lines.append(f"| {stage} | {seconds:.2f} | {100 * seconds / split['total_s']:.0f}% | {split['notes'] / seconds:.1f} |")
+    # 0.9x the encoder alone: everything but PLM-ICD's stage within 1/0.9 - 1 of that stage's time
+    plm_s = split["stage score"]
+    budget, rest = plm_s / 0.9 - plm_s, split["total_s"] - plm_s
+    sources = sorted(((k.strip().removeprefix("source "), v) for k, v in stages.items() if k.strip().startswith("source ")),
+                     key=lambda item: -item[1])
+    lines += [
+        "",
+        f"How far from 0.9× the int8 encoder, stage by stage: with PLM-ICD's stage at {plm_s:.2f} s, the other stages "
+        f"may take {budget:.2f} s of this batch; they take {rest:.2f} s ({rest / budget:.1f}× that), of which "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sources)
+        + ". The dense search's own encoder is a second pass of a network of PLM-ICD's size over the note's text, so it "
+        "alone takes about as long as PLM-ICD's stage.",
+    ]
     return "\n".join(lines) + "\n"
 
 
