@@ -120,11 +120,11 @@ class PlmIcdScorer:
             keep = np.arange(len(order)) < top_n
             if above_threshold:
                 keep |= scores[order] >= self._thresholds[order]
-            for rank, j in enumerate(order, start=1):
-                if keep[rank - 1]:
-                    start, end = evidence_span(text, note, int(peaks[j]))
-                    evidence = text[start:end] if start is not None else None
-                    rows.append((note_id, system, self._codes[j], float(scores[j]), rank, evidence, start, end))
+            for rank in np.flatnonzero(keep).tolist():  # the kept labels only: a model has thousands
+                j = order[rank]
+                start, end = evidence_span(text, note, int(peaks[j]))
+                evidence = text[start:end] if start is not None else None
+                rows.append((note_id, system, self._codes[j], float(scores[j]), rank + 1, evidence, start, end))
         return rows
 
     def label_thresholds(self) -> pl.DataFrame:
