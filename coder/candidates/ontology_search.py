@@ -259,18 +259,20 @@ class OntologySearch(CandidateSource):
     def score(self, notes: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
         """The exact score of each (note_id, system, code) of ``keys`` whose code the index holds and
         whose note has text: note_id, system, code, <name>. In threads, as ``candidates``."""
-        wanted = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE])
-        groups = {note_id: frame for (note_id,), frame in wanted.partition_by(NOTE_ID, as_dict=True).items()}
+        wanted = keys.join(self.codes_.with_row_index("_code"), on=[SYSTEM, CODE]).group_by(NOTE_ID, maintain_order=True)
+        groups = {note_id: np.asarray(codes, dtype=np.int64) for note_id, codes in wanted.agg("_code").iter_rows()}
         notes = notes.filter(pl.col(NOTE_ID).is_in(list(groups)))
         return self._threaded(functools.partial(self._score, groups), notes)
 
-    def _score(self, groups: dict[str, pl.DataFrame], notes: pl.DataFrame) -> pl.DataFrame:
-        parts = [pl.DataFrame(schema={NOTE_ID: pl.String, SYSTEM: pl.String, CODE: pl.String, self.name: pl.Float64})]
+    def _score(self, groups: dict[str, np.ndarray], notes: pl.DataFrame) -> pl.DataFrame:
+        """``score`` of ``notes``: ``groups`` holds each note's codes (indexes into ``codes_``)."""
+        note_ids, codes, scores = [], [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
         for note_id, _, _, sentences in self._sentence_vectors(notes):
-            rows = groups[note_id]
-            scores, _ = self._exact(sentences.T.tocsr(), rows["_code"].to_numpy().astype(np.int64))
-            parts.append(rows.select(NOTE_ID, SYSTEM, CODE).with_columns(pl.Series(self.name, scores, dtype=pl.Float64)))
-        return pl.concat(parts)
+            codes.append(groups[note_id])
+            scores.append(self._exact(sentences.T.tocsr(), codes[-1])[0])
+            note_ids += [note_id] * len(codes[-1])
+        return self.codes_[np.concatenate(codes)].select(
+            pl.Series(NOTE_ID, note_ids, dtype=pl.String), SYSTEM, CODE, pl.Series(self.name, np.concatenate(scores), dtype=pl.Float64))
 
     def _threaded(self, work: Callable[[pl.DataFrame], pl.DataFrame], notes: pl.DataFrame) -> pl.DataFrame:
         """``work`` over ``notes`` split across up to ``SEARCH_THREADS`` threads, no more than the
