@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from results import add_run  # benchmarks/results.py: scripts run from this folder
+from results import add_run, code_version  # benchmarks/results.py: scripts run from this folder
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = ["note_id", "system", "code"]
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--gold", type=Path, help="gold codes of the notes: each side's MAP per system")
     args = parser.parse_args()
+    here = code_version()  # at the start: the code this run imports
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         worktree = tmp / "base"
@@ -107,7 +108,7 @@ def main() -> None:
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"`{shlex.join(['python', 'benchmarks/compare_commits.py', *sys.argv[1:]])}` on {platform.machine()} "
-        f"({os.cpu_count()} CPUs), base {commit}; load average {os.getloadavg()[0]:.1f} at the end.",
+        f"({os.cpu_count()} CPUs), base {commit}, this checkout {here}; load average {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| side | notes/s per run (manifest, load excluded) | median |",
         "|---|---|---:|",

@@ -33,7 +33,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,14 +52,13 @@ from transformers import AutoTokenizer
 from accuracy import metrics  # benchmarks/: scripts run from this folder
 from coder.candidates.dense_search import TERM_LEVELS, TERM_TOKENS, DenseSearch, quantise
 from coder.candidates.ontology_search import TERM, ontology_terms
-from coder.export import sentence
 from coder.io.atomic import write_atomically, write_text
 from coder.io.corpus import Corpus
 from coder.model.folder import WEIGHTS_FILE, default_encoder_path
 from coder.ontology import load_ontology
 from coder.ontology.cache import CACHE_DIR_ENV
 from coder.schema import CODE, NOTE_ID, SCORE, SYSTEM, SYSTEMS, TEXT, TEXT_ES
-from results import add_run
+from results import add_run, code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
@@ -69,9 +67,6 @@ TITLE = "## Cheaper encoders for the dense search, each alone (benchmarks/dense_
 LAYERS = 3
 DISTIL_BATCH = 1024
 SIF_A = 1e-3  # SIF's smoothing (Arora et al. 2017): a token of frequency p weighs a / (a + p)
-# PLM-ICD trained its encoder in fp16: the fp32 export lands a little past the default parity
-# tolerance; the int8 file's cosine check against torch still holds it to the same bar
-PLM_TOLERANCE = 1e-3
 T = TypeVar("T")
 COLUMNS = [f"{metric} {system}" for metric in ("MAP", "P@5", "R", "R@50 unseen") for system in SYSTEMS]
 
@@ -117,8 +112,7 @@ def plm_encoder(terms: pl.DataFrame, scratch: Path, model: Path) -> DenseSearch:
     tensors = {name.removeprefix("encoder."): tensor.astype(np.float32)
                for name, tensor in load_file(model / WEIGHTS_FILE).items() if name.startswith("encoder.")}
     write_atomically(folder / "model.safetensors", lambda handle: handle.write(save(tensors)), durable=False)
-    with mock.patch.object(sentence, "TOLERANCE", PLM_TOLERANCE):
-        return DenseSearch(encoder=str(folder)).index(terms)
+    return DenseSearch(encoder=str(folder)).index(terms)
 
 
 @functools.cache
@@ -183,14 +177,6 @@ def table(rows: dict[str, dict[str, float]]) -> str:
         cells = [f"{found[column]:.3f}" for column in COLUMNS] + [f"{found['ms/note']:.1f}", f"{found['index s']:.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def code_version() -> str:
-    """HEAD's short hash, and whether files under coder/ differ from it."""
-    git = ["git", "-C", str(ROOT)]
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    changed = subprocess.run([*git, "status", "--porcelain", "coder"], capture_output=True, text=True).stdout.strip()
-    return commit + (" with uncommitted changes under coder/" if changed else "")
 
 
 def main() -> None:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = RESULTS.parent.parent
 
 
 def add_run(name: str, *, title: str, section: str, path: Path = RESULTS) -> None:
@@ -16,3 +18,11 @@ def add_run(name: str, *, title: str, section: str, path: Path = RESULTS) -> Non
         text = text.rstrip("\n") + f"\n\n{begin}\n{title}\n{end}\n"
     head, tail = text.split(end, 1)
     path.write_text(head.rstrip("\n") + "\n\n" + section + end + tail, encoding="utf-8")
+
+
+def code_version() -> str:
+    """HEAD's short hash, and whether files under coder/ differ from it: the code a run imports."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain", "coder"], capture_output=True, text=True).stdout.strip()
+    return commit + (" with uncommitted changes under coder/" if changed else "")

@@ -43,7 +43,7 @@ from coder.model.folder import ONNX_FILES, read_config
 from coder.model.scorer import NOTES_PER_PASS
 from coder.schema import SYSTEMS
 
-from results import add_run  # benchmarks/results.py: scripts run from this folder
+from results import add_run, code_version  # benchmarks/results.py: scripts run from this folder
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
@@ -336,14 +336,14 @@ def _why_int8(run: dict[str, float], *, int8_peak: float, shapes: dict[str, floa
 
 def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, int8_peak: float,
              predicts: list[tuple[str, dict[str, float]]], split: dict, load_at_start: float, command: str, note: str,
-             skipped: list[str], shapes: dict[str, float], kernels: dict[str, float], head_gflop: float) -> str:
+             skipped: list[str], shapes: dict[str, float], kernels: dict[str, float], head_gflop: float, commit: str) -> str:
     modes = [mode for mode in MODES if any(m == mode for m, _, _ in rows)]
     best = {mode: min(r["seconds"] for m, _, r in rows if m == mode) for mode in modes}
     base = best[MODES[0]]  # torch eager at its best batch size
     notes_per_s = {mode: rows[0][2]["notes"] / best[mode] for mode in modes}
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"`{command}` on {_machine()}; load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end. {note}",
+        f"`{command}` on {_machine()}, commit {commit}; load average {load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end. {note}",
         "",
         f"Model only. Peaks on {THREADS} threads, best of 5 {PEAK_N}x{PEAK_N} matmuls: fp32 (torch) {peak:.1f} GFLOP/s, "
         f"int8 (onnxruntime MatMulInteger) {int8_peak:.1f} GOP/s; int8 instructions of this CPU: {_int8_instructions()}. "
@@ -433,7 +433,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="Free text recorded with the run (e.g. other load on the machine).")
     args = parser.parse_args()
     _ensure_notes(args.notes)
-    load_at_start = os.getloadavg()[0]
+    load_at_start, commit = os.getloadavg()[0], code_version()  # at the start: the code this run imports
     peak = _in_fresh_process(_peak_gflops)
     int8_peak = _in_fresh_process(_int8_peak_gops)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -458,7 +458,7 @@ def main() -> None:
     head_gflop = 2 * CHUNK_TOKENS * (HIDDEN * config.attention_dim + (config.attention_dim + HIDDEN) * len(config.labels)) / 1e9
     section = _section(rows, peak=peak, int8_peak=int8_peak, predicts=predicts, split=split, load_at_start=load_at_start,
                        note=args.note, skipped=skipped, command=shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
-                       shapes=shapes, kernels=kernels, head_gflop=head_gflop)
+                       shapes=shapes, kernels=kernels, head_gflop=head_gflop, commit=commit)
     add_run("throughput", title="## PLM-ICD scoring throughput (benchmarks/throughput.py)", section=section)
     print(section)
 
