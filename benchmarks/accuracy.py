@@ -43,6 +43,7 @@ from coder.rerank.reranker import MODELS, Reranker
 from coder.schema import CODE, NOTE_ID, PLM_ICD, SCORE, SPAN_OFFSETS, SYSTEM, SYSTEMS, TEXT, TEXT_ES
 from coder.train.projection import fit_aligners, project_spans
 from coder.train.stacking import cross_fit, default_sources, dev_folds, labelled_frame, train_folds
+from results import code_version  # benchmarks/results.py: scripts run from this folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "codiesp"
@@ -212,6 +213,7 @@ def main() -> None:
                              "against a run without --without")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    commit = code_version()  # at the start: the code this run imports
     try:  # a wrong setting fails here, not after the sources have been fitted
         reranker = Reranker(**args.reranker)
     except TypeError as error:
@@ -244,7 +246,7 @@ def main() -> None:
     report += f"\n\nWall time {time.perf_counter() - started:.0f} s."
     print(report)
     if not args.no_write:
-        write_results(report, command)
+        write_results(report, command, commit=commit)
 
 
 def unseen_line(ablation: Ablation) -> str:
@@ -328,12 +330,12 @@ code never occurs in train that the ranking's top 50 holds. ms/note: the source'
 250 dev notes, this machine, this run. *full*: `text` and `text_es`; *English-only*: `text` alone."""
 
 
-def write_results(report: str, command: str) -> None:
+def write_results(report: str, command: str, *, commit: str) -> None:
     """Add this run at the top of the accuracy section (earlier runs stay below it)."""
     results = ROOT / "benchmarks" / "RESULTS.md"
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     heading = (f"### Run of {datetime.date.today()} on {platform.machine()} ({platform.processor() or 'cpu'}, "
-               f"{len(os.sched_getaffinity(0))} CPUs): `{command}`")
+               f"{len(os.sched_getaffinity(0))} CPUs), commit {commit}: `{command}`")
     if BEGIN not in text:
         text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
