@@ -250,7 +250,7 @@ class DenseSearch(CandidateSource):
         ``TERM_CHUNK`` terms at a time: memory stays flat whatever the batch and the ontology. A note's
         best int32 product per term times its scale and the term's is its cosine."""
         note, n_notes = 0, len(starts) - 1
-        widest = max((self.code_ends_[hi - 1] - self.code_starts_[lo] for lo, hi in pairwise(self.chunks_)), default=0)
+        widest = max((block.shape[1] for block in self.term_blocks_), default=0)
         buffer = np.empty(min(SENTENCE_BLOCK, len(vectors)) * widest, dtype=np.int32)  # the products, reused
         while note < n_notes:
             fits = int(np.searchsorted(starts, starts[note] + SENTENCE_BLOCK, side="right")) - 1

@@ -26,7 +26,7 @@ import polars as pl
 from coder.estimator import read_state
 from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
-from coder.candidates.words import Tokens, folded
+from coder.candidates.words import Tokens, folded, leading_runs
 from coder.languages import language
 from coder.io.atomic import write_text
 from coder.schema import CODE, EVIDENCE_COLUMNS, NOTE_ID, SPAN_TEXT, SYSTEM, TEXT_ES
@@ -132,9 +132,7 @@ class EvidenceLexicon(CandidateSource):
         self.exact_index_: dict[tuple[str, ...], int] = {}
         # a token set's key, words and their set (``_set_matches`` tests the set at C speed)
         self.set_index_: dict[str, list[tuple[int, tuple[str, ...], frozenset[str]]]] = defaultdict(list)
-        # every phrase's leading words, the phrase included: a run of the note's words that is none of
-        # them starts no longer phrase either, so matching stops there
-        self.prefixes_ = frozenset(words[:end] for kind, words in keys if kind == EXACT for end in range(1, len(words) + 1))
+        self.prefixes_ = leading_runs(words for kind, words in keys if kind == EXACT)
         for i, (kind, words) in enumerate(keys):
             if kind == EXACT:
                 self.exact_index_[words] = i

@@ -47,7 +47,7 @@ from scipy.special import xlogy
 
 from coder.candidates.base import CandidateSource
 from coder.candidates.mentions import expand_links, group_mentions, relative_position
-from coder.candidates.words import CLAUSE_END, WORD, Tokens, fold, folded, word_stem
+from coder.candidates.words import CLAUSE_END, WORD, Tokens, fold, folded, leading_runs, word_stem
 from coder.languages import language
 from coder.estimator import read_state
 from coder.io.atomic import write_atomically, write_text
@@ -143,7 +143,7 @@ class MinedLexicon(CandidateSource):
     def occurrences(self, text: str, *, within: frozenset[tuple[str, ...]] | None = None
                     ) -> Iterator[tuple[tuple[str, ...], int, int, bool]]:
         """(phrase words, start, end, negated) of every admissible n-gram of ``text``; ``within``: the
-        leading words of the phrases looked for (a run that is none of them starts no longer one either)."""
+        phrases' ``leading_runs`` (a run that is none of them begins no phrase)."""
         tokens, clauses = tokenize(text, plural_es=language(self.language).plural_es)
         words, sentences = tokens.words, tokens.sentences
         stop = self._folded(language(self.language).stopwords)
@@ -269,7 +269,7 @@ class MinedLexicon(CandidateSource):
 
     def _index(self) -> None:
         self.phrase_index_ = {p: i for i, p in enumerate(self.phrases_)}
-        self.prefixes_ = frozenset(p[:end] for p in self.phrases_ for end in range(1, len(p) + 1))
+        self.prefixes_ = leading_runs(self.phrases_)
         self.phrase_length_ = np.array([len(p) for p in self.phrases_], dtype=np.int64)
         self.link_ptr_ = np.searchsorted(self.link_phrase_, np.arange(len(self.phrases_) + 1))
         prior = self.smoothing * self.description_prior * self.link_coverage_

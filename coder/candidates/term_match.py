@@ -31,6 +31,7 @@ import polars as pl
 from scipy import sparse
 
 from coder.candidates.base import CandidateSource
+from coder.candidates.mentions import expand_links
 from coder.candidates.ontology_search import TERM, ontology_terms, stored_terms, terms_digest
 from coder.candidates.words import WORD, Tokens, fold, word_stem
 from coder.estimator import read_state
@@ -205,10 +206,8 @@ class TermMatch(CandidateSource):
             mask = np.zeros((notes.height, self.codes_.height), dtype=bool)
             inside = (wanted[0] >= offset) & (wanted[0] < offset + notes.height)
             mask[wanted[0][inside] - offset, wanted[1][inside]] = True
-            codes = np.unique(wanted[1][inside])
-            starts, ends = self.code_term_starts_[codes], self.code_term_starts_[codes + 1]
-            terms = np.sort(self.code_terms_[np.repeat(ends - np.cumsum(ends - starts), ends - starts)
-                                             + np.arange((ends - starts).sum())])
+            _, links = expand_links(self.code_term_starts_, np.unique(wanted[1][inside]))
+            terms = np.sort(self.code_terms_[links])
         # [sentences, terms]: how many of a term's words a sentence holds, and their idf. The two term
         # matrices share their nonzeros (idf > 0), so the products list the same pairs in the same order.
         words, weight = held @ self.stem_terms_[:, terms], held @ self.idf_terms_[:, terms]

@@ -8,6 +8,7 @@ import bisect
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,12 @@ def word_stem(word: str, length: int) -> str:
 def folded(words: tuple[str, ...], *, plural_es: bool) -> frozenset[str]:
     """The folded forms of a word list (cached: the lists are read for every note)."""
     return frozenset(fold(word, plural_es=plural_es) for word in words)
+
+
+def leading_runs(phrases: Iterable[tuple[str, ...]]) -> frozenset[tuple[str, ...]]:
+    """Every phrase's leading words, the phrase included: a run of a note's words that is none of them
+    begins no phrase, so a lexicon's matching stops there."""
+    return frozenset(words[:end] for words in phrases for end in range(1, len(words) + 1))
 
 
 @dataclass(frozen=True)
