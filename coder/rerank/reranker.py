@@ -117,7 +117,8 @@ class Reranker(ParamsMixin):
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
         """[n_candidates, n_features] float64 matrix (null: NaN)."""
-        return frame.select(pl.col(c).cast(pl.Float64) for c in self.features_).to_numpy()
+        # row-major: the tree sessions read rows (a column-major matrix would be copied there)
+        return frame.select(pl.col(c).cast(pl.Float64) for c in self.features_).to_numpy(order="c")
 
     def predict(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``score`` (probability); systems the reranker has no model for are dropped."""
