@@ -9,8 +9,11 @@ writes them first and records their hashes):
 
 Options: --model, --notes N (synthesised by cycling the 200 CodiEsp background notes in
 benchmarks/data, default 20,000), --batch-sizes (notes per forward pass, default 16,64,256),
---tensorrt (also try TensorRT). Forward passes use I/O binding (``onnx_runtime.onnx_forward``).
-Model only: tokenising is timed apart (CPU), and the candidate stack (CPU) is not run. GPU
+--tensorrt (also try TensorRT), --end-to-end-notes N (default 1,000). Forward passes use I/O binding
+(``onnx_runtime.onnx_forward``). The model rows time PLM-ICD alone (tokenising apart, on CPU); then
+`coder predict` (the shipped default model, device auto) codes the first N of the notes end to end,
+in one process and with one worker process per two cores, against #33's GPU goal: end to end at
+least half the GPU model's best notes/s, the candidate stack on the CPU cores. GPU
 utilisation is nvidia-smi's, sampled every 100 ms during each timed run. Without an NVIDIA GPU the
 script says so and exits with status 1, writing nothing. The run is added to this script's section of
 benchmarks/RESULTS.md (history kept).
@@ -25,6 +28,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from coder.cpus import physical_cores
 from coder.model.folder import ONNX_FILES, load_tokenizer, read_config
 from coder.model.chunking import chunk_notes, score_in_batches
 from coder.export.onnx import dev_maps
@@ -39,11 +44,13 @@ from coder.io.corpus import Corpus
 from coder.model.session import CPU_PROVIDER, GPU_PROVIDERS, create_session, gpu_present, onnx_forward
 
 from results import add_run  # benchmarks/results.py: scripts run from this folder
+from throughput import run_predict
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "benchmarks" / "data" / "background_200.parquet"
 DEV = ROOT / "data" / "codiesp" / "dev"
 MAP_TOLERANCE = 0.005  # issue goal: fp16 on GPU within this of CPU fp32, per system
+END_TO_END_GOAL = 0.5  # #33: `coder predict` end to end at least this share of the GPU model alone
 
 
 class Utilisation:
@@ -86,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="16,64,256")
     parser.add_argument("--tensorrt", action="store_true",
                         help="Also try TensorRT (needs its libraries; builds an engine per new input shape: slow start).")
+    parser.add_argument("--end-to-end-notes", type=int, default=1_000,
+                        help="Notes `coder predict` codes end to end (the first of --notes); 0 skips it.")
     args = parser.parse_args()
     if not gpu_present():
         sys.exit("no NVIDIA driver (libcuda.so.1) on this machine: run this benchmark where a GPU is")
@@ -126,10 +135,49 @@ def main() -> None:
                                - score_in_batches(gpu16, probe, batch_size=16, **kwargs)[0])))
     dev = Corpus.read(DEV / "notes.parquet", DEV / "codes.parquet", text_columns=[config.text_columns["encoder"]])
     maps = dev_maps(args.model, config, {"CPU fp32": cpu32, "GPU fp16": gpu16}, dev=dev, batch_size=16)
+    predicts = end_to_end(texts[: args.end_to_end_notes]) if args.end_to_end_notes else []
     section = _section(rows, maps=maps, diff=diff, notes=len(chunks), n_chunks=n_chunks, chunking_s=chunking_s,
                        command=shlex.join(["python", "benchmarks/gpu.py", *sys.argv[1:]]))
+    section += _end_to_end_section(predicts, rows=rows, notes=len(chunks))
     add_run("gpu", title="## PLM-ICD on a GPU (benchmarks/gpu.py)", section=section)
     print(section)
+
+
+def end_to_end(texts: list[str]) -> list[dict[str, float]]:
+    """`coder predict` of ``texts`` (as note ids n0, n1, ...) in one process, then with one worker process
+    per two cores (each with its own model on the GPU and two cores for its CPU stages). A first run on
+    eight of them builds the caches the others read (the dense search's encoder and term vectors)."""
+    with tempfile.TemporaryDirectory() as folder:
+        notes, warm = Path(folder) / "notes.parquet", Path(folder) / "warm.parquet"
+        frame = pl.DataFrame({"note_id": [f"n{i}" for i in range(len(texts))], "text": texts})
+        frame.write_parquet(notes)
+        frame.head(8).write_parquet(warm)
+        run_predict(warm)
+        return [run_predict(notes, workers=n) for n in sorted({1, max(1, physical_cores() // 2)})]
+
+
+def _end_to_end_section(predicts: list[dict[str, float]], *, rows, notes: int) -> str:
+    """The end-to-end rows, each against the GPU model's best notes/s and #33's goal."""
+    if not predicts:
+        return ""
+    on_gpu = [(size, notes / seconds) for _, provider, size, seconds, _ in rows if provider != CPU_PROVIDER]
+    model = max(rate for _, rate in on_gpu)
+    one = max((rate for size, rate in on_gpu if size == 1), default=None)  # as `coder predict` passes notes
+    lines = [
+        f"`coder predict` end to end on the first {predicts[0]['notes']} notes (shipped default model, device auto); "
+        f"the GPU model alone at its best: {model:.0f} notes/s; goal: end to end at least {END_TO_END_GOAL:.0%} of it. "
+        + (f"One note a pass, as `coder predict` scores them: {one:.0f} notes/s." if one else
+           "`coder predict` scores one note a pass (its scores then never depend on the notes beside it): "
+           "`--batch-sizes 1,...` times the model so too."),
+        "",
+        "| workers | provider | precision | notes/s | share of the GPU model | seconds by stage (summed over workers) |",
+        "|---:|---|---|---:|---:|---|",
+    ]
+    for r in predicts:
+        stages = ", ".join(f"{stage} {value:.1f}" for stage, value in r["stage_seconds"].items())
+        lines.append(f"| {r['workers']} | {r['provider']} | {r['precision']} | {r['notes_per_s']:.1f} | "
+                     f"{r['notes_per_s'] / model:.1%} | {stages} |")
+    return "\n" + "\n".join([*lines, ""])
 
 
 def _section(rows, *, maps, diff, notes, n_chunks, chunking_s, command) -> str:
