@@ -16,7 +16,11 @@ Prints the table and adds a dated run to this benchmark's section of benchmarks/
 the student on the CPU's cores; the term vectors and the cache live in a temporary folder.
 
     python benchmarks/distilled_encoder.py [--layers 3] [--epochs 1] [--sentences 40000] [--freeze-embeddings]
-        [--note TEXT]
+        [--out FOLDER] [--note TEXT]
+
+With ``--out`` the student's Hugging Face folder is kept, to be priced end to end as the other encoders are:
+``python benchmarks/accuracy.py --plm-model models/codiesp-minilm --sentence-encoder FOLDER`` (the student
+then encodes the terms too).
 
 CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
 """
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=40_000,
                         help="Training sentences at most (a seeded sample of the train and background notes').")
     parser.add_argument("--freeze-embeddings", action="store_true", help="Train the student's layers only.")
+    parser.add_argument("--out", type=Path, help="Keep the student's folder here (for accuracy.py --sentence-encoder).")
     parser.add_argument("--note", default="", help="Free text recorded with the run (e.g. other load on the machine).")
     args = parser.parse_args()
     dev = Corpus.read(DATA / "dev" / "notes.parquet", DATA / "dev" / "codes.parquet", text_columns=[TEXT], optional=[TEXT_ES])
@@ -131,7 +136,7 @@ def main() -> None:
         texts = sentences(["train", "background"], args.sentences)
         targets = teacher._encode(texts, max_length=SENTENCE_TOKENS)
         tick = time.perf_counter()
-        student = distil(texts, targets, layers=args.layers, epochs=args.epochs, out=Path(folder) / "student",
+        student = distil(texts, targets, layers=args.layers, epochs=args.epochs, out=args.out or Path(folder) / "student",
                          freeze_embeddings=args.freeze_embeddings)
         train_s = time.perf_counter() - tick
         both, seconds = timed(lambda: DenseSearch(encoder=str(student)).index(terms))
