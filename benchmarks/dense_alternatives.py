@@ -60,8 +60,8 @@ from coder.candidates.ontology_search import TERM, ontology_terms
 from coder.candidates.words import sentence_spans
 from coder.io.atomic import write_atomically, write_text
 from coder.io.corpus import Corpus
-from coder.model.chunking import NO_OFFSET, WordPieces, chunk_notes
-from coder.model.folder import ONNX_FILES, WEIGHTS_FILE, default_encoder_path, read_config
+from coder.model.chunking import NO_OFFSET, chunk_notes
+from coder.model.folder import ONNX_FILES, WEIGHTS_FILE, default_encoder_path, load_tokenizer, read_config
 from coder.model.session import create_session
 from coder.ontology import load_ontology
 from coder.ontology.cache import CACHE_DIR_ENV
@@ -99,9 +99,14 @@ class StaticSearch(DenseSearch):
         return (summed / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
+def note_sentences(text: str) -> tuple[str, ...]:
+    """A note's sentences as the dense search cuts them (``PooledSearch``'s keys)."""
+    return tuple(text[a:b] for a, b in sentence_spans(text).tolist())
+
+
 class PooledSearch(DenseSearch):
-    """The dense search with each note's sentence vectors given (``pooled``: a note's sentences, as
-    the search cuts them, -> [n_sentences, dim] unit vectors); terms through the encoder as usual."""
+    """The dense search with each note's sentence vectors given (``pooled``: ``note_sentences`` of a note ->
+    [n_sentences, dim] unit vectors); terms through the encoder as usual."""
 
     def __init__(self, *, pooled: dict[tuple[str, ...], np.ndarray], **params):
         super().__init__(**params)
@@ -123,8 +128,7 @@ def plm_pass(notes: pl.DataFrame, model: Path) -> dict[tuple[str, ...], np.ndarr
     session = create_session(graph.SerializeToString(), device="cpu")
     config = read_config(model)
     texts = notes[TEXT].to_list()
-    chunks = chunk_notes(texts, tokenizer=WordPieces.read(model / "plm_icd"), chunk_len=config.chunk_len,
-                         max_chunks=config.max_chunks)
+    chunks = chunk_notes(texts, tokenizer=load_tokenizer(model), chunk_len=config.chunk_len, max_chunks=config.max_chunks)
     pooled = {}
     for text, note in zip(texts, chunks, strict=True):
         states = session.run([hidden], {"input_ids": note.input_ids[None], "attention_mask": note.attention_mask[None]})[0]

@@ -43,13 +43,12 @@ import polars as pl
 
 from coder.candidates.dense_search import SENTENCE_TOKENS, DenseSearch
 from coder.candidates.ontology_search import ontology_terms
-from coder.candidates.words import sentence_spans
 from coder.io.corpus import Corpus
 from coder.model.folder import default_encoder_path
 from coder.ontology import load_ontology
 from coder.ontology.cache import CACHE_DIR_ENV
 from coder.schema import CODE, SYSTEM, TEXT, TEXT_ES
-from dense_alternatives import DATA, ONTOLOGY, PooledSearch, _encoder_copy, evaluate, table, timed
+from dense_alternatives import DATA, ONTOLOGY, PooledSearch, _encoder_copy, evaluate, note_sentences, table, timed
 from results import add_run, code_version
 
 TITLE = "## A distilled sentence encoder for the dense search, alone (benchmarks/distilled_encoder.py)"
@@ -61,8 +60,8 @@ SEED = 0
 def sentences(splits: list[str], limit: int) -> list[str]:
     """The sentences of ``splits``' notes (English text), as the dense search cuts them; a seeded sample
     of ``limit`` when there are more."""
-    found = [text[a:b] for split in splits for text in pl.read_parquet(DATA / split / "notes.parquet")[TEXT]
-             for a, b in sentence_spans(text).tolist()]
+    found = [sentence for split in splits for text in pl.read_parquet(DATA / split / "notes.parquet")[TEXT]
+             for sentence in note_sentences(text)]
     if len(found) > limit:
         chosen = np.random.default_rng(SEED).choice(len(found), size=limit, replace=False)
         found = [found[i] for i in np.sort(chosen)]
@@ -143,7 +142,7 @@ def main() -> None:
         rows[f"student ({args.layers} layers), both"] = evaluate(both, seconds, dev, unseen)
         pooled = {}  # each dev note's sentences through the student, as the search encodes them
         for text in dev.notes[TEXT]:
-            if cut := tuple(text[a:b] for a, b in sentence_spans(text).tolist()):
+            if cut := note_sentences(text):
                 pooled[cut] = both._encode(list(cut), max_length=SENTENCE_TOKENS)
         rows[f"student ({args.layers} layers), sentences"] = evaluate(PooledSearch(pooled=pooled).index(terms), 0.0, dev, unseen)
     command = shlex.join(["python", "benchmarks/distilled_encoder.py", *sys.argv[1:]])

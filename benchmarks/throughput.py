@@ -81,6 +81,7 @@ CHUNK_GFLOP = WEIGHT_GFLOP + ATTENTION_GFLOP
 # activation's quantisation included), and of attention, for the int8 model's kernel-time split.
 INT8_MATMUL_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear", "MatMulInteger")
 ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+DENSE_ENCODER = "    dense's encoder"  # the split's row of the dense search's sentence encoder, under its source
 DENSE_GFLOP = "dense encoder GFLOP"  # the split's work of the dense search's encoder, not a stage
 
 
@@ -277,7 +278,7 @@ def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     load_s = time.perf_counter() - start
     notes = pl.read_parquet(notes_path).head(DEFAULT_BATCH_SIZE)
     sources: dict[str, float] = {}
-    encoder = {"    dense's encoder": 0.0, DENSE_GFLOP: 0.0}
+    encoder = {DENSE_ENCODER: 0.0, DENSE_GFLOP: 0.0}
     for source in loaded.stack.sources:
         if source.name == "dense":  # its sentence encoder's calls, timed and counted in padded rows
             source.session_ = _counted(source.session_, encoder)
@@ -309,7 +310,7 @@ def _counted(session, tally: dict[str, float]) -> SimpleNamespace:
         try:
             return session.run(names, feed, *args)
         finally:
-            tally["    dense's encoder"] += time.perf_counter() - tick
+            tally[DENSE_ENCODER] += time.perf_counter() - tick
             tally[DENSE_GFLOP] += sum(encoder_gflop(*feed["input_ids"].shape))
 
     return SimpleNamespace(run=run)
@@ -445,7 +446,7 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, int8
     budget, rest = plm_s / 0.9 - plm_s, split["total_s"] - plm_s
     sources = sorted(((k.strip().removeprefix("source "), v) for k, v in stages.items() if k.strip().startswith("source ")),
                      key=lambda item: -item[1])
-    dense_s, encoder_s = split.get("  source dense", 0.0), split["    dense's encoder"]
+    dense_s, encoder_s = split.get("  source dense", 0.0), split[DENSE_ENCODER]
     plm = _int8_run(rows)
     lines += [
         "",
