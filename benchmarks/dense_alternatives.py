@@ -92,7 +92,7 @@ class StaticSearch(DenseSearch):
         vectors, scales = quantise(self._encode(self.terms_[TERM].to_list(), max_length=TERM_TOKENS), levels=TERM_LEVELS)
         return np.ascontiguousarray(vectors.T), scales
 
-    def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
+    def _encode(self, texts: list[str], *, max_length: int, session=None) -> np.ndarray:
         ids = tokenizer()(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
         summed = _token_counts(ids, len(self.table)) @ self.table
         norms = np.linalg.norm(summed, axis=1, keepdims=True)
@@ -112,10 +112,10 @@ class PooledSearch(DenseSearch):
         super().__init__(**params)
         self.pooled = pooled
 
-    def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
+    def _encode(self, texts: list[str], *, max_length: int, session=None) -> np.ndarray:
         if max_length == SENTENCE_TOKENS:
             return self.pooled[tuple(texts)]
-        return super()._encode(texts, max_length=max_length)
+        return super()._encode(texts, max_length=max_length, session=session)
 
 
 def plm_pass(notes: pl.DataFrame, model: Path) -> dict[tuple[str, ...], np.ndarray]:

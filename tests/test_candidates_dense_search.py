@@ -221,3 +221,44 @@ def test_an_encoder_folder_without_its_tokenizer_is_a_bundle_error(cache, encode
     (folder / "tokenizer.json").unlink()
     with pytest.raises(ModelBundleError, match="cannot read the tokenizer in .*encoder"):
         DenseSearch(encoder=str(folder)).index(TERMS)
+
+
+@pytest.fixture(scope="module")
+def sentence_layers(tiny_model_path, tmp_path_factory):
+    """A layers file of the tiny encoder's second layer alone: a one-layer student, undistilled."""
+    from safetensors.numpy import load_file
+
+    from coder.candidates.sentence_encoder import write_layers
+
+    weights = load_file(str(tiny_model_path.parent / "encoder" / "model.safetensors"))
+    file = tmp_path_factory.mktemp("layers") / "layers.safetensors"
+    write_layers(file, {name.removeprefix("bert.").replace(".layer.1.", ".layer.0."): tensor for name, tensor in weights.items()
+                        if ".layer.1." in name})
+    return file
+
+
+def test_sentence_layers_encode_the_sentences_and_travel_with_the_saved_search(search, cache, encoder, sentence_layers,
+                                                                               tmp_path):
+    """The student's layers encode the note sentences, the terms keep the encoder's vectors (one cache entry),
+    and a saved search carries its copy of the layers, checked by sha256 on load."""
+    student = DenseSearch(top_k=2, encoder=encoder, sentence_layers=str(sentence_layers)).index(TERMS)
+    vectors = len(list(cache.glob("dense-*.npz")))
+    assert student.built_key_ == search.built_key_ and len(list(cache.glob("dense-*.npz"))) == vectors
+    for a, b in zip(student.term_blocks_, search.term_blocks_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    texts = ["Resection of Appendix", "High blood pressure"]
+    assert not np.allclose(student._encode(texts, max_length=128, session=student.sentence_session_),
+                           search._encode(texts, max_length=128))
+    found = student.candidates(NOTES)
+    assert not found.equals(search.candidates(NOTES))
+
+    student.save(tmp_path / "dense")
+    assert sorted(p.name for p in (tmp_path / "dense").iterdir()) == ["dense.json", "encoder", dense_search.LAYERS_FILE]
+    assert json.loads((tmp_path / "dense" / "dense.json").read_text())["params"]["sentence_layers"] == dense_search.LAYERS_FILE
+    assert_frame_equal(DenseSearch.load(tmp_path / "dense", terms=student.terms_).candidates(NOTES), found)
+    changed = tmp_path / "dense" / dense_search.LAYERS_FILE
+    changed.write_bytes(changed.read_bytes() + b" ")
+    with pytest.raises(ModelBundleError, match="sentence layers .* the model was built with"):
+        DenseSearch.load(tmp_path / "dense", terms=student.terms_)
+    with pytest.raises(ModelBundleError, match="sentence layers file .* not found"):
+        DenseSearch(encoder=encoder, sentence_layers=str(tmp_path / "nowhere.safetensors")).index(TERMS)

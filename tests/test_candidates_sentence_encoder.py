@@ -13,7 +13,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
-from coder.candidates.sentence_encoder import bert_graph, sentence_encoder
+from coder.candidates.sentence_encoder import LAYER_PREFIX, bert_graph, read_layers, sentence_encoder, write_layers
 from coder.errors import ModelBundleError
 from coder.hashing import folder_sha256
 from coder.model.chunking import WordPieces
@@ -100,3 +100,39 @@ def test_older_layer_norm_names_are_read(tmp_path, tiny_model_path):
                for name, tensor in weights.items()}
     save_file(renamed, str(folder / "model.safetensors"))
     assert bert_graph(folder).SerializeToString() == bert_graph(tiny_model_path.parent / "encoder").SerializeToString()
+
+
+def test_a_layers_file_replaces_the_encoders_layers_in_int8_within_half_a_step(tmp_path, tiny_model_path, monkeypatch):
+    """A student's layers over the encoder's embeddings: each matrix kept in int8 per output channel (within half
+    a step of float32), the graph equal to Hugging Face's BertModel with those layers, cached apart from the encoder."""
+    monkeypatch.setenv("CODER_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tiny_model_path.parent / "encoder"
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    model.encoder.layer = torch.nn.ModuleList([model.encoder.layer[1]])
+    model.config.num_hidden_layers = 1
+    tensors = {name: tensor.numpy() for name, tensor in model.state_dict().items() if name.startswith(LAYER_PREFIX)}
+    file = tmp_path / "layers.safetensors"
+    write_layers(file, tensors)
+    stored = read_layers(file)
+    assert stored.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        step = np.abs(tensor).max(axis=-1, keepdims=True) / 127 if tensor.ndim == 2 else 0
+        assert np.all(np.abs(stored[name] - tensor) <= step / 2 + 1e-7), name
+    model.load_state_dict({**model.state_dict(), **{name: torch.from_numpy(t) for name, t in stored.items()}})
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    feed = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+    found = create_session(bert_graph(folder, layers=file).SerializeToString(), device="cpu").run(None, feed)[0]
+    np.testing.assert_allclose(found, expected, atol=1e-4)
+    sha256 = folder_sha256(folder)
+    assert sentence_encoder(folder, sha256=sha256, layers=file).key != sentence_encoder(folder, sha256=sha256).key
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # neither build replaced the other's file
+    with pytest.raises(ValueError, match="transformer layers only"):
+        write_layers(tmp_path / "bad.safetensors", {"embeddings.word_embeddings.weight": np.zeros((2, 2))})
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelBundleError, match="cannot read the layers file"):
+        bert_graph(folder, layers=tmp_path / "broken.safetensors")

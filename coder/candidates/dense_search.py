@@ -8,7 +8,10 @@ a condition differently from the ontology. Descriptions are English, so it reads
 
 The packaged all-MiniLM-L6-v2 is not copied into the model folder (a model folder stays under 100 MB):
 the folder records the sha256 of its files, checked on load. Any other encoder is copied into the
-source's folder (``encoder/``): a folder never names a path outside itself. What is derived from it
+source's folder (``encoder/``): a folder never names a path outside itself. The note sentences may go
+through a smaller student of the encoder instead (``sentence_layers``: a layers file of
+``coder.candidates.sentence_encoder``, which ``coder train`` distils; 3 of all-MiniLM-L6-v2's 6 layers), which
+the folder carries (``sentence_layers.safetensors``): the terms keep the encoder's vectors. What is derived from it
 is built on first use (announced, with a progress bar or periodic lines), or ahead of time by
 ``coder prepare``, and kept in ``coder.ontology.cache``: the encoder as int8 ONNX
 (``coder.candidates.sentence_encoder``, built from its weights without torch) and the term vectors (int8 with a scale per
@@ -47,7 +50,7 @@ from coder.candidates.words import sentence_spans
 from coder.cpus import compute_threads
 from coder.errors import ModelBundleError, UsageError
 from coder.estimator import read_state
-from coder.hashing import folder_sha256
+from coder.hashing import file_sha256, folder_sha256
 from coder.io.atomic import write_atomically, write_text
 from coder.io.progress import Progress, announce
 from coder.model.chunking import WordPieces
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"  # a saved search's copy of an encoder other than the packaged one
+LAYERS_FILE = "sentence_layers.safetensors"  # a saved search's copy of its sentence layers
 VECTORS_VERSION = 5  # bump when the cached term vectors' layout or the way they are made changes
 TERM_TOKENS = 48  # descriptions are short: 99.9% of the shipped model's terms fit
 SENTENCE_TOKENS = 128
@@ -96,24 +100,31 @@ class DenseSearch(CandidateSource):
     text_column: the notes column that is read (descriptions are English: ``text``).
     top_k: candidates kept per (note, system).
     encoder: a local Hugging Face sentence encoder folder; None: the packaged all-MiniLM-L6-v2.
+    sentence_layers: a layers file (``coder.candidates.sentence_encoder.write_layers``) of a student distilled
+        from the encoder, whose layers over the encoder's embeddings encode the note sentences (the terms
+        keep the encoder's own); None: the encoder encodes both.
     """
 
     learns_from_notes = False
     reads_terms = True
 
-    def __init__(self, *, name: str = "dense", text_column: str = TEXT, top_k: int = 30, encoder: str | None = None):
+    def __init__(self, *, name: str = "dense", text_column: str = TEXT, top_k: int = 30, encoder: str | None = None,
+                 sentence_layers: str | None = None):
         self.name = name
         self.text_column = text_column
         self.top_k = top_k
         self.encoder = encoder
+        self.sentence_layers = sentence_layers
 
     def fit(self, corpus: Corpus | None = None, *, ontology: Ontology) -> DenseSearch:
         """Embed every code's terms of ``ontology`` (``ontology_terms``); notes are not read."""
         return self.index(ontology_terms(ontology))
 
-    def index(self, terms: pl.DataFrame, *, encoder_sha256: str | None = None) -> DenseSearch:
-        """Embed ``terms`` (TERMS_SCHEMA), or read their vectors from the cache. ``encoder_sha256``:
-        the encoder files' hash the saved search was built with (a mismatch is a bundle error)."""
+    def index(self, terms: pl.DataFrame, *, encoder_sha256: str | None = None, layers_sha256: str | None = None
+              ) -> DenseSearch:
+        """Embed ``terms`` (TERMS_SCHEMA), or read their vectors from the cache. ``encoder_sha256`` and
+        ``layers_sha256``: the hashes of the encoder's files and of the sentence layers the saved search was
+        built with (a mismatch is a bundle error)."""
         folder = Path(self.encoder) if self.encoder else default_encoder_path()
         if not folder.is_dir():
             raise ModelBundleError(f"dense search: encoder folder {folder} not found; install it or set the source's encoder")
@@ -128,6 +139,17 @@ class DenseSearch(CandidateSource):
         self._backends: dict[int, Tokenizer] = {}
         # no arena: the largest batch's activations would stay with the session for good
         self.session_ = create_session(built.model, device="cpu", arena=False)
+        self.sentence_session_, self.layers_sha256_ = self.session_, None
+        if self.sentence_layers is not None:
+            layers = Path(self.sentence_layers)
+            if not layers.is_file():
+                raise ModelBundleError(f"dense search: sentence layers file {layers} not found")
+            self.layers_sha256_ = file_sha256(layers)
+            if layers_sha256 is not None and layers_sha256 != self.layers_sha256_:
+                raise ModelBundleError(f"dense search: the sentence layers {layers} have sha256 {self.layers_sha256_[:12]}…, "
+                                       f"the model was built with {layers_sha256[:12]}…; the model folder was changed")
+            student = sentence_encoder(folder, sha256=self.encoder_sha256_, layers=layers)
+            self.sentence_session_ = create_session(student.model, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         vectors, self.scales_ = self._term_vectors()
@@ -180,8 +202,9 @@ class DenseSearch(CandidateSource):
         base, first, end = self.code_starts_[self.chunks_[block]], self.code_starts_[code], self.code_ends_[code]
         return self.term_blocks_[block][:, first - base : end - base].T * self.scales_[first:end, None]
 
-    def _encode(self, texts: list[str], *, max_length: int) -> np.ndarray:
-        """[len(texts), dim] float32 unit vectors. Texts are tokenised once, sorted by token count
+    def _encode(self, texts: list[str], *, max_length: int, session: ort.InferenceSession | None = None) -> np.ndarray:
+        """[len(texts), dim] float32 unit vectors from ``session`` (None: the encoder's, as the terms are
+        made). Texts are tokenised once, sorted by token count
         and encoded in batches of at most ``ENCODE_BATCH`` rows and ``ENCODE_TOKENS`` padded tokens, the
         longest row within ``ENCODE_SPREAD`` times the shortest."""
         if not texts:  # nothing to encode (no terms, or a batch without sentences): no rows are read
@@ -199,7 +222,7 @@ class DenseSearch(CandidateSource):
             for row, index in enumerate(chosen):
                 input_ids[row, : lengths[index]] = ids[index]
                 mask[row, : lengths[index]] = 1
-            vectors = self.session_.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+            vectors = (session or self.session_).run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[chosen] = vectors
@@ -229,8 +252,8 @@ class DenseSearch(CandidateSource):
         starts = np.cumsum([0] + [len(found) for found in spans])
         # each note's sentences through the encoder apart from the other notes' (its activations are
         # quantised per call), then int8 with one scale per note: a note's vectors are its own
-        encoded = [self._encode([text[a:b] for a, b in found.tolist()], max_length=SENTENCE_TOKENS)
-                   for (_, text), found in zip(texts, spans, strict=True)]
+        encoded = [self._encode([text[a:b] for a, b in found.tolist()], max_length=SENTENCE_TOKENS,
+                                session=self.sentence_session_) for (_, text), found in zip(texts, spans, strict=True)]
         vectors, scales = quantise(np.concatenate(encoded) if encoded else np.zeros((0, 0), dtype=np.float32), starts)
         systems = self.codes_[SYSTEM].to_numpy()
         by_system = [np.flatnonzero(systems == system) for system in self.codes_[SYSTEM].unique(maintain_order=True)]
@@ -272,28 +295,36 @@ class DenseSearch(CandidateSource):
         return np.array([np.argmax((note_vectors @ self._terms(code).T).max(axis=1)) for code in codes], dtype=np.int64)
 
     def save(self, path: Path) -> None:
-        """Write the parameters, the encoder's and the terms' digests (``dense.json``) and a copy of an
-        encoder other than the packaged one (``encoder/``); ``load`` reads the term vectors from the cache
-        or embeds the terms again."""
+        """Write the parameters, the digests of the encoder, the sentence layers and the terms (``dense.json``),
+        a copy of an encoder other than the packaged one (``encoder/``) and of the sentence layers; ``load``
+        reads the term vectors from the cache or embeds the terms again."""
         self.check_fitted()
         path.mkdir(parents=True, exist_ok=True)
         params = self.get_params()
         if self.encoder is not None:
             _copy_encoder(Path(self.encoder), path / ENCODER_DIR)
             params["encoder"] = ENCODER_DIR
-        state = {"params": params, "encoder_sha256": self.encoder_sha256_, "terms_sha256": terms_digest(self.terms_)}
+        if self.sentence_layers is not None:
+            layers = Path(self.sentence_layers)
+            if not (path / LAYERS_FILE).exists() or layers.resolve() != (path / LAYERS_FILE).resolve():
+                write_atomically(path / LAYERS_FILE, lambda handle: handle.write(layers.read_bytes()), durable=False)
+            params["sentence_layers"] = LAYERS_FILE
+        state = {"params": params, "encoder_sha256": self.encoder_sha256_, "layers_sha256": self.layers_sha256_,
+                 "terms_sha256": terms_digest(self.terms_)}
         write_text(path / "dense.json", json.dumps(state), durable=False)
 
     @classmethod
     def load(cls, path: Path, *, terms: pl.DataFrame | None = None) -> DenseSearch:
         """The saved search over ``terms``, with the encoder it was built with (checked by sha256): the
-        packaged one, or its copy inside ``path`` (an encoder named anywhere else is refused)."""
+        packaged one, or its copy inside ``path`` (an encoder named anywhere else is refused), and its
+        sentence layers, inside ``path`` too."""
         state = read_state(path, "dense.json", what="dense search")
         params = state["params"]
-        if params.get("encoder") is not None:
-            params = {**params, "encoder": str(inside(path, params["encoder"], what=f"{path / 'dense.json'} encoder"))}
+        for name in ("encoder", "sentence_layers"):
+            if params.get(name) is not None:
+                params = {**params, name: str(inside(path, params[name], what=f"{path / 'dense.json'} {name}"))}
         return cls(**params).index(stored_terms(terms, state["terms_sha256"], what=f"dense search {path}"),
-                                   encoder_sha256=state["encoder_sha256"])
+                                   encoder_sha256=state["encoder_sha256"], layers_sha256=state.get("layers_sha256"))
 
 
 def _copy_encoder(source: Path, target: Path) -> None:

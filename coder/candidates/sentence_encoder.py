@@ -12,6 +12,11 @@ length (sentence-transformers' recipe for all-MiniLM-L6-v2). The fp32 graph matc
 ``BertModel`` within 1e-4 per component (tests). MatMul weights are quantised per output channel (per
 tensor, the int8 vectors were clearly further from fp32), and the embedding tables too, as PLM-ICD's
 int8 file does; the int8 vectors are checked against the fp32 graph's before the file is kept.
+
+A smaller student of the encoder (``coder train`` distils one for the note sentences) is a layers file
+(``write_layers``): its transformer layers alone, over the encoder's own embeddings, which it was
+trained with frozen. Its matrices are kept in int8 per output channel, as the int8 file quantises them
+anyway, so that a model folder carries a quarter of their float32 size.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from safetensors.numpy import load_file
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
 
 from coder.errors import ExportParityError, ModelBundleError
+from coder.hashing import file_sha256
+from coder.io.atomic import write_atomically
 from coder.io.progress import announce, quiet
 from coder.model.chunking import WordPieces
 from coder.model.session import GRAPH_IR_VERSION, create_session
@@ -45,6 +53,7 @@ GRAPH_VERSION = 1  # bump when the graph ``bert_graph`` writes changes: cached f
 INT8_MIN_COSINE = 0.98  # the int8 file's vectors against the fp32 graph's on the check sentences
 BUILD_S = 15  # what the build announces it takes (all-MiniLM-L6-v2 on a server core)
 ATTENTION_OPSET = 23  # the first with the Attention operator (one node a layer, as torch exports it)
+LAYER_PREFIX = "encoder.layer."  # Hugging Face's names of BERT's transformer layers
 MASKED = -1e9  # added to the attention scores of padded keys: their softmax weight is exactly 0
 _CHECK = ["Fever and productive cough.", "Type 2 diabetes mellitus with hyperglycemia, treated with insulin glargine",
           "CT"]
@@ -59,24 +68,27 @@ class BuiltEncoder:
     key: str
 
 
-def sentence_encoder(encoder: Path, *, sha256: str) -> BuiltEncoder:
-    """``encoder`` (a local Hugging Face BERT folder, its files' ``sha256``) as int8 ONNX: from the cache
-    folder, else built (announced, ``build_sentence_encoder``) and cached; an unwritable cache folder costs
-    a warning and a build on every run (``write_cache``)."""
+def sentence_encoder(encoder: Path, *, sha256: str, layers: Path | None = None) -> BuiltEncoder:
+    """``encoder`` (a local Hugging Face BERT folder, its files' ``sha256``), with the transformer layers of
+    the layers file ``layers`` when given, as int8 ONNX: from the cache folder, else built (announced,
+    ``build_sentence_encoder``) and cached; an unwritable cache folder costs a warning and a build on every
+    run (``write_cache``)."""
     versions = {"graph": GRAPH_VERSION, "onnx": version("onnx"), "onnxruntime": onnxruntime.__version__}
-    key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **versions}))
-    file = cache_dir() / f"sentence-{sha256[:12]}-{key[:12]}.onnx"
+    student = {"layers": file_sha256(layers)} if layers else {}
+    key = cache_key(sources=[], salt=json.dumps({"encoder": sha256, **student, **versions}))
+    stem = f"sentence-{student.get('layers', sha256)[:12]}"  # a student's files never replace its encoder's
+    file = cache_dir() / f"{stem}-{key[:12]}.onnx"
     if file.is_file():
         return BuiltEncoder(file.read_bytes(), key)
     announce("the dense search's sentence encoder as int8 ONNX", seconds=BUILD_S)
-    model = build_sentence_encoder(encoder)
-    write_cache(file, lambda handle: handle.write(model), what="the sentence encoder", stale=f"sentence-{sha256[:12]}-*.onnx")
+    model = build_sentence_encoder(encoder, layers=layers)
+    write_cache(file, lambda handle: handle.write(model), what="the sentence encoder", stale=f"{stem}-*.onnx")
     return BuiltEncoder(model, key)
 
 
-def build_sentence_encoder(encoder: Path) -> bytes:
-    """``encoder`` (a local Hugging Face BERT folder) as int8 ONNX, after checking the int8 vectors against
-    the fp32 graph's (``ExportParityError``)."""
+def build_sentence_encoder(encoder: Path, *, layers: Path | None = None) -> bytes:
+    """``encoder`` (a local Hugging Face BERT folder; its layers those of ``layers`` when given) as int8
+    ONNX, after checking the int8 vectors against the fp32 graph's (``ExportParityError``)."""
     pieces = WordPieces.read(encoder)
     tokenizer = pieces.backend
     tokenizer.enable_padding(pad_id=pieces.pad_token_id)  # padded rows: the mask is exercised
@@ -85,7 +97,7 @@ def build_sentence_encoder(encoder: Path) -> bytes:
             "attention_mask": np.array([row.attention_mask for row in rows], dtype=np.int64)}
     with tempfile.TemporaryDirectory() as folder:
         fp32, int8 = Path(folder) / "sentence.onnx", Path(folder) / "sentence.int8.onnx"
-        onnx.save(bert_graph(encoder), str(fp32))
+        onnx.save(bert_graph(encoder, layers=layers), str(fp32))
         reference = create_session(fp32, device="cpu").run(None, feed)[0]
         # the quantiser logs every tensor, and advice to pre-process the graph, on the root logger
         with quiet(None, level=logging.ERROR):
@@ -99,11 +111,15 @@ def build_sentence_encoder(encoder: Path) -> bytes:
     return model
 
 
-def bert_graph(encoder: Path) -> onnx.ModelProto:
+def bert_graph(encoder: Path, *, layers: Path | None = None) -> onnx.ModelProto:
     """The fp32 graph of a Hugging Face BERT folder (``config.json``, ``model.safetensors``) in eval mode,
-    mean pooled and scaled to unit length; every token's type is 0, as the dense search feeds one text a row."""
+    mean pooled and scaled to unit length; every token's type is 0, as the dense search feeds one text a row.
+    ``layers``: a layers file (``write_layers``) whose transformer layers replace the encoder's."""
     config = _bert_config(encoder)
     weight = _bert_weights(encoder)
+    if layers is not None:
+        student = read_layers(layers)
+        weight, config = _with_layers(weight, student), {**config, "num_hidden_layers": layer_count(student)}
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     eps = float(config.get("layer_norm_eps", 1e-12))
     graph = _Graph()
@@ -181,6 +197,54 @@ class _Graph:
         return model
 
 
+def write_layers(file: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Write a student's transformer layers (float32 ``encoder.layer.{i}.*`` tensors, Hugging Face names) as a
+    layers file: each matrix in int8 with a float32 scale per output channel (``<name>.scale``), symmetric
+    as the int8 file quantises it, the vectors (biases, LayerNorm) in float32."""
+    stored = {}
+    for name, tensor in tensors.items():
+        if not name.startswith(LAYER_PREFIX):
+            raise ValueError(f"a layers file holds transformer layers only ({LAYER_PREFIX}*), not {name!r}")
+        tensor = np.asarray(tensor, dtype=np.float32)
+        if tensor.ndim == 2:  # [out, in]: a row per output channel
+            scale = np.abs(tensor).max(axis=1) / 127
+            stored[name] = np.clip(np.rint(tensor / np.where(scale > 0, scale, 1)[:, None]), -127, 127).astype(np.int8)
+            stored[f"{name}.scale"] = scale.astype(np.float32)
+        else:
+            stored[name] = tensor
+    write_atomically(file, lambda handle: handle.write(save(stored)), durable=False)
+
+
+def read_layers(file: Path) -> dict[str, np.ndarray]:
+    """A layers file's tensors in float32 (``write_layers``), by their Hugging Face names; an unreadable file
+    is a bundle error."""
+    try:
+        stored = load_file(str(file))
+    except (OSError, ValueError, TypeError, SafetensorError) as error:
+        raise ModelBundleError(f"dense search: cannot read the layers file {file}: {error}") from None
+    scales = {name.removesuffix(".scale") for name in stored if name.endswith(".scale")}
+    return {name: tensor.astype(np.float32) * stored[f"{name}.scale"][:, None] if name in scales else tensor
+            for name, tensor in stored.items() if not name.endswith(".scale")}
+
+
+def layer_count(layers: dict[str, np.ndarray]) -> int:
+    """How many transformer layers the tensors of a layers file (``read_layers``) hold."""
+    return len({name.removeprefix(LAYER_PREFIX).split(".")[0] for name in layers})
+
+
+def _with_layers(weight: Callable[[str], np.ndarray], layers: dict[str, np.ndarray]) -> Callable[[str], np.ndarray]:
+    """``weight`` with every transformer layer's tensor read from ``layers`` instead."""
+
+    def combined(name: str) -> np.ndarray:
+        if not name.startswith(LAYER_PREFIX):
+            return weight(name)
+        if name not in layers:
+            raise ModelBundleError(f"dense search: the layers file has no tensor {name!r}")
+        return layers[name]
+
+    return combined
+
+
 def _bert_config(encoder: Path) -> dict:
     """``config.json`` of a BERT encoder with absolute positions and exact GELU, the architecture ``bert_graph``
     writes; any other is refused with the reason."""
@@ -205,7 +269,7 @@ def _bert_weights(encoder: Path) -> Callable[[str], np.ndarray]:
                                "without running code, so pickle checkpoints are not read)")
     try:
         tensors = load_file(str(file))
-    except (OSError, ValueError, TypeError) as error:  # unreadable, or a dtype numpy lacks (bfloat16)
+    except (OSError, ValueError, TypeError, SafetensorError) as error:  # unreadable, or a dtype numpy lacks (bfloat16)
         raise ModelBundleError(f"dense search: cannot read {file}: {error}") from None
     renamed = {".gamma": ".weight", ".beta": ".bias"}
     weights = {}
