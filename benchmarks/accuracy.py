@@ -14,7 +14,7 @@ note on dev (fitted on train). Also: CodiEsp-X-style evidence F1 of the full mod
 against the dev spans projected by the same aligners). Prints the tables and adds a dated run to
 this benchmark's section of benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH]
+    python benchmarks/accuracy.py [--plm-model models/NAME] [--folds 5] [--sentence-encoder PATH] [--sentence-layers FILE]
         [--reranker '{"max_leaf_nodes": 31}'] [--without SOURCE ...] [--no-write]
 
 CodiEsp: CLEF eHealth 2020, Miranda-Escalada et al., CC BY 4.0 (data/codiesp/).
@@ -97,7 +97,7 @@ class Ablation:
     DUMPS = {"full": (TEXT, TEXT_ES), "English-only": (TEXT,)}
 
     def __init__(self, *, folds: int, plm_model: Path | None, sentence_encoder: Path | None = None,
-                 reranker: Reranker | None = None, without: tuple[str, ...] = ()):
+                 sentence_layers: Path | None = None, reranker: Reranker | None = None, without: tuple[str, ...] = ()):
         self.reranker = reranker or Reranker()
         read = {name: Corpus.read(DATA / name / "notes.parquet", DATA / name / "codes.parquet", DATA / name / "evidence.parquet",
                                   text_columns=[TEXT], optional=[TEXT_ES]) for name in ("train", "dev")}
@@ -111,7 +111,8 @@ class Ablation:
         self.unseen = {(s, c) for s, c in self.dev.codes.select(SYSTEM, CODE).iter_rows()} - \
             {(s, c) for s, c in self.train.codes.select(SYSTEM, CODE).iter_rows()}
         self.ontology = load_ontology(DATA.parents[1] / "ontologies" / "codiesp-2018-extras.tsv")
-        sources = [source for source in default_sources(sentence_encoder=sentence_encoder) if source.name not in without]
+        sources = [source for source in default_sources(sentence_encoder=sentence_encoder, sentence_layers=sentence_layers)
+                   if source.name not in without]
         self.stack = CandidateStack(tuple(sources)).fit(self.train, ontology=self.ontology)
         self.order = list(self.stack.names)
         self.ms_per_note, dev_found = {}, {}
@@ -205,6 +206,10 @@ def main() -> None:
     parser.add_argument("--sentence-encoder", type=Path,
                         help="the dense search's encoder folder (default: the packaged all-MiniLM-L6-v2), e.g. one "
                              "written by benchmarks/finetune_sentence_encoder.py")
+    parser.add_argument("--sentence-layers", type=Path,
+                        help="a layers file whose student encodes the dense search's note sentences, e.g. the one "
+                             "coder train distilled into models/codiesp-minilm/sources/dense/sentence_layers.safetensors "
+                             "(from the train and background notes, never dev's)")
     parser.add_argument("--reranker", type=json.loads, default={},
                         help="JSON of coder.rerank.reranker.Reranker parameters for every reranked row, e.g. "
                              "'{\"max_leaf_nodes\": 31}' (default: its defaults, those coder train uses)")
@@ -223,9 +228,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = time.perf_counter()
     ablation = Ablation(folds=args.folds, plm_model=args.plm_model, sentence_encoder=args.sentence_encoder,
-                        reranker=reranker, without=tuple(args.without))
+                        sentence_layers=args.sentence_layers, reranker=reranker, without=tuple(args.without))
     command = "python benchmarks/accuracy.py" + (f" --plm-model {args.plm_model}" if args.plm_model else "") + (
         f" --sentence-encoder {args.sentence_encoder}" if args.sentence_encoder else "") + (
+        f" --sentence-layers {args.sentence_layers}" if args.sentence_layers else "") + (
         f" --reranker '{json.dumps(args.reranker)}'" if args.reranker else "") + "".join(
         f" --without {name}" for name in args.without)
     lines = ["| row | MAP CM | MAP PCS | P@5 CM | P@5 PCS | recall CM | recall PCS | R@50 unseen CM | R@50 unseen PCS | ms/note |",

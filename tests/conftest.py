@@ -140,8 +140,9 @@ def tiny_gate(tiny_ontology):
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, tiny_codiesp, tiny_model_path) -> SimpleNamespace:
     """A model built once per session by ``coder train`` through the CLI from ``tiny_codiesp``: notes with
-    a Spanish column, coders' spans, the same notes as dev, one epoch of the tiny encoder. A namespace of
-    ``folder`` and the ``notes``, ``codes`` and ``evidence`` files; a test that changes the folder copies it."""
+    a Spanish column, coders' spans, the same notes as dev, one epoch of the tiny encoder, the dense search's
+    sentences through one distilled layer. A namespace of ``folder`` and the ``notes``, ``codes`` and
+    ``evidence`` files; a test that changes the folder copies it."""
     from typer.testing import CliRunner
 
     from cli import app
@@ -157,7 +158,7 @@ def trained_model(tmp_path_factory, tiny_codiesp, tiny_model_path) -> SimpleName
     result = CliRunner().invoke(app, [
         "train", "--notes", str(files["notes"]), "--codes", str(files["codes"]), "--evidence", str(files["evidence"]),
         "--dev-notes", str(files["notes"]), "--dev-codes", str(files["codes"]), "--encoder", encoder,
-        "--sentence-encoder", encoder, "--epochs", "1", "--out", str(folder / "model"),
+        "--sentence-encoder", encoder, "--sentence-layers", "1", "--epochs", "1", "--out", str(folder / "model"),
     ])
     assert result.exit_code == 0, result.output
     return SimpleNamespace(folder=folder / "model", **files)

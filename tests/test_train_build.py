@@ -7,13 +7,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from coder.model.folder import read_card, read_config
+from coder.model.folder import SOURCES_DIR, read_card, read_config
 from coder.assembly import load_model
 from coder.pipeline import code_batch
 from coder.train.build import Inputs, build_model
 from coder.errors import UsageError
 from coder.train.plm import TrainingOptions, finished
 from coder.train.stacking import default_sources
+from coder.candidates.dense_search import LAYERS_FILE
+from coder.estimator import read_state
 
 runner = CliRunner()
 
@@ -62,6 +64,9 @@ def test_spans_and_a_second_language_add_the_evidence_lexicon(trained_model, tin
     config = read_config(out)
     assert {"lexicon_es", "lexicon"} <= {s.name for s in config.sources} and read_card(out).training["dev"] == "dev files"
     assert not [f for f in out.rglob("*") if f.suffix in (".pkl", ".joblib", ".pt")]
+    # --sentence-layers 1: the dense search carries its distilled layer and encodes the sentences with it
+    dense = read_state(out / SOURCES_DIR / "dense", "dense.json", what="dense search")
+    assert dense["params"]["sentence_layers"] == LAYERS_FILE and (out / SOURCES_DIR / "dense" / LAYERS_FILE).is_file()
     model = load_model(out, device="cpu")
     assert model.text_columns[:2] == ("text", "text_es")
     predictions = code_batch(model, notes, top_k=5).predictions

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from coder.ontology import load_ontology
 from coder.rerank.reranker import Reranker, fold_ids
 from coder.rerank.score import STACK_PLM_TOP_K
 from coder.schema import NOTE_ID, TEXT_ES
+from coder.train.distil import with_sentence_layers
 from coder.train.evaluation import evaluate_stacking
 from coder.train.plm import TrainingOptions, finished, train
 from coder.train.projection import corpus_aligners, project_corpus
@@ -97,9 +99,10 @@ def with_projected_spans(train: Corpus, dev: Corpus, *, text_column: str, unlabe
 
 def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Path, encoder_name: str,
                 codes_file: Path | None, options: TrainingOptions, resume: bool, command: str,
-                sources: Sequence[CandidateSource], folds: int = 5) -> ModelConfig:
+                sources: Sequence[CandidateSource], folds: int = 5, sentence_layers: int = 0) -> ModelConfig:
     """Train PLM-ICD into ``out``, export it, and fit ``sources`` (unfitted: ``default_sources``, those the
-    corpus cannot fit are left out) and the rerankers beside it."""
+    corpus cannot fit are left out) and the rerankers beside it; ``sentence_layers``: the dense search's
+    note sentences go through a student of its encoder with that many layers (``coder.train.distil``)."""
     train_corpus, dev, dev_origin = read_corpora(inputs, text_column=text_column, seed=options.seed)
     unlabelled = read_notes(inputs.unlabelled, text_columns=[text_column], optional=SECOND_TEXT) if inputs.unlabelled else None
     train_corpus, dev = with_projected_spans(train_corpus, dev, text_column=text_column, unlabelled=unlabelled)
@@ -117,16 +120,19 @@ def build_model(*, inputs: Inputs, out: Path, text_column: str, encoder_path: Pa
               sources=inputs.sha256())
         export_bundle(out, dev=dev)
     ontology = load_ontology(codes_file=codes_file)
-    logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
-    stacking = fit_stacking(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
-    plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
-    frames = dev_frames(stacking, dev=dev, plm=plm, degraded_column=text_column)
-    stacking = add_plm_rerankers(stacking, frames=frames, gold=dev.codes)
-    held_out = refit_dev_frames(stacking, train=train_corpus, dev=dev, plm=plm, ontology=ontology, degraded_column=text_column)
-    evaluation = evaluate_stacking(stacking, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(),
-                                   dev_origin=dev_origin, degraded_column=text_column)
-    every_note = stacking.candidates.refit(train_corpus.plus(dev), ontology=ontology)
-    config = dataclasses.replace(stacking, candidates=every_note).save(out, read_config(out))
+    texts = pl.concat([notes.select(text_column) for notes in (train_corpus.notes, unlabelled) if notes is not None])
+    with tempfile.TemporaryDirectory() as scratch:  # the sentence layers until the dense search copies them
+        sources = with_sentence_layers(sources, layers=sentence_layers, texts=texts, folder=Path(scratch), seed=options.seed)
+        logger.info("fitting candidate sources %s and their rerankers into %s", [s.name for s in sources], out)
+        stacking = fit_stacking(train=train_corpus, ontology=ontology, sources=sources, folds=folds, degraded_column=text_column)
+        plm = load_model(out, device="cpu").scorer.score(dev.notes, top_n=STACK_PLM_TOP_K)
+        frames = dev_frames(stacking, dev=dev, plm=plm, degraded_column=text_column)
+        stacking = add_plm_rerankers(stacking, frames=frames, gold=dev.codes)
+        held_out = refit_dev_frames(stacking, train=train_corpus, dev=dev, plm=plm, ontology=ontology, degraded_column=text_column)
+        evaluation = evaluate_stacking(stacking, frames, held_out=held_out, gold=dev.codes, reranker=Reranker(),
+                                       dev_origin=dev_origin, degraded_column=text_column)
+        every_note = stacking.candidates.refit(train_corpus.plus(dev), ontology=ontology)
+        config = dataclasses.replace(stacking, candidates=every_note).save(out, read_config(out))
     card = read_card(out)
     card = dataclasses.replace(card, evaluation=evaluation, training={**card.training, "dev": dev_origin, "folds": folds})
     return finalize(out, config, card)

@@ -46,8 +46,8 @@ from coder.schema import KEY, NOTE_ID, PLM_ICD, SYSTEM, TEXT, TEXT_ES
 
 logger = logging.getLogger(__name__)
 
-def default_sources(*, text_column: str = TEXT, language: str = "en",
-                    sentence_encoder: Path | None = None) -> list[CandidateSource]:
+def default_sources(*, text_column: str = TEXT, language: str = "en", sentence_encoder: Path | None = None,
+                    sentence_layers: Path | None = None) -> list[CandidateSource]:
     """The sources ``coder train`` tries, unfitted, in evidence priority (those the corpus cannot fit
     are left out when fitting): the lexicons of coders' spans (the second language's, then the main
     text's, own or projected), the lexicons mined from notes and codes, the ontology searches (TF-IDF
@@ -56,7 +56,8 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
     other languages mine without them, and the term match and the dense search, English words and
     an English sentence encoder against English terms, are left out).
     ``sentence_encoder``: the dense search's encoder, a local Hugging Face folder (None: the packaged
-    all-MiniLM-L6-v2)."""
+    all-MiniLM-L6-v2); ``sentence_layers``: a layers file of a student of that encoder for the note sentences
+    (``coder train`` distils one, ``coder.train.distil``; None: the encoder's own layers)."""
     check_language(language)  # an unknown language fails now, not after PLM-ICD's training
     second = [column for column in (TEXT_ES,) if column != text_column]
     return [
@@ -68,7 +69,8 @@ def default_sources(*, text_column: str = TEXT, language: str = "en",
         OntologySearch(name="ontology", text_column=text_column),
         OntologySearch(name="coverage", text_column=text_column, measure="coverage"),
         *([TermMatch(name="term_match", text_column=text_column),
-           DenseSearch(name="dense", text_column=text_column, encoder=str(sentence_encoder) if sentence_encoder else None)]
+           DenseSearch(name="dense", text_column=text_column, encoder=str(sentence_encoder) if sentence_encoder else None,
+                       sentence_layers=str(sentence_layers) if sentence_layers else None)]
           if language == "en" else []),
         TfidfClassifier(name="tfidf", text_column=text_column),
     ]
