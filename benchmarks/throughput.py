@@ -40,6 +40,7 @@ from types import SimpleNamespace
 
 import polars as pl
 
+from coder.candidates.sentence_encoder import layer_count, read_layers
 from coder.cpus import physical_cores
 from coder.model.folder import ONNX_FILES, read_config
 from coder.model.scorer import NOTES_PER_PASS
@@ -69,10 +70,10 @@ ENCODER_LAYERS, HIDDEN, INTERMEDIATE, CHUNK_TOKENS = 6, 384, 1536, 128
 ENCODER_MATMULS = ((HIDDEN, HIDDEN, 4), (HIDDEN, INTERMEDIATE, 1), (INTERMEDIATE, HIDDEN, 1))
 
 
-def encoder_gflop(rows: int, tokens: int) -> tuple[float, float]:
-    """(weight matmuls, attention) GFLOP of ``rows`` rows of ``tokens`` tokens through the encoder."""
-    weights = ENCODER_LAYERS * sum(count * 2 * tokens * k * n for k, n, count in ENCODER_MATMULS) / 1e9
-    return rows * weights, rows * ENCODER_LAYERS * 4 * tokens**2 * HIDDEN / 1e9
+def encoder_gflop(rows: int, tokens: int, layers: int = ENCODER_LAYERS) -> tuple[float, float]:
+    """(weight matmuls, attention) GFLOP of ``rows`` rows of ``tokens`` tokens through ``layers`` of the encoder's layers."""
+    weights = layers * sum(count * 2 * tokens * k * n for k, n, count in ENCODER_MATMULS) / 1e9
+    return rows * weights, rows * layers * 4 * tokens**2 * HIDDEN / 1e9
 
 
 WEIGHT_GFLOP, ATTENTION_GFLOP = encoder_gflop(1, CHUNK_TOKENS)
@@ -281,7 +282,8 @@ def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     encoder = {DENSE_ENCODER: 0.0, DENSE_GFLOP: 0.0}
     for source in loaded.stack.sources:
         if source.name == "dense":  # its sentence encoder's calls, timed and counted in padded rows
-            source.session_ = _counted(source.session_, encoder)
+            layers = layer_count(read_layers(Path(source.sentence_layers))) if source.sentence_layers else ENCODER_LAYERS
+            source.sentence_session_ = _counted(source.sentence_session_, encoder, layers)
     for source in loaded.stack.sources:
         inner = source.candidates
 
@@ -301,9 +303,9 @@ def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
             **{f"  source {name}": value for name, value in sources.items()}, **encoder}
 
 
-def _counted(session, tally: dict[str, float]) -> SimpleNamespace:
+def _counted(session, tally: dict[str, float], layers: int) -> SimpleNamespace:
     """``session`` whose ``run`` adds its seconds and its encoder GFLOP (``encoder_gflop`` of the padded
-    input) to ``tally``: the dense search's sentence encoder, MiniLM-shaped as the shipped one."""
+    input through ``layers`` layers) to ``tally``: the dense search's sentence encoder, MiniLM-shaped as the shipped one."""
 
     def run(names, feed, *args):
         tick = time.perf_counter()
@@ -311,7 +313,7 @@ def _counted(session, tally: dict[str, float]) -> SimpleNamespace:
             return session.run(names, feed, *args)
         finally:
             tally[DENSE_ENCODER] += time.perf_counter() - tick
-            tally[DENSE_GFLOP] += sum(encoder_gflop(*feed["input_ids"].shape))
+            tally[DENSE_GFLOP] += sum(encoder_gflop(*feed["input_ids"].shape, layers))
 
     return SimpleNamespace(run=run)
 
