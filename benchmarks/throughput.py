@@ -84,6 +84,7 @@ INT8_MATMUL_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuan
 ATTENTION_OPS = ("Attention", "MultiHeadAttention")
 DENSE_ENCODER = "    dense's encoder"  # the split's row of the dense search's sentence encoder, under its source
 DENSE_GFLOP = "dense encoder GFLOP"  # the split's work of the dense search's encoder, not a stage
+DENSE_LAYERS = "dense encoder layers"  # the layers its sentences go through, not a stage
 
 
 def _ensure_notes(path: Path) -> None:
@@ -279,11 +280,11 @@ def _split_predict(model: Path, notes_path: Path) -> dict[str, float]:
     load_s = time.perf_counter() - start
     notes = pl.read_parquet(notes_path).head(DEFAULT_BATCH_SIZE)
     sources: dict[str, float] = {}
-    encoder = {DENSE_ENCODER: 0.0, DENSE_GFLOP: 0.0}
+    encoder = {DENSE_ENCODER: 0.0, DENSE_GFLOP: 0.0, DENSE_LAYERS: 0}
     for source in loaded.stack.sources:
         if source.name == "dense":  # its sentence encoder's calls, timed and counted in padded rows
             layers = layer_count(read_layers(Path(source.sentence_layers))) if source.sentence_layers else ENCODER_LAYERS
-            source.sentence_session_ = _counted(source.sentence_session_, encoder, layers)
+            source.sentence_session_, encoder[DENSE_LAYERS] = _counted(source.sentence_session_, encoder, layers), layers
     for source in loaded.stack.sources:
         inner = source.candidates
 
@@ -431,7 +432,7 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, int8
         "",
         *_why_int8(_int8_run(rows), int8_peak=int8_peak, shapes=shapes, kernels=kernels, head_gflop=head_gflop),
     ]
-    stages = {k: v for k, v in split.items() if k not in ("load_s", "notes", "total_s", "precision", DENSE_GFLOP)}
+    stages = {k: v for k, v in split.items() if k not in ("load_s", "notes", "total_s", "precision", DENSE_GFLOP, DENSE_LAYERS)}
     lines += [
         "",
         f"`coder.pipeline.code_batch` on {split['notes']} dev notes in-process, one call (one pipeline batch), "
@@ -455,8 +456,8 @@ def _section(rows: list[tuple[str, int, dict[str, float]]], *, peak: float, int8
         f"How far from 0.9× the int8 encoder, stage by stage: with PLM-ICD's stage at {plm_s:.2f} s, the other stages "
         f"may take {budget:.2f} s of this batch; they take {rest:.2f} s ({rest / budget:.1f}× that), of which "
         + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sources)
-        + ". The dense search's own encoder is a second pass of a network of PLM-ICD's size over the note's text, so it "
-        "alone takes about as long as PLM-ICD's stage.",
+        + f". The dense search's own encoder is a second pass over the note's sentences through {split[DENSE_LAYERS]} "
+        f"layers of a network of PLM-ICD's width (PLM-ICD's encoder: {ENCODER_LAYERS}).",
     ]
     if encoder_s:
         share, plm_share = split[DENSE_GFLOP] / encoder_s / int8_peak, plm["chunks"] * CHUNK_GFLOP / plm["seconds"] / int8_peak
