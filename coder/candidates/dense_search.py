@@ -128,10 +128,8 @@ class DenseSearch(CandidateSource):
         folder = Path(self.encoder) if self.encoder else default_encoder_path()
         if not folder.is_dir():
             raise ModelBundleError(f"dense search: encoder folder {folder} not found; install it or set the source's encoder")
-        self.encoder_sha256_ = folder_sha256(folder)
-        if encoder_sha256 is not None and encoder_sha256 != self.encoder_sha256_:
-            raise ModelBundleError(f"dense search: the encoder at {folder} has sha256 {self.encoder_sha256_[:12]}…, the model "
-                                   f"was built with {encoder_sha256[:12]}…; install the encoder it was built with")
+        self.encoder_sha256_ = _checked(folder_sha256(folder), encoder_sha256, what=f"the encoder at {folder}",
+                                        fix="install the encoder it was built with")
         built = sentence_encoder(folder, sha256=self.encoder_sha256_)
         self.built_key_ = built.key  # what the term vectors are made with
         pieces = WordPieces.read(folder)
@@ -144,10 +142,8 @@ class DenseSearch(CandidateSource):
             layers = Path(self.sentence_layers)
             if not layers.is_file():
                 raise ModelBundleError(f"dense search: sentence layers file {layers} not found")
-            self.layers_sha256_ = file_sha256(layers)
-            if layers_sha256 is not None and layers_sha256 != self.layers_sha256_:
-                raise ModelBundleError(f"dense search: the sentence layers {layers} have sha256 {self.layers_sha256_[:12]}…, "
-                                       f"the model was built with {layers_sha256[:12]}…; the model folder was changed")
+            self.layers_sha256_ = _checked(file_sha256(layers), layers_sha256, what=f"the sentence layers {layers}",
+                                           fix="the model folder was changed: copy it again")
             student = sentence_encoder(folder, sha256=self.encoder_sha256_, layers=layers)
             self.sentence_session_ = create_session(student.model, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
@@ -325,6 +321,15 @@ class DenseSearch(CandidateSource):
                 params = {**params, name: str(inside(path, params[name], what=f"{path / 'dense.json'} {name}"))}
         return cls(**params).index(stored_terms(terms, state["terms_sha256"], what=f"dense search {path}"),
                                    encoder_sha256=state["encoder_sha256"], layers_sha256=state.get("layers_sha256"))
+
+
+def _checked(found: str, built_with: str | None, *, what: str, fix: str) -> str:
+    """``found``, the sha256 of ``what``, unless the saved search was built with another (``built_with``): then
+    a bundle error that says the ``fix``."""
+    if built_with is not None and built_with != found:
+        raise ModelBundleError(f"dense search: {what} has sha256 {found[:12]}…, the model was built with "
+                               f"{built_with[:12]}…; {fix}")
+    return found
 
 
 def _copy_encoder(source: Path, target: Path) -> None:
