@@ -1,12 +1,17 @@
 """The dense search's sentence layers distilled by ``coder train``: the sentences they learn from, the layers
-file they make (reproducible for a seed), and which sources get them."""
+file they make (reproducible for a seed), which sources get them, and an encoder refused before training."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import polars as pl
+import pytest
 
 from coder.candidates import DenseSearch, OntologySearch
 from coder.candidates.sentence_encoder import read_layers
+from coder.errors import ModelBundleError
 from coder.train.distil import note_sentences, with_sentence_layers
 
 TEXTS = ["Patient with arterial hypertension. Type 2 diabetes mellitus.\nLaparoscopic appendectomy was done.",
@@ -34,3 +39,14 @@ def test_dense_searches_get_a_student_with_fewer_layers_the_same_for_a_seed(tmp_
     for layers_count in (0, 2, 3):  # none asked, or not fewer than the encoder's own: the encoder encodes the sentences
         assert with_sentence_layers(sources, layers=layers_count, texts=texts, folder=tmp_path / "c", seed=3) == sources
     assert not (tmp_path / "c").exists() and again[1].sentence_layers.endswith("dense.safetensors")
+
+
+def test_an_encoder_the_dense_search_cannot_run_fails_before_any_training(tmp_path, tiny_model_path):
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    with pytest.raises(ModelBundleError, match="runs BERT encoders"):
+        with_sentence_layers([DenseSearch(encoder=str(folder))], layers=1, texts=pl.DataFrame({"text": TEXTS}),
+                             folder=tmp_path / "layers", seed=0)
+    assert not (tmp_path / "layers").exists()

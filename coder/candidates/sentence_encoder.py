@@ -115,7 +115,7 @@ def bert_graph(encoder: Path, *, layers: Path | None = None) -> onnx.ModelProto:
     """The fp32 graph of a Hugging Face BERT folder (``config.json``, ``model.safetensors``) in eval mode,
     mean pooled and scaled to unit length; every token's type is 0, as the dense search feeds one text a row.
     ``layers``: a layers file (``write_layers``) whose transformer layers replace the encoder's."""
-    config = _bert_config(encoder)
+    config = bert_config(encoder)
     weight = _bert_weights(encoder)
     if layers is not None:
         student = read_layers(layers)
@@ -245,7 +245,7 @@ def _with_layers(weight: Callable[[str], np.ndarray], layers: dict[str, np.ndarr
     return combined
 
 
-def _bert_config(encoder: Path) -> dict:
+def bert_config(encoder: Path) -> dict:
     """``config.json`` of a BERT encoder with absolute positions and exact GELU, the architecture ``bert_graph``
     writes; any other is refused with the reason."""
     try:

@@ -11,7 +11,6 @@ notes, never dev's, and needs no codes.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ import polars as pl
 
 from coder.candidates import CandidateSource
 from coder.candidates.dense_search import SENTENCE_TOKENS, DenseSearch
-from coder.candidates.sentence_encoder import LAYER_PREFIX, sentence_encoder, write_layers
+from coder.candidates.sentence_encoder import LAYER_PREFIX, bert_config, sentence_encoder, write_layers
 from coder.candidates.words import sentence_spans
 from coder.hashing import folder_sha256
 from coder.io.progress import Progress
@@ -46,7 +45,7 @@ def with_sentence_layers(sources: Sequence[CandidateSource], *, layers: int, tex
     for source in sources:
         if isinstance(source, DenseSearch) and layers:
             encoder = Path(source.encoder) if source.encoder else default_encoder_path()
-            own = json.loads((encoder / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+            own = bert_config(encoder)["num_hidden_layers"]  # a folder the dense search cannot run fails here
             if layers < own:
                 sentences = note_sentences(texts[source.text_column].drop_nulls(), limit=SENTENCES, seed=seed)
                 file = distil_sentence_layers(encoder, sentences, folder / f"{source.name}.safetensors", layers=layers,
