@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,14 @@ def tiny_model_path() -> Path:
     beside it (``tiny_model_path.parent / "encoder"`` and ``/ "data"``).
     """
     return Path(__file__).parent / "assets" / "tiny_model" / "bundle"
+
+
+@pytest.fixture
+def encoder_copy(tmp_path, tiny_model_path) -> Path:
+    """A copy of the tiny model's encoder folder, for a test to change (its config, its weights)."""
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+    return folder
 
 
 # (note id, English text, Spanish text, [(system, code, Spanish evidence span)])

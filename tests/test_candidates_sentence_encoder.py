@@ -5,7 +5,6 @@ tokenizer's ids, the int8 file's check, and the encoders it refuses."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -73,9 +72,8 @@ def test_the_int8_file_is_close_to_torch_and_built_once(tmp_path, monkeypatch):
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no partial file left
 
 
-def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(tmp_path, tiny_model_path):
-    folder = tmp_path / "encoder"
-    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(encoder_copy):
+    folder = encoder_copy
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
     with pytest.raises(ModelBundleError, match="model_type='roberta'.*runs BERT encoders"):
@@ -91,10 +89,9 @@ def test_an_encoder_other_than_bert_or_without_safetensors_is_refused(tmp_path, 
         bert_graph(folder)
 
 
-def test_older_layer_norm_names_are_read(tmp_path, tiny_model_path):
+def test_older_layer_norm_names_are_read(encoder_copy, tiny_model_path):
     """Checkpoints of the original BERT name LayerNorm's tensors gamma and beta, as Hugging Face still loads them."""
-    folder = tmp_path / "encoder"
-    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+    folder = encoder_copy
     weights = load_file(str(folder / "model.safetensors"))
     renamed = {name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): tensor
                for name, tensor in weights.items()}

@@ -4,7 +4,6 @@ file they make (reproducible for a seed), which sources get them, and an encoder
 from __future__ import annotations
 
 import json
-import shutil
 
 import polars as pl
 import pytest
@@ -41,9 +40,8 @@ def test_dense_searches_get_a_student_with_fewer_layers_the_same_for_a_seed(tmp_
     assert not (tmp_path / "c").exists() and again[1].sentence_layers.endswith("dense.safetensors")
 
 
-def test_an_encoder_the_dense_search_cannot_run_fails_before_any_training(tmp_path, tiny_model_path):
-    folder = tmp_path / "encoder"
-    shutil.copytree(tiny_model_path.parent / "encoder", folder)
+def test_an_encoder_the_dense_search_cannot_run_fails_before_any_training(tmp_path, encoder_copy):
+    folder = encoder_copy
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
     with pytest.raises(ModelBundleError, match="runs BERT encoders"):
