@@ -302,7 +302,7 @@ class DenseSearch(CandidateSource):
             params["encoder"] = ENCODER_DIR
         if self.sentence_layers is not None:
             layers = Path(self.sentence_layers)
-            if not (path / LAYERS_FILE).exists() or layers.resolve() != (path / LAYERS_FILE).resolve():
+            if layers.resolve() != (path / LAYERS_FILE).resolve():  # not a loaded search saved where it was loaded from
                 write_atomically(path / LAYERS_FILE, lambda handle: handle.write(layers.read_bytes()), durable=False)
             params["sentence_layers"] = LAYERS_FILE
         state = {"params": params, "encoder_sha256": self.encoder_sha256_, "layers_sha256": self.layers_sha256_,
