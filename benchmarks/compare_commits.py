@@ -1,6 +1,7 @@
 """`coder predict` of this checkout against another commit, in one run: same notes, same machine, same venv.
 
     python benchmarks/compare_commits.py --base REF [--notes data/codiesp/dev/notes.parquet] [--rounds 2] [--gold CODES]
+        [--note TEXT]
 
 The other commit is checked out in a temporary git worktree and run with this virtual environment
 (its package first on PYTHONPATH), each with its own default model, alternating A, B, A, B so that
@@ -78,11 +79,13 @@ def compare(base: pl.DataFrame, head: pl.DataFrame) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # no abbreviations: ``--note`` and ``--notes`` are both options
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--base", required=True, help="git commit (or branch, tag) to compare this checkout with")
     parser.add_argument("--notes", type=Path, default=ROOT / "data" / "codiesp" / "dev" / "notes.parquet")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
     parser.add_argument("--gold", type=Path, help="gold codes of the notes: each side's MAP per system")
+    parser.add_argument("--note", default="", help="Free text recorded with the run (e.g. other load on the machine).")
     args = parser.parse_args()
     here = code_version()  # at the start: the code this run imports
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +111,8 @@ def main() -> None:
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"`{shlex.join(['python', 'benchmarks/compare_commits.py', *sys.argv[1:]])}` on {platform.machine()} "
-        f"({os.cpu_count()} CPUs), base {commit}, this checkout {here}; load average {os.getloadavg()[0]:.1f} at the end.",
+        f"({os.cpu_count()} CPUs), base {commit}, this checkout {here}; load average {os.getloadavg()[0]:.1f} at the end."
+        + (f" {args.note}" if args.note else ""),
         "",
         "| side | notes/s per run (manifest, load excluded) | median |",
         "|---|---|---:|",
