@@ -38,7 +38,7 @@ class Mentions:
 
 def expand_links(ptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every link of each found key, in order: (the position in ``keys`` it came from, the link),
-    where key ``k``'s links are ``ptr[k]:ptr[k + 1]`` (a lexicon's phrase -> code table)."""
+    where key ``k``'s links are ``ptr[k]:ptr[k + 1]`` (a lexicon's phrase -> code table, a search's code -> terms)."""
     counts = ptr[keys + 1] - ptr[keys]
     owner = np.repeat(np.arange(len(keys)), counts)
     return owner, np.arange(counts.sum()) + np.repeat(ptr[keys] - (np.cumsum(counts) - counts), counts)

@@ -43,6 +43,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
 from coder.candidates.base import CandidateSource
+from coder.candidates.mentions import expand_links
 from coder.candidates.words import sentence_spans
 from coder.cpus import capped, logical_cpus
 from coder.errors import ModelBundleError, UsageError
@@ -250,6 +251,7 @@ class OntologySearch(CandidateSource):
         if self.measure not in MEASURES:
             raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
+        self.term_ptr_ = np.append(self.code_starts_, self.terms_.height)  # code i's terms: ptr[i]:ptr[i + 1]
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
@@ -330,10 +332,9 @@ class OntologySearch(CandidateSource):
     def _exact(self, by_feature: sparse.csr_matrix, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per code of ``codes``: the best cosine between one of its terms and a sentence, and the
         first sentence where a term reaches it. Similarities are held ``SIMILARITY_BUDGET`` at a time."""
-        starts = self.code_starts_[codes]
-        lengths = self.code_ends_[codes] - starts
+        lengths = self.code_ends_[codes] - self.code_starts_[codes]
         firsts = np.cumsum(lengths) - lengths  # where each code's terms begin in ``terms``
-        terms = np.arange(lengths.sum()) + np.repeat(starts - firsts, lengths)
+        _, terms = expand_links(self.term_ptr_, codes)
         term_best = np.empty(len(terms), dtype=np.float32)
         term_first = np.empty(len(terms), dtype=np.int64)
         block = max(1, SIMILARITY_BUDGET // max(by_feature.shape[1], 1))
