@@ -10,8 +10,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from coder.errors import ModelBundleError, NotFittedError, UsageError
-from coder.candidates.ontology_search import (MEASURES, TERMS_SCHEMA, OntologySearch, _sentence_memo, ontology_terms,
-                                              sentence_spans, terms_digest)
+from scipy import sparse
+
+from coder.candidates.ontology_search import (MEASURES, TERMS_SCHEMA, CodeMaxima, OntologySearch, _peak, _sentence_memo,
+                                              ontology_terms, sentence_spans, terms_digest)
 from coder.schema import CM, PCS
 
 TERMS = pl.DataFrame(
@@ -360,3 +362,21 @@ def test_a_text_repeated_under_another_note_id_is_vectorised_again():
     again = search.candidates(NOTES.filter(pl.col("note_id") == "d").with_columns(pl.lit("e").alias("note_id")))
     assert calls == [1, 1]  # the memo serves a note (id and text), not a text under any id
     assert_frame_equal(again, first.with_columns(pl.lit("e").alias("note_id")), check_exact=True)
+
+
+@pytest.mark.parametrize("lengths", [[1, 3, 1, 2, 1], [1, 1, 1], [4]])
+def test_code_maxima_are_each_codes_maximum_over_its_terms(lengths):
+    starts = np.cumsum([0, *lengths[:-1]])
+    values = np.random.default_rng(0).normal(size=(3, sum(lengths))).astype(np.float32)
+    maxima = CodeMaxima.of(starts, starts + np.array(lengths))
+    np.testing.assert_array_equal(maxima(values), np.maximum.reduceat(values, starts, axis=1))
+    np.testing.assert_array_equal(maxima(values[1]), np.maximum.reduceat(values[1], starts))
+
+
+def test_peak_is_the_elementwise_maximum_of_the_sentence_vectors():
+    vectors = sparse.random(6, 40, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    features, peak = _peak(vectors)
+    expected = vectors.max(axis=0).tocsr()
+    np.testing.assert_array_equal(features, expected.indices)
+    np.testing.assert_array_equal(peak, expected.data)
+    assert peak.dtype == np.float32

@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 
 from coder.candidates.base import CandidateSource
 from coder.candidates.ontology_search import (
-    TERM, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
+    TERM, CodeMaxima, Found, ontology_terms, ordered_terms, search_frame, stored_terms, terms_digest,
 )
 from coder.candidates.sentence_encoder import sentence_encoder
 from coder.candidates.words import sentence_spans
@@ -148,6 +148,9 @@ class DenseSearch(CandidateSource):
             self.sentence_session_ = create_session(student.model, device="cpu", arena=False)
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
+        # each chunk's codes, their terms counted from the chunk's first
+        self.chunk_maxima_ = [CodeMaxima.of(self.code_starts_[lo:hi] - self.code_starts_[lo],
+                                            self.code_ends_[lo:hi] - self.code_starts_[lo]) for lo, hi in pairwise(self.chunks_)]
         vectors, self.scales_ = self._term_vectors()
         # each run of terms contiguous, as the products read it for every block of sentences (a copy per
         # block had cost a tenth of the search's products)
@@ -278,11 +281,10 @@ class DenseSearch(CandidateSource):
             # the products' left operand is uint8 with zero point 128: int8 x + 128, a flip of the top bit
             block = vectors[starts[note] : starts[last]].view(np.uint8) ^ np.uint8(128)
             maxima = np.empty((last - note, len(self.code_starts_)), dtype=np.float32)
-            for (lo, hi), terms in zip(pairwise(self.chunks_), self.term_blocks_, strict=True):
+            for (lo, hi), terms, code_maxima in zip(pairwise(self.chunks_), self.term_blocks_, self.chunk_maxima_, strict=True):
                 first, end = self.code_starts_[lo], self.code_ends_[hi - 1]
                 best = _note_maxima(self.products_, block, bounds, terms, buffer)
-                cosines = best.astype(np.float32) * scales[note:last, None] * self.scales_[first:end]
-                maxima[:, lo:hi] = np.maximum.reduceat(cosines, self.code_starts_[lo:hi] - first, axis=1)
+                maxima[:, lo:hi] = code_maxima(best.astype(np.float32) * scales[note:last, None] * self.scales_[first:end])
             yield from enumerate(maxima, start=note)
             note = last
 

@@ -125,11 +125,42 @@ def stored_terms(terms: pl.DataFrame | None, digest: str, *, systems: tuple[str,
 
 def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
     """``terms`` (TERMS_SCHEMA) grouped by code, the codes (system, code) in first-seen order, and
-    where each code's terms start and end: per-code maxima are then one np.maximum.reduceat over the starts."""
+    where each code's terms start and end (``CodeMaxima`` takes per-code maxima over them)."""
     codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
     ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
     starts = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
     return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts, np.append(starts[1:], ordered.height)
+
+
+@dataclass(frozen=True)
+class CodeMaxima:
+    """Each code's maximum over its terms' values, codes' terms being consecutive runs (``ordered_terms``): a
+    gather for the codes with one term, a reduceat over the others' terms alone. Most codes have one term (6,805
+    of the shipped model's 188,660 have more); a reduceat over every term took about three times as long."""
+
+    firsts: np.ndarray
+    """[n_codes] each code's first term."""
+    several: np.ndarray
+    """The codes with more than one term."""
+    terms: np.ndarray
+    """Their terms, code after code."""
+    starts: np.ndarray
+    """Where each of them begins in ``terms``."""
+
+    @classmethod
+    def of(cls, starts: np.ndarray, ends: np.ndarray) -> CodeMaxima:
+        """Codes whose terms are ``starts[i]:ends[i]`` (consecutive runs: ``ends[i] == starts[i + 1]``)."""
+        lengths = ends - starts
+        several = np.flatnonzero(lengths > 1)
+        _, terms = expand_links(np.append(starts, ends[-1:]), several)
+        return cls(firsts=starts, several=several, terms=terms, starts=np.cumsum(lengths[several]) - lengths[several])
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """[..., n_codes] the maximum of ``values`` [..., n_terms] over each code's terms."""
+        out = values[..., self.firsts]
+        if len(self.several):
+            out[..., self.several] = np.maximum.reduceat(values[..., self.terms], self.starts, axis=-1)
+        return out
 
 
 Found = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
@@ -252,6 +283,7 @@ class OntologySearch(CandidateSource):
             raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.term_ptr_ = np.append(self.code_starts_, self.terms_.height)  # code i's terms: ptr[i]:ptr[i + 1]
+        self.code_maxima_ = CodeMaxima.of(self.code_starts_, self.code_ends_)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
@@ -298,9 +330,8 @@ class OntologySearch(CandidateSource):
             # Weights are >= 0, so a term's cosine with the elementwise maximum of the note's
             # sentence vectors bounds its cosine with each sentence: one sparse row against the
             # terms instead of every sentence against every term.
-            peak = sentences.max(axis=0).tocsr()
-            bounds = self._scaled(self.term_matrix_[peak.indices].T @ peak.data)
-            bounds = np.maximum.reduceat(bounds, self.code_starts_)
+            features, peak = _peak(sentences)
+            bounds = self.code_maxima_(self._scaled(self.term_matrix_[features].T @ peak))
             by_feature = sentences.T.tocsr()  # [n_features, n_sentences]
             for idx in by_system.values():
                 top, scores, sentence = self._top_codes(by_feature, bounds, idx)
@@ -539,6 +570,15 @@ def _sentence_memo(vectorizer: FeatureUnion | TfidfVectorizer) -> _SentenceMemo:
 def _tfidf_parts(vectorizer: FeatureUnion | TfidfVectorizer) -> list[TfidfVectorizer]:
     return [part for _, part in vectorizer.transformer_list] if isinstance(vectorizer, FeatureUnion) else [vectorizer]
 
+
+
+def _peak(vectors: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The features present in ``vectors`` (rows, weights >= 0), ascending, and each one's largest weight: their
+    elementwise maximum, as ``vectors.max(axis=0)`` gives it in a quarter of the time."""
+    features = np.unique(vectors.indices)
+    peak = np.zeros(vectors.shape[1], dtype=vectors.dtype)
+    np.maximum.at(peak, vectors.indices, vectors.data)
+    return features, peak[features]
 
 
 def _unit_rows(matrix: sparse.spmatrix) -> sparse.csr_matrix:
