@@ -40,7 +40,7 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
     a code no source proposed is left out."""
     if not frames:
         raise ValueError("merge_candidates needs at least one source")
-    merged: pl.DataFrame | None = None
+    kept: list[pl.DataFrame] = []
     with_evidence = []
     for name, frame in frames.items():
         frame = frame.select(c for c in frame.columns if c in KEY or c in EVIDENCE or c in features[name])
@@ -51,9 +51,14 @@ def merge_candidates(frames: Mapping[str, pl.DataFrame], *, columns: Mapping[str
             where = pl.when(pl.col(EVIDENCE[1]).is_not_null()).then(pl.lit(columns[name]))
             frame = frame.with_columns(where.alias(EVIDENCE_IN)).rename({c: f"{c}:{name}" for c in (*EVIDENCE, EVIDENCE_IN)})
             with_evidence.append(name)
-        merged = frame if merged is None else merged.join(frame, on=list(KEY), how="full", coalesce=True)
-    assert merged is not None
-    merged = merged.filter(pl.any_horizontal([pl.col(f"{name}_rank").is_not_null() for name in frames]))
+        kept.append(frame)
+    # One integer per key: each frame's three string columns are hashed once, where joining frame after frame
+    # on them hashed the growing merged frame's again at every join.
+    keys = pl.concat([frame.select(KEY) for frame in kept]).unique().with_row_index("_key")
+    merged = keys
+    for frame in kept:
+        merged = merged.join(frame.join(keys, on=list(KEY)).drop(KEY), on="_key", how="left")
+    merged = merged.drop("_key").filter(pl.any_horizontal([pl.col(f"{name}_rank").is_not_null() for name in frames]))
     evidence = [
         pl.coalesce([pl.col(f"{c}:{name}") for name in with_evidence]).alias(c) if with_evidence
         else pl.lit(None, dtype=dtype).alias(c)
