@@ -52,8 +52,10 @@ def group_mentions(note: np.ndarray, code: np.ndarray, *, prefer: Sequence[np.nd
     changed = (np.diff(note[by_group]) != 0) | (np.diff(code[by_group]) != 0)
     starts = np.flatnonzero(np.r_[len(by_group) > 0, changed])
     order = np.argsort(by_group[starts])  # by first mention: rows are in text order
+    group = np.empty(len(note), dtype=np.int64)
+    group[by_group] = np.cumsum(np.r_[False, changed])  # each row's group, in (note, code) order
     keys = [np.asarray(key, dtype=np.float64) for key in prefer]
-    best = np.lexsort((np.arange(len(note)), *(-key for key in reversed(keys)), code, note))[starts]
+    best = np.lexsort((*(-key for key in reversed(keys)), group))[starts]  # stable: the first of equals
     return Mentions(best=best[order], count=np.diff(np.r_[starts, len(by_group)])[order], by_group=by_group,
                     starts=starts, order=order)
 

@@ -4,7 +4,6 @@ text is cut into pieces. What depends on the language is in ``coder.languages``.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import re
 import unicodedata
@@ -78,7 +77,7 @@ class Tokens:
         found = list(WORD.finditer(text))
         starts = tuple(m.start() for m in found)
         return Tokens(tuple(fold(m.group(), plural_es=plural_es) for m in found), starts, tuple(m.end() for m in found),
-                      tuple(bisect.bisect_left(boundaries, start) for start in starts))
+                      tuple(np.searchsorted(boundaries, starts).tolist()))
 
 
 def sentence_spans(text: str | None) -> np.ndarray:
