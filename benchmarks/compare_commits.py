@@ -6,8 +6,8 @@
 The other commit is checked out in a temporary git worktree and run with this virtual environment
 (its package first on PYTHONPATH), each with its own default model, alternating A, B, A, B so that
 load on the machine falls on both. Reports each side's end-to-end notes/s (the manifest's, load
-excluded) and compares their predictions on (note, system, code): rows only one side wrote,
-score differences, rank changes and whether they stay inside groups of equal scores, and the other
+excluded) and their ratio round by round, and compares their predictions on (note, system, code): rows only
+one side wrote, score differences, rank changes and whether they stay inside groups of equal scores, and the other
 columns; with ``--gold``, each side's MAP per system (``coder audit`` of this checkout on both sides' first
 predictions). Appends the run to this script's section of benchmarks/RESULTS.md.
 """
@@ -108,6 +108,8 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     median = {name: statistics.median(values) for name, values in rates.items()}
+    # each round's two runs ran minutes apart: their ratio leaves out the machine's drift between rounds
+    pairs = [head / base for base, head in zip(rates["base"], rates["this checkout"], strict=True)]
     lines = [
         f"### {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"`{shlex.join(['python', 'benchmarks/compare_commits.py', *sys.argv[1:]])}` on {platform.machine()} "
@@ -118,7 +120,9 @@ def main() -> None:
         "|---|---|---:|",
         *(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | {median[name]:.2f} |" for name, values in rates.items()),
         "",
-        f"This checkout runs at {median['this checkout'] / median['base']:.2f}x the base.",
+        f"This checkout runs at {median['this checkout'] / median['base']:.2f}x the base (medians); round by round "
+        f"{statistics.median(pairs):.2f}x (median of {len(pairs)}, from {min(pairs):.2f}x to {max(pairs):.2f}x, "
+        f"ahead in {sum(pair > 1 for pair in pairs)}).",
         "",
         *(f"- {line}" for line in compare(base, head)),
         *(f"- MAP against {args.gold}, {name}: " + ", ".join(f"{system} {value:.4f}" for system, value in found.items())
