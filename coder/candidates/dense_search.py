@@ -149,8 +149,8 @@ class DenseSearch(CandidateSource):
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
         # each chunk's codes, their terms counted from the chunk's first
-        self.chunk_maxima_ = [CodeMaxima.of(self.code_starts_[lo:hi] - self.code_starts_[lo],
-                                            self.code_ends_[lo:hi] - self.code_starts_[lo]) for lo, hi in pairwise(self.chunks_)]
+        ptr = np.append(self.code_starts_, self.terms_.height)
+        self.chunk_maxima_ = [CodeMaxima.of(ptr[lo : hi + 1] - ptr[lo]) for lo, hi in pairwise(self.chunks_)]
         vectors, self.scales_ = self._term_vectors()
         # each run of terms contiguous, as the products read it for every block of sentences (a copy per
         # block had cost a tenth of the search's products)

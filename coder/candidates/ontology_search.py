@@ -148,12 +148,12 @@ class CodeMaxima:
     """Where each of them begins in ``terms``."""
 
     @classmethod
-    def of(cls, starts: np.ndarray, ends: np.ndarray) -> CodeMaxima:
-        """Codes whose terms are ``starts[i]:ends[i]`` (consecutive runs: ``ends[i] == starts[i + 1]``)."""
-        lengths = ends - starts
+    def of(cls, ptr: np.ndarray) -> CodeMaxima:
+        """Codes whose terms are ``ptr[i]:ptr[i + 1]``."""
+        lengths = np.diff(ptr)
         several = np.flatnonzero(lengths > 1)
-        _, terms = expand_links(np.append(starts, ends[-1:]), several)
-        return cls(firsts=starts, several=several, terms=terms, starts=np.cumsum(lengths[several]) - lengths[several])
+        _, terms = expand_links(ptr, several)
+        return cls(firsts=ptr[:-1], several=several, terms=terms, starts=np.cumsum(lengths[several]) - lengths[several])
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """[..., n_codes] the maximum of ``values`` [..., n_terms] over each code's terms."""
@@ -283,7 +283,7 @@ class OntologySearch(CandidateSource):
             raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
         self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
         self.term_ptr_ = np.append(self.code_starts_, self.terms_.height)  # code i's terms: ptr[i]:ptr[i + 1]
-        self.code_maxima_ = CodeMaxima.of(self.code_starts_, self.code_ends_)
+        self.code_maxima_ = CodeMaxima.of(self.term_ptr_)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
         """The ``top_k`` codes per (note, system): note_id, system, code, <name>, <name>_rank,
