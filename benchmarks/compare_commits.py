@@ -4,9 +4,9 @@
         [--note TEXT]
 
 The other commit is checked out in a temporary git worktree and run with this virtual environment
-(its package first on PYTHONPATH), each with its own default model, alternating A, B, A, B so that
-load on the machine falls on both. Reports each side's end-to-end notes/s (the manifest's, load
-excluded) and their ratio round by round, and compares their predictions on (note, system, code): rows only
+(its package first on PYTHONPATH), each with its own default model, in rounds A, B, then B, A, so that
+load on the machine and the place in a round fall on both. Reports each side's end-to-end notes/s (the
+manifest's, load excluded) and their ratio round by round, and compares their predictions on (note, system, code): rows only
 one side wrote, score differences, rank changes and whether they stay inside groups of equal scores, and the other
 columns; with ``--gold``, each side's MAP per system (``coder audit`` of this checkout on both sides' first
 predictions). Appends the run to this script's section of benchmarks/RESULTS.md.
@@ -83,7 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--base", required=True, help="git commit (or branch, tag) to compare this checkout with")
     parser.add_argument("--notes", type=Path, default=ROOT / "data" / "codiesp" / "dev" / "notes.parquet")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs of each side; each round runs both, the base first in every other round")
     parser.add_argument("--gold", type=Path, help="gold codes of the notes: each side's MAP per system")
     parser.add_argument("--note", default="", help="Free text recorded with the run (e.g. other load on the machine).")
     args = parser.parse_args()
@@ -97,7 +98,8 @@ def main() -> None:
             sides = {"base": worktree, "this checkout": ROOT}
             rates: dict[str, list[float]] = {name: [] for name in sides}
             for round_ in range(args.rounds):
-                for name, checkout in sides.items():
+                # each side first in every other round: a run's position in the pair can cost it speed
+                for name, checkout in (sides.items() if round_ % 2 == 0 else reversed(sides.items())):
                     out = tmp / f"{name.replace(' ', '_')}-{round_}.parquet"
                     rates[name].append(predict(checkout, args.notes.resolve(), out))
             firsts = {name: tmp / f"{name.replace(' ', '_')}-0.parquet" for name in sides}
