@@ -86,7 +86,7 @@ ENCODE_SPREAD = 1.4
 # Blocks of the search (``_code_maxima``): int32 products [SENTENCE_BLOCK, TERM_CHUNK] (4 MB, one
 # buffer per call), code maxima [NOTE_BLOCK, n_codes] (24 MB for the shipped model's 189k codes) and
 # a contiguous int8 chunk of terms (0.8 MB) at a time. The products are written, then read back for
-# each note's maximum: blocks of 16 MB took a fifth longer than these, which stay in the CPU's caches.
+# each note's maximum: blocks of 16 MB took about a third longer than these, which stay in the CPU's caches.
 SENTENCE_BLOCK = 512
 NOTE_BLOCK = 32
 TERM_CHUNK = 2_048
