@@ -95,7 +95,7 @@ def test_scores_are_the_best_cosine_over_terms_and_sentences(search, monkeypatch
     monkeypatch.setattr(dense_search, "TERM_CHUNK", 1)
     small = DenseSearch(top_k=2, encoder=search.encoder).index(TERMS)
     assert small.chunks_ == list(range(small.codes_.height + 1))  # I10's two terms: one chunk
-    assert [block.shape[1] for block in small.term_blocks_] == np.diff(small.code_starts_.tolist() + [small.terms_.height]).tolist()
+    assert [block.shape[1] for block in small.term_blocks_] == np.diff(small.term_ptr_).tolist()
     assert_frame_equal(small.candidates(notes), whole)
 
 

@@ -147,15 +147,15 @@ class DenseSearch(CandidateSource):
                                            fix="the model folder was changed: copy it again")
             student = sentence_encoder(folder, sha256=self.encoder_sha256_, layers=layers)
             self.sentence_session_ = create_session(student.model, device="cpu", arena=False)
-        self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
-        self.chunks_ = _term_chunks(self.code_starts_, self.terms_.height, TERM_CHUNK)
+        self.terms_, self.codes_, self.term_ptr_ = ordered_terms(terms)  # code i's terms: ptr[i]:ptr[i + 1]
+        ptr = self.term_ptr_
+        self.chunks_ = _term_chunks(ptr, TERM_CHUNK)
         # each chunk's codes, their terms counted from the chunk's first
-        ptr = np.append(self.code_starts_, self.terms_.height)
         self.chunk_maxima_ = [CodeMaxima.of(ptr[lo : hi + 1] - ptr[lo]) for lo, hi in pairwise(self.chunks_)]
         vectors, self.scales_ = self._term_vectors()
         # each run of terms contiguous, as the products read it for every block of sentences (a copy per
         # block had cost a tenth of the search's products)
-        self.term_blocks_ = [np.ascontiguousarray(vectors[:, self.code_starts_[lo] : self.code_ends_[hi - 1]])
+        self.term_blocks_ = [np.ascontiguousarray(vectors[:, ptr[lo] : ptr[hi]])
                              for lo, hi in pairwise(self.chunks_)]
         self.products_ = _products_session()
         logger.info("dense search: %d terms for %d codes", self.terms_.height, self.codes_.height)
@@ -199,7 +199,7 @@ class DenseSearch(CandidateSource):
     def _terms(self, code: int) -> np.ndarray:
         """[n_terms, dim] float32 vectors of the terms of code ``code`` (an index into ``codes_``)."""
         block = int(np.searchsorted(self.chunks_, code, side="right")) - 1
-        base, first, end = self.code_starts_[self.chunks_[block]], self.code_starts_[code], self.code_ends_[code]
+        base, first, end = self.term_ptr_[self.chunks_[block]], self.term_ptr_[code], self.term_ptr_[code + 1]
         return self.term_blocks_[block][:, first - base : end - base].T * self.scales_[first:end, None]
 
     def _encode(self, texts: list[str], *, max_length: int, session: ort.InferenceSession | None = None) -> np.ndarray:
@@ -281,9 +281,9 @@ class DenseSearch(CandidateSource):
             bounds = starts[note : last + 1] - starts[note]
             # the products' left operand is uint8 with zero point 128: int8 x + 128, a flip of the top bit
             block = vectors[starts[note] : starts[last]].view(np.uint8) ^ np.uint8(128)
-            maxima = np.empty((last - note, len(self.code_starts_)), dtype=np.float32)
+            maxima = np.empty((last - note, self.codes_.height), dtype=np.float32)
             for (lo, hi), terms, code_maxima in zip(pairwise(self.chunks_), self.term_blocks_, self.chunk_maxima_, strict=True):
-                first, end = self.code_starts_[lo], self.code_ends_[hi - 1]
+                first, end = self.term_ptr_[lo], self.term_ptr_[hi]
                 best = _note_maxima(self.products_, block, bounds, terms, buffer)
                 maxima[:, lo:hi] = code_maxima(best.astype(np.float32) * scales[note:last, None] * self.scales_[first:end])
             yield from enumerate(maxima, start=note)
@@ -418,11 +418,13 @@ def _token_batches(lengths: np.ndarray, *, rows: int, tokens: int, spread: float
         start += fit
 
 
-def _term_chunks(code_starts: np.ndarray, n_terms: int, size: int) -> list[int]:
-    """Code indexes that cut the codes into runs of at most ``size`` terms (a code with more terms alone)."""
+def _term_chunks(ptr: np.ndarray, size: int) -> list[int]:
+    """Code indexes that cut the codes (code i's terms ``ptr[i]:ptr[i + 1]``) into runs of at most ``size`` terms
+    (a code with more terms alone)."""
+    n_codes = len(ptr) - 1
     cuts = [0]
-    while cuts[-1] < len(code_starts):
-        limit = code_starts[cuts[-1]] + size
-        cut = len(code_starts) if limit >= n_terms else int(np.searchsorted(code_starts, limit, side="right")) - 1
+    while cuts[-1] < n_codes:
+        limit = ptr[cuts[-1]] + size
+        cut = n_codes if limit >= ptr[-1] else int(np.searchsorted(ptr[:-1], limit, side="right")) - 1
         cuts.append(max(cut, cuts[-1] + 1))
     return cuts

@@ -123,13 +123,14 @@ def stored_terms(terms: pl.DataFrame | None, digest: str, *, systems: tuple[str,
     return own
 
 
-def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray]:
+def ordered_terms(terms: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, np.ndarray]:
     """``terms`` (TERMS_SCHEMA) grouped by code, the codes (system, code) in first-seen order, and
-    where each code's terms start and end (``CodeMaxima`` takes per-code maxima over them)."""
+    their terms' boundaries ``ptr`` [n_codes + 1]: code i's terms are ``ptr[i]:ptr[i + 1]`` (``CodeMaxima``
+    takes per-code maxima over them)."""
     codes = terms.select(SYSTEM, CODE).unique(maintain_order=True).with_row_index("code_index")
     ordered = terms.join(codes, on=[SYSTEM, CODE], how="left").sort("code_index", maintain_order=True)
     starts = np.searchsorted(ordered["code_index"].to_numpy(), np.arange(codes.height))
-    return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), starts, np.append(starts[1:], ordered.height)
+    return ordered.select(SYSTEM, CODE, TERM), codes.drop("code_index"), np.append(starts, ordered.height)
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,7 @@ class OntologySearch(CandidateSource):
         (``ordered_terms``)."""
         if self.measure not in MEASURES:
             raise UsageError(f"ontology search measure must be one of {MEASURES}, got {self.measure!r}")
-        self.terms_, self.codes_, self.code_starts_, self.code_ends_ = ordered_terms(terms)
-        self.term_ptr_ = np.append(self.code_starts_, self.terms_.height)  # code i's terms: ptr[i]:ptr[i + 1]
+        self.terms_, self.codes_, self.term_ptr_ = ordered_terms(terms)  # code i's terms: ptr[i]:ptr[i + 1]
         self.code_maxima_ = CodeMaxima.of(self.term_ptr_)
 
     def candidates(self, notes: pl.DataFrame) -> pl.DataFrame:
@@ -363,7 +363,7 @@ class OntologySearch(CandidateSource):
     def _exact(self, by_feature: sparse.csr_matrix, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per code of ``codes``: the best cosine between one of its terms and a sentence, and the
         first sentence where a term reaches it. Similarities are held ``SIMILARITY_BUDGET`` at a time."""
-        lengths = self.code_ends_[codes] - self.code_starts_[codes]
+        lengths = self.term_ptr_[codes + 1] - self.term_ptr_[codes]
         firsts = np.cumsum(lengths) - lengths  # where each code's terms begin in ``terms``
         _, terms = expand_links(self.term_ptr_, codes)
         term_best = np.empty(len(terms), dtype=np.float32)
